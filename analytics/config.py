@@ -1,0 +1,37 @@
+"""Configuration sections owned by the analytics side (validated with pydantic, extra keys forbidden)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LearnerConfig(BaseModel):
+    """``learner:`` section: what staging learns and when it pushes an encoder back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["pca"] = Field("pca", description="Learner family (PCA now; autoencoders later).")
+    n_components: Optional[int] = Field(
+        None, ge=1, description="Components kept; null keeps the full basis (transform coding truncates by quantization)."
+    )
+    forgetting_factor: float = Field(
+        1.0, gt=0.0, le=1.0, description="Weight of past statistics per update; 1 = exact PCA of all data seen."
+    )
+    warmup_steps: int = Field(5, ge=1, description="Output steps learned before the first encoder is published.")
+    publish_every: int = Field(20, ge=1, description="Output steps between encoder versions.")
+
+
+class CodecConfig(BaseModel):
+    """``codec:`` section: the error target and the raw-tile budget of the learned codec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    psnr_db: float = Field(
+        42.0, gt=0, le=200, description="Target PSNR (dB) that sets the quantization step of each variable."
+    )
+    raw_fraction: float = Field(
+        0.01, ge=0.0, le=0.5, description="Fraction of tiles per block sent raw (the worst reconstructed)."
+    )
+    zstd_level: int = Field(3, ge=1, le=22, description="zstd level of the lossless sections.")

@@ -1,0 +1,213 @@
+"""The encoder that staging pushes back to producers: named arrays plus a JSON spec.
+
+An :class:`Encoder` holds, per variable, the PCA basis (``mean_``, ``components_``), the tile
+shape and the quantization step, with a version and the last step it was trained on. It
+travels as plain arrays named ``<variable>/mean_`` and ``<variable>/components_`` (float32)
+and a JSON spec listing every array's shape and dtype; the receiver checks both before use
+(:meth:`Encoder.from_arrays`), so a malformed or hostile update is rejected, never executed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .codec import TransformCodec, quant_step_for_psnr
+from .framing import pack_frame, unpack_frame
+
+FORMAT = "stagelearn.pca-transform-coder/1"
+_FRAME_MAGIC = b"SLE1"
+_ARRAYS = ("mean_", "components_")
+
+
+class EncoderFormatError(ValueError):
+    """An encoder spec or its arrays do not match the expected format."""
+
+
+@dataclass
+class VariableModel:
+    """Model of one variable.
+
+    Attributes
+    ----------
+    mean_ : ndarray of shape (n_features,), float32
+    components_ : ndarray of shape (n_components, n_features), float32
+    tile_shape : tuple of int
+        ``prod(tile_shape) == n_features``.
+    quant_step : float
+        Quantization step (field units).
+    data_min, data_max : float
+        Value range seen in training (sets ``quant_step`` from the PSNR target).
+    """
+
+    mean_: np.ndarray
+    components_: np.ndarray
+    tile_shape: tuple
+    quant_step: float
+    data_min: float
+    data_max: float
+
+    def codec(self, zstd_level=3):
+        """The :class:`TransformCodec` of this variable."""
+        return TransformCodec(self.mean_, self.components_, self.quant_step, zstd_level=zstd_level)
+
+
+@dataclass
+class Encoder:
+    """A versioned set of per-variable models and the producer-side policy.
+
+    Attributes
+    ----------
+    version : int
+        Increases by one per publication (starts at 1).
+    trained_until_step : int
+        Last output step whose data the models have seen.
+    raw_fraction : float
+        Fraction of tiles per block that producers send raw.
+    variables : dict of str to VariableModel
+    """
+
+    version: int
+    trained_until_step: int
+    raw_fraction: float
+    variables: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_learners(cls, learners, *, version, trained_until_step, tile_shapes, ranges, psnr_db, raw_fraction):
+        """Build an encoder from fitted :class:`~stagelearn.analytics.IncrementalPCA` objects.
+
+        Parameters
+        ----------
+        learners : dict of str to IncrementalPCA
+        version, trained_until_step : int
+        tile_shapes : dict of str to tuple of int
+        ranges : dict of str to (float, float)
+            ``(min, max)`` of each variable seen so far.
+        psnr_db : float
+            Target PSNR setting each variable's quantization step.
+        raw_fraction : float
+        """
+        variables = {}
+        for name, est in learners.items():
+            lo, hi = ranges[name]
+            span = hi - lo if hi > lo else 1.0
+            variables[name] = VariableModel(
+                est.mean_.astype(np.float32), est.components_.astype(np.float32), tuple(tile_shapes[name]),
+                quant_step_for_psnr(psnr_db, span), float(lo), float(hi),
+            )
+        return cls(int(version), int(trained_until_step), float(raw_fraction), variables)
+
+    # ------------------------------------------------------------- named arrays + spec
+    def spec(self):
+        """JSON-serialisable description of the encoder and of every array it carries."""
+        return {
+            "format": FORMAT,
+            "version": self.version,
+            "trained_until_step": self.trained_until_step,
+            "raw_fraction": self.raw_fraction,
+            "variables": {
+                name: {
+                    "tile_shape": list(m.tile_shape),
+                    "quant_step": m.quant_step,
+                    "data_min": m.data_min,
+                    "data_max": m.data_max,
+                    "arrays": {a: {"shape": list(getattr(m, a).shape), "dtype": "float32"} for a in _ARRAYS},
+                }
+                for name, m in self.variables.items()
+            },
+        }
+
+    def arrays(self):
+        """Named arrays: ``{"<variable>/mean_": ..., "<variable>/components_": ...}`` (float32)."""
+        return {f"{name}/{a}": np.array(getattr(m, a), dtype=np.float32, order="C")  # fresh, writeable (ADIOS2 Put needs it)
+                for name, m in self.variables.items() for a in _ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, spec, arrays):
+        """Rebuild and validate an encoder from its spec and named arrays.
+
+        Parameters
+        ----------
+        spec : dict
+            As produced by :meth:`spec`.
+        arrays : dict of str to ndarray
+
+        Raises
+        ------
+        EncoderFormatError
+            On an unknown format, unexpected or missing array names, shapes or dtypes that
+            differ from the spec, inconsistent tile shapes, or non-finite values.
+        """
+        if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+            raise EncoderFormatError(f"unknown encoder format {spec.get('format') if isinstance(spec, dict) else spec!r}; expected {FORMAT}")
+        try:
+            variables_spec = spec["variables"]
+            expected = {f"{n}/{a}" for n in variables_spec for a in _ARRAYS}
+            unexpected, missing = set(arrays) - expected, expected - set(arrays)
+            if unexpected or missing:
+                raise EncoderFormatError(f"encoder arrays do not match its spec: unexpected {sorted(unexpected)}, missing {sorted(missing)}")
+            variables = {}
+            for name, vs in variables_spec.items():
+                tile_shape = tuple(int(t) for t in vs["tile_shape"])
+                got = {}
+                for a in _ARRAYS:
+                    arr = np.asarray(arrays[f"{name}/{a}"])
+                    want = vs["arrays"][a]
+                    if arr.dtype != np.float32 or want["dtype"] != "float32" or list(arr.shape) != list(want["shape"]):
+                        raise EncoderFormatError(f"encoder array {name}/{a}: got {arr.dtype}{list(arr.shape)}, spec says {want['dtype']}{want['shape']}")
+                    if not np.all(np.isfinite(arr)):
+                        raise EncoderFormatError(f"encoder array {name}/{a} contains NaN or Inf")
+                    got[a] = arr
+                n_features = int(np.prod(tile_shape))
+                if got["mean_"].shape != (n_features,) or got["components_"].ndim != 2 or got["components_"].shape[1] != n_features:
+                    raise EncoderFormatError(f"encoder variable {name}: arrays do not match tile shape {tile_shape}")
+                step = float(vs["quant_step"])
+                if not (math.isfinite(step) and step > 0):
+                    raise EncoderFormatError(f"encoder variable {name}: quant_step must be a positive number, got {step!r}")
+                variables[name] = VariableModel(got["mean_"], got["components_"], tile_shape, step, float(vs["data_min"]), float(vs["data_max"]))
+            raw_fraction = float(spec["raw_fraction"])
+            if not 0.0 <= raw_fraction <= 1.0:
+                raise EncoderFormatError(f"raw_fraction {raw_fraction} outside [0, 1]")
+            return cls(int(spec["version"]), int(spec["trained_until_step"]), raw_fraction, variables)
+        except (KeyError, TypeError) as exc:
+            raise EncoderFormatError(f"encoder spec is missing or mistyped: {exc!r}") from None
+
+    # ------------------------------------------------------------- one byte frame
+    def to_frame(self):
+        """The spec and arrays as one self-describing byte frame (for MPI broadcast and files)."""
+        return pack_frame(_FRAME_MAGIC, {"spec": self.spec()}, {k: v.tobytes() for k, v in self.arrays().items()})
+
+    @classmethod
+    def from_frame(cls, frame):
+        """Inverse of :meth:`to_frame`, with the checks of :meth:`from_arrays`."""
+        header, sections = unpack_frame(_FRAME_MAGIC, frame, "encoder frame")
+        spec = header.get("spec")
+        arrays = {}
+        try:
+            for name, vs in spec["variables"].items():
+                for a in _ARRAYS:
+                    key = f"{name}/{a}"
+                    if key in sections:
+                        arrays[key] = np.frombuffer(bytes(sections[key]), dtype=np.float32).reshape(vs["arrays"][a]["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EncoderFormatError(f"encoder frame does not match its spec: {exc}") from None
+        extra = set(sections) - set(arrays)
+        if extra:
+            raise EncoderFormatError(f"encoder frame has unexpected sections {sorted(extra)}")
+        return cls.from_arrays(spec, arrays)
+
+
+def spec_to_bytes(spec):
+    """UTF-8 JSON of a spec, as a uint8 array (how it travels as an ADIOS2 variable)."""
+    return np.frombuffer(json.dumps(spec, separators=(",", ":")).encode(), dtype=np.uint8).copy()
+
+
+def spec_from_bytes(data):
+    """Inverse of :func:`spec_to_bytes` (raises :class:`EncoderFormatError` on bad JSON)."""
+    try:
+        return json.loads(np.asarray(data, dtype=np.uint8).tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EncoderFormatError(f"encoder spec is not valid JSON: {exc}") from None

@@ -1,0 +1,134 @@
+"""Error and size metrics for lossy compression of simulation fields.
+
+PSNR follows the convention of the SDRBench/SZ/ZFP literature:
+``PSNR = 20 log10(value_range / RMSE)`` with ``value_range = max(x) - min(x)`` of the
+original field (not the dtype range), and NRMSE ``= RMSE / value_range``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def psnr(original, reconstruction, data_range=None):
+    """Peak signal-to-noise ratio in dB.
+
+    Parameters
+    ----------
+    original, reconstruction : ndarray of the same shape
+    data_range : float, optional
+        Value range; default ``original.max() - original.min()``.
+
+    Returns
+    -------
+    psnr_db : float
+        ``inf`` for an exact reconstruction.
+    """
+    original = np.asarray(original, dtype=np.float64)
+    if data_range is None:
+        data_range = float(original.max() - original.min())
+    mse = float(np.mean((original - np.asarray(reconstruction, dtype=np.float64)) ** 2))
+    return psnr_from_mse(mse, data_range)
+
+
+def psnr_from_mse(mse, data_range):
+    """PSNR in dB from a mean squared error and a value range (``inf`` when ``mse == 0``)."""
+    if mse <= 0:
+        return math.inf
+    if data_range <= 0:
+        return -math.inf
+    return 10.0 * math.log10(data_range**2 / mse)
+
+
+def nrmse(original, reconstruction, data_range=None):
+    """Root mean squared error divided by the value range of ``original``."""
+    original = np.asarray(original, dtype=np.float64)
+    if data_range is None:
+        data_range = float(original.max() - original.min())
+    rmse = math.sqrt(float(np.mean((original - np.asarray(reconstruction, dtype=np.float64)) ** 2)))
+    return rmse / data_range if data_range > 0 else math.inf
+
+
+def max_abs_error(original, reconstruction):
+    """Largest pointwise absolute error."""
+    diff = np.asarray(original, dtype=np.float64) - np.asarray(reconstruction, dtype=np.float64)
+    return float(np.max(np.abs(diff))) if diff.size else 0.0
+
+
+@dataclass
+class ErrorStats:
+    """Additive error statistics of one field part, mergeable across blocks and ranks.
+
+    Attributes
+    ----------
+    sse : float
+        Sum of squared errors.
+    n : int
+        Number of values.
+    max_abs_error : float
+    vmin, vmax : float
+        Range of the original values (for PSNR against the merged range).
+    """
+
+    sse: float = 0.0
+    n: int = 0
+    max_abs_error: float = 0.0
+    vmin: float = math.inf
+    vmax: float = -math.inf
+
+    @classmethod
+    def from_arrays(cls, original, reconstruction):
+        """Statistics of one pair of arrays (float64 accumulation)."""
+        original = np.asarray(original)
+        diff = original.astype(np.float64) - np.asarray(reconstruction, dtype=np.float64)
+        return cls(
+            sse=float(np.dot(diff.ravel(), diff.ravel())),
+            n=int(original.size),
+            max_abs_error=float(np.max(np.abs(diff))) if diff.size else 0.0,
+            vmin=float(original.min()) if original.size else math.inf,
+            vmax=float(original.max()) if original.size else -math.inf,
+        )
+
+    def merge(self, other):
+        """Combined statistics of ``self`` and ``other`` (a new object)."""
+        return ErrorStats(
+            self.sse + other.sse,
+            self.n + other.n,
+            max(self.max_abs_error, other.max_abs_error),
+            min(self.vmin, other.vmin),
+            max(self.vmax, other.vmax),
+        )
+
+    @property
+    def mse(self):
+        return self.sse / self.n if self.n else 0.0
+
+    @property
+    def data_range(self):
+        return self.vmax - self.vmin if self.n else 0.0
+
+    @property
+    def psnr_db(self):
+        """PSNR against the merged value range (dB)."""
+        return psnr_from_mse(self.mse, self.data_range)
+
+    @property
+    def nrmse(self):
+        r = self.data_range
+        return math.sqrt(self.mse) / r if r > 0 else math.inf
+
+    def to_dict(self):
+        return {"sse": self.sse, "n": self.n, "max_abs_error": self.max_abs_error,
+                "vmin": self.vmin, "vmax": self.vmax}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(float(d["sse"]), int(d["n"]), float(d["max_abs_error"]), float(d["vmin"]), float(d["vmax"]))
+
+
+def compression_ratio(raw_bytes, sent_bytes):
+    """``raw_bytes / sent_bytes`` (``inf`` when nothing was sent)."""
+    return raw_bytes / sent_bytes if sent_bytes else math.inf

@@ -1,0 +1,10 @@
+"""Domain-decomposed mock simulations that write through :class:`stagelearn.staging.Producer`.
+
+- :class:`GrayScott3D`: the ADIOS2 tutorial's 3D Gray-Scott reaction-diffusion (fields U, V).
+- :class:`AdvectionDiffusion2D`: 2D heat/advection-diffusion with a moving source (field T).
+"""
+
+from .gray_scott import GrayScott3D
+from .heat2d import AdvectionDiffusion2D
+
+__all__ = ["GrayScott3D", "AdvectionDiffusion2D"]

@@ -1,0 +1,47 @@
+"""Configuration of the mock simulations (the ``simulation:`` section of a run YAML)."""
+
+from __future__ import annotations
+
+from typing import Literal, Tuple, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _MockBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ranks: int = Field(4, ge=1, description="Producer MPI ranks (M).")
+    steps: int = Field(2000, ge=1, description="Simulation time steps.")
+    plotgap: int = Field(10, ge=1, description="Time steps between output steps.")
+    seed: int = 0
+
+
+class GrayScottConfig(_MockBase):
+    """ADIOS2 tutorial Gray-Scott (``settings.json`` names)."""
+
+    type: Literal["gray_scott"] = "gray_scott"
+    L: int = Field(64, ge=4, description="Cells per side of the cubic grid.")
+    F: float = 0.01
+    k: float = 0.05
+    Du: float = 0.2
+    Dv: float = 0.1
+    dt: float = 2.0
+    noise: float = Field(0.1, ge=0.0)
+
+
+class Heat2DConfig(_MockBase):
+    """2D advection-diffusion with a moving source."""
+
+    type: Literal["heat2d"] = "heat2d"
+    nx: int = Field(256, ge=4)
+    ny: int = Field(256, ge=4)
+    kappa: float = Field(0.2, gt=0)
+    velocity: Tuple[float, float] = (0.3, 0.1)
+    amplitude: float = 1.0
+    sigma: float = Field(6.0, gt=0)
+    omega: float = 0.01
+    decay: float = Field(0.002, ge=0)
+    dt: float = Field(1.0, gt=0)
+
+
+SimulationConfig = Union[GrayScottConfig, Heat2DConfig]

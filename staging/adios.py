@@ -1,0 +1,169 @@
+"""The one place that imports ADIOS2: loading, IO declaration, timed steps and a watchdog.
+
+Uses the ADIOS2 Python bindings (``adios2.bindings``: ``ADIOS``, ``IO``, ``Engine``,
+``Variable``), which mirror the C++ API names used throughout the ADIOS2 documentation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+from .errors import AdiosUnavailableError, ConfigError, StreamTimeoutError
+
+logger = logging.getLogger(__name__)
+
+EXIT_TIMEOUT = 3
+
+
+def bindings():
+    """Return ``adios2.bindings`` (MPI is loaded first so an MPI build finds the venv's libmpi).
+
+    Raises
+    ------
+    AdiosUnavailableError
+        If ADIOS2 is not installed.
+    """
+    from mpi4py import MPI  # noqa: F401  (load libmpi before an MPI-enabled adios2)
+
+    try:
+        import adios2.bindings as b
+    except ImportError as exc:
+        raise AdiosUnavailableError(
+            f"cannot import adios2 ({exc}); run `make setup` (builds ADIOS2 with MPI) or `pip install adios2`"
+        ) from None
+    return b
+
+
+def built_with_mpi():
+    """True when the installed ADIOS2 was built with MPI."""
+    return bool(bindings().is_built_with_mpi)
+
+
+def make_adios(config_file, comm=None):
+    """Create an ``ADIOS`` object from an XML file, over ``comm`` when ADIOS2 has MPI.
+
+    Parameters
+    ----------
+    config_file : str or path
+        ADIOS2 XML (or YAML) configuration.
+    comm : mpi4py.MPI.Comm or None
+        Communicator; must be ``None`` or of size 1 with a serial ADIOS2.
+
+    Raises
+    ------
+    AdiosUnavailableError
+        If ``comm`` has several ranks and ADIOS2 lacks MPI.
+    ConfigError
+        If the configuration file does not exist.
+    """
+    b = bindings()
+    if not os.path.exists(config_file):
+        raise ConfigError(f"{config_file}: ADIOS2 configuration file not found; set adios2.config_file in the run YAML")
+    if b.is_built_with_mpi:
+        from mpi4py import MPI
+
+        return b.ADIOS(str(config_file), comm if comm is not None else MPI.COMM_SELF)
+    if comm is not None and comm.Get_size() > 1:
+        raise AdiosUnavailableError(
+            "this ADIOS2 is built without MPI, so several ranks cannot share one stream; "
+            "use adios2.layout: per_rank, or build ADIOS2 with MPI (`make setup`)"
+        )
+    return b.ADIOS(str(config_file))
+
+
+def declare_io(adios, io_name, config_file, known_ios):
+    """Declare an IO that must exist in the XML (ADIOS2 would silently fall back to BP5).
+
+    Parameters
+    ----------
+    adios : adios2.bindings.ADIOS
+    io_name : str
+    config_file : str
+        For the error message.
+    known_ios : collection of str
+        IO names defined in ``config_file`` (:func:`stagelearn.staging.xmlconfig.read_ios`).
+
+    Raises
+    ------
+    ConfigError
+        If ``io_name`` is not defined in the XML.
+    """
+    if io_name not in known_ios:
+        raise ConfigError(
+            f"{config_file}: no <io name=\"{io_name}\"> (defined: {sorted(known_ios)}); "
+            f"add it to the XML or change the IO name in the run YAML"
+        )
+    return adios.DeclareIO(io_name)
+
+
+def begin_step(engine, timeout_s, what):
+    """``BeginStep`` in read mode with a timeout.
+
+    Returns
+    -------
+    status : {"ok", "end"}
+        ``"end"`` when the writer closed the stream.
+
+    Raises
+    ------
+    StreamTimeoutError
+        If no step arrived within ``timeout_s`` seconds.
+    """
+    b = bindings()
+    status = engine.BeginStep(b.StepMode.Read, float(timeout_s))
+    if status == b.StepStatus.OK:
+        return "ok"
+    if status == b.StepStatus.EndOfStream:
+        return "end"
+    if status == b.StepStatus.NotReady:
+        raise StreamTimeoutError(f"no step on {what} within {timeout_s:g} s (timeouts.step_s); is the writer alive?")
+    raise StreamTimeoutError(f"BeginStep on {what} failed with {status}")
+
+
+@contextmanager
+def deadline(timeout_s, what, *, exit_code=EXIT_TIMEOUT):
+    """Bound a blocking ADIOS2 call that has no timeout of its own (SST writer ``Open``, ``EndStep``).
+
+    If the block does not finish within ``timeout_s`` seconds, a watchdog thread logs what was
+    awaited and ends the process with ``exit_code`` (``os._exit``: a C call cannot be
+    interrupted from Python, and waiting forever is worse). ``timeout_s <= 0`` disables it.
+    """
+    if not timeout_s or timeout_s <= 0:
+        yield
+        return
+    done = threading.Event()
+
+    def watch():
+        if not done.wait(timeout_s):
+            msg = f"stagelearn: timed out after {timeout_s:g} s waiting for {what}; is the other side running?"
+            logger.critical(msg)
+            print(msg, file=sys.stderr, flush=True)
+            os._exit(exit_code)
+
+    t = threading.Thread(target=watch, name=f"deadline:{what}", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+def remove_stale_contact_file(stream_path):
+    """Delete ``<stream_path>.sst`` left by a crashed writer (else readers connect to a dead peer).
+
+    Returns
+    -------
+    removed : bool
+    """
+    path = f"{stream_path}.sst"
+    if os.path.exists(path):
+        age = time.time() - os.path.getmtime(path)
+        logger.warning("removing stale SST contact file %s (%.0f s old)", path, age)
+        os.remove(path)
+        return True
+    return False

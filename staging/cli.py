@@ -1,0 +1,223 @@
+"""Command-line interface: ``stagelearn`` / ``python -m stagelearn``.
+
+Subcommands: ``run`` (both sides, two ``mpiexec`` jobs), ``sim`` and ``stage`` (one side, for
+sites that launch them separately), ``validate``, ``decode``, ``info``, ``schema``.
+
+Exit codes (the only place exceptions become exit codes):
+
+====  ==========================================================
+0     success
+1     any other error (a traceback is logged)
+2     invalid configuration or command line (ConfigError)
+3     a peer never came or stopped answering (StreamTimeoutError)
+4     a peer went away mid-run (PeerLostError)
+5     a model update was malformed (ModelFormatError)
+6     ADIOS2 missing or lacking MPI (AdiosUnavailableError)
+130   interrupted (SIGINT)
+====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .errors import AdiosUnavailableError, ConfigError, ModelFormatError, PeerLostError, StagelearnError, StreamTimeoutError
+
+logger = logging.getLogger(__name__)
+
+EXIT_CODES = (
+    (ConfigError, 2),
+    (StreamTimeoutError, 3),
+    (PeerLostError, 4),
+    (ModelFormatError, 5),
+    (AdiosUnavailableError, 6),
+    (StagelearnError, 1),
+)
+
+
+def exit_code_for(exc):
+    """Exit code of an exception (see the module docstring)."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
+    return 1
+
+
+def _setup_logging(level, tag=""):
+    fmt = f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s" if tag else "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
+
+
+def _parser():
+    from stagelearn import __version__
+
+    p = argparse.ArgumentParser(prog="stagelearn", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"stagelearn {__version__}")
+    p.add_argument("--log-level", default=os.environ.get("STAGELEARN_LOG_LEVEL", "warning"),
+                   choices=["debug", "info", "warning", "error"])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run simulation and staging as two mpiexec jobs coupled by SST")
+    r.add_argument("config")
+    r.add_argument("--output-dir", help="override output_dir")
+    r.add_argument("--run-name", help="override run_name")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name, help_ in (("sim", "producer side (run under mpiexec)"), ("stage", "staging side (run under mpiexec)")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("config")
+        s.add_argument("--run-dir", help="default: <output_dir>/<run_name>")
+    v = sub.add_parser("validate", help="check a run YAML and its ADIOS2 XML without running")
+    v.add_argument("config")
+    d = sub.add_parser("decode", help="reconstruct a field from a compressed output file")
+    d.add_argument("file", help="compressed.bp written by staging")
+    d.add_argument("--step", type=int, help="producer output step (default: list steps)")
+    d.add_argument("--var", help="variable (default: list variables)")
+    d.add_argument("-o", "--output", help="write .npy or .bp (default: print statistics)")
+    sub.add_parser("info", help="versions of Python, MPI, ADIOS2, torch")
+    sub.add_parser("schema", help="print the JSON schema of the run YAML")
+    return p
+
+
+def _comm():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def _run_side(args, side):
+    """`sim` / `stage`: one side under mpiexec; any rank's error aborts the whole job."""
+    comm = _comm()
+    try:
+        from .config import load_config
+
+        cfg = load_config(args.config)
+        run_dir = args.run_dir or str(cfg.run_dir)
+        if side == "sim":
+            from .sides import simulation_main
+
+            simulation_main(cfg, comm, run_dir)
+        else:
+            from .sides import staging_main
+
+            staging_main(cfg, comm, run_dir)
+        return 0
+    except BaseException as exc:  # noqa: BLE001 - mapped to an exit code, other ranks aborted
+        code = exit_code_for(exc)
+        if code == 1:
+            logger.exception("%s failed", side)
+        else:
+            print(f"stagelearn {side}: error: {exc}", file=sys.stderr, flush=True)
+        if comm.Get_size() > 1:
+            comm.Abort(code)
+        return code
+
+
+def _decode(args):
+    import numpy as np
+
+    from .output import CompressedOutputReader
+
+    reader = CompressedOutputReader(args.file)
+    if args.step is None or args.var is None:
+        print(f"{args.file}: variables {reader.fields()}, steps {reader.steps[0]}..{reader.steps[-1]} ({len(reader.steps)})")
+        return 0
+    field = reader.read(args.step, args.var)
+    if args.output:
+        if args.output.endswith(".npy"):
+            np.save(args.output, field)
+        elif args.output.endswith(".bp"):
+            from .adios import bindings
+
+            b = bindings()
+            ad = b.ADIOS()
+            io = ad.DeclareIO("decoded")
+            io.SetEngine("BP5")
+            var = io.DefineVariable(args.var, field, list(field.shape), [0] * field.ndim, list(field.shape))
+            eng = io.Open(args.output, b.Mode.Write)
+            eng.BeginStep()
+            eng.Put(var, field, b.Mode.Sync)
+            eng.EndStep()
+            eng.Close()
+        else:
+            raise ConfigError(f"--output {args.output}: use a .npy or .bp file name")
+    print(f"{args.var} step {args.step}: shape {field.shape}, min {field.min():.6g}, max {field.max():.6g}, mean {field.mean():.6g}"
+          + (f" -> {args.output}" if args.output else ""))
+    return 0
+
+
+def _info():
+    import platform
+
+    import numpy
+
+    from stagelearn import __version__
+
+    lines = [f"stagelearn {__version__}", f"python {platform.python_version()}", f"numpy {numpy.__version__}"]
+    try:
+        from mpi4py import MPI
+
+        import mpi4py
+
+        lines.append(f"mpi4py {mpi4py.__version__}; {MPI.Get_library_version().splitlines()[0]}")
+    except ImportError as exc:
+        lines.append(f"mpi4py: not available ({exc})")
+    try:
+        from .adios import bindings
+
+        import adios2
+
+        lines.append(f"adios2 {adios2.__version__}; built with MPI: {bool(bindings().is_built_with_mpi)}")
+    except (ImportError, StagelearnError) as exc:
+        lines.append(f"adios2: not available ({exc})")
+    try:
+        import torch
+
+        lines.append(f"torch {torch.__version__}; gloo: {torch.distributed.is_gloo_available()}")
+    except ImportError:
+        lines.append("torch: not installed")
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv=None):
+    """Entry point; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if args.command in ("sim", "stage"):
+        rank = os.environ.get("PMI_RANK", "0")
+        _setup_logging(args.log_level, tag=f"[{args.command} {rank}] ")
+        return _run_side(args, args.command)
+    _setup_logging(args.log_level)
+    try:
+        if args.command == "validate":
+            from .config import load_config
+
+            cfg = load_config(args.config)
+            print(f"{args.config}: OK (simulation {cfg.simulation.type} x {cfg.simulation.ranks} ranks, "
+                  f"staging x {cfg.staging.ranks} ranks, ADIOS2 XML {cfg.adios2.config_file})")
+            return 0
+        if args.command == "schema":
+            from .config import RunConfig
+
+            print(json.dumps(RunConfig.model_json_schema(), indent=2))
+            return 0
+        if args.command == "info":
+            return _info()
+        if args.command == "decode":
+            return _decode(args)
+        if args.command == "run":
+            from .launcher import launch
+
+            return launch(args)
+    except BaseException as exc:  # noqa: BLE001 - the one place exceptions become exit codes
+        code = exit_code_for(exc)
+        if code == 1:
+            logger.exception("stagelearn %s failed", args.command)
+        else:
+            print(f"stagelearn {args.command}: error: {exc}", file=sys.stderr)
+        return code
+    return 2

@@ -1,0 +1,25 @@
+"""Exceptions raised by stagelearn. The CLI (:mod:`.cli`) maps them to exit codes, in one place."""
+
+
+class StagelearnError(Exception):
+    """Base class of stagelearn's own errors."""
+
+
+class ConfigError(StagelearnError, ValueError):
+    """A run YAML or ADIOS2 XML is invalid. The message names the file, the key and the fix."""
+
+
+class StreamTimeoutError(StagelearnError, TimeoutError):
+    """A blocking wait on a stream (open, step, model) passed its configured timeout."""
+
+
+class PeerLostError(StagelearnError):
+    """The other side of a stream went away before the end of the run."""
+
+
+class ModelFormatError(StagelearnError, ValueError):
+    """A model update on the reverse stream has unexpected names, shapes or dtypes."""
+
+
+class AdiosUnavailableError(StagelearnError, ImportError):
+    """ADIOS2 is missing, or lacks a feature (MPI) that the configured layout needs."""

@@ -1,0 +1,213 @@
+"""``stagelearn run``: start the simulation and staging as two ``mpiexec`` jobs coupled only by SST.
+
+As on an HPC system, the two sides are separate MPI jobs (``MPI_COMM_WORLD`` of each is its own
+side); they find each other through the SST contact files in ``<run_dir>/sst/``. The launcher
+shows progress, enforces ``timeouts.run_s``, stops the other side when one fails, and at the end
+merges both sides' records into ``summary.json``, prints the per-step table and draws the plot.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from .config import load_config
+from .errors import ConfigError, StreamTimeoutError
+from .results import write_json
+from .sides import prepare_run_dir
+from .xmlconfig import read_ios
+
+logger = logging.getLogger(__name__)
+
+
+def mpiexec_path():
+    """``mpiexec`` next to the running Python (the ``mpich`` wheel's), else the one on PATH."""
+    local = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    found = local if os.path.exists(local) else shutil.which("mpiexec")
+    if not found:
+        raise ConfigError("mpiexec not found: install the `mpich` wheel (`make setup`) or load your site's MPI module")
+    return found
+
+
+def side_command(side, config, ranks, run_dir):
+    """Argument list of one side's job (no shell)."""
+    return [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "stagelearn", side, str(config), "--run-dir", str(run_dir)]
+
+
+def _child_env():
+    env = dict(os.environ)
+    # one BLAS thread per rank: the ranks already oversubscribe the cores
+    for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env.setdefault(key, "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _stop(proc, grace=5.0):
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def launch(args):
+    """Run both sides; returns the exit code (0, or the failing side's code)."""
+    cfg = load_config(args.config)
+    if args.output_dir:
+        cfg.output_dir = args.output_dir
+    if args.run_name:
+        cfg.run_name = args.run_name
+    run_dir = str(cfg.run_dir)
+    if os.path.exists(os.path.join(run_dir, "compressed.bp")):
+        shutil.rmtree(os.path.join(run_dir, "compressed.bp"))
+    prepare_run_dir(run_dir)
+    streaming = read_ios(cfg.adios2.config_file)[cfg.adios2.stream_io].type.lower() == "sst"
+    env = _child_env()
+    t0 = time.time()
+    logs = {}
+    procs = {}
+    sides = [("stage", cfg.staging.ranks), ("sim", cfg.simulation.ranks)] if streaming else [("sim", cfg.simulation.ranks)]
+    for side, ranks in sides:
+        logs[side] = open(os.path.join(run_dir, f"{side}.log"), "w")
+        cmd = side_command(side, cfg.source, ranks, run_dir)
+        if args.log_level != "warning":
+            cmd[6:6] = ["--log-level", args.log_level]
+        procs[side] = subprocess.Popen(cmd, stdout=logs[side], stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    total = cfg.simulation.steps // cfg.simulation.plotgap + 1
+    codes = _wait(procs, cfg, run_dir, total, show=not args.no_progress)
+    for f in logs.values():
+        f.close()
+    wall = time.time() - t0
+    failed = {s: c for s, c in codes.items() if c != 0}
+    if failed:
+        for side, code in failed.items():
+            tail = open(os.path.join(run_dir, f"{side}.log")).read().strip().splitlines()[-8:]
+            print(f"stagelearn run: {side} side exited with code {code}; last lines of {run_dir}/{side}.log:", file=sys.stderr)
+            print("\n".join("  " + t for t in tail), file=sys.stderr)
+        return next(iter(sorted(failed.values(), key=lambda c: (c == 1, c))))
+    if not streaming:
+        print(f"stream IO {cfg.adios2.stream_io!r} uses {read_ios(cfg.adios2.config_file)[cfg.adios2.stream_io].type}: "
+              f"the simulation wrote {run_dir}/sst/stream*.bp (no staging, no push-back)")
+        return 0
+    return finish(cfg, run_dir, wall)
+
+
+def _wait(procs, cfg, run_dir, total, show):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="step", desc="steps received", disable=not show or None)
+    codes, deadline = {}, time.time() + cfg.timeouts.run_s
+    progress = os.path.join(run_dir, "progress.json")
+    try:
+        while len(codes) < len(procs):
+            for side, p in procs.items():
+                if side not in codes and p.poll() is not None:
+                    codes[side] = p.returncode
+                    if p.returncode != 0:  # the other side would wait for its peer until its own timeout
+                        time.sleep(2.0)
+                        for other, q in procs.items():
+                            if other not in codes:
+                                _stop(q)
+                                codes[other] = q.returncode if q.returncode is not None else -15
+            if os.path.exists(progress):
+                try:
+                    import json
+
+                    with open(progress) as f:
+                        n = json.load(f)["steps_received"]
+                    bar.update(n - bar.n)
+                except (ValueError, KeyError, OSError):
+                    pass
+            if time.time() > deadline:
+                for p in procs.values():
+                    _stop(p)
+                raise StreamTimeoutError(f"run exceeded timeouts.run_s = {cfg.timeouts.run_s:g} s; both sides stopped")
+            time.sleep(0.25)
+    except KeyboardInterrupt:
+        for p in procs.values():
+            _stop(p)
+        raise
+    finally:
+        bar.close()
+    return codes
+
+
+def finish(cfg, run_dir, wall):
+    """Merge the sides' records into ``summary.json``, print the table, draw the plot."""
+    import json
+
+    from ..analytics.metrics import psnr as psnr_fn
+    from ..analytics.plotting import plot_run
+    from .output import CompressedOutputReader
+
+    with open(os.path.join(run_dir, "staging_summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(run_dir, "producer.json")) as f:
+        producer = json.load(f)
+    with open(os.path.join(run_dir, "steps.json")) as f:
+        table = json.load(f)
+    summary["steps_written"] = producer["steps_written"]
+    summary["steps_lost"] = producer["steps_written"] - summary["steps_received"]
+    summary["wall_s"] = wall
+    summary["simulation"] = {"type": cfg.simulation.type, "ranks": cfg.simulation.ranks, "layout": producer["layout"],
+                             "compute_s": producer["compute_s"], "io_s": producer["io_s"]}
+    summary["staging_ranks"] = cfg.staging.ranks
+    summary["psnr_target_db"] = cfg.codec.psnr_db
+    # end-to-end check: decode the last step from the file and compare with the producers' raw field
+    ref = producer["reference"]
+    ref_path = os.path.join(run_dir, f"reference_{ref['variable']}_step{ref['step']}.npy")
+    original = reconstruction = None
+    if os.path.exists(ref_path):
+        original = np.load(ref_path)
+        reader = CompressedOutputReader(os.path.join(run_dir, "compressed.bp"))
+        try:
+            reconstruction = reader.read(ref["step"], ref["variable"])
+        finally:
+            reader.close()
+        summary["decoded_check"] = {"variable": ref["variable"], "step": ref["step"],
+                                    "psnr_db": psnr_fn(original, reconstruction),
+                                    "max_abs_error": float(np.max(np.abs(original - reconstruction)))}
+    write_json(os.path.join(run_dir, "summary.json"), summary)
+    plot_run(table, os.path.join(run_dir, "summary.png"), original=original, reconstruction=reconstruction,
+             title=f"{cfg.run_name}: {cfg.simulation.type}, {cfg.simulation.ranks} producers -> {cfg.staging.ranks} staging ranks")
+    print_table(table)
+    print_summary(summary, run_dir)
+    return 0
+
+
+def _fmt(x, spec):
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    if x is None or isinstance(x, str) or (isinstance(x, float) and math.isinf(x)):
+        return format("-" if x is None or x == "inf" or isinstance(x, float) else x, f">{width}" if width else "")
+    return format(x, spec)
+
+
+def print_table(table):
+    print(f"{'step':>5} {'enc':>4} {'raw bytes':>11} {'sent bytes':>11} {'ratio':>7} {'PSNR dB':>8} {'max err':>9}")
+    for r in table:
+        print(f"{r['step']:>5} {r['encoder_version']:>4} {r['raw_bytes']:>11} {r['sent_bytes']:>11} "
+              f"{_fmt(r['compression_ratio'], '7.2f')} {_fmt(r['psnr_db'], '8.2f')} {_fmt(r['max_abs_error'], '9.2e')}")
+
+
+def print_summary(s, run_dir):
+    print(f"\nsteps written {s['steps_written']}, received {s['steps_received']}, lost {s['steps_lost']}; "
+          f"encoder versions {s['encoder_versions']}; wall {s['wall_s']:.1f} s")
+    print(f"after the first encoder ({s['encoded_steps']} steps): compression ratio {_fmt(s['compression_ratio'], '.2f')}, "
+          f"PSNR {_fmt(s['psnr_db'], '.2f')} dB (min {_fmt(s['min_psnr_db'], '.2f')}), max abs error {_fmt(s['max_abs_error'], '.3g')}")
+    if s.get("sz3_compression_ratio"):
+        print(f"SZ3 at the same PSNR on {s['sz3_steps']} sampled steps: ratio {s['sz3_compression_ratio']:.2f} "
+              f"(PSNR {s['sz3_psnr_db']:.2f} dB) vs ours {s['compression_ratio_same_blocks']:.2f} on the same blocks")
+    if "decoded_check" in s:
+        d = s["decoded_check"]
+        print(f"decoded {d['variable']} at step {d['step']} from compressed.bp: PSNR {_fmt(d['psnr_db'], '.2f')} dB against the raw field")
+    print(f"results: {run_dir}/summary.json, summary.png, compressed.bp")

@@ -1,0 +1,158 @@
+"""The reverse stream: staging publishes encoders, producers poll for them without blocking.
+
+One writer (staging rank 0) and one reader (producer rank 0), each its own ADIOS2 object over
+``COMM_SELF``, so the channel works the same with a serial or an MPI build of ADIOS2. Each
+publication is one step holding ``model/spec`` (uint8 UTF-8 JSON, see
+:meth:`stagelearn.analytics.encoder.Encoder.spec`) and one float32 variable per array
+(``model/<variable>/mean_``, ``model/<variable>/components_``). No pickle: the reader checks every
+name, shape and dtype against the spec (:meth:`Encoder.from_arrays`).
+
+The XML's ``ModelUpdates`` IO should use ``RendezvousReaderCount=1`` (SST admits a late reader
+only inside the writer's ``EndStep``, and staging publishes only after it has data, so a reader
+that must wait for the first publication to finish its ``Open`` would deadlock the producers) and
+``QueueFullPolicy=Discard``, so that after the rendezvous staging never waits on producers.
+Producers always take the newest version available.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..analytics.encoder import Encoder, EncoderFormatError, spec_from_bytes, spec_to_bytes
+from .adios import begin_step, bindings, deadline, remove_stale_contact_file
+from .errors import ModelFormatError
+
+logger = logging.getLogger(__name__)
+
+SPEC_VAR = "model/spec"
+PREFIX = "model/"
+
+
+class ModelPublisher:
+    """Writes encoders on the reverse stream (staging side).
+
+    Parameters
+    ----------
+    io : adios2.bindings.IO
+        The model IO (engine from the XML), on an ADIOS object over ``COMM_SELF``.
+    stream_path : str
+        Stream name (SST writes ``<stream_path>.sst`` as contact file).
+    open_timeout_s : float
+        Bound on waiting for the producers' reader at ``Open`` (exit code 3 past it).
+    """
+
+    def __init__(self, io, stream_path, open_timeout_s):
+        b = bindings()
+        self.io = io
+        remove_stale_contact_file(stream_path)
+        with deadline(open_timeout_s, f"producer rank 0 to open the model stream {stream_path} (timeouts.open_s)"):
+            self.engine = io.Open(stream_path, b.Mode.Write)
+        self._vars = {}
+
+    def _var(self, name, arr):
+        shape, zeros = list(arr.shape), [0] * arr.ndim
+        var = self._vars.get(name)
+        if var is None:
+            var = self.io.DefineVariable(name, arr, shape, zeros, shape)
+            self._vars[name] = var
+        var.SetShape(shape)
+        var.SetSelection([zeros, shape])
+        return var
+
+    def publish(self, encoder):
+        """Write one encoder as one step (never blocks with a Discard queue policy)."""
+        b = bindings()
+        spec = spec_to_bytes(encoder.spec())
+        self.engine.BeginStep()
+        self.engine.Put(self._var(SPEC_VAR, spec), spec, b.Mode.Sync)
+        for name, arr in encoder.arrays().items():
+            self.engine.Put(self._var(PREFIX + name, arr), arr, b.Mode.Sync)
+        self.engine.EndStep()
+        logger.info("published encoder version %d (trained until step %d)", encoder.version, encoder.trained_until_step)
+
+    def close(self):
+        self.engine.Close()
+
+
+class ModelSubscriber:
+    """Polls the reverse stream for new encoders (producer side).
+
+    Parameters
+    ----------
+    io : adios2.bindings.IO
+        The model IO, on an ADIOS object over ``COMM_SELF``.
+    stream_path : str
+    open_timeout_s : float
+        How long ``Open`` waits for the publisher's contact file (SST ``OpenTimeoutSecs``).
+    """
+
+    def __init__(self, io, stream_path, open_timeout_s):
+        b = bindings()
+        io.SetParameter("OpenTimeoutSecs", str(max(1, int(open_timeout_s))))
+        self.io = io
+        self.stream_path = stream_path
+        self.engine = io.Open(stream_path, b.Mode.Read)
+        self.version = 0
+        self.ended = False
+
+    def poll(self):
+        """Return the newest valid encoder published since the last call, or None (never blocks).
+
+        Raises
+        ------
+        ModelFormatError
+            If an update does not match its spec (names, shapes, dtypes, values).
+        """
+        newest = None
+        while not self.ended:
+            try:
+                status = begin_step(self.engine, 0.0, f"model stream {self.stream_path}")
+            except TimeoutError:  # NotReady: nothing new
+                break
+            if status == "end":
+                self.ended = True
+                break
+            try:
+                enc = self._read_step()
+            finally:
+                self.engine.EndStep()
+            if enc.version <= self.version:
+                logger.warning("ignoring encoder version %d (have %d)", enc.version, self.version)
+                continue
+            newest, self.version = enc, enc.version
+        return newest
+
+    def _read_step(self):
+        b = bindings()
+        available = set(self.io.AvailableVariables())
+        if SPEC_VAR not in available:
+            raise ModelFormatError(f"model step without {SPEC_VAR} (variables: {sorted(available)})")
+        spec = spec_from_bytes(self._get(SPEC_VAR, np.uint8))
+        arrays = {}
+        for name in sorted(available - {SPEC_VAR}):
+            if not name.startswith(PREFIX):
+                raise ModelFormatError(f"unexpected variable {name!r} on the model stream")
+            var = self.io.InquireVariable(name)
+            if var.Type() != "float":
+                raise ModelFormatError(f"model variable {name!r} has type {var.Type()}, expected float")
+            arrays[name[len(PREFIX):]] = self._get(name, np.float32)
+        try:
+            return Encoder.from_arrays(spec, arrays)
+        except EncoderFormatError as exc:
+            raise ModelFormatError(f"rejected model update on {self.stream_path}: {exc}") from None
+
+    def _get(self, name, dtype):
+        b = bindings()
+        var = self.io.InquireVariable(name)
+        shape = [int(c) for c in var.Shape()]
+        if not shape or any(n <= 0 for n in shape) or int(np.prod(shape)) > 2**28:
+            raise ModelFormatError(f"model variable {name!r} has unusable shape {shape}")
+        var.SetSelection([[0] * len(shape), shape])
+        out = np.empty(shape, dtype=dtype)
+        self.engine.Get(var, out, b.Mode.Sync)
+        return out
+
+    def close(self):
+        self.engine.Close()

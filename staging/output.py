@@ -1,0 +1,230 @@
+"""The compressed output file (BP5) written by staging, and decoding fields back from it.
+
+Per output step the file holds ``step`` (int64) and, for each field ``X``, one block per
+producer rank in ``X/payload`` (uint8 local arrays: transform-coded payloads, or lossless
+``kind: raw`` payloads for steps sent before any encoder) and ``X/report`` (float64 local arrays,
+same order). Both are written every step, so block ``i`` of step ``t`` is addressed directly.
+Each encoder version ``k`` is stored once, in the step it was published, as
+``encoder/v<k>/spec`` (uint8 JSON) and ``encoder/v<k>/<X>/mean_``, ``encoder/v<k>/<X>/components_``
+(float32). Any ADIOS2 tool (``bpls``) can list it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..analytics.codec import decode_block, encode_raw_block
+from ..analytics.encoder import Encoder, spec_from_bytes, spec_to_bytes
+from .adios import bindings, declare_io, make_adios
+from .errors import StagelearnError
+from .wire import REPORT_FIELDS, payload_name, report_get, report_name
+from .xmlconfig import read_ios
+
+logger = logging.getLogger(__name__)
+
+
+def encoder_prefix(version):
+    return f"encoder/v{int(version)}"
+
+
+class CompressedOutputWriter:
+    """Serial BP5 writer of the compressed stream (staging rank 0).
+
+    Parameters
+    ----------
+    config_file : str
+        ADIOS2 XML defining ``io_name``.
+    io_name : str
+    path : str
+        Output file (e.g. ``results/<run>/compressed.bp``).
+    """
+
+    def __init__(self, config_file, io_name, path):
+        b = bindings()
+        self.adios = make_adios(config_file, None)
+        self.io = declare_io(self.adios, io_name, config_file, read_ios(config_file))
+        self.io.DefineAttribute("stagelearn/report_fields", list(REPORT_FIELDS))
+        self.engine = self.io.Open(str(path), b.Mode.Write)
+        self.path = str(path)
+        self._vars = {}
+        self._step_var = self.io.DefineVariable("step", np.zeros(1, dtype=np.int64), [1], [0], [1])
+
+    def _local(self, name, arr):
+        var = self._vars.get(name)
+        if var is None:
+            var = self.io.DefineVariable(name, arr, [], [], [arr.size])
+            self._vars[name] = var
+        var.SetSelection([[], [arr.size]])
+        return var
+
+    def _global(self, name, arr, shape, start):
+        var = self._vars.get(name)
+        if var is None:
+            var = self.io.DefineVariable(name, arr, list(shape), list(start), list(arr.shape))
+            self._vars[name] = var
+        var.SetShape(list(shape))
+        var.SetSelection([list(start), list(arr.shape)])
+        return var
+
+    def write_step(self, step, blocks, encoder=None):
+        """Write one output step.
+
+        Parameters
+        ----------
+        step : int
+            Producer output step.
+        blocks : list of ReceivedBlock
+            All producer blocks of this step (raw or payload).
+        encoder : Encoder, optional
+            An encoder published at this step, stored once.
+        """
+        b = bindings()
+        self.engine.BeginStep()
+        self.engine.Put(self._step_var, np.array([step], dtype=np.int64), b.Mode.Sync)
+        for blk in sorted(blocks, key=lambda x: (x.var, x.rank)):
+            if blk.raw is not None:
+                payload = encode_raw_block(blk.raw, header={"step": int(step), "variable": blk.var, "rank": blk.rank,
+                                                            "shape": list(blk.shape), "start": list(blk.start),
+                                                            "count": list(blk.count)})
+            else:
+                payload = blk.payload
+            p = np.frombuffer(payload, dtype=np.uint8).copy()
+            self.engine.Put(self._local(payload_name(blk.var), p), p, b.Mode.Sync)
+            self.engine.Put(self._local(report_name(blk.var), blk.report), blk.report, b.Mode.Sync)
+        if encoder is not None:
+            prefix = encoder_prefix(encoder.version)
+            spec = spec_to_bytes(encoder.spec())
+            self.engine.Put(self._global(f"{prefix}/spec", spec, spec.shape, [0]), spec, b.Mode.Sync)
+            for name, arr in encoder.arrays().items():
+                self.engine.Put(self._global(f"{prefix}/{name}", arr, arr.shape, [0] * arr.ndim), arr, b.Mode.Sync)
+        self.engine.EndStep()
+
+    def close(self):
+        self.engine.Close()
+
+
+class CompressedOutputReader:
+    """Random access to a compressed output file: list steps, decode fields.
+
+    Parameters
+    ----------
+    path : str
+        The ``.bp`` directory written by :class:`CompressedOutputWriter`.
+
+    Raises
+    ------
+    StagelearnError
+        If the file cannot be opened or is not a stagelearn output.
+    """
+
+    def __init__(self, path):
+        b = bindings()
+        self.adios = b.ADIOS()
+        self.io = self.adios.DeclareIO("stagelearn-decode")
+        self.io.SetEngine("BP5")
+        try:
+            self.engine = self.io.Open(str(path), b.Mode.ReadRandomAccess)
+        except Exception as exc:  # ADIOS2 raises plain runtime errors here
+            raise StagelearnError(f"{path}: cannot open as an ADIOS2 BP file ({exc})") from None
+        self.path = str(path)
+        self.variables = self.io.AvailableVariables()
+        if "step" not in self.variables:
+            raise StagelearnError(f"{path}: no 'step' variable; not a stagelearn compressed output")
+        var = self.io.InquireVariable("step")
+        n = int(var.Steps())
+        var.SetStepSelection([0, n])
+        steps = np.empty(n, dtype=np.int64)
+        self.engine.Get(var, steps, b.Mode.Sync)
+        self.steps = [int(s) for s in steps]
+        self._encoders = {}
+
+    def fields(self):
+        """Field variable names in the file."""
+        return sorted(n[: -len("/report")] for n in self.variables if n.endswith("/report") and "/" not in n[: -len("/report")])
+
+    def _bp_step(self, step):
+        try:
+            return self.steps.index(int(step))
+        except ValueError:
+            raise StagelearnError(f"{self.path}: step {step} not in the file (steps {self.steps[0]}..{self.steps[-1]})") from None
+
+    def _select_step(self, var, name, bp_step):
+        # Random-access SetStepSelection counts only the steps where the variable exists:
+        # payloads and reports exist in every step, each encoder array in exactly one.
+        var.SetStepSelection([0 if name.startswith("encoder/") else bp_step, 1])
+
+    def _get_global(self, name, bp_step):
+        b = bindings()
+        var = self.io.InquireVariable(name)
+        shape = [int(x) for x in var.Shape()]
+        self._select_step(var, name, bp_step)
+        var.SetSelection([[0] * len(shape), shape])
+        out = np.empty(shape, dtype=np.float32 if var.Type() == "float" else np.uint8)
+        self.engine.Get(var, out, b.Mode.Sync)
+        return out
+
+    def encoder(self, version):
+        """The :class:`Encoder` of ``version`` stored in the file (validated)."""
+        version = int(version)
+        if version not in self._encoders:
+            prefix = encoder_prefix(version)
+            spec_name = f"{prefix}/spec"
+            if spec_name not in self.variables:
+                raise StagelearnError(f"{self.path}: encoder version {version} is not stored in the file")
+            spec = spec_from_bytes(self._get_global(spec_name, 0))
+            arrays = {n[len(prefix) + 1:]: self._get_global(n, 0)
+                      for n in self.variables if n.startswith(prefix + "/") and n != spec_name}
+            self._encoders[version] = Encoder.from_arrays(spec, arrays)
+        return self._encoders[version]
+
+    def reports(self, step, var):
+        """Report rows of ``var`` at ``step``: ndarray of shape (n_blocks, len(REPORT_FIELDS))."""
+        b = bindings()
+        t = self._bp_step(step)
+        rv = self.io.InquireVariable(report_name(var))
+        rows = []
+        for bi in self.engine.BlocksInfo(report_name(var), t):
+            row = np.empty(len(REPORT_FIELDS))
+            self._select_step(rv, report_name(var), t)
+            rv.SetBlockSelection(int(bi["BlockID"]))
+            self.engine.Get(rv, row, b.Mode.Sync)
+            rows.append(row)
+        return np.array(rows)
+
+    def read(self, step, var):
+        """Reconstruct the global field ``var`` at producer step ``step``.
+
+        Returns
+        -------
+        field : ndarray, float32, of the variable's global shape
+
+        Raises
+        ------
+        StagelearnError
+            If the step or variable is not in the file.
+        """
+        b = bindings()
+        if var not in self.fields():
+            raise StagelearnError(f"{self.path}: no variable {var!r} (fields: {self.fields()})")
+        t = self._bp_step(step)
+        pv = self.io.InquireVariable(payload_name(var))
+        out = None
+        for i, row in enumerate(self.reports(step, var)):
+            self._select_step(pv, payload_name(var), t)
+            pv.SetBlockSelection(i)
+            buf = np.empty(int(pv.SelectionSize()), dtype=np.uint8)
+            self.engine.Get(pv, buf, b.Mode.Sync)
+            version = int(report_get(row, "encoder_version"))
+            codec = self.encoder(version).variables[var].codec() if version > 0 else None
+            block, header, _ = decode_block(buf, codec)
+            if out is None:
+                out = np.zeros(header["shape"], dtype=np.float32)
+            out[tuple(slice(s, s + c) for s, c in zip(header["start"], header["count"]))] = block
+        if out is None:
+            raise StagelearnError(f"{self.path}: step {step} has no data for {var}")
+        return out
+
+    def close(self):
+        self.engine.Close()

@@ -1,0 +1,259 @@
+"""The producer API: what a simulation calls to stream its fields and receive encoders.
+
+Minimal use, from any mpi4py simulation::
+
+    from stagelearn.staging import Producer
+    with Producer("run/sst/stream", comm=comm, config_file="adios2.xml") as prod:
+        prod.define_variable("T", shape=global_shape, start=start, count=count)
+        prod.open()
+        for step in range(n_steps):
+            ...advance the simulation...
+            prod.write(step, {"T": local_block})
+
+``write`` sends raw float32 blocks until staging pushes an encoder back, then per-tile codes
+(:func:`stagelearn.analytics.codec.encode_block`) plus the worst-reconstructed tiles raw, and
+in every step a report of bytes and of the error of what was sent against the raw block.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import numpy as np
+
+from ..analytics.baselines import sz3_at_psnr
+from ..analytics.codec import encode_block
+from ..analytics.encoder import Encoder
+from ..analytics.metrics import psnr_from_mse
+from .adios import bindings, built_with_mpi, deadline, declare_io, make_adios, remove_stale_contact_file
+from .errors import ModelFormatError
+from .model_channel import ModelSubscriber
+from .mpiutil import bcast_bytes
+from .wire import REPORT_FIELDS, WIRE_DTYPE, make_report, payload_name, report_name
+from .xmlconfig import read_ios
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_layout(layout):
+    """``"auto"`` -> ``"shared"`` with an MPI build of ADIOS2, else ``"per_rank"``."""
+    if layout == "auto":
+        return "shared" if built_with_mpi() else "per_rank"
+    return layout
+
+
+def rank_stream(stream_path, rank):
+    """Stream name of producer ``rank`` in the per-rank layout."""
+    return f"{stream_path}.p{rank}"
+
+
+class Producer:
+    """Streams a simulation's blocks to staging and applies the encoders it pushes back.
+
+    Parameters
+    ----------
+    stream_path : str
+        Stream name; SST writes its contact file next to it (``<stream_path>.sst``), BP5 writes
+        ``<stream_path>.bp``.
+    comm : mpi4py.MPI.Comm
+        The simulation's ranks. ``open``, ``write`` and ``close`` are collective over ``comm``.
+    config_file : str
+        ADIOS2 XML defining ``io_name`` and ``model_io_name``.
+    io_name, model_io_name : str
+        IO of the data stream and of the reverse (model) stream.
+    layout : {"auto", "shared", "per_rank"}
+        ``shared``: the ranks form one SST writer (needs ADIOS2 with MPI); ``per_rank``: each rank
+        writes its own stream ``<stream_path>.p<rank>``.
+    open_timeout_s, step_timeout_s : float
+        Bounds on waiting for staging to connect and for one step to be accepted; past them the
+        process exits with code 3 and says what it waited for.
+    sz3_every : int, default=0
+        Also compress every n-th encoded step with SZ3 at the PSNR reached, for the report.
+
+    Attributes
+    ----------
+    encoder : Encoder or None
+        Encoder in use.
+    steps_written : int
+    streaming : bool
+        True when the data IO's engine is SST (else it writes a file and no encoder comes).
+    """
+
+    def __init__(self, stream_path, *, comm, config_file, io_name="SimulationOutput", model_io_name="ModelUpdates",
+                 layout="auto", open_timeout_s=60.0, step_timeout_s=120.0, sz3_every=0):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.stream_path = str(stream_path)
+        self.config_file = str(config_file)
+        self.io_name, self.model_io_name = io_name, model_io_name
+        self.layout = resolve_layout(layout)
+        self.open_timeout_s, self.step_timeout_s = open_timeout_s, step_timeout_s
+        self.sz3_every = sz3_every
+        self._ios = read_ios(self.config_file)
+        self.adios = make_adios(self.config_file, comm if self.layout == "shared" else None)
+        self.io = declare_io(self.adios, io_name, self.config_file, self._ios)
+        self.streaming = self.io.EngineType().lower() == "sst"
+        self._defs = {}
+        self._vars = {}
+        self.engine = None
+        self._subscriber = None
+        self.encoder = None
+        self._codecs = {}
+        self.steps_written = 0
+        self._encoded_steps = 0
+
+    # ----------------------------------------------------------------- setup
+    def define_variable(self, name, shape, start, count):
+        """Declare a field: global ``shape``, this rank's ``start`` and ``count`` (cells).
+
+        Raises
+        ------
+        ValueError
+            If the name contains ``/`` or the selection lies outside the shape.
+        """
+        if "/" in name or not name:
+            raise ValueError(f"variable name {name!r} must be non-empty and must not contain '/'")
+        shape, start, count = (tuple(int(x) for x in v) for v in (shape, start, count))
+        if not (len(shape) == len(start) == len(count)) or any(s < 0 or s + c > n for s, c, n in zip(start, count, shape)):
+            raise ValueError(f"variable {name}: start {start} + count {count} does not fit in shape {shape}")
+        self._defs[name] = (shape, start, count)
+        dummy = np.zeros(1, dtype=WIRE_DTYPE)
+        self._vars[name] = self.io.DefineVariable(name, dummy, list(shape), list(start), list(count))
+        if self.streaming:
+            self._vars[payload_name(name)] = self.io.DefineVariable(payload_name(name), np.zeros(1, np.uint8), [], [], [1])
+            self._vars[report_name(name)] = self.io.DefineVariable(
+                report_name(name), np.zeros(len(REPORT_FIELDS)), [], [], [len(REPORT_FIELDS)])
+
+    def open(self):
+        """Open the data stream (waits for staging to connect) and, on rank 0, the model stream."""
+        b = bindings()
+        path = self.stream_path if self.layout == "shared" else rank_stream(self.stream_path, self.rank)
+        if not self.streaming:
+            path += ".bp"
+        if self.streaming and (self.layout == "per_rank" or self.rank == 0):
+            remove_stale_contact_file(path)
+        if self.streaming:
+            self.io.DefineAttribute("stagelearn/report_fields", list(REPORT_FIELDS))
+        with deadline(self.open_timeout_s, f"staging to open stream {path} (timeouts.open_s)"):
+            self.engine = self.io.Open(path, b.Mode.Write)
+        if self.streaming and self.rank == 0:
+            model_adios = make_adios(self.config_file, None)
+            model_io = declare_io(model_adios, self.model_io_name, self.config_file, self._ios)
+            self._model_adios = model_adios
+            self._subscriber = ModelSubscriber(model_io, f"{self.stream_path}-model", self.open_timeout_s)
+        logger.info("producer rank %d opened %s (%s, layout %s)", self.rank, path, self.io.EngineType(), self.layout)
+        return self
+
+    # ----------------------------------------------------------------- steps
+    def _poll_encoder(self):
+        frame = b""
+        if self._subscriber is not None:
+            try:
+                enc = self._subscriber.poll()
+            except ModelFormatError as exc:
+                logger.error("%s; keeping encoder version %s", exc, self.encoder.version if self.encoder else None)
+                enc = None
+            frame = enc.to_frame() if enc is not None else b""
+        frame = bcast_bytes(self.comm, frame)
+        if frame:
+            self.encoder = Encoder.from_frame(frame)
+            self._codecs = {v: m.codec() for v, m in self.encoder.variables.items()}
+            logger.info("producer rank %d switches to encoder version %d", self.rank, self.encoder.version)
+
+    def write(self, step, fields):
+        """Write one output step (collective over ``comm``).
+
+        Parameters
+        ----------
+        step : int
+            Output step index (increasing).
+        fields : dict of str to ndarray
+            This rank's block of each defined variable, shape ``count`` (any float dtype,
+            C or Fortran order; copied as float32).
+
+        Returns
+        -------
+        reports : dict of str to ndarray
+            The report row of each variable (:data:`~stagelearn.staging.wire.REPORT_FIELDS`).
+
+        Raises
+        ------
+        ValueError
+            If a variable is missing, unknown, or has the wrong block shape.
+        """
+        b = bindings()
+        if self.engine is None:
+            raise RuntimeError("Producer.open() must be called before write()")
+        missing, unknown = set(self._defs) - set(fields), set(fields) - set(self._defs)
+        if missing or unknown:
+            raise ValueError(f"step {step}: missing variables {sorted(missing)}, undefined variables {sorted(unknown)}")
+        if self.streaming:
+            self._poll_encoder()
+        encoder = self.encoder
+        sample_sz3 = encoder is not None and self.sz3_every > 0 and self._encoded_steps % self.sz3_every == 0
+        reports = {}
+        with deadline(self.step_timeout_s, f"staging to accept step {step} (timeouts.step_s)"):
+            self.engine.BeginStep()
+            for name, (shape, start, count) in self._defs.items():
+                block = np.ascontiguousarray(fields[name], dtype=WIRE_DTYPE)
+                if block.shape != count:
+                    raise ValueError(f"step {step}: variable {name} has block shape {block.shape}, defined count is {count}")
+                if not self.streaming:
+                    self.engine.Put(self._vars[name], block, b.Mode.Sync)
+                    continue
+                lo, hi = (float(block.min()), float(block.max())) if block.size else (0.0, 0.0)
+                model = encoder.variables.get(name) if encoder is not None else None
+                if model is None:
+                    self.engine.Put(self._vars[name], block, b.Mode.Sync)
+                    row = make_report(step=step, rank=self.rank, raw_bytes=block.nbytes, sent_bytes=block.nbytes,
+                                      n=block.size, vmin=lo, vmax=hi, local_psnr_db=math.inf)
+                else:
+                    eb = encode_block(block, self._codecs[name], model.tile_shape, raw_fraction=encoder.raw_fraction,
+                                      header={"step": int(step), "variable": name, "rank": self.rank,
+                                              "encoder_version": encoder.version, "shape": list(shape),
+                                              "start": list(start), "count": list(count)})
+                    payload = np.frombuffer(eb.payload, dtype=np.uint8).copy()
+                    var = self._vars[payload_name(name)]
+                    var.SetSelection([[], [payload.size]])
+                    self.engine.Put(var, payload, b.Mode.Sync)
+                    local_psnr = psnr_from_mse(eb.stats.mse, hi - lo)
+                    sz3_bytes = sz3_sse = 0.0
+                    if sample_sz3 and math.isfinite(local_psnr):
+                        sz3_bytes, rec = sz3_at_psnr(block, local_psnr)
+                        d = (block.astype(np.float64) - rec).ravel()
+                        sz3_sse = float(d @ d)
+                    row = make_report(step=step, rank=self.rank, encoder_version=encoder.version,
+                                      raw_bytes=block.nbytes, sent_bytes=payload.size, sse=eb.stats.sse, n=block.size,
+                                      max_abs_error=eb.stats.max_abs_error, vmin=lo, vmax=hi,
+                                      n_raw_tiles=eb.n_raw_tiles, sz3_bytes=sz3_bytes, sz3_sse=sz3_sse,
+                                      local_psnr_db=local_psnr)
+                self.engine.Put(self._vars[report_name(name)], row, b.Mode.Sync)
+                reports[name] = row
+            self.engine.EndStep()
+        if encoder is not None:
+            self._encoded_steps += 1
+        self.steps_written += 1
+        return reports
+
+    # ----------------------------------------------------------------- teardown
+    def close(self):
+        """Close the streams (collective). Staging sees the end of the stream."""
+        if self.engine is not None:
+            with deadline(self.step_timeout_s, "staging to release the last steps at close (timeouts.step_s)"):
+                self.engine.Close()
+            self.engine = None
+        if self._subscriber is not None:
+            self._subscriber.close()
+            self._subscriber = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        # On an error other ranks may be inside a collective (EndStep, Close): leave the engines
+        # to the job abort instead of blocking in a collective Close here.
+        return False

@@ -1,0 +1,251 @@
+"""The staging service: read the stream, learn, push encoders back, write the compressed output.
+
+Every staging rank runs :meth:`StagingService.run`. Per step:
+
+1. read this rank's producer blocks (:mod:`.stream`);
+2. cut raw data into tiles - whole blocks before the first encoder, afterwards the raw tiles
+   producers chose to send (their worst-reconstructed) - and ``partial_fit`` one
+   :class:`~stagelearn.analytics.IncrementalPCA` per variable (collective: every rank ends with
+   the same exact global basis);
+3. gather the blocks on rank 0, which writes them to the BP5 output and accounts their reports;
+4. after ``learner.warmup_steps`` steps, and then every ``learner.publish_every`` steps, rank 0
+   builds an :class:`~stagelearn.analytics.encoder.Encoder` and publishes it on the model stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import zstandard
+
+from ..analytics.codec import parse_payload
+from ..analytics.encoder import Encoder
+from ..analytics.framing import pack_frame, unpack_frame
+from ..analytics.incremental_pca import IncrementalPCA
+from ..analytics.tiling import to_tiles
+from .adios import declare_io, make_adios
+from .errors import ConfigError
+from .model_channel import ModelPublisher
+from .mpiutil import allreduce_flag, bcast_bytes, gather_bytes
+from .output import CompressedOutputWriter
+from .producer import resolve_layout
+from .results import RunLedger, write_json
+from .stream import PerRankStreamReader, ReceivedBlock, SharedStreamReader
+from .wire import report_get
+from .xmlconfig import read_ios
+
+logger = logging.getLogger(__name__)
+
+_BUNDLE = b"SLB1"
+
+
+def default_tile_shape(ndim):
+    """64-feature tiles: 4x4x4 in 3D, 8x8 in 2D, 64 in 1D (see README, "Tile shape")."""
+    return {1: (64,), 2: (8, 8), 3: (4, 4, 4)}.get(ndim, (2,) * ndim)
+
+
+def raw_tiles_of(blk, tile_shape):
+    """Raw (exact) tiles carried by a block: all tiles of a raw block, the raw section of a payload."""
+    if blk.raw is not None:
+        return to_tiles(blk.raw, tile_shape)
+    header, sec = parse_payload(blk.payload)
+
+    d = int(np.prod(header["tile_shape"]))
+    n = int(header["n_raw"])
+    data = zstandard.ZstdDecompressor().decompress(bytes(sec["raw_tiles"]), max_output_size=4 * n * d + 64)
+    if list(header["tile_shape"]) != list(tile_shape) or len(data) != 4 * n * d:
+        raise ValueError(f"payload of {blk.var} from rank {blk.rank} does not match tile shape {tile_shape}")
+    return np.frombuffer(data, dtype=np.float32).reshape(n, d)
+
+
+def _pack_blocks(blocks):
+    meta, sections = [], {}
+    for i, blk in enumerate(blocks):
+        meta.append({"var": blk.var, "rank": blk.rank, "shape": blk.shape, "start": blk.start, "count": blk.count,
+                     "raw": blk.raw is not None})
+        sections[f"{i}/report"] = blk.report.tobytes()
+        sections[f"{i}/data"] = blk.raw.tobytes() if blk.raw is not None else blk.payload
+    return pack_frame(_BUNDLE, {"blocks": meta}, sections)
+
+
+def _unpack_blocks(frame):
+    header, sec = unpack_frame(_BUNDLE, frame, "block bundle")
+    out = []
+    for i, m in enumerate(header["blocks"]):
+        blk = ReceivedBlock(var=m["var"], rank=m["rank"], report=np.frombuffer(bytes(sec[f"{i}/report"]), dtype=np.float64).copy(),
+                            shape=tuple(m["shape"]) if m["shape"] else None, start=tuple(m["start"]) if m["start"] else None,
+                            count=tuple(m["count"]) if m["count"] else None)
+        data = bytes(sec[f"{i}/data"])
+        if m["raw"]:
+            blk.raw = np.frombuffer(data, dtype=np.float32).reshape(blk.count).copy()  # ADIOS2 Put needs writeable arrays
+        else:
+            blk.payload = data
+        out.append(blk)
+    return out
+
+
+class StagingService:
+    """Staging side of a run (collective over ``comm``).
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    comm : mpi4py.MPI.Comm
+        The staging ranks.
+    run_dir : path
+        Where the stream contact files, the output file and the summary go.
+    """
+
+    def __init__(self, cfg, comm, run_dir):
+        self.cfg, self.comm, self.run_dir = cfg, comm, str(run_dir)
+        self.rank = comm.Get_rank()
+        self.learners = {}
+        self.tile_shapes = {}
+        self.variables = list(cfg.staging.variables) if cfg.staging.variables else None
+        self.ranges = {}
+        self.encoder = None
+        self.ledger = RunLedger()
+        self.steps_seen = 0
+        self.last_publish = None
+        self.tiles_learned = 0
+
+    # ----------------------------------------------------------------- helpers
+    def _open(self):
+        cfg = self.cfg
+        xml = cfg.adios2.config_file
+        ios = read_ios(xml)
+        stream = os.path.join(self.run_dir, "sst", "stream")
+        layout = resolve_layout(cfg.adios2.layout)
+        t = cfg.timeouts
+        if layout == "shared":
+            self.reader = SharedStreamReader(xml, cfg.adios2.stream_io, stream, self.comm, ios,
+                                             open_timeout_s=t.open_s, step_timeout_s=t.step_s)
+        else:
+            self.reader = PerRankStreamReader(xml, cfg.adios2.stream_io, stream, cfg.simulation.ranks, self.comm, ios,
+                                              open_timeout_s=t.open_s, step_timeout_s=t.step_s)
+        self.publisher = self.writer = None
+        if self.rank == 0:
+            self._model_adios = make_adios(xml, None)
+            model_io = declare_io(self._model_adios, cfg.adios2.model_io, xml, ios)
+            self.publisher = ModelPublisher(model_io, f"{stream}-model", cfg.timeouts.open_s)
+            self.writer = CompressedOutputWriter(xml, cfg.adios2.output_io, os.path.join(self.run_dir, "compressed.bp"))
+        logger.info("staging rank %d/%d reading %s (%s layout)", self.rank, self.comm.Get_size(), stream, layout)
+
+    def _discover_variables(self, blocks):
+        if self.variables is None:
+            names = sorted({b.var for b in blocks}) if self.rank == 0 else []
+            self.variables = json.loads(bcast_bytes(self.comm, json.dumps(names).encode()).decode())
+        # tile shapes from the dimensionality seen on the stream (agreed through rank 0)
+        missing = [v for v in self.variables if v not in self.tile_shapes]
+        if missing:
+            dims = {}
+            for blk in blocks:
+                if blk.raw is not None:
+                    dims[blk.var] = blk.raw.ndim
+            info = json.loads(bcast_bytes(self.comm, json.dumps(dims).encode() if self.rank == 0 else b"").decode())
+            for v in missing:
+                if v not in info:
+                    raise ConfigError(f"staging.variables: {v!r} is not on the stream (first step has {sorted(info)})")
+                shape = tuple(self.cfg.staging.tile_shape) if self.cfg.staging.tile_shape else default_tile_shape(info[v])
+                if len(shape) != info[v]:
+                    raise ConfigError(f"{self.cfg.source}: staging.tile_shape {shape} does not match the {info[v]}-D variable {v}")
+                self.tile_shapes[v] = shape
+                self.learners[v] = IncrementalPCA(self.cfg.learner.n_components,
+                                                  forgetting_factor=self.cfg.learner.forgetting_factor, comm=self.comm)
+
+    def _learn(self, blocks):
+        for var in self.variables:
+            d = int(np.prod(self.tile_shapes[var]))
+            parts = [raw_tiles_of(b, self.tile_shapes[var]) for b in blocks if b.var == var]
+            tiles = np.concatenate(parts) if parts else np.zeros((0, d), dtype=np.float32)
+            finite = np.all(np.isfinite(tiles), axis=1)
+            if not finite.all():
+                logger.warning("%s: %d tiles with NaN/Inf kept out of the learner", var, int((~finite).sum()))
+                tiles = tiles[finite]
+            self.learners[var].partial_fit(tiles)
+            self.tiles_learned += tiles.shape[0]
+
+    def _should_publish(self):
+        lc = self.cfg.learner
+        if self.steps_seen < lc.warmup_steps:
+            return False
+        return self.last_publish is None or self.steps_seen - self.last_publish >= lc.publish_every
+
+    def _progress(self, step):
+        path = os.path.join(self.run_dir, "progress.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"steps_received": self.steps_seen, "last_step": step,
+                       "encoder_version": self.encoder.version if self.encoder else 0}, f)
+        os.replace(tmp, path)
+
+    # ----------------------------------------------------------------- main loop
+    def _close_local(self):
+        for obj in (self.publisher, self.writer):
+            if obj is not None:
+                obj.close()
+        self.publisher = self.writer = None
+
+    def _loop(self):
+        while True:
+            blocks = self.reader.read_step()
+            if not allreduce_flag(self.comm, blocks is not None):
+                break
+            blocks = blocks or []
+            self._discover_variables(blocks)
+            self._learn(blocks)
+            self.steps_seen += 1
+            parts = gather_bytes(self.comm, _pack_blocks(blocks))
+            publish = self._should_publish()
+            if self.rank == 0:
+                self._record(parts, publish)
+            if publish:
+                self.last_publish = self.steps_seen
+
+    def _record(self, parts, publish):
+        """Rank 0: account the step, publish a new encoder if due, write the output step."""
+        all_blocks = [b for p in parts for b in _unpack_blocks(p)]
+        step = max(b.step for b in all_blocks) if all_blocks else -1
+        for b in all_blocks:
+            self.ledger.add(b.var, b.report)
+            lo, hi = self.ranges.get(b.var, (math.inf, -math.inf))
+            self.ranges[b.var] = (min(lo, report_get(b.report, "vmin")), max(hi, report_get(b.report, "vmax")))
+        new = None
+        if publish:
+            version = (self.encoder.version if self.encoder else 0) + 1
+            new = Encoder.from_learners(
+                {v: self.learners[v] for v in self.variables}, version=version, trained_until_step=step,
+                tile_shapes=self.tile_shapes, ranges=self.ranges, psnr_db=self.cfg.codec.psnr_db,
+                raw_fraction=self.cfg.codec.raw_fraction)
+            self.publisher.publish(new)
+            self.ledger.published.append((version, step))
+            self.encoder = new
+        self.writer.write_step(step, all_blocks, encoder=new)
+        self._progress(step)
+
+    def run(self):
+        """Run until the simulation closes its stream; return the summary dict on rank 0 (collective)."""
+        t0 = time.time()
+        self._open()
+        try:
+            self._loop()
+        except BaseException:
+            # Other ranks may be inside a collective: do not call collective closes here. The
+            # caller aborts the job; rank 0 still completes its local output file.
+            logger.exception("staging rank %d failed", self.rank)
+            self._close_local()
+            raise
+        self.reader.close()
+        self._close_local()
+        if self.rank != 0:
+            return None
+        summary = self.ledger.summary(wall_s=time.time() - t0)
+        summary["tiles_learned_rank0"] = self.tiles_learned
+        write_json(os.path.join(self.run_dir, "staging_summary.json"), summary)
+        write_json(os.path.join(self.run_dir, "steps.json"), self.ledger.step_table())
+        return summary

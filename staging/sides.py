@@ -1,0 +1,64 @@
+"""The two sides of a run, each executed by every rank of its own ``mpiexec`` job."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+
+from .producer import Producer
+from .results import write_json
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_run_dir(run_dir):
+    """Create ``run_dir`` and its ``sst/`` folder for contact files (mode 0700)."""
+    os.makedirs(run_dir, exist_ok=True)
+    sst = os.path.join(run_dir, "sst")
+    os.makedirs(sst, mode=0o700, exist_ok=True)
+    os.chmod(sst, 0o700)
+    return sst
+
+
+def simulation_main(cfg, comm, run_dir):
+    """Producer side: run the configured mock simulation through a :class:`Producer` (collective)."""
+    from ..sim_mocks.runner import build_simulation, gather_field, run_simulation
+
+    t0 = time.time()
+    if comm.Get_rank() == 0:
+        prepare_run_dir(run_dir)
+    comm.Barrier()
+    sim = build_simulation(cfg.simulation, comm)
+    dom = sim.domain
+    producer = Producer(os.path.join(run_dir, "sst", "stream"), comm=comm, config_file=cfg.adios2.config_file,
+                        io_name=cfg.adios2.stream_io, model_io_name=cfg.adios2.model_io, layout=cfg.adios2.layout,
+                        open_timeout_s=cfg.timeouts.open_s, step_timeout_s=cfg.timeouts.step_s,
+                        sz3_every=cfg.metrics.sz3_every)
+    for var in sim.variables:
+        producer.define_variable(var, dom.shape, dom.start, dom.count)
+    with producer:
+        producer.open()
+        stats = run_simulation(sim, producer, steps=cfg.simulation.steps, plotgap=cfg.simulation.plotgap)
+        versions = producer.encoder.version if producer.encoder else 0
+    # the last output step, assembled once, lets `stagelearn run` check the decoded file end to end
+    var = sim.variables[0]
+    ref = gather_field(comm, sim.fields()[var], dom.start, dom.count, dom.shape)
+    if comm.Get_rank() == 0:
+        np.save(os.path.join(run_dir, f"reference_{var}_step{stats['steps_written'] - 1}.npy"), ref)
+        write_json(os.path.join(run_dir, "producer.json"), dict(
+            stats, ranks=comm.Get_size(), layout=producer.layout, engine=producer.io.EngineType(),
+            last_encoder_version=versions, reference={"variable": var, "step": stats["steps_written"] - 1},
+            wall_s=time.time() - t0))
+
+
+def staging_main(cfg, comm, run_dir):
+    """Staging side: :class:`~stagelearn.staging.service.StagingService` until the stream ends (collective)."""
+    from .service import StagingService
+
+    if comm.Get_rank() == 0:
+        prepare_run_dir(run_dir)
+    comm.Barrier()
+    return StagingService(cfg, comm, run_dir).run()

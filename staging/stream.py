@@ -1,0 +1,195 @@
+"""Reading producer blocks from the SST stream on the staging ranks (both layouts).
+
+- :class:`SharedStreamReader`: all producers are one SST writer; the staging ranks open it as
+  one reader cohort over their communicator and each reads the blocks given by
+  :func:`~stagelearn.staging.wire.assign_blocks` (``SetBlockSelection``).
+- :class:`PerRankStreamReader`: each producer rank is its own SST writer
+  (``<stream>.p<rank>``); each staging rank opens the streams of its assigned producers.
+
+Both return, per step, a list of :class:`ReceivedBlock` read from the stream alone: variables,
+shapes and selections come from ADIOS2 metadata and payload headers, never from the
+simulation's Python objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .adios import begin_step, bindings, deadline, declare_io, make_adios
+from .wire import REPORT_FIELDS, assign_blocks, field_names, payload_name, report_get, report_name
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ReceivedBlock:
+    """One producer block of one variable in one step.
+
+    Attributes
+    ----------
+    var : str
+    rank : int
+        Producer (writer) rank.
+    report : ndarray of shape (len(REPORT_FIELDS),)
+    raw : ndarray or None
+        The float32 block when sent raw.
+    payload : bytes or None
+        The coded block otherwise.
+    shape, start, count : tuple of int or None
+        Global shape and selection (for raw blocks; payload headers carry their own).
+    """
+
+    var: str
+    rank: int
+    report: np.ndarray
+    raw: Optional[np.ndarray] = None
+    payload: Optional[bytes] = None
+    shape: Optional[tuple] = None
+    start: Optional[tuple] = None
+    count: Optional[tuple] = None
+
+    @property
+    def step(self):
+        return int(report_get(self.report, "step"))
+
+
+def _dims(text):
+    return tuple(int(x) for x in text.split(",")) if text else ()
+
+
+def _read_blocks(engine, io, step, writer_ids=None):
+    """Read the blocks of every field variable of the current step (optionally some writers only)."""
+    b = bindings()
+    available = io.AvailableVariables()
+    out, pending = [], []
+    for var in field_names(available):
+        rep_var = io.InquireVariable(report_name(var))
+        rep_info = engine.BlocksInfo(report_name(var), step)
+        raw_info = {}
+        if var in available:
+            raw_info = {int(bi["WriterID"]): bi for bi in engine.BlocksInfo(var, step)}
+        for bi in rep_info:
+            writer, bid = int(bi["WriterID"]), int(bi["BlockID"])
+            if writer_ids is not None and writer not in writer_ids:
+                continue
+            row = np.empty(len(REPORT_FIELDS))
+            rep_var.SetBlockSelection(bid)
+            engine.Get(rep_var, row, b.Mode.Sync)
+            blk = ReceivedBlock(var=var, rank=int(report_get(row, "rank")), report=row)
+            if writer in raw_info:
+                ri = raw_info[writer]
+                v = io.InquireVariable(var)
+                blk.shape = tuple(int(x) for x in v.Shape())
+                blk.start, blk.count = _dims(ri["Start"]), _dims(ri["Count"])
+                blk.raw = np.empty(blk.count, dtype=np.float32)
+                v.SetSelection([list(blk.start), list(blk.count)])
+                engine.Get(v, blk.raw, b.Mode.Deferred)
+                pending.append(blk)
+            elif payload_name(var) in available:
+                pv = io.InquireVariable(payload_name(var))
+                pv.SetBlockSelection(bid)
+                buf = np.empty(int(pv.SelectionSize()), dtype=np.uint8)
+                engine.Get(pv, buf, b.Mode.Sync)
+                blk.payload = buf.tobytes()
+            else:
+                logger.error("step %d: writer %d reported %s but sent neither raw data nor payload", step, writer, var)
+                continue
+            out.append(blk)
+    if pending:
+        engine.PerformGets()
+    return out
+
+
+class SharedStreamReader:
+    """One SST reader cohort over the staging communicator (collective calls).
+
+    Parameters
+    ----------
+    config_file : str
+    io_name : str
+    stream_path : str
+    comm : mpi4py.MPI.Comm
+        Staging ranks.
+    known_ios : collection of str
+    open_timeout_s, step_timeout_s : float
+    """
+
+    def __init__(self, config_file, io_name, stream_path, comm, known_ios, *, open_timeout_s, step_timeout_s):
+        self.comm = comm
+        self.adios = make_adios(config_file, comm)
+        self.io = declare_io(self.adios, io_name, config_file, known_ios)
+        self.io.SetParameter("OpenTimeoutSecs", str(max(1, int(open_timeout_s))))
+        self.path, self.step_timeout_s = stream_path, step_timeout_s
+        b = bindings()
+        with deadline(open_timeout_s + 30, f"the simulation to open stream {stream_path} (timeouts.open_s)"):
+            self.engine = self.io.Open(stream_path, b.Mode.Read)
+        self.n_producers = None
+
+    def read_step(self):
+        """Blocks of this rank for the next step, or None at the end of the stream (collective)."""
+        if begin_step(self.engine, self.step_timeout_s, f"stream {self.path}") == "end":
+            return None
+        step = self.engine.CurrentStep()
+        reports = [n for n in self.io.AvailableVariables() if n.endswith("/report")]
+        n_blocks = len(self.engine.BlocksInfo(reports[0], step)) if reports else 0
+        self.n_producers = n_blocks
+        mine = set(assign_blocks(n_blocks, self.comm.Get_size(), self.comm.Get_rank()))
+        blocks = _read_blocks(self.engine, self.io, step, writer_ids=mine)
+        self.engine.EndStep()
+        return blocks
+
+    def close(self):
+        self.engine.Close()
+
+
+class PerRankStreamReader:
+    """The streams of this staging rank's producers, one serial SST reader each.
+
+    Parameters
+    ----------
+    config_file, io_name, stream_path : str
+    n_producers : int
+        Producer ranks M (one stream each).
+    comm : mpi4py.MPI.Comm
+        Staging ranks (for the M-to-N assignment only; no collective here).
+    known_ios : collection of str
+    open_timeout_s, step_timeout_s : float
+    """
+
+    def __init__(self, config_file, io_name, stream_path, n_producers, comm, known_ios, *, open_timeout_s, step_timeout_s):
+        from .producer import rank_stream
+
+        b = bindings()
+        self.step_timeout_s = step_timeout_s
+        self.n_producers = n_producers
+        self.streams = []
+        for p in assign_blocks(n_producers, comm.Get_size(), comm.Get_rank()):
+            adios = make_adios(config_file, None)
+            io = declare_io(adios, io_name, config_file, known_ios)
+            io.SetParameter("OpenTimeoutSecs", str(max(1, int(open_timeout_s))))
+            path = rank_stream(stream_path, p)
+            with deadline(open_timeout_s + 30, f"producer {p} to open stream {path} (timeouts.open_s)"):
+                engine = io.Open(path, b.Mode.Read)
+            self.streams.append({"adios": adios, "io": io, "engine": engine, "path": path, "ended": False})
+
+    def read_step(self):
+        """Blocks of this rank's producers for the next step, or None once all streams ended."""
+        blocks, any_open = [], False
+        for s in self.streams:
+            if s["ended"]:
+                continue
+            if begin_step(s["engine"], self.step_timeout_s, f"stream {s['path']}") == "end":
+                s["ended"] = True
+                continue
+            any_open = True
+            blocks += _read_blocks(s["engine"], s["io"], s["engine"].CurrentStep())
+            s["engine"].EndStep()
+        return blocks if any_open else None
+
+    def close(self):
+        for s in self.streams:
+            s["engine"].Close()

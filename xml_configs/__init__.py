@@ -1,0 +1,1 @@
+"""ADIOS2 XML configurations shipped with stagelearn (package data)."""

@@ -274,7 +274,8 @@ def decode_block(payload, codec=None):
     ----------
     payload : bytes or ndarray of uint8
     codec : TransformCodec or None
-        The encoder version named in the payload header (unused for raw payloads).
+        The basis of the encoder version named in the payload header (unused for raw payloads);
+        the quantization step is taken from the header.
 
     Returns
     -------
@@ -306,6 +307,6 @@ def decode_block(payload, codec=None):
     keep[raw_index] = False
     codes = TransformCodec.unpack(sec["codes"], int(keep.sum()), k)
     tiles = np.empty((n_tiles, d), dtype=np.float32)
-    tiles[keep] = codec.dequantize(codes)
+    tiles[keep] = TransformCodec(codec.mean, codec.components, header["quant_step"]).dequantize(codes)
     tiles[raw_index] = raw_tiles
     return from_tiles(tiles, block_shape, tile_shape), header, raw_tiles

@@ -1,7 +1,8 @@
 """The encoder that staging pushes back to producers: named arrays plus a JSON spec.
 
-An :class:`Encoder` holds, per variable, the PCA basis (``mean_``, ``components_``), the tile
-shape and the quantization step, with a version and the last step it was trained on. It
+An :class:`Encoder` holds, per variable, the PCA basis (``mean_``, ``components_``) and the tile
+shape, plus the error target (PSNR) and raw-tile fraction, a version and the last step it was
+trained on. It
 travels as plain arrays named ``<variable>/mean_`` and ``<variable>/components_`` (float32)
 and a JSON spec listing every array's shape and dtype; the receiver checks both before use
 (:meth:`Encoder.from_arrays`), so a malformed or hostile update is rejected, never executed.
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .codec import TransformCodec, quant_step_for_psnr
+from .codec import TransformCodec
 from .framing import pack_frame, unpack_frame
 
 FORMAT = "stagelearn.pca-transform-coder/1"
@@ -37,22 +38,19 @@ class VariableModel:
     components_ : ndarray of shape (n_components, n_features), float32
     tile_shape : tuple of int
         ``prod(tile_shape) == n_features``.
-    quant_step : float
-        Quantization step (field units).
     data_min, data_max : float
-        Value range seen in training (sets ``quant_step`` from the PSNR target).
+        Value range seen in training.
     """
 
     mean_: np.ndarray
     components_: np.ndarray
     tile_shape: tuple
-    quant_step: float
     data_min: float
     data_max: float
 
-    def codec(self, zstd_level=3):
-        """The :class:`TransformCodec` of this variable."""
-        return TransformCodec(self.mean_, self.components_, self.quant_step, zstd_level=zstd_level)
+    def codec(self, quant_step, zstd_level=3):
+        """The :class:`TransformCodec` of this variable with a given quantization step."""
+        return TransformCodec(self.mean_, self.components_, quant_step, zstd_level=zstd_level)
 
 
 @dataclass
@@ -67,12 +65,16 @@ class Encoder:
         Last output step whose data the models have seen.
     raw_fraction : float
         Fraction of tiles per block that producers send raw.
+    psnr_db : float
+        Error target: producers set each step's quantization step from it and the step's global
+        value range (:func:`~stagelearn.analytics.codec.quant_step_for_psnr`).
     variables : dict of str to VariableModel
     """
 
     version: int
     trained_until_step: int
     raw_fraction: float
+    psnr_db: float
     variables: dict = field(default_factory=dict)
 
     @classmethod
@@ -93,12 +95,11 @@ class Encoder:
         variables = {}
         for name, est in learners.items():
             lo, hi = ranges[name]
-            span = hi - lo if hi > lo else 1.0
             variables[name] = VariableModel(
                 est.mean_.astype(np.float32), est.components_.astype(np.float32), tuple(tile_shapes[name]),
-                quant_step_for_psnr(psnr_db, span), float(lo), float(hi),
+                float(lo), float(hi),
             )
-        return cls(int(version), int(trained_until_step), float(raw_fraction), variables)
+        return cls(int(version), int(trained_until_step), float(raw_fraction), float(psnr_db), variables)
 
     # ------------------------------------------------------------- named arrays + spec
     def spec(self):
@@ -108,10 +109,10 @@ class Encoder:
             "version": self.version,
             "trained_until_step": self.trained_until_step,
             "raw_fraction": self.raw_fraction,
+            "psnr_db": self.psnr_db,
             "variables": {
                 name: {
                     "tile_shape": list(m.tile_shape),
-                    "quant_step": m.quant_step,
                     "data_min": m.data_min,
                     "data_max": m.data_max,
                     "arrays": {a: {"shape": list(getattr(m, a).shape), "dtype": "float32"} for a in _ARRAYS},
@@ -164,14 +165,14 @@ class Encoder:
                 n_features = int(np.prod(tile_shape))
                 if got["mean_"].shape != (n_features,) or got["components_"].ndim != 2 or got["components_"].shape[1] != n_features:
                     raise EncoderFormatError(f"encoder variable {name}: arrays do not match tile shape {tile_shape}")
-                step = float(vs["quant_step"])
-                if not (math.isfinite(step) and step > 0):
-                    raise EncoderFormatError(f"encoder variable {name}: quant_step must be a positive number, got {step!r}")
-                variables[name] = VariableModel(got["mean_"], got["components_"], tile_shape, step, float(vs["data_min"]), float(vs["data_max"]))
-            raw_fraction = float(spec["raw_fraction"])
+                variables[name] = VariableModel(got["mean_"], got["components_"], tile_shape,
+                                                float(vs["data_min"]), float(vs["data_max"]))
+            raw_fraction, psnr_db = float(spec["raw_fraction"]), float(spec["psnr_db"])
             if not 0.0 <= raw_fraction <= 1.0:
                 raise EncoderFormatError(f"raw_fraction {raw_fraction} outside [0, 1]")
-            return cls(int(spec["version"]), int(spec["trained_until_step"]), raw_fraction, variables)
+            if not (math.isfinite(psnr_db) and psnr_db > 0):
+                raise EncoderFormatError(f"psnr_db must be a positive number, got {psnr_db!r}")
+            return cls(int(spec["version"]), int(spec["trained_until_step"]), raw_fraction, psnr_db, variables)
         except (KeyError, TypeError) as exc:
             raise EncoderFormatError(f"encoder spec is missing or mistyped: {exc!r}") from None
 

@@ -118,7 +118,7 @@ class IncrementalPCA:
         error = None
         if X.ndim != 2:
             error = f"X must be 2-D (n_samples, n_features), got shape {X.shape}"
-            X = X.reshape(0, 0)
+            X = np.zeros((0, 0))
         elif not np.all(np.isfinite(X)):
             error = "X contains NaN or Inf; remove or flag those samples before partial_fit"
         n_features = X.shape[1]

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
-import threading
 import time
 from contextlib import contextmanager
 
+from . import watchdog
 from .errors import AdiosUnavailableError, ConfigError, StreamTimeoutError
 
 logger = logging.getLogger(__name__)
-
-EXIT_TIMEOUT = 3
 
 
 def bindings():
@@ -125,32 +122,47 @@ def begin_step(engine, timeout_s, what):
     raise StreamTimeoutError(f"BeginStep on {what} failed with {status}")
 
 
+def open_reader(io, path, open_timeout_s, what):
+    """Open a stream for reading, waiting at most ``open_timeout_s`` for its writer.
+
+    Sets SST's ``OpenTimeoutSecs`` (the wait for the writer's contact file) and bounds the
+    rest of the handshake with :func:`deadline`.
+
+    Raises
+    ------
+    StreamTimeoutError
+        If no writer appeared in time (ADIOS2's own error is quoted).
+    """
+    b = bindings()
+    io.SetParameter("OpenTimeoutSecs", str(max(1, int(round(open_timeout_s)))))
+    try:
+        with deadline(open_timeout_s + 30, f"{what} to finish opening {path} (timeouts.open_s)"):
+            return io.Open(str(path), b.Mode.Read)
+    except (ValueError, RuntimeError) as exc:
+        text = str(exc)
+        if "contact" in text or "Timeout" in text or "timed out" in text:
+            raise StreamTimeoutError(
+                f"no {what} opened {path} within {open_timeout_s:g} s (timeouts.open_s); is it running, "
+                f"and does it use the same stream path and SST settings?") from None
+        raise
+
+
 @contextmanager
-def deadline(timeout_s, what, *, exit_code=EXIT_TIMEOUT):
+def deadline(timeout_s, what):
     """Bound a blocking ADIOS2 call that has no timeout of its own (SST writer ``Open``, ``EndStep``).
 
-    If the block does not finish within ``timeout_s`` seconds, a watchdog thread logs what was
-    awaited and ends the process with ``exit_code`` (``os._exit``: a C call cannot be
-    interrupted from Python, and waiting forever is worse). ``timeout_s <= 0`` disables it.
+    Past ``timeout_s`` seconds the process prints what it waited for and ends with exit code 3,
+    even while blocked in C code (see :mod:`stagelearn.staging.watchdog`). ``timeout_s <= 0``
+    disables the bound.
     """
     if not timeout_s or timeout_s <= 0:
         yield
         return
-    done = threading.Event()
-
-    def watch():
-        if not done.wait(timeout_s):
-            msg = f"stagelearn: timed out after {timeout_s:g} s waiting for {what}; is the other side running?"
-            logger.critical(msg)
-            print(msg, file=sys.stderr, flush=True)
-            os._exit(exit_code)
-
-    t = threading.Thread(target=watch, name=f"deadline:{what}", daemon=True)
-    t.start()
+    watchdog.arm(timeout_s, f"timed out after {timeout_s:g} s waiting for {what}; is the other side running?")
     try:
         yield
     finally:
-        done.set()
+        watchdog.disarm()
 
 
 def remove_stale_contact_file(stream_path):

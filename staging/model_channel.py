@@ -21,7 +21,7 @@ import logging
 import numpy as np
 
 from ..analytics.encoder import Encoder, EncoderFormatError, spec_from_bytes, spec_to_bytes
-from .adios import begin_step, bindings, deadline, remove_stale_contact_file
+from .adios import begin_step, bindings, deadline, open_reader, remove_stale_contact_file
 from .errors import ModelFormatError
 
 logger = logging.getLogger(__name__)
@@ -89,11 +89,9 @@ class ModelSubscriber:
     """
 
     def __init__(self, io, stream_path, open_timeout_s):
-        b = bindings()
-        io.SetParameter("OpenTimeoutSecs", str(max(1, int(open_timeout_s))))
         self.io = io
         self.stream_path = stream_path
-        self.engine = io.Open(stream_path, b.Mode.Read)
+        self.engine = open_reader(io, stream_path, open_timeout_s, "staging (model publisher)")
         self.version = 0
         self.ended = False
 

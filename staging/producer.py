@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from ..analytics.baselines import sz3_at_psnr
-from ..analytics.codec import encode_block
+from ..analytics.codec import encode_block, quant_step_for_psnr
 from ..analytics.encoder import Encoder
 from ..analytics.metrics import psnr_from_mse
 from .adios import bindings, built_with_mpi, deadline, declare_io, make_adios, remove_stale_contact_file
@@ -100,7 +100,6 @@ class Producer:
         self.engine = None
         self._subscriber = None
         self.encoder = None
-        self._codecs = {}
         self.steps_written = 0
         self._encoded_steps = 0
 
@@ -159,8 +158,21 @@ class Producer:
         frame = bcast_bytes(self.comm, frame)
         if frame:
             self.encoder = Encoder.from_frame(frame)
-            self._codecs = {v: m.codec() for v, m in self.encoder.variables.items()}
             logger.info("producer rank %d switches to encoder version %d", self.rank, self.encoder.version)
+
+    def _quant_steps(self, blocks, encoder):
+        """Quantization step per variable from the error target and this step's global range (collective)."""
+        from mpi4py import MPI
+
+        names = [n for n in self._defs if n in encoder.variables]
+        ext = np.array([[b.min(), -b.max()] if b.size else [np.inf, np.inf] for b in (blocks[n] for n in names)],
+                       dtype=np.float64).reshape(-1)
+        self.comm.Allreduce(MPI.IN_PLACE, ext, op=MPI.MIN)
+        steps = {}
+        for i, n in enumerate(names):
+            span = -ext[2 * i + 1] - ext[2 * i]
+            steps[n] = quant_step_for_psnr(encoder.psnr_db, span if span > 0 else 1.0)
+        return steps
 
     def write(self, step, fields):
         """Write one output step (collective over ``comm``).
@@ -193,13 +205,17 @@ class Producer:
             self._poll_encoder()
         encoder = self.encoder
         sample_sz3 = encoder is not None and self.sz3_every > 0 and self._encoded_steps % self.sz3_every == 0
+        blocks = {}
+        for name, (shape, start, count) in self._defs.items():
+            blocks[name] = np.ascontiguousarray(fields[name], dtype=WIRE_DTYPE)
+            if blocks[name].shape != count:
+                raise ValueError(f"step {step}: variable {name} has block shape {blocks[name].shape}, defined count is {count}")
+        steps = self._quant_steps(blocks, encoder) if encoder is not None else {}
         reports = {}
         with deadline(self.step_timeout_s, f"staging to accept step {step} (timeouts.step_s)"):
             self.engine.BeginStep()
             for name, (shape, start, count) in self._defs.items():
-                block = np.ascontiguousarray(fields[name], dtype=WIRE_DTYPE)
-                if block.shape != count:
-                    raise ValueError(f"step {step}: variable {name} has block shape {block.shape}, defined count is {count}")
+                block = blocks[name]
                 if not self.streaming:
                     self.engine.Put(self._vars[name], block, b.Mode.Sync)
                     continue
@@ -210,7 +226,7 @@ class Producer:
                     row = make_report(step=step, rank=self.rank, raw_bytes=block.nbytes, sent_bytes=block.nbytes,
                                       n=block.size, vmin=lo, vmax=hi, local_psnr_db=math.inf)
                 else:
-                    eb = encode_block(block, self._codecs[name], model.tile_shape, raw_fraction=encoder.raw_fraction,
+                    eb = encode_block(block, model.codec(steps[name]), model.tile_shape, raw_fraction=encoder.raw_fraction,
                                       header={"step": int(step), "variable": name, "rank": self.rank,
                                               "encoder_version": encoder.version, "shape": list(shape),
                                               "start": list(start), "count": list(count)})

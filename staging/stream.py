@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from .adios import begin_step, bindings, deadline, declare_io, make_adios
+from .adios import begin_step, bindings, declare_io, make_adios, open_reader
 from .wire import REPORT_FIELDS, assign_blocks, field_names, payload_name, report_get, report_name
 
 logger = logging.getLogger(__name__)
@@ -122,11 +122,8 @@ class SharedStreamReader:
         self.comm = comm
         self.adios = make_adios(config_file, comm)
         self.io = declare_io(self.adios, io_name, config_file, known_ios)
-        self.io.SetParameter("OpenTimeoutSecs", str(max(1, int(open_timeout_s))))
         self.path, self.step_timeout_s = stream_path, step_timeout_s
-        b = bindings()
-        with deadline(open_timeout_s + 30, f"the simulation to open stream {stream_path} (timeouts.open_s)"):
-            self.engine = self.io.Open(stream_path, b.Mode.Read)
+        self.engine = open_reader(self.io, stream_path, open_timeout_s, "simulation")
         self.n_producers = None
 
     def read_step(self):
@@ -163,17 +160,14 @@ class PerRankStreamReader:
     def __init__(self, config_file, io_name, stream_path, n_producers, comm, known_ios, *, open_timeout_s, step_timeout_s):
         from .producer import rank_stream
 
-        b = bindings()
         self.step_timeout_s = step_timeout_s
         self.n_producers = n_producers
         self.streams = []
         for p in assign_blocks(n_producers, comm.Get_size(), comm.Get_rank()):
             adios = make_adios(config_file, None)
             io = declare_io(adios, io_name, config_file, known_ios)
-            io.SetParameter("OpenTimeoutSecs", str(max(1, int(open_timeout_s))))
             path = rank_stream(stream_path, p)
-            with deadline(open_timeout_s + 30, f"producer {p} to open stream {path} (timeouts.open_s)"):
-                engine = io.Open(path, b.Mode.Read)
+            engine = open_reader(io, path, open_timeout_s, f"producer rank {p}")
             self.streams.append({"adios": adios, "io": io, "engine": engine, "path": path, "ended": False})
 
     def read_step(self):

@@ -1,0 +1,80 @@
+"""Run YAML validation: unknown keys, wrong types and missing IOs give exit code 2 and one clear line."""
+
+import pytest
+import yaml
+
+from stagelearn.staging.config import load_config
+from stagelearn.staging.errors import ConfigError
+from conftest import REPO
+
+EXAMPLE = REPO / "examples" / "gray_scott.yaml"
+
+
+def write(tmp_path, data, name="run.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def example():
+    return yaml.safe_load(EXAMPLE.read_text())
+
+
+def test_example_is_valid():
+    cfg = load_config(EXAMPLE)
+    assert cfg.simulation.type == "gray_scott" and cfg.simulation.ranks == 4 and cfg.staging.ranks == 2
+    assert cfg.adios2.config_file.endswith("xml_configs/stagelearn.xml")
+
+
+def test_defaults_use_packaged_xml(tmp_path):
+    cfg = load_config(write(tmp_path, {"run_name": "x"}))
+    assert cfg.adios2.config_file.endswith("stagelearn.xml")
+
+
+@pytest.mark.parametrize("mutate, key, words", [
+    (lambda d: d["learner"].update(publish_evry=3), "learner.publish_evry", "Extra inputs"),
+    (lambda d: d["simulation"].update(L="big"), "simulation.L", "valid integer"),
+    (lambda d: d["codec"].update(raw_fraction=2), "codec.raw_fraction", "less than or equal"),
+    (lambda d: d["simulation"].update(type="lattice_boltzmann"), "simulation", "tag"),
+    (lambda d: d.update(timeouts={"open_s": -1}), "timeouts.open_s", "greater than"),
+])
+def test_bad_values_name_file_and_key(tmp_path, mutate, key, words):
+    data = example()
+    data["adios2"]["config_file"] = str(REPO / "xml_configs" / "stagelearn.xml")
+    mutate(data)
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert str(path) in msg and key in msg and words in msg and "\n" not in msg
+
+
+def test_missing_io_in_xml(tmp_path):
+    data = example()
+    data["adios2"] = {"config_file": str(REPO / "xml_configs" / "stagelearn.xml"), "model_io": "Weights"}
+    with pytest.raises(ConfigError, match=r"adios2.model_io: IO 'Weights' is not defined in .*stagelearn.xml"):
+        load_config(write(tmp_path, data))
+
+
+def test_malformed_yaml_and_xml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("simulation: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+:\d+: invalid YAML"):
+        load_config(bad)
+    xml = tmp_path / "broken.xml"
+    xml.write_text("<adios-config><io name='x'>\n</adios-config>")
+    with pytest.raises(ConfigError, match=r"broken.xml:2:\d+: malformed ADIOS2 XML"):
+        load_config(write(tmp_path, {"adios2": {"config_file": str(xml)}}))
+
+
+def test_validate_cli_exit_codes(tmp_path, stagelearn_cli):
+    ok = stagelearn_cli("validate", EXAMPLE, timeout=60)
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    data = example()
+    data["staging"]["rankz"] = 3
+    bad = stagelearn_cli("validate", write(tmp_path, data), timeout=60)
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and "staging.rankz" in lines[0] and "run.yaml" in lines[0]
+    missing = stagelearn_cli("validate", tmp_path / "nope.yaml", timeout=60)
+    assert missing.returncode == 2 and "not found" in missing.stderr

@@ -1,0 +1,121 @@
+"""End to end over real SST: producer and staging as separate mpiexec jobs (2-3 writers x 2 readers)."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import MPIEXEC, REPO, run_cmd
+from stagelearn.staging.output import CompressedOutputReader
+from stagelearn.staging.wire import report_get
+
+pytestmark = [pytest.mark.sst, pytest.mark.mpi]
+
+
+def small_config(tmp_path, name, **overrides):
+    cfg = {
+        "run_name": name,
+        "output_dir": str(tmp_path / "results"),
+        "simulation": {"type": "gray_scott", "ranks": 2, "L": 24, "steps": 150, "plotgap": 5, "noise": 0.1},
+        "staging": {"ranks": 2},
+        "adios2": {"config_file": str(REPO / "xml_configs" / "stagelearn.xml")},
+        "learner": {"warmup_steps": 3, "publish_every": 8},
+        "codec": {"psnr_db": 40.0, "raw_fraction": 0.01},
+        "metrics": {"sz3_every": 4},
+        "timeouts": {"open_s": 30, "step_s": 60, "run_s": 240},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def check_run(tmp_path, name, proc):
+    assert proc.returncode == 0, f"run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    run_dir = tmp_path / "results" / name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps_written"] == 31 and summary["steps_received"] == 31 and summary["steps_lost"] == 0
+    assert summary["encoder_versions"] >= 2
+    assert summary["compression_ratio"] > 4.0
+    assert summary["psnr_db"] >= 40.0 and summary["min_psnr_db"] >= 39.5
+    assert summary["sz3_compression_ratio"] > 1.0
+    # independent check: decode the last step from the file and recompute its error from the raw field
+    ref = json.loads((run_dir / "producer.json").read_text())["reference"]
+    original = np.load(run_dir / f"reference_{ref['variable']}_step{ref['step']}.npy")
+    reader = CompressedOutputReader(run_dir / "compressed.bp")
+    decoded = reader.read(ref["step"], ref["variable"])
+    rows = reader.reports(ref["step"], ref["variable"])
+    reader.close()
+    assert all(report_get(r, "encoder_version") >= 1 for r in rows)  # producers send codes from a pushed encoder
+    sse_reported = sum(report_get(r, "sse") for r in rows)
+    sse_actual = float(np.sum((decoded.astype(np.float64) - original) ** 2))
+    assert sse_reported == pytest.approx(sse_actual, rel=1e-4)
+    assert float(np.abs(decoded - original).max()) == pytest.approx(max(report_get(r, "max_abs_error") for r in rows), rel=1e-5)
+    assert (run_dir / "summary.png").stat().st_size > 10_000
+    return summary
+
+
+@pytest.mark.timeout(300)
+def test_run_shared_stream_2x2(tmp_path, stagelearn_cli):
+    proc = stagelearn_cli("run", small_config(tmp_path, "shared", adios2={"layout": "shared"}), "--no-progress", timeout=280)
+    summary = check_run(tmp_path, "shared", proc)
+    assert summary["simulation"]["layout"] == "shared"
+    assert "compression ratio" in proc.stdout and "PSNR" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_run_per_rank_streams_3x2(tmp_path, stagelearn_cli):
+    path = small_config(tmp_path, "per_rank", adios2={"layout": "per_rank"}, simulation={"ranks": 3})
+    summary = check_run(tmp_path, "per_rank", stagelearn_cli("run", path, "--no-progress", timeout=280))
+    assert summary["simulation"]["layout"] == "per_rank" and summary["simulation"]["ranks"] == 3
+
+
+@pytest.mark.timeout(200)
+def test_decode_cli_writes_npy_and_bp(tmp_path, stagelearn_cli):
+    path = small_config(tmp_path, "dec", simulation={"steps": 60})
+    assert stagelearn_cli("run", path, "--no-progress", timeout=180).returncode == 0
+    bp = tmp_path / "results" / "dec" / "compressed.bp"
+    listing = stagelearn_cli("decode", bp, timeout=60)
+    assert listing.returncode == 0 and "['U', 'V']" in listing.stdout
+    out = stagelearn_cli("decode", bp, "--step", 12, "--var", "V", "-o", tmp_path / "v.npy", timeout=60)
+    assert out.returncode == 0, out.stderr
+    reader = CompressedOutputReader(bp)
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), reader.read(12, "V"))
+    assert stagelearn_cli("decode", bp, "--step", 12, "--var", "V", "-o", tmp_path / "v.bp", timeout=60).returncode == 0
+    assert stagelearn_cli("decode", bp, "--step", 999, "--var", "V", timeout=60).returncode == 1
+
+
+@pytest.mark.timeout(200)
+def test_bp5_in_the_xml_writes_a_file(tmp_path, stagelearn_cli):
+    path = small_config(tmp_path, "file", adios2={"config_file": str(REPO / "xml_configs" / "stagelearn-bp5.xml")},
+                        simulation={"steps": 20})
+    proc = stagelearn_cli("run", path, "--no-progress", timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    bp = tmp_path / "results" / "file" / "sst" / "stream.bp"
+    assert bp.is_dir()
+    from stagelearn.staging.adios import bindings
+
+    b = bindings()
+    adios = b.ADIOS()  # keep a reference: the IO dies with its ADIOS object
+    io = adios.DeclareIO("check")
+    eng = io.Open(str(bp), b.Mode.ReadRandomAccess)
+    var = io.InquireVariable("V")
+    assert [int(x) for x in var.Shape()] == [24, 24, 24] and var.Steps() == 5
+    eng.Close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("side", ["stage", "sim"])
+def test_missing_peer_times_out_with_exit_code_3(tmp_path, side):
+    path = small_config(tmp_path, f"alone_{side}", timeouts={"open_s": 5, "step_s": 10, "run_s": 60})
+    t0 = time.time()
+    proc = run_cmd([MPIEXEC, "-n", "2", __import__("sys").executable, "-m", "stagelearn", side, str(path)], timeout=100, cwd=tmp_path)
+    assert proc.returncode == 3, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "timed out" in proc.stderr or "within" in proc.stderr
+    assert time.time() - t0 < 90

@@ -30,7 +30,8 @@ from .metrics import ErrorStats
 from .tiling import from_tiles, tile_grid, to_tiles
 
 MAGIC = b"SLP1"
-_MIN_SCALE = 0.05  # Laplace scale floor (in quantization steps) for all-zero coefficients
+_MIN_SCALE = 0.05  # Laplace scale floor (in quantization steps) for near-zero coefficients
+_MAX_MODEL_LIMIT = 4095  # larger code magnitudes in a column: that column is stored as zstd int32
 _MAX_CODE = 2**24  # codes are clipped here; such tiles have huge errors and are sent raw first
 
 
@@ -79,6 +80,11 @@ class TransformCodec:
         self.quant_step = float(quant_step)
         self.zstd_level = zstd_level
 
+    #: :meth:`step_for_mse` searches steps up to this factor above the uniform-noise model's step;
+    #: a cap keeps the error spread out (a large step would concentrate a block's error budget in
+    #: a few tiles and inflate the maximum error).
+    max_step_factor = 2.0
+
     @property
     def n_features(self):
         return self.components.shape[1]
@@ -94,9 +100,70 @@ class TransformCodec:
         -------
         codes : ndarray of shape (n_tiles, n_components), dtype int32
         """
-        coef = (np.asarray(tiles, dtype=np.float32) - self.mean) @ self.components.T
+        return self.quantize_coefficients(self.coefficients(tiles))
+
+    def coefficients(self, tiles):
+        """Projections of tiles on the basis: ndarray of shape (n_tiles, n_components), float32."""
+        return (np.asarray(tiles, dtype=np.float32) - self.mean) @ self.components.T
+
+    def quantize_coefficients(self, coef):
+        """Integer codes of coefficients (uniform mid-tread quantizer, step ``quant_step``)."""
         q = np.rint(coef * np.float32(1.0 / self.quant_step))
         return np.clip(q, -_MAX_CODE, _MAX_CODE).astype(np.int32)
+
+    def with_step(self, quant_step):
+        """The same basis with another quantization step."""
+        return TransformCodec(self.mean, self.components, quant_step, zstd_level=self.zstd_level)
+
+    def step_for_mse(self, tiles, target_mse, *, iterations=12):
+        """Largest quantization step whose reconstruction MSE stays at or below ``target_mse``.
+
+        The uniform-noise model ``MSE = step**2 / 12`` underestimates the step that a target
+        allows when many coefficients quantize to zero (their error is below ``step**2 / 12``), so
+        the step is found by bisection on ``log(step)`` between that model's value and
+        :attr:`max_step_factor` times it; the error is measured in the coefficient domain plus the residual outside the
+        basis, which equals the tile-domain error for an orthonormal basis.
+
+        Parameters
+        ----------
+        tiles : ndarray of shape (n_tiles, n_features)
+        target_mse : float
+            Mean squared error per value (field units squared).
+
+        Returns
+        -------
+        step : float
+        """
+        tiles = np.asarray(tiles, dtype=np.float32)
+        n_values = tiles.size
+        if n_values == 0 or target_mse <= 0:
+            return math.sqrt(12.0 * max(target_mse, 0.0)) or self.quant_step
+        coef = self.coefficients(tiles)
+        residual = 0.0
+        if self.components.shape[0] < self.components.shape[1]:  # truncated basis: error outside it is fixed
+            centred = tiles - self.mean
+            residual = float(np.sum(centred.astype(np.float64) ** 2) - np.sum(coef.astype(np.float64) ** 2))
+        budget = target_mse * n_values - max(residual, 0.0)
+        lo = math.sqrt(12.0 * max(budget, 0.0) / n_values)
+        if lo == 0.0:
+            return math.sqrt(12.0 * target_mse)
+        def sse(step):
+            r = coef - np.rint(coef / np.float32(step)) * np.float32(step)
+            return float(np.einsum("ij,ij->", r, r, dtype=np.float64))
+        hi = self.max_step_factor * lo
+        if sse(lo) > budget:  # model optimistic (rare): shrink until it holds
+            while lo > 1e-30 and sse(lo) > budget:
+                lo *= 0.5
+            return lo
+        if sse(hi) <= budget:
+            return hi
+        for _ in range(iterations):
+            mid = math.sqrt(lo * hi)
+            if sse(mid) <= budget:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def dequantize(self, codes):
         """Tiles reconstructed from integer codes.
@@ -115,10 +182,13 @@ class TransformCodec:
     def pack(self, codes):
         """Entropy-code integer codes with a per-coefficient Laplace model and a range coder.
 
-        Each coefficient (column) gets a zero-mean quantized Laplace model whose scale is the
-        maximum-likelihood estimate ``mean(|codes[:, j]|)``; the scales travel as float32 side
-        information. Coding uses ``constriction``'s range coder (Bamler, "Understanding entropy
-        coding with asymmetric numeral systems (ANS): a statistician's perspective", 2022).
+        Each coefficient (column) ``j`` gets a zero-mean quantized Laplace model on
+        ``[-limit_j, limit_j]`` whose scale is the maximum-likelihood estimate
+        ``mean(|codes[:, j]|)``; limits and scales travel as side information. Coding uses
+        ``constriction``'s range coder (Bamler, "Understanding entropy coding with asymmetric
+        numeral systems (ANS): a statistician's perspective", 2022). Columns whose limit exceeds
+        :data:`_MAX_MODEL_LIMIT` (values far outside what the model has seen) are stored as zstd-
+        compressed int32 instead.
 
         Parameters
         ----------
@@ -127,39 +197,53 @@ class TransformCodec:
         Returns
         -------
         data : bytes
-            ``uint32 limit``, ``float32 scales[n_components]``, then the range-coder words.
+            ``uint32 limits[n_components]``, ``float32 scales[n_components]``, ``uint32 n_words``,
+            the range-coder words, then the zstd section of escaped columns.
         """
         codes = np.asarray(codes, dtype=np.int32)
-        n_comp = codes.shape[1]
-        limit = int(np.abs(codes).max()) if codes.size else 0
-        scales = np.maximum(np.abs(codes).mean(axis=0) if codes.size else np.zeros(n_comp), _MIN_SCALE).astype(np.float32)
-        head = struct.pack("<I", limit) + scales.tobytes()
-        if limit == 0:
-            return head
-        enc = constriction.stream.queue.RangeEncoder()
-        model = constriction.stream.model.QuantizedLaplace(-limit, limit)
-        zeros = np.zeros(codes.shape[0])
-        for j in range(n_comp):
-            enc.encode(codes[:, j], model, zeros, np.full(codes.shape[0], float(scales[j])))
-        return head + enc.get_compressed().tobytes()
+        n, n_comp = codes.shape
+        limits = np.abs(codes).max(axis=0).astype(np.uint32) if n else np.zeros(n_comp, np.uint32)
+        scales = np.maximum(np.abs(codes).mean(axis=0) if n else np.zeros(n_comp), _MIN_SCALE).astype(np.float32)
+        coded = (limits > 0) & (limits <= _MAX_MODEL_LIMIT)
+        escaped = limits > _MAX_MODEL_LIMIT
+        words = np.zeros(0, dtype=np.uint32)
+        if coded.any():
+            enc = constriction.stream.queue.RangeEncoder()
+            zeros = np.zeros(n)
+            for j in np.flatnonzero(coded):
+                model = constriction.stream.model.QuantizedLaplace(-int(limits[j]), int(limits[j]))
+                enc.encode(codes[:, j], model, zeros, np.full(n, float(scales[j])))
+            words = enc.get_compressed()
+        escape = zstandard.ZstdCompressor(level=self.zstd_level).compress(np.ascontiguousarray(codes[:, escaped].T).tobytes()) if escaped.any() else b""
+        return limits.tobytes() + scales.tobytes() + struct.pack("<I", words.size) + words.tobytes() + escape
 
     @staticmethod
     def unpack(data, n_tiles, n_components):
         """Inverse of :meth:`pack`; returns codes of shape (n_tiles, n_components), int32."""
         data = bytes(data)
-        if len(data) < 4 + 4 * n_components:
+        head = 8 * n_components + 4
+        if len(data) < head:
             raise ValueError("code section is shorter than its side information")
-        (limit,) = struct.unpack("<I", data[:4])
-        scales = np.frombuffer(data, dtype=np.float32, count=n_components, offset=4)
-        if limit == 0 or n_tiles == 0:
-            return np.zeros((n_tiles, n_components), dtype=np.int32)
-        words = np.frombuffer(data[4 + 4 * n_components:], dtype=np.uint32)
-        dec = constriction.stream.queue.RangeDecoder(words)
-        model = constriction.stream.model.QuantizedLaplace(-limit, limit)
-        zeros = np.zeros(n_tiles)
-        out = np.empty((n_tiles, n_components), dtype=np.int32)
-        for j in range(n_components):
-            out[:, j] = dec.decode(model, zeros, np.full(n_tiles, float(scales[j])))
+        limits = np.frombuffer(data, dtype=np.uint32, count=n_components)
+        scales = np.frombuffer(data, dtype=np.float32, count=n_components, offset=4 * n_components)
+        (n_words,) = struct.unpack("<I", data[8 * n_components:head])
+        if head + 4 * n_words > len(data):
+            raise ValueError("code section is truncated")
+        out = np.zeros((n_tiles, n_components), dtype=np.int32)
+        coded = (limits > 0) & (limits <= _MAX_MODEL_LIMIT)
+        if coded.any() and n_tiles:
+            dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype=np.uint32, count=n_words, offset=head))
+            zeros = np.zeros(n_tiles)
+            for j in np.flatnonzero(coded):
+                model = constriction.stream.model.QuantizedLaplace(-int(limits[j]), int(limits[j]))
+                out[:, j] = dec.decode(model, zeros, np.full(n_tiles, float(scales[j])))
+        escaped = limits > _MAX_MODEL_LIMIT
+        if escaped.any() and n_tiles:
+            raw = zstandard.ZstdDecompressor().decompress(data[head + 4 * n_words:], max_output_size=4 * n_tiles * n_components + 64)
+            cols = np.frombuffer(raw, dtype=np.int32)
+            if cols.size != n_tiles * int(escaped.sum()):
+                raise ValueError("escaped code columns do not match the side information")
+            out[:, escaped] = cols.reshape(-1, n_tiles).T
         return out
 
 
@@ -199,7 +283,7 @@ def parse_payload(payload):
     return unpack_frame(MAGIC, payload, "block payload")
 
 
-def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None):
+def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, target_mse=None):
     """Encode one block: transform coding plus the worst tiles raw.
 
     Parameters
@@ -213,6 +297,10 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None):
         reconstruction error, are sent raw (exactly) instead of coded.
     header : dict, optional
         Extra JSON-serialisable fields stored in the payload header (step, variable, start...).
+    target_mse : float, optional
+        If given, the quantization step is chosen for this block so that its MSE (before raw
+        tiles, which only lower it) stays at or below ``target_mse``
+        (:meth:`TransformCodec.step_for_mse`); otherwise ``codec.quant_step`` is used.
 
     Returns
     -------
@@ -222,6 +310,8 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None):
     tiles = to_tiles(block.astype(np.float32, copy=False), tile_shape)
     if tiles.shape[1] != codec.n_features:
         raise ValueError(f"tile shape {tuple(tile_shape)} gives {tiles.shape[1]} features, the encoder has {codec.n_features}")
+    if target_mse is not None:
+        codec = codec.with_step(codec.step_for_mse(tiles, target_mse))
     codes = codec.quantize(tiles)
     rec = codec.dequantize(codes)
     n_tiles = tiles.shape[0]
@@ -307,6 +397,6 @@ def decode_block(payload, codec=None):
     keep[raw_index] = False
     codes = TransformCodec.unpack(sec["codes"], int(keep.sum()), k)
     tiles = np.empty((n_tiles, d), dtype=np.float32)
-    tiles[keep] = TransformCodec(codec.mean, codec.components, header["quant_step"]).dequantize(codes)
+    tiles[keep] = codec.with_step(header["quant_step"]).dequantize(codes)
     tiles[raw_index] = raw_tiles
     return from_tiles(tiles, block_shape, tile_shape), header, raw_tiles

@@ -48,8 +48,9 @@ class VariableModel:
     data_min: float
     data_max: float
 
-    def codec(self, quant_step, zstd_level=3):
-        """The :class:`TransformCodec` of this variable with a given quantization step."""
+    def codec(self, quant_step=1.0, zstd_level=3):
+        """The :class:`TransformCodec` of this variable (the step is usually set per block, see
+        :func:`~stagelearn.analytics.codec.encode_block` ``target_mse``)."""
         return TransformCodec(self.mean_, self.components_, quant_step, zstd_level=zstd_level)
 
 

@@ -35,7 +35,7 @@ class Heat2DConfig(_MockBase):
     type: Literal["heat2d"] = "heat2d"
     nx: int = Field(256, ge=4)
     ny: int = Field(256, ge=4)
-    kappa: float = Field(0.2, gt=0)
+    kappa: float = Field(0.1, gt=0)
     velocity: Tuple[float, float] = (0.3, 0.1)
     amplitude: float = 1.0
     sigma: float = Field(6.0, gt=0)

@@ -25,9 +25,9 @@ class AdvectionDiffusion2D:
     nx, ny : int
         Global grid size (cells of unit width).
     kappa : float
-        Diffusivity (cells^2 per time unit); stability needs ``4 kappa dt <= 1``.
+        Diffusivity (cells^2 per time unit).
     velocity : tuple of float
-        Mean flow ``(cx, cy)`` in cells per time unit; needs ``(|cx| + |cy|) dt <= 1``.
+        Mean flow ``(cx, cy)`` in cells per time unit.
     amplitude, sigma, omega, decay : float
         Source strength, source width (cells), angular speed (rad per time unit) and loss rate.
     dt : float
@@ -38,14 +38,17 @@ class AdvectionDiffusion2D:
     Raises
     ------
     ValueError
-        If ``dt`` violates the explicit stability limits above.
+        If ``dt`` violates the explicit (forward Euler, upwind) stability limit
+        ``(4 kappa + |cx| + |cy|) dt <= 1`` (positivity of the update weights).
     """
 
     variables = ("T",)
 
     def __init__(self, nx, ny, *, kappa, velocity, amplitude, sigma, omega, decay, dt, comm):
-        if 4 * kappa * dt > 1 or (abs(velocity[0]) + abs(velocity[1])) * dt > 1:
-            raise ValueError(f"dt={dt} is unstable for kappa={kappa}, velocity={velocity}: need 4*kappa*dt <= 1 and (|cx|+|cy|)*dt <= 1")
+        courant = (4 * kappa + abs(velocity[0]) + abs(velocity[1])) * dt
+        if courant > 1:
+            raise ValueError(f"dt={dt} is unstable for kappa={kappa}, velocity={velocity}: "
+                             f"need (4*kappa + |cx| + |cy|) * dt <= 1, got {courant:.3g}")
         self.kappa, self.velocity, self.dt = kappa, tuple(velocity), dt
         self.amplitude, self.sigma, self.omega, self.decay = amplitude, sigma, omega, decay
         self.domain = CartesianDomain((nx, ny), comm, periodic=False)

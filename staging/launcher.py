@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from .adios import remove_stale_contact_file
 from .config import load_config
 from .errors import ConfigError, StreamTimeoutError
 from .results import write_json
@@ -70,7 +71,10 @@ def launch(args):
     run_dir = str(cfg.run_dir)
     if os.path.exists(os.path.join(run_dir, "compressed.bp")):
         shutil.rmtree(os.path.join(run_dir, "compressed.bp"))
-    prepare_run_dir(run_dir)
+    sst_dir = prepare_run_dir(run_dir)
+    for stale in sorted(os.listdir(sst_dir)):  # contact files of an earlier run would point readers at dead writers
+        if stale.endswith(".sst"):
+            remove_stale_contact_file(os.path.join(sst_dir, stale[: -len(".sst")]))
     streaming = read_ios(cfg.adios2.config_file)[cfg.adios2.stream_io].type.lower() == "sst"
     env = _child_env()
     t0 = time.time()

@@ -217,7 +217,7 @@ class CompressedOutputReader:
             buf = np.empty(int(pv.SelectionSize()), dtype=np.uint8)
             self.engine.Get(pv, buf, b.Mode.Sync)
             version = int(report_get(row, "encoder_version"))
-            codec = self.encoder(version).variables[var].codec(1.0) if version > 0 else None  # step from header
+            codec = self.encoder(version).variables[var].codec() if version > 0 else None  # step from header
             block, header, _ = decode_block(buf, codec)
             if out is None:
                 out = np.zeros(header["shape"], dtype=np.float32)

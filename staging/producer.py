@@ -24,7 +24,7 @@ import os
 import numpy as np
 
 from ..analytics.baselines import sz3_at_psnr
-from ..analytics.codec import encode_block, quant_step_for_psnr
+from ..analytics.codec import encode_block
 from ..analytics.encoder import Encoder
 from ..analytics.metrics import psnr_from_mse
 from .adios import bindings, built_with_mpi, deadline, declare_io, make_adios, remove_stale_contact_file
@@ -160,19 +160,23 @@ class Producer:
             self.encoder = Encoder.from_frame(frame)
             logger.info("producer rank %d switches to encoder version %d", self.rank, self.encoder.version)
 
-    def _quant_steps(self, blocks, encoder):
-        """Quantization step per variable from the error target and this step's global range (collective)."""
+    def _target_mse(self, blocks, encoder):
+        """MSE per value allowed by the PSNR target and this step's global range, per variable (collective).
+
+        Every block meeting this MSE makes the global field meet the PSNR target.
+        """
         from mpi4py import MPI
 
         names = [n for n in self._defs if n in encoder.variables]
         ext = np.array([[b.min(), -b.max()] if b.size else [np.inf, np.inf] for b in (blocks[n] for n in names)],
                        dtype=np.float64).reshape(-1)
         self.comm.Allreduce(MPI.IN_PLACE, ext, op=MPI.MIN)
-        steps = {}
+        targets = {}
         for i, n in enumerate(names):
             span = -ext[2 * i + 1] - ext[2 * i]
-            steps[n] = quant_step_for_psnr(encoder.psnr_db, span if span > 0 else 1.0)
-        return steps
+            span = span if span > 0 else 1.0
+            targets[n] = span * span * 10.0 ** (-encoder.psnr_db / 10.0)
+        return targets
 
     def write(self, step, fields):
         """Write one output step (collective over ``comm``).
@@ -210,7 +214,7 @@ class Producer:
             blocks[name] = np.ascontiguousarray(fields[name], dtype=WIRE_DTYPE)
             if blocks[name].shape != count:
                 raise ValueError(f"step {step}: variable {name} has block shape {blocks[name].shape}, defined count is {count}")
-        steps = self._quant_steps(blocks, encoder) if encoder is not None else {}
+        target_mse = self._target_mse(blocks, encoder) if encoder is not None else {}
         reports = {}
         with deadline(self.step_timeout_s, f"staging to accept step {step} (timeouts.step_s)"):
             self.engine.BeginStep()
@@ -226,7 +230,8 @@ class Producer:
                     row = make_report(step=step, rank=self.rank, raw_bytes=block.nbytes, sent_bytes=block.nbytes,
                                       n=block.size, vmin=lo, vmax=hi, local_psnr_db=math.inf)
                 else:
-                    eb = encode_block(block, model.codec(steps[name]), model.tile_shape, raw_fraction=encoder.raw_fraction,
+                    eb = encode_block(block, model.codec(), model.tile_shape,
+                                      raw_fraction=encoder.raw_fraction, target_mse=target_mse[name],
                                       header={"step": int(step), "variable": name, "rank": self.rank,
                                               "encoder_version": encoder.version, "shape": list(shape),
                                               "start": list(start), "count": list(count)})

@@ -46,6 +46,25 @@ def test_error_target_is_met(target):
     assert target - 0.2 <= got <= target + 5.0, got
 
 
+@pytest.mark.parametrize("target", [30.0, 45.0, 60.0])
+@pytest.mark.parametrize("n_components", [None, 40])
+def test_rate_control_hits_target_mse(target, n_components, monkeypatch):
+    """With ``target_mse`` the block lands just above the target PSNR, full or truncated basis."""
+    monkeypatch.setattr(TransformCodec, "max_step_factor", 64.0)  # uncapped search: the target is met tightly
+    x = smooth_field((24, 24, 24), seed=2).astype(np.float32)
+    x[:12] *= 0.01  # a quiet half, where the uniform-noise model of the step is far off
+    est = IncrementalPCA(n_components).partial_fit(to_tiles(x, (4, 4, 4)))
+    codec = TransformCodec(est.mean_, est.components_, 1.0)
+    rng_x = float(np.ptp(x))
+    eb = encode_block(x, codec, (4, 4, 4), raw_fraction=0.0, target_mse=rng_x**2 * 10 ** (-target / 10))
+    got = psnr(x, eb.reconstruction)
+    if n_components is None or got < 59:  # a truncated basis cannot go below its own residual
+        assert target - 0.01 <= got <= target + 0.5, got
+    monkeypatch.setattr(TransformCodec, "max_step_factor", 2.0)  # default cap: never worse than the target
+    eb = encode_block(x, codec, (4, 4, 4), raw_fraction=0.0, target_mse=rng_x**2 * 10 ** (-target / 10))
+    assert psnr(x, eb.reconstruction) >= target - 0.01
+
+
 def test_payload_round_trip_and_raw_tiles_exact():
     x = smooth_field((20, 16, 12), seed=1).astype(np.float32)
     codec = _codec(x, (4, 4, 4), 40.0)
@@ -74,6 +93,9 @@ def test_codes_pack_unpack():
     codec = TransformCodec(np.zeros(4), np.eye(4), 1.0)
     np.testing.assert_array_equal(TransformCodec.unpack(codec.pack(codes), 500, 4), codes)
     np.testing.assert_array_equal(TransformCodec.unpack(codec.pack(np.zeros((3, 4), np.int32)), 3, 4), 0)
+    huge = codes.copy()
+    huge[7, 2] = 10**7  # far outside the model range: that column is escaped, the others still coded
+    np.testing.assert_array_equal(TransformCodec.unpack(codec.pack(huge), 500, 4), huge)
 
 
 def test_entropy_coder_beats_raw_integers():

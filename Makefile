@@ -18,8 +18,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml .ci/build_adios2.sh Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	# MPI first: the ADIOS2 build compiles against the mpich wheel's mpicc
-	$(PY) -m pip install -q --disable-pip-version-check "mpich>=4" "mpi4py>=4"
+	# MPI first: the ADIOS2 build compiles against the mpich wheel's mpicc (and its check imports numpy)
+	$(PY) -m pip install -q --disable-pip-version-check "mpich>=4" "mpi4py>=4" numpy
 ifeq ($(STAGELEARN_ADIOS2),wheel)
 	rm -f $(VENV)/lib/python*/site-packages/stagelearn-adios2-mpi.pth
 	$(PY) -m pip install -q --disable-pip-version-check "adios2==$(ADIOS2_VERSION)"

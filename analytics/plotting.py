@@ -24,11 +24,11 @@ def plot_run(step_table, path, *, original=None, reconstruction=None, title=""):
     import matplotlib.pyplot as plt
 
     show_slice = original is not None and reconstruction is not None
-    fig = plt.figure(figsize=(13, 7.5 if show_slice else 4))
-    rows = 2 if show_slice else 1
+    fig = plt.figure(figsize=(13, 7.5 if show_slice else 4), layout="constrained")
+    grid = fig.add_gridspec(2 if show_slice else 1, 6)
     steps = [r["step"] for r in step_table]
     coded = [r for r in step_table if r["encoder_version"] > 0]
-    ax = fig.add_subplot(rows, 2, 1)
+    ax = fig.add_subplot(grid[0, :3])
     ax.plot(steps, [r["compression_ratio"] for r in step_table], ".-", ms=3)
     ax.set_xlabel("output step")
     ax.set_ylabel("compression ratio (raw / sent)")
@@ -37,7 +37,7 @@ def plot_run(step_table, path, *, original=None, reconstruction=None, title=""):
         if r1["encoder_version"] != r0["encoder_version"]:
             ax.axvline(r1["step"], color="0.8", lw=0.8)
     ax.set_title("bytes on the wire (grey: new encoder in use)")
-    ax = fig.add_subplot(rows, 2, 2)
+    ax = fig.add_subplot(grid[0, 3:])
     ax.plot([r["step"] for r in coded], [r["psnr_db"] for r in coded], ".-", ms=3, color="C1")
     ax.set_xlabel("output step")
     ax.set_ylabel("PSNR (dB), mean over variables")
@@ -48,17 +48,17 @@ def plot_run(step_table, path, *, original=None, reconstruction=None, title=""):
             return a[..., a.shape[-1] // 2] if a.ndim == 3 else a
         o, r = mid(original), mid(reconstruction)
         vmin, vmax = float(o.min()), float(o.max())
+        emax = float(np.abs(r - o).max()) or 1.0
         for i, (img, name, kw) in enumerate([
             (o, "original", dict(vmin=vmin, vmax=vmax)),
             (r, "reconstruction", dict(vmin=vmin, vmax=vmax)),
-            (r - o, "error", dict(cmap="RdBu_r")),
+            (r - o, "error", dict(cmap="RdBu_r", vmin=-emax, vmax=emax)),
         ]):
-            ax = fig.add_subplot(2, 3, 4 + i)
+            ax = fig.add_subplot(grid[1, 2 * i:2 * i + 2])
             im = ax.imshow(img.T, origin="lower", **kw)
             ax.set_title(name)
             fig.colorbar(im, ax=ax, shrink=0.8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

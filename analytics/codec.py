@@ -115,7 +115,7 @@ class TransformCodec:
         """The same basis with another quantization step."""
         return TransformCodec(self.mean, self.components, quant_step, zstd_level=self.zstd_level)
 
-    def step_for_mse(self, tiles, target_mse, *, iterations=12):
+    def step_for_mse(self, tiles, target_mse, *, n_values=None, iterations=12):
         """Largest quantization step whose reconstruction MSE stays at or below ``target_mse``.
 
         The uniform-noise model ``MSE = step**2 / 12`` underestimates the step that a target
@@ -129,13 +129,17 @@ class TransformCodec:
         tiles : ndarray of shape (n_tiles, n_features)
         target_mse : float
             Mean squared error per value (field units squared).
+        n_values : int, optional
+            Values the MSE is taken over (default ``tiles.size``). For a block padded to whole
+            tiles pass the block's size: the error over all tiles then bounds the error over the
+            block's own values, so the target holds for the block.
 
         Returns
         -------
         step : float
         """
         tiles = np.asarray(tiles, dtype=np.float32)
-        n_values = tiles.size
+        n_values = tiles.size if n_values is None else int(n_values)
         if n_values == 0 or target_mse <= 0:
             return math.sqrt(12.0 * max(target_mse, 0.0)) or self.quant_step
         coef = self.coefficients(tiles)
@@ -311,7 +315,7 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
     if tiles.shape[1] != codec.n_features:
         raise ValueError(f"tile shape {tuple(tile_shape)} gives {tiles.shape[1]} features, the encoder has {codec.n_features}")
     if target_mse is not None:
-        codec = codec.with_step(codec.step_for_mse(tiles, target_mse))
+        codec = codec.with_step(codec.step_for_mse(tiles, target_mse, n_values=block.size))
     codes = codec.quantize(tiles)
     rec = codec.dequantize(codes)
     n_tiles = tiles.shape[0]
@@ -357,6 +361,26 @@ def encode_raw_block(block, *, header=None, zstd_level=3):
     return pack_frame(MAGIC, head, {"data": zstandard.ZstdCompressor(level=zstd_level).compress(block.tobytes())})
 
 
+def payload_raw_tiles(payload):
+    """The raw (exact) tiles carried by a transform-coded payload, without decoding the codes.
+
+    Returns
+    -------
+    header : dict
+    raw_tiles : ndarray of shape (n_raw, prod(tile_shape)), float32
+    raw_index : ndarray of shape (n_raw,), int32
+        Tile indices in the block's tile grid.
+    """
+    header, sec = parse_payload(payload)
+    n_raw, d = int(header["n_raw"]), int(np.prod(header["tile_shape"]))
+    dz = zstandard.ZstdDecompressor()
+    raw_index = np.frombuffer(dz.decompress(bytes(sec["raw_index"]), max_output_size=4 * n_raw + 64), dtype=np.int32)
+    raw_tiles = np.frombuffer(dz.decompress(bytes(sec["raw_tiles"]), max_output_size=4 * n_raw * d + 64), dtype=np.float32)
+    if raw_index.size != n_raw or raw_tiles.size != n_raw * d or (n_raw and raw_index.max() >= header["n_tiles"]):
+        raise ValueError("payload raw-tile sections do not match the header")
+    return header, raw_tiles.reshape(n_raw, d), raw_index
+
+
 def decode_block(payload, codec=None):
     """Reconstruct a block from its payload.
 
@@ -387,12 +411,7 @@ def decode_block(payload, codec=None):
     if int(np.prod(tile_grid(block_shape, tile_shape))) != n_tiles:
         raise ValueError(f"payload header is inconsistent: {n_tiles} tiles for block {block_shape} / tile {tile_shape}")
     d = int(np.prod(tile_shape))
-    dz = zstandard.ZstdDecompressor()
-    raw_index = np.frombuffer(dz.decompress(bytes(sec["raw_index"]), max_output_size=4 * n_raw + 64), dtype=np.int32)
-    raw_tiles = np.frombuffer(dz.decompress(bytes(sec["raw_tiles"]), max_output_size=4 * n_raw * d + 64), dtype=np.float32)
-    if raw_index.size != n_raw or raw_tiles.size != n_raw * d or (n_raw and raw_index.max() >= n_tiles):
-        raise ValueError("payload raw-tile sections do not match the header")
-    raw_tiles = raw_tiles.reshape(n_raw, d)
+    _, raw_tiles, raw_index = payload_raw_tiles(payload)
     keep = np.ones(n_tiles, dtype=bool)
     keep[raw_index] = False
     codes = TransformCodec.unpack(sec["codes"], int(keep.sum()), k)

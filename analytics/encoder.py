@@ -174,7 +174,9 @@ class Encoder:
             if not (math.isfinite(psnr_db) and psnr_db > 0):
                 raise EncoderFormatError(f"psnr_db must be a positive number, got {psnr_db!r}")
             return cls(int(spec["version"]), int(spec["trained_until_step"]), raw_fraction, psnr_db, variables)
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            if isinstance(exc, EncoderFormatError):
+                raise
             raise EncoderFormatError(f"encoder spec is missing or mistyped: {exc!r}") from None
 
     # ------------------------------------------------------------- one byte frame

@@ -186,10 +186,18 @@ class IncrementalPCA:
         self : object
             The fitted estimator.
         """
-        for attr in ("n_samples_seen_", "n_features_in_", "_scatter"):
-            if hasattr(self, attr):
-                delattr(self, attr)
+        for attr in [a for a in vars(self) if a.endswith("_") or a == "_scatter"]:
+            delattr(self, attr)
         return self.partial_fit(X)
+
+    def fit_transform(self, X, y=None):
+        """Fit on this rank's ``X`` (collective) and return its projection.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_components)
+        """
+        return self.fit(X).transform(X)
 
     def _update_basis(self):
         denom = max(self.n_samples_seen_ - 1, 1)

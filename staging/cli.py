@@ -122,8 +122,10 @@ def _decode(args):
 
     from .output import CompressedOutputReader
 
+    if (args.step is None) != (args.var is None):
+        raise ConfigError("decode: give both --step and --var (or neither, to list the file)")
     reader = CompressedOutputReader(args.file)
-    if args.step is None or args.var is None:
+    if args.step is None:
         print(f"{args.file}: variables {reader.fields()}, steps {reader.steps[0]}..{reader.steps[-1]} ({len(reader.steps)})")
         return 0
     field = reader.read(args.step, args.var)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Literal, Optional, Tuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
 from ..analytics.config import CodecConfig, LearnerConfig
 from ..sim_mocks.config import GrayScottConfig, Heat2DConfig
@@ -50,7 +50,7 @@ class StagingConfig(BaseModel):
 
     ranks: int = Field(2, ge=1, description="Staging MPI ranks (N).")
     variables: Optional[List[str]] = Field(None, description="Variables to learn; default: all found on the stream.")
-    tile_shape: Optional[Tuple[int, ...]] = Field(
+    tile_shape: Optional[Tuple[PositiveInt, ...]] = Field(
         None, description="Tile shape; default 4x4x4 for 3D fields, 8x8 for 2D (64 features either way)."
     )
 

@@ -72,6 +72,9 @@ def launch(args):
     if os.path.exists(os.path.join(run_dir, "compressed.bp")):
         shutil.rmtree(os.path.join(run_dir, "compressed.bp"))
     sst_dir = prepare_run_dir(run_dir)
+    for old in ("progress.json", "summary.json", "staging_summary.json", "producer.json", "steps.json"):
+        if os.path.exists(os.path.join(run_dir, old)):
+            os.remove(os.path.join(run_dir, old))
     for stale in sorted(os.listdir(sst_dir)):  # contact files of an earlier run would point readers at dead writers
         if stale.endswith(".sst"):
             remove_stale_contact_file(os.path.join(sst_dir, stale[: -len(".sst")]))
@@ -94,11 +97,15 @@ def launch(args):
     wall = time.time() - t0
     failed = {s: c for s, c in codes.items() if c != 0}
     if failed:
+        first = codes.pop("_first_failure", None)
+        failed.pop("_first_failure", None)
         for side, code in failed.items():
             tail = open(os.path.join(run_dir, f"{side}.log")).read().strip().splitlines()[-8:]
             print(f"stagelearn run: {side} side exited with code {code}; last lines of {run_dir}/{side}.log:", file=sys.stderr)
             print("\n".join("  " + t for t in tail), file=sys.stderr)
-        return next(iter(sorted(failed.values(), key=lambda c: (c == 1, c))))
+        # the side that failed first carries the cause; the other was stopped by us
+        code = failed.get(first, next(iter(failed.values())))
+        return code if code > 0 else 1
     if not streaming:
         print(f"stream IO {cfg.adios2.stream_io!r} uses {read_ios(cfg.adios2.config_file)[cfg.adios2.stream_io].type}: "
               f"the simulation wrote {run_dir}/sst/stream*.bp (no staging, no push-back)")
@@ -113,11 +120,12 @@ def _wait(procs, cfg, run_dir, total, show):
     codes, deadline = {}, time.time() + cfg.timeouts.run_s
     progress = os.path.join(run_dir, "progress.json")
     try:
-        while len(codes) < len(procs):
+        while len([s for s in codes if s in procs]) < len(procs):
             for side, p in procs.items():
                 if side not in codes and p.poll() is not None:
                     codes[side] = p.returncode
                     if p.returncode != 0:  # the other side would wait for its peer until its own timeout
+                        codes.setdefault("_first_failure", side)
                         time.sleep(2.0)
                         for other, q in procs.items():
                             if other not in codes:

@@ -21,12 +21,15 @@ import logging
 import numpy as np
 
 from ..analytics.encoder import Encoder, EncoderFormatError, spec_from_bytes, spec_to_bytes
-from .adios import begin_step, bindings, deadline, open_reader, remove_stale_contact_file
+from .adios import bindings, deadline, open_reader, remove_stale_contact_file
 from .errors import ModelFormatError
 
 logger = logging.getLogger(__name__)
 
 SPEC_VAR = "model/spec"
+VERSION_VAR = "model/version"
+TRAINED_VAR = "model/trained_until_step"
+SCALAR_VARS = (VERSION_VAR, TRAINED_VAR)
 PREFIX = "model/"
 
 
@@ -46,6 +49,7 @@ class ModelPublisher:
     def __init__(self, io, stream_path, open_timeout_s):
         b = bindings()
         self.io = io
+        self.stream_path = stream_path
         remove_stale_contact_file(stream_path)
         with deadline(open_timeout_s, f"producer rank 0 to open the model stream {stream_path} (timeouts.open_s)"):
             self.engine = io.Open(stream_path, b.Mode.Write)
@@ -67,13 +71,18 @@ class ModelPublisher:
         spec = spec_to_bytes(encoder.spec())
         self.engine.BeginStep()
         self.engine.Put(self._var(SPEC_VAR, spec), spec, b.Mode.Sync)
+        for name, value in ((VERSION_VAR, encoder.version), (TRAINED_VAR, encoder.trained_until_step)):
+            arr = np.array([value], dtype=np.int64)
+            self.engine.Put(self._var(name, arr), arr, b.Mode.Sync)
         for name, arr in encoder.arrays().items():
             self.engine.Put(self._var(PREFIX + name, arr), arr, b.Mode.Sync)
         self.engine.EndStep()
         logger.info("published encoder version %d (trained until step %d)", encoder.version, encoder.trained_until_step)
 
-    def close(self):
-        self.engine.Close()
+    def close(self, timeout_s=60.0):
+        """Close the stream (bounded: SST waits for readers to release queued steps)."""
+        with deadline(timeout_s, f"producer rank 0 to release the model stream {self.stream_path}"):
+            self.engine.Close()
 
 
 class ModelSubscriber:
@@ -98,22 +107,25 @@ class ModelSubscriber:
     def poll(self):
         """Return the newest valid encoder published since the last call, or None (never blocks).
 
-        Raises
-        ------
-        ModelFormatError
-            If an update does not match its spec (names, shapes, dtypes, values).
+        A malformed update is logged and skipped (the last good encoder stays in use); a broken
+        stream is logged and treated as ended.
         """
+        b = bindings()
         newest = None
         while not self.ended:
-            try:
-                status = begin_step(self.engine, 0.0, f"model stream {self.stream_path}")
-            except TimeoutError:  # NotReady: nothing new
+            status = self.engine.BeginStep(b.StepMode.Read, 0.0)
+            if status == b.StepStatus.NotReady:
                 break
-            if status == "end":
+            if status != b.StepStatus.OK:
+                if status != b.StepStatus.EndOfStream:
+                    logger.error("model stream %s failed (%s); no more encoder updates", self.stream_path, status)
                 self.ended = True
                 break
             try:
                 enc = self._read_step()
+            except ModelFormatError as exc:
+                logger.error("%s; keeping encoder version %d", exc, self.version)
+                continue
             finally:
                 self.engine.EndStep()
             if enc.version <= self.version:
@@ -123,13 +135,19 @@ class ModelSubscriber:
         return newest
 
     def _read_step(self):
-        b = bindings()
         available = set(self.io.AvailableVariables())
         if SPEC_VAR not in available:
             raise ModelFormatError(f"model step without {SPEC_VAR} (variables: {sorted(available)})")
-        spec = spec_from_bytes(self._get(SPEC_VAR, np.uint8))
+        try:
+            spec = spec_from_bytes(self._get(SPEC_VAR, np.uint8))
+        except EncoderFormatError as exc:
+            raise ModelFormatError(f"rejected model update on {self.stream_path}: {exc}") from None
+        scalars = {}
+        for name in SCALAR_VARS:
+            if name in available:
+                scalars[name] = int(self._get(name, np.int64)[0])
         arrays = {}
-        for name in sorted(available - {SPEC_VAR}):
+        for name in sorted(available - {SPEC_VAR} - set(SCALAR_VARS)):
             if not name.startswith(PREFIX):
                 raise ModelFormatError(f"unexpected variable {name!r} on the model stream")
             var = self.io.InquireVariable(name)
@@ -137,9 +155,13 @@ class ModelSubscriber:
                 raise ModelFormatError(f"model variable {name!r} has type {var.Type()}, expected float")
             arrays[name[len(PREFIX):]] = self._get(name, np.float32)
         try:
-            return Encoder.from_arrays(spec, arrays)
+            enc = Encoder.from_arrays(spec, arrays)
         except EncoderFormatError as exc:
             raise ModelFormatError(f"rejected model update on {self.stream_path}: {exc}") from None
+        if scalars.get(VERSION_VAR, enc.version) != enc.version or \
+                scalars.get(TRAINED_VAR, enc.trained_until_step) != enc.trained_until_step:
+            raise ModelFormatError(f"rejected model update on {self.stream_path}: {VERSION_VAR}/{TRAINED_VAR} disagree with the spec")
+        return enc
 
     def _get(self, name, dtype):
         b = bindings()

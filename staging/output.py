@@ -221,9 +221,15 @@ class CompressedOutputReader:
             block, header, _ = decode_block(buf, codec)
             if out is None:
                 out = np.zeros(header["shape"], dtype=np.float32)
-            out[tuple(slice(s, s + c) for s, c in zip(header["start"], header["count"]))] = block
+                covered = np.zeros(header["shape"], dtype=bool)
+            sel = tuple(slice(s, s + c) for s, c in zip(header["start"], header["count"]))
+            out[sel] = block
+            covered[sel] = True
         if out is None:
             raise StagelearnError(f"{self.path}: step {step} has no data for {var}")
+        if not covered.all():
+            raise StagelearnError(f"{self.path}: step {step} of {var} is incomplete: {int((~covered).sum())} of "
+                                  f"{covered.size} values have no block (a producer's data for this step is missing)")
         return out
 
     def close(self):

@@ -26,27 +26,16 @@ import numpy as np
 from ..analytics.baselines import sz3_at_psnr
 from ..analytics.codec import encode_block
 from ..analytics.encoder import Encoder
-from ..analytics.metrics import psnr_from_mse
-from .adios import bindings, built_with_mpi, deadline, declare_io, make_adios, remove_stale_contact_file
+from ..analytics.metrics import ErrorStats, psnr_from_mse
+from .adios import bindings, deadline, declare_io, make_adios, remove_stale_contact_file
 from .errors import ModelFormatError
 from .model_channel import ModelSubscriber
 from .mpiutil import bcast_bytes
-from .wire import REPORT_FIELDS, WIRE_DTYPE, make_report, payload_name, report_name
+from .mpiutil import allreduce_flag
+from .wire import REPORT_FIELDS, WIRE_DTYPE, make_report, payload_name, rank_stream, report_name, resolve_layout
 from .xmlconfig import read_ios
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_layout(layout):
-    """``"auto"`` -> ``"shared"`` with an MPI build of ADIOS2, else ``"per_rank"``."""
-    if layout == "auto":
-        return "shared" if built_with_mpi() else "per_rank"
-    return layout
-
-
-def rank_stream(stream_path, rank):
-    """Stream name of producer ``rank`` in the per-rank layout."""
-    return f"{stream_path}.p{rank}"
 
 
 class Producer:
@@ -146,7 +135,19 @@ class Producer:
         return self
 
     # ----------------------------------------------------------------- steps
-    def _poll_encoder(self):
+    def poll_encoder(self):
+        """Take the newest encoder staging has published, if any (collective over ``comm``, never blocks).
+
+        Rank 0 polls the model stream and broadcasts what it got, so all ranks switch at the same
+        step boundary. :meth:`write` calls this at every step.
+
+        Returns
+        -------
+        new : bool
+            True when a new encoder is now in use.
+        """
+        if not self.streaming:
+            return False
         frame = b""
         if self._subscriber is not None:
             try:
@@ -159,6 +160,22 @@ class Producer:
         if frame:
             self.encoder = Encoder.from_frame(frame)
             logger.info("producer rank %d switches to encoder version %d", self.rank, self.encoder.version)
+            return True
+        return False
+
+    def _check_fields(self, step, fields):
+        missing, unknown = set(self._defs) - set(fields), set(fields) - set(self._defs)
+        if missing or unknown:
+            return f"step {step}: missing variables {sorted(missing)}, undefined variables {sorted(unknown)}", {}
+        blocks = {}
+        for name, (shape, start, count) in self._defs.items():
+            arr = np.asarray(fields[name])
+            if arr.shape != count:
+                return f"step {step}: variable {name} has block shape {arr.shape}, defined count is {count}", {}
+            if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+                return f"step {step}: variable {name} has dtype {arr.dtype}; pass a numeric array", {}
+            blocks[name] = np.ascontiguousarray(arr, dtype=WIRE_DTYPE)
+        return None, blocks
 
     def _target_mse(self, blocks, encoder):
         """MSE per value allowed by the PSNR target and this step's global range, per variable (collective).
@@ -202,18 +219,13 @@ class Producer:
         b = bindings()
         if self.engine is None:
             raise RuntimeError("Producer.open() must be called before write()")
-        missing, unknown = set(self._defs) - set(fields), set(fields) - set(self._defs)
-        if missing or unknown:
-            raise ValueError(f"step {step}: missing variables {sorted(missing)}, undefined variables {sorted(unknown)}")
-        if self.streaming:
-            self._poll_encoder()
+        error, blocks = self._check_fields(step, fields)
+        # agree before any collective: a bad block on one rank raises on every rank, no rank hangs
+        if allreduce_flag(self.comm, error is not None):
+            raise ValueError(error or f"step {step}: another producer rank passed invalid fields to write()")
+        self.poll_encoder()
         encoder = self.encoder
         sample_sz3 = encoder is not None and self.sz3_every > 0 and self._encoded_steps % self.sz3_every == 0
-        blocks = {}
-        for name, (shape, start, count) in self._defs.items():
-            blocks[name] = np.ascontiguousarray(fields[name], dtype=WIRE_DTYPE)
-            if blocks[name].shape != count:
-                raise ValueError(f"step {step}: variable {name} has block shape {blocks[name].shape}, defined count is {count}")
         target_mse = self._target_mse(blocks, encoder) if encoder is not None else {}
         reports = {}
         with deadline(self.step_timeout_s, f"staging to accept step {step} (timeouts.step_s)"):
@@ -239,15 +251,16 @@ class Producer:
                     var = self._vars[payload_name(name)]
                     var.SetSelection([[], [payload.size]])
                     self.engine.Put(var, payload, b.Mode.Sync)
-                    local_psnr = psnr_from_mse(eb.stats.mse, hi - lo)
+                    stats = ErrorStats.from_arrays(fields[name], eb.reconstruction)  # vs the caller's own values
+                    local_psnr = psnr_from_mse(stats.mse, stats.data_range)
                     sz3_bytes = sz3_sse = 0.0
                     if sample_sz3 and math.isfinite(local_psnr):
                         sz3_bytes, rec = sz3_at_psnr(block, local_psnr)
-                        d = (block.astype(np.float64) - rec).ravel()
+                        d = (np.asarray(fields[name], dtype=np.float64) - rec).ravel()
                         sz3_sse = float(d @ d)
                     row = make_report(step=step, rank=self.rank, encoder_version=encoder.version,
-                                      raw_bytes=block.nbytes, sent_bytes=payload.size, sse=eb.stats.sse, n=block.size,
-                                      max_abs_error=eb.stats.max_abs_error, vmin=lo, vmax=hi,
+                                      raw_bytes=block.nbytes, sent_bytes=payload.size, sse=stats.sse, n=block.size,
+                                      max_abs_error=stats.max_abs_error, vmin=stats.vmin, vmax=stats.vmax,
                                       n_raw_tiles=eb.n_raw_tiles, sz3_bytes=sz3_bytes, sz3_sse=sz3_sse,
                                       local_psnr_db=local_psnr)
                 self.engine.Put(self._vars[report_name(name)], row, b.Mode.Sync)

@@ -38,7 +38,8 @@ class RunLedger:
                                                              report_get(row, "max_abs_error"), report_get(row, "vmin"),
                                                              report_get(row, "vmax")))
             psnrs = {v: s.psnr_db for v, s in per_var.items()}
-            finite = [p for p in psnrs.values()]
+            finite = [p for p in psnrs.values() if math.isfinite(p)]  # variables sent raw are exact (inf)
+            nrmses = [s.nrmse for s in per_var.values() if s.sse > 0]
             table.append({
                 "step": step,
                 "encoder_version": max(versions),
@@ -48,6 +49,7 @@ class RunLedger:
                 "compression_ratio": compression_ratio(raw, sent),
                 "psnr_db": float(np.mean(finite)) if finite else math.inf,
                 "psnr_db_per_variable": psnrs,
+                "nrmse": float(np.mean(nrmses)) if nrmses else 0.0,
                 "max_abs_error": max(s.max_abs_error for s in per_var.values()),
             })
         return table
@@ -102,6 +104,7 @@ class RunLedger:
             "psnr_db": float(np.mean([r["psnr_db"] for r in coded])) if coded else None,
             "min_psnr_db": float(min(r["psnr_db"] for r in coded)) if coded else None,
             "max_abs_error": float(max(r["max_abs_error"] for r in coded)) if coded else None,
+            "nrmse": float(np.mean([r["nrmse"] for r in coded])) if coded else None,
             "raw_bytes_total": int(sum(r["raw_bytes"] for r in table)),
             "sent_bytes_total": int(sum(r["sent_bytes"] for r in table)),
             "wall_s": wall_s,

@@ -21,9 +21,8 @@ import os
 import time
 
 import numpy as np
-import zstandard
 
-from ..analytics.codec import parse_payload
+from ..analytics.codec import payload_raw_tiles
 from ..analytics.encoder import Encoder
 from ..analytics.framing import pack_frame, unpack_frame
 from ..analytics.incremental_pca import IncrementalPCA
@@ -33,10 +32,9 @@ from .errors import ConfigError
 from .model_channel import ModelPublisher
 from .mpiutil import allreduce_flag, bcast_bytes, gather_bytes
 from .output import CompressedOutputWriter
-from .producer import resolve_layout
 from .results import RunLedger, write_json
 from .stream import PerRankStreamReader, ReceivedBlock, SharedStreamReader
-from .wire import report_get
+from .wire import report_get, resolve_layout
 from .xmlconfig import read_ios
 
 logger = logging.getLogger(__name__)
@@ -53,14 +51,10 @@ def raw_tiles_of(blk, tile_shape):
     """Raw (exact) tiles carried by a block: all tiles of a raw block, the raw section of a payload."""
     if blk.raw is not None:
         return to_tiles(blk.raw, tile_shape)
-    header, sec = parse_payload(blk.payload)
-
-    d = int(np.prod(header["tile_shape"]))
-    n = int(header["n_raw"])
-    data = zstandard.ZstdDecompressor().decompress(bytes(sec["raw_tiles"]), max_output_size=4 * n * d + 64)
-    if list(header["tile_shape"]) != list(tile_shape) or len(data) != 4 * n * d:
-        raise ValueError(f"payload of {blk.var} from rank {blk.rank} does not match tile shape {tile_shape}")
-    return np.frombuffer(data, dtype=np.float32).reshape(n, d)
+    header, tiles, _ = payload_raw_tiles(blk.payload)
+    if list(header["tile_shape"]) != list(tile_shape):
+        raise ValueError(f"payload of {blk.var} from rank {blk.rank} has tile shape {header['tile_shape']}, expected {tile_shape}")
+    return tiles
 
 
 def _pack_blocks(blocks):
@@ -186,9 +180,10 @@ class StagingService:
 
     # ----------------------------------------------------------------- main loop
     def _close_local(self):
-        for obj in (self.publisher, self.writer):
-            if obj is not None:
-                obj.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.publisher is not None:
+            self.publisher.close(self.cfg.timeouts.step_s)
         self.publisher = self.writer = None
 
     def _loop(self):

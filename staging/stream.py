@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 
 from .adios import begin_step, bindings, declare_io, make_adios, open_reader
-from .wire import REPORT_FIELDS, assign_blocks, field_names, payload_name, report_get, report_name
+from .wire import REPORT_FIELDS, assign_blocks, field_names, payload_name, rank_stream, report_get, report_name
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +158,6 @@ class PerRankStreamReader:
     """
 
     def __init__(self, config_file, io_name, stream_path, n_producers, comm, known_ios, *, open_timeout_s, step_timeout_s):
-        from .producer import rank_stream
-
         self.step_timeout_s = step_timeout_s
         self.n_producers = n_producers
         self.streams = []

@@ -57,6 +57,20 @@ def report_get(row, name):
     return float(row[_COL[name]])
 
 
+def resolve_layout(layout):
+    """``"auto"`` -> ``"shared"`` with an MPI build of ADIOS2, else ``"per_rank"``."""
+    if layout == "auto":
+        from .adios import built_with_mpi
+
+        return "shared" if built_with_mpi() else "per_rank"
+    return layout
+
+
+def rank_stream(stream_path, rank):
+    """Stream name of producer ``rank`` in the per-rank layout."""
+    return f"{stream_path}.p{rank}"
+
+
 def assign_blocks(n_blocks, n_readers, reader):
     """M-to-N assignment: the producer blocks that staging rank ``reader`` reads.
 

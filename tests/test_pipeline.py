@@ -9,9 +9,12 @@ import yaml
 
 from conftest import MPIEXEC, REPO, run_cmd
 from stagelearn.staging.output import CompressedOutputReader
+from stagelearn.staging.adios import built_with_mpi
 from stagelearn.staging.wire import report_get
 
 pytestmark = [pytest.mark.sst, pytest.mark.mpi]
+
+ADIOS2_MPI = built_with_mpi()
 
 
 def small_config(tmp_path, name, **overrides):
@@ -27,7 +30,7 @@ def small_config(tmp_path, name, **overrides):
         "timeouts": {"open_s": 30, "step_s": 60, "run_s": 240},
     }
     for section, values in overrides.items():
-        if isinstance(values, dict):
+        if isinstance(values, dict) and "type" not in values:  # a new `type` replaces the section
             cfg.setdefault(section, {}).update(values)
         else:
             cfg[section] = values
@@ -62,6 +65,7 @@ def check_run(tmp_path, name, proc):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.skipif(not ADIOS2_MPI, reason="the shared layout needs ADIOS2 built with MPI (STAGELEARN_ADIOS2=mpi)")
 def test_run_shared_stream_2x2(tmp_path, stagelearn_cli):
     proc = stagelearn_cli("run", small_config(tmp_path, "shared", adios2={"layout": "shared"}), "--no-progress", timeout=280)
     summary = check_run(tmp_path, "shared", proc)
@@ -71,15 +75,19 @@ def test_run_shared_stream_2x2(tmp_path, stagelearn_cli):
 
 @pytest.mark.timeout(300)
 def test_run_per_rank_streams_3x2(tmp_path, stagelearn_cli):
-    path = small_config(tmp_path, "per_rank", adios2={"layout": "per_rank"}, simulation={"ranks": 3})
+    # L=26 over 3 ranks: 9x26x26 / 8x26x26 blocks, not whole 4x4x4 tiles (padding path)
+    path = small_config(tmp_path, "per_rank", adios2={"layout": "per_rank"}, simulation={"ranks": 3, "L": 26})
     summary = check_run(tmp_path, "per_rank", stagelearn_cli("run", path, "--no-progress", timeout=280))
     assert summary["simulation"]["layout"] == "per_rank" and summary["simulation"]["ranks"] == 3
 
 
 @pytest.mark.timeout(200)
 def test_decode_cli_writes_npy_and_bp(tmp_path, stagelearn_cli):
-    path = small_config(tmp_path, "dec", simulation={"steps": 60})
+    # learn V only: U travels raw all along (exact), V coded
+    path = small_config(tmp_path, "dec", simulation={"steps": 60}, staging={"variables": ["V"]})
     assert stagelearn_cli("run", path, "--no-progress", timeout=180).returncode == 0
+    summary = json.loads((tmp_path / "results" / "dec" / "summary.json").read_text())
+    assert 40.0 <= summary["psnr_db"] < 80.0 and summary["encoder_versions"] >= 1
     bp = tmp_path / "results" / "dec" / "compressed.bp"
     listing = stagelearn_cli("decode", bp, timeout=60)
     assert listing.returncode == 0 and "['U', 'V']" in listing.stdout
@@ -88,7 +96,10 @@ def test_decode_cli_writes_npy_and_bp(tmp_path, stagelearn_cli):
     reader = CompressedOutputReader(bp)
     np.testing.assert_array_equal(np.load(tmp_path / "v.npy"), reader.read(12, "V"))
     assert stagelearn_cli("decode", bp, "--step", 12, "--var", "V", "-o", tmp_path / "v.bp", timeout=60).returncode == 0
+    reader_u = CompressedOutputReader(bp)
+    assert all(report_get(r, "encoder_version") == 0 for r in reader_u.reports(12, "U"))
     assert stagelearn_cli("decode", bp, "--step", 999, "--var", "V", timeout=60).returncode == 1
+    assert stagelearn_cli("decode", bp, "--step", 12, timeout=60).returncode == 2
 
 
 @pytest.mark.timeout(200)
@@ -97,7 +108,8 @@ def test_bp5_in_the_xml_writes_a_file(tmp_path, stagelearn_cli):
                         simulation={"steps": 20})
     proc = stagelearn_cli("run", path, "--no-progress", timeout=180)
     assert proc.returncode == 0, proc.stderr
-    bp = tmp_path / "results" / "file" / "sst" / "stream.bp"
+    # auto layout: one file from all ranks with ADIOS2+MPI, else one file per rank
+    bp = tmp_path / "results" / "file" / "sst" / ("stream.bp" if ADIOS2_MPI else "stream.p0.bp")
     assert bp.is_dir()
     from stagelearn.staging.adios import bindings
 
@@ -108,6 +120,18 @@ def test_bp5_in_the_xml_writes_a_file(tmp_path, stagelearn_cli):
     var = io.InquireVariable("V")
     assert [int(x) for x in var.Shape()] == [24, 24, 24] and var.Steps() == 5
     eng.Close()
+
+
+@pytest.mark.timeout(120)
+def test_run_reports_the_failing_side(tmp_path, stagelearn_cli):
+    """The simulation fails at start-up; `run` stops staging and exits with the simulation's code."""
+    path = small_config(tmp_path, "bad_sim", simulation={"type": "heat2d", "ranks": 2, "nx": 16, "ny": 16, "kappa": 1.0,
+                                                         "dt": 1.0, "steps": 10, "plotgap": 5})
+    t0 = time.time()
+    proc = stagelearn_cli("run", path, "--no-progress", timeout=100)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "sim side exited with code 1" in proc.stderr and "unstable" in proc.stderr
+    assert time.time() - t0 < 60
 
 
 @pytest.mark.timeout(120)

@@ -267,6 +267,8 @@ class EncodedBlock:
         Tiles sent raw.
     raw_tiles : ndarray of shape (n_raw_tiles, n_features)
         The raw tiles themselves (float32).
+    tile_sse : ndarray of shape (n_tiles,)
+        Squared coding error of every tile before raw tiles replaced the worst.
     """
 
     payload: bytes
@@ -274,6 +276,7 @@ class EncodedBlock:
     stats: ErrorStats
     n_raw_tiles: int
     raw_tiles: np.ndarray
+    tile_sse: np.ndarray
 
 
 def parse_payload(payload):
@@ -287,7 +290,7 @@ def parse_payload(payload):
     return unpack_frame(MAGIC, payload, "block payload")
 
 
-def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, target_mse=None):
+def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, target_mse=None, extra_raw=None):
     """Encode one block: transform coding plus the worst tiles raw.
 
     Parameters
@@ -305,6 +308,10 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
         If given, the quantization step is chosen for this block so that its MSE (before raw
         tiles, which only lower it) stays at or below ``target_mse``
         (:meth:`TransformCodec.step_for_mse`); otherwise ``codec.quant_step`` is used.
+    extra_raw : callable, optional
+        ``extra_raw(coef, centred_energy) -> indices`` of further tiles to send raw (e.g.
+        anomalies), given every tile's coefficients (ndarray of shape (n_tiles, n_components))
+        and squared norm after mean removal (ndarray of shape (n_tiles,)).
 
     Returns
     -------
@@ -314,17 +321,29 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
     tiles = to_tiles(block.astype(np.float32, copy=False), tile_shape)
     if tiles.shape[1] != codec.n_features:
         raise ValueError(f"tile shape {tuple(tile_shape)} gives {tiles.shape[1]} features, the encoder has {codec.n_features}")
+    bad = ~np.all(np.isfinite(tiles), axis=1)  # NaN/Inf tiles are always sent raw, never coded
+    all_tiles = tiles
+    if bad.any():
+        tiles = np.where(bad[:, None], codec.mean, tiles)
     if target_mse is not None:
         codec = codec.with_step(codec.step_for_mse(tiles, target_mse, n_values=block.size))
-    codes = codec.quantize(tiles)
+    coef = codec.coefficients(tiles)
+    codes = codec.quantize_coefficients(coef)
     rec = codec.dequantize(codes)
     n_tiles = tiles.shape[0]
     n_raw = int(math.floor(raw_fraction * n_tiles))
+    err = np.einsum("ij,ij->i", tiles - rec, tiles - rec, dtype=np.float64)
     raw_index = np.empty(0, dtype=np.int32)
     if n_raw > 0:
-        err = np.einsum("ij,ij->i", tiles - rec, tiles - rec)
         worst = np.argpartition(err, n_tiles - n_raw)[n_tiles - n_raw:]
-        raw_index = np.sort(worst[err[worst] > 0]).astype(np.int32)
+        raw_index = worst[err[worst] > 0]
+    if extra_raw is not None:
+        centred = tiles - codec.mean
+        energy = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
+        raw_index = np.union1d(raw_index, np.asarray(extra_raw(coef, energy), dtype=np.int64))
+    raw_index = np.union1d(raw_index, np.flatnonzero(bad))
+    tiles = all_tiles
+    raw_index = np.sort(raw_index).astype(np.int32)
     keep = np.ones(n_tiles, dtype=bool)
     keep[raw_index] = False
     raw_tiles = tiles[raw_index]
@@ -346,7 +365,8 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
         head, {"codes": code_bytes, "raw_index": zc.compress(raw_index.tobytes()), "raw_tiles": zc.compress(raw_tiles.tobytes())}
     )
     reconstruction = from_tiles(rec, block.shape, tile_shape)
-    return EncodedBlock(payload, reconstruction, ErrorStats.from_arrays(block, reconstruction), int(raw_index.size), raw_tiles)
+    return EncodedBlock(payload, reconstruction, ErrorStats.from_arrays(block, reconstruction), int(raw_index.size), raw_tiles,
+                        err)
 
 
 def encode_raw_block(block, *, header=None, zstd_level=3):

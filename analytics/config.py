@@ -35,3 +35,20 @@ class CodecConfig(BaseModel):
         0.01, ge=0.0, le=0.5, description="Fraction of tiles per block sent raw (the worst reconstructed)."
     )
     zstd_level: int = Field(3, ge=1, le=22, description="zstd level of the lossless sections.")
+
+
+class AnomalyConfig(BaseModel):
+    """``anomaly:`` section: flag tiles the current encoder reconstructs unusually badly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Score tiles, send flagged ones raw, list them in anomalies.csv.")
+    method: Literal["threshold", "topk"] = Field("threshold", description="Flag scores above `threshold`, or the `top_k` per block.")
+    threshold: float = Field(8.0, gt=0, description="Robust z-score of the tile log-error above which a tile is flagged.")
+    top_k: int = Field(4, ge=1, description="Tiles flagged per producer block with method topk (scores above report_score).")
+    report_score: float = Field(4.0, gt=0, description="Tiles scoring above this go on the per-step anomaly map.")
+    max_report: int = Field(128, ge=1, description="At most this many map entries per block and step (highest scores).")
+    persistence_steps: int = Field(5, ge=1, description="A tile flagged this many steps in a row becomes the new normal.")
+    calibration_steps: int = Field(3, ge=1, description="Steps of error statistics before the first encoder that scores.")
+    explained_variance: float = Field(0.99, gt=0, lt=1, description="The model whose residual is scored keeps the components explaining this fraction of the variance.")
+    decay: float = Field(0.9, gt=0, lt=1, description="Forgetting factor of the running error histogram per step.")

@@ -70,6 +70,10 @@ class Encoder:
         Error target: producers set each step's quantization step from it and the step's global
         value range (:func:`~stagelearn.analytics.codec.quant_step_for_psnr`).
     variables : dict of str to VariableModel
+    anomaly : dict or None
+        Anomaly policy (``method``, ``threshold``, ``top_k``, ``report_score``, ``max_report``,
+        ``persistence_steps``), ``n_components`` (per variable, the components of the scored
+        model) and ``stats``: per variable ``[median, mad]`` of the tile log-residuals (:mod:`~stagelearn.analytics.anomaly`), or None when disabled.
     """
 
     version: int
@@ -77,6 +81,7 @@ class Encoder:
     raw_fraction: float
     psnr_db: float
     variables: dict = field(default_factory=dict)
+    anomaly: dict = None
 
     @classmethod
     def from_learners(cls, learners, *, version, trained_until_step, tile_shapes, ranges, psnr_db, raw_fraction):
@@ -111,6 +116,7 @@ class Encoder:
             "trained_until_step": self.trained_until_step,
             "raw_fraction": self.raw_fraction,
             "psnr_db": self.psnr_db,
+            "anomaly": self.anomaly,
             "variables": {
                 name: {
                     "tile_shape": list(m.tile_shape),
@@ -173,7 +179,10 @@ class Encoder:
                 raise EncoderFormatError(f"raw_fraction {raw_fraction} outside [0, 1]")
             if not (math.isfinite(psnr_db) and psnr_db > 0):
                 raise EncoderFormatError(f"psnr_db must be a positive number, got {psnr_db!r}")
-            return cls(int(spec["version"]), int(spec["trained_until_step"]), raw_fraction, psnr_db, variables)
+            anomaly = spec.get("anomaly")
+            if anomaly is not None:
+                anomaly = _check_anomaly(anomaly, variables)
+            return cls(int(spec["version"]), int(spec["trained_until_step"]), raw_fraction, psnr_db, variables, anomaly)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             if isinstance(exc, EncoderFormatError):
                 raise
@@ -202,6 +211,23 @@ class Encoder:
         if extra:
             raise EncoderFormatError(f"encoder frame has unexpected sections {sorted(extra)}")
         return cls.from_arrays(spec, arrays)
+
+
+def _check_anomaly(a, variables):
+    if not isinstance(a, dict) or a.get("method") not in ("threshold", "topk"):
+        raise EncoderFormatError(f"encoder anomaly policy is malformed: {a!r}")
+    out = {"method": a["method"], "threshold": float(a["threshold"]), "top_k": int(a["top_k"]),
+           "report_score": float(a["report_score"]), "max_report": int(a["max_report"]),
+           "persistence_steps": int(a["persistence_steps"]), "stats": {}, "n_components": {}}
+    for name, k in (a.get("n_components") or {}).items():
+        if name not in variables or not 1 <= int(k) <= variables[name].components_.shape[0]:
+            raise EncoderFormatError(f"encoder anomaly n_components for {name!r} is invalid: {k!r}")
+        out["n_components"][name] = int(k)
+    for name, pair in (a.get("stats") or {}).items():
+        if name not in variables or len(pair) != 2 or not all(math.isfinite(float(x)) for x in pair):
+            raise EncoderFormatError(f"encoder anomaly stats for {name!r} are malformed: {pair!r}")
+        out["stats"][name] = [float(pair[0]), float(pair[1])]
+    return out
 
 
 def spec_to_bytes(spec):

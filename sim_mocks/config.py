@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal, Tuple, Union
+from typing import List, Literal, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .events import Event
 
 
 class _MockBase(BaseModel):
@@ -14,10 +16,11 @@ class _MockBase(BaseModel):
     steps: int = Field(2000, ge=1, description="Simulation time steps.")
     plotgap: int = Field(10, ge=1, description="Time steps between output steps.")
     seed: int = 0
+    events: List[Event] = Field(default_factory=list, description="Injected events (see sim_mocks/events.py).")
 
 
 class GrayScottConfig(_MockBase):
-    """ADIOS2 tutorial Gray-Scott (``settings.json`` names)."""
+    """ADIOS2 tutorial Gray-Scott (``settings-files.json`` names and defaults)."""
 
     type: Literal["gray_scott"] = "gray_scott"
     L: int = Field(64, ge=4, description="Cells per side of the cubic grid.")
@@ -26,7 +29,7 @@ class GrayScottConfig(_MockBase):
     Du: float = 0.2
     Dv: float = 0.1
     dt: float = 2.0
-    noise: float = Field(0.1, ge=0.0)
+    noise: float = Field(1e-7, ge=0.0, description="Amplitude of the noise on du/dt (tutorial: 1e-7).")
 
 
 class Heat2DConfig(_MockBase):

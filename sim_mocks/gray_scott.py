@@ -5,8 +5,9 @@ Model (explicit Euler, 7-point Laplacian divided by 6, periodic box)::
     du/dt = Du * lap(u) - u v^2 + F (1 - u) + noise * uniform(-1, 1)
     dv/dt = Dv * lap(v) + u v^2 - (F + k) v
 
-Initial state: ``u = 1, v = 0`` except a centred cube of half-width 6 cells where
-``u = 0.25, v = 0.33``. Parameter names and meaning follow the tutorial's ``settings.json``.
+Initial state: ``u = 1, v = 0`` except the cube ``[L/2 - 6, L/2 + 6)^3`` where
+``u = 0.25, v = 0.33``. Parameter names, meaning and defaults follow the tutorial's
+``settings-files.json`` (``L 64, Du 0.2, Dv 0.1, F 0.01, k 0.05, dt 2.0, noise 1e-7``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class GrayScott3D:
         self.v = self.domain.allocate(0.0)
         x, y, z = self.domain.global_coords()
         d = 6
-        inside = (abs(x - L // 2) < d) & (abs(y - L // 2) < d) & (abs(z - L // 2) < d)
+        lo, hi = L // 2 - d, L // 2 + d  # the tutorial's seed cube [L/2 - 6, L/2 + 6)
+        inside = (x >= lo) & (x < hi) & (y >= lo) & (y < hi) & (z >= lo) & (z < hi)
         self.domain.interior(self.u)[inside] = 0.25
         self.domain.interior(self.v)[inside] = 0.33
         self.rng = np.random.default_rng(seed + comm.Get_rank())

@@ -57,13 +57,17 @@ class AdvectionDiffusion2D:
         self.x, self.y = self.domain.global_coords()
         self.time = 0.0
         self.time_step = 0
+        self.extra_sources = []  # (center, sigma, amplitude): stationary sources, e.g. injected events
 
     def _source(self):
         nx, ny = self.shape
         r = 0.3 * min(nx, ny)
         xs = nx / 2 + r * np.cos(self.omega * self.time)
         ys = ny / 2 + r * np.sin(self.omega * self.time)
-        return self.amplitude * np.exp(-((self.x - xs) ** 2 + (self.y - ys) ** 2) / (2 * self.sigma**2))
+        src = self.amplitude * np.exp(-((self.x - xs) ** 2 + (self.y - ys) ** 2) / (2 * self.sigma**2))
+        for (cx, cy), sigma, amp in self.extra_sources:
+            src = src + amp * np.exp(-((self.x - cx) ** 2 + (self.y - cy) ** 2) / (2 * sigma**2))
+        return src
 
     def advance(self, n_steps=1):
         """Advance ``n_steps`` time steps (collective: halo exchange each step)."""

@@ -7,6 +7,7 @@ import os
 import time
 
 from .config import GrayScottConfig, Heat2DConfig
+from .events import apply_state_events, written_fields
 from .gray_scott import GrayScott3D
 from .heat2d import AdvectionDiffusion2D
 
@@ -25,11 +26,12 @@ def build_simulation(sim_cfg, comm):
     raise TypeError(f"unknown simulation config {type(sim_cfg).__name__}")
 
 
-def run_simulation(sim, producer, *, steps, plotgap, progress=None):
+def run_simulation(sim, producer, *, steps, plotgap, progress=None, events=()):
     """Advance ``sim`` for ``steps`` time steps, writing every ``plotgap``-th state (collective).
 
     Output step ``i`` holds the state after ``i * plotgap`` time steps (step 0 is the initial
-    state, as in the ADIOS2 Gray-Scott tutorial).
+    state, as in the ADIOS2 Gray-Scott tutorial). ``events`` (:mod:`.events`) starting at output
+    step ``i`` are applied just before it is written.
 
     Returns
     -------
@@ -43,8 +45,9 @@ def run_simulation(sim, producer, *, steps, plotgap, progress=None):
             t = time.perf_counter()
             sim.advance(plotgap)
             compute += time.perf_counter() - t
+        apply_state_events(sim, events, i)
         t = time.perf_counter()
-        producer.write(i, sim.fields())
+        producer.write(i, written_fields(sim, events, i))
         io += time.perf_counter() - t
         if progress is not None:
             progress(i)

@@ -77,7 +77,9 @@ def _parser():
     d.add_argument("file", help="compressed.bp written by staging")
     d.add_argument("--step", type=int, help="producer output step (default: list steps)")
     d.add_argument("--var", help="variable (default: list variables)")
-    d.add_argument("-o", "--output", help="write .npy or .bp (default: print statistics)")
+    d.add_argument("-o", "--output", help="write .npy or .bp (default: print statistics); .npz with --latents")
+    d.add_argument("--latents", action="store_true",
+                   help="export per-tile latent codes of --var (at --step, or every coded step) to the .npz given by -o")
     sub.add_parser("info", help="versions of Python, MPI, ADIOS2, torch")
     sub.add_parser("schema", help="print the JSON schema of the run YAML")
     return p
@@ -122,6 +124,8 @@ def _decode(args):
 
     from .output import CompressedOutputReader
 
+    if args.latents:
+        return _export_latents(args)
     if (args.step is None) != (args.var is None):
         raise ConfigError("decode: give both --step and --var (or neither, to list the file)")
     reader = CompressedOutputReader(args.file)
@@ -149,6 +153,36 @@ def _decode(args):
             raise ConfigError(f"--output {args.output}: use a .npy or .bp file name")
     print(f"{args.var} step {args.step}: shape {field.shape}, min {field.min():.6g}, max {field.max():.6g}, mean {field.mean():.6g}"
           + (f" -> {args.output}" if args.output else ""))
+    return 0
+
+
+def _export_latents(args):
+    """``decode --latents``: per-tile codes and tile positions, one row per (step, tile), to .npz."""
+    import numpy as np
+
+    from .output import CompressedOutputReader
+
+    if not args.var or not args.output or not args.output.endswith(".npz"):
+        raise ConfigError("decode --latents: give --var and -o FILE.npz")
+    reader = CompressedOutputReader(args.file)
+    steps = [args.step] if args.step is not None else reader.steps
+    rows = {"step": [], "origin": [], "latents": [], "encoder_version": []}
+    for step in steps:
+        try:
+            origin, latents, version = reader.latents(step, args.var)
+        except StagelearnError:
+            if args.step is not None:
+                raise
+            continue  # warm-up steps before the first encoder
+        rows["step"].append(np.full(len(origin), step))
+        rows["origin"].append(origin)
+        rows["latents"].append(latents)
+        rows["encoder_version"].append(version)
+    if not rows["step"]:
+        raise StagelearnError(f"{args.file}: no coded steps of {args.var}")
+    arrays = {k: np.concatenate(v) for k, v in rows.items()}
+    np.savez(args.output, **arrays)  # plain .npy members; load with np.load(..., allow_pickle=False)
+    print(f"{args.var}: {len(arrays['step'])} tiles x {arrays['latents'].shape[1]} latents from {len(rows['step'])} steps -> {args.output}")
     return 0
 
 

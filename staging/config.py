@@ -16,7 +16,7 @@ from typing import List, Literal, Optional, Tuple
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 
-from ..analytics.config import CodecConfig, LearnerConfig
+from ..analytics.config import AnomalyConfig, CodecConfig, LearnerConfig
 from ..sim_mocks.config import GrayScottConfig, Heat2DConfig
 from .errors import ConfigError
 from .xmlconfig import read_ios
@@ -76,7 +76,7 @@ class TimeoutConfig(BaseModel):
 
 
 class RunConfig(BaseModel):
-    """A whole run: simulation, staging, learner, codec, ADIOS2, metrics, timeouts."""
+    """A whole run: simulation, staging, learner, codec, anomaly, ADIOS2, metrics, timeouts."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -87,6 +87,7 @@ class RunConfig(BaseModel):
     adios2: Adios2Config = Field(default_factory=Adios2Config)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
     codec: CodecConfig = Field(default_factory=CodecConfig)
+    anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
 

@@ -2,8 +2,9 @@
 
 Per output step the file holds ``step`` (int64) and, for each field ``X``, one block per
 producer rank in ``X/payload`` (uint8 local arrays: transform-coded payloads, or lossless
-``kind: raw`` payloads for steps sent before any encoder) and ``X/report`` (float64 local arrays,
-same order). Both are written every step, so block ``i`` of step ``t`` is addressed directly.
+``kind: raw`` payloads for steps sent before any encoder), ``X/report`` (float64 local arrays,
+same order) and ``X/anomaly`` (the block's anomaly map, ``[n, (tile, score, flagged,
+persistent) * n]``; flagged tiles are raw, hence exact, in the payload). Both are written every step, so block ``i`` of step ``t`` is addressed directly.
 Each encoder version ``k`` is stored once, in the step it was published, as
 ``encoder/v<k>/spec`` (uint8 JSON) and ``encoder/v<k>/<X>/mean_``, ``encoder/v<k>/<X>/components_``
 (float32). Any ADIOS2 tool (``bpls``) can list it.
@@ -15,11 +16,12 @@ import logging
 
 import numpy as np
 
-from ..analytics.codec import decode_block, encode_raw_block
+from ..analytics.codec import decode_block, encode_raw_block, parse_payload
+from ..analytics.tiling import tile_grid, to_tiles
 from ..analytics.encoder import Encoder, spec_from_bytes, spec_to_bytes
 from .adios import bindings, declare_io, make_adios
 from .errors import StagelearnError
-from .wire import REPORT_FIELDS, payload_name, report_get, report_name
+from .wire import REPORT_FIELDS, anomaly_name, payload_name, report_get, report_name
 from .xmlconfig import read_ios
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,9 @@ class CompressedOutputWriter:
                 payload = blk.payload
             p = np.frombuffer(payload, dtype=np.uint8).copy()
             self.engine.Put(self._local(payload_name(blk.var), p), p, b.Mode.Sync)
+            amap = np.concatenate([[0.0 if blk.anomaly is None else float(len(blk.anomaly))],
+                                   [] if blk.anomaly is None else blk.anomaly.ravel()])
+            self.engine.Put(self._local(anomaly_name(blk.var), amap), amap, b.Mode.Sync)
             self.engine.Put(self._local(report_name(blk.var), blk.report), blk.report, b.Mode.Sync)
         if encoder is not None:
             prefix = encoder_prefix(encoder.version)
@@ -192,6 +197,78 @@ class CompressedOutputReader:
             self.engine.Get(rv, row, b.Mode.Sync)
             rows.append(row)
         return np.array(rows)
+
+    def anomaly_map(self, step, var):
+        """Anomaly map rows of ``var`` at ``step``: ndarray of shape (n, 2 + ndim + 2).
+
+        Columns: producer block, tile index, tile origin (ndim global indices), score, status
+        (1 flagged, 2 persistent, 0 listed only). Empty before anomaly scoring starts.
+        """
+        from ..analytics.anomaly import parse_map
+
+        b = bindings()
+        t = self._bp_step(step)
+        av = self.io.InquireVariable(anomaly_name(var))
+        pv = self.io.InquireVariable(payload_name(var))
+        out = []
+        for i, _ in enumerate(self.reports(step, var)):
+            self._select_step(av, anomaly_name(var), t)
+            av.SetBlockSelection(i)
+            arr = np.empty(int(av.SelectionSize()), dtype=np.float64)
+            self.engine.Get(av, arr, b.Mode.Sync)
+            rows = parse_map(arr)
+            if not len(rows):
+                continue
+            self._select_step(pv, payload_name(var), t)
+            pv.SetBlockSelection(i)
+            buf = np.empty(int(pv.SelectionSize()), dtype=np.uint8)
+            self.engine.Get(pv, buf, b.Mode.Sync)
+            header, _ = parse_payload(buf)
+            grid = tile_grid(header["block_shape"], header["tile_shape"])
+            for tile, score, flagged, persistent in rows:
+                pos = np.unravel_index(int(tile), grid)
+                origin = [s0 + p * ts for s0, p, ts in zip(header["start"], pos, header["tile_shape"])]
+                out.append([i, tile, *origin, score, 1 if flagged else (2 if persistent else 0)])
+        return np.array(out, dtype=np.float64)
+
+    def latents(self, step, var):
+        """Per-tile latent codes of ``var`` at ``step`` (features for clustering regimes).
+
+        Coded tiles give their dequantized coefficients; tiles sent raw (worst or flagged) are
+        projected on the same basis. Steps before the first encoder have no latents.
+
+        Returns
+        -------
+        origin : ndarray of shape (n_tiles, ndim), int64
+            Global index of each tile's first cell.
+        latents : ndarray of shape (n_tiles, n_components), float32
+        version : ndarray of shape (n_tiles,), int64
+            Encoder version the codes belong to.
+        """
+        b = bindings()
+        t = self._bp_step(step)
+        pv = self.io.InquireVariable(payload_name(var))
+        origins, codes, versions = [], [], []
+        for i, row in enumerate(self.reports(step, var)):
+            version = int(report_get(row, "encoder_version"))
+            if version == 0:
+                continue
+            self._select_step(pv, payload_name(var), t)
+            pv.SetBlockSelection(i)
+            buf = np.empty(int(pv.SelectionSize()), dtype=np.uint8)
+            self.engine.Get(pv, buf, b.Mode.Sync)
+            codec = self.encoder(version).variables[var].codec()
+            block, header, _ = decode_block(buf, codec)
+            tiles = to_tiles(block, header["tile_shape"])
+            coef = codec.coefficients(tiles)  # raw tiles: exact projection; coded: equals the dequantized codes
+            grid = tile_grid(header["block_shape"], header["tile_shape"])
+            pos = np.stack(np.unravel_index(np.arange(tiles.shape[0]), grid), axis=1)
+            origins.append(np.asarray(header["start"]) + pos * np.asarray(header["tile_shape"]))
+            codes.append(coef)
+            versions.append(np.full(tiles.shape[0], version))
+        if not codes:
+            raise StagelearnError(f"{self.path}: step {step} of {var} was sent before any encoder: no latents")
+        return np.concatenate(origins).astype(np.int64), np.concatenate(codes).astype(np.float32), np.concatenate(versions)
 
     def read(self, step, var):
         """Reconstruct the global field ``var`` at producer step ``step``.

@@ -23,6 +23,7 @@ import os
 
 import numpy as np
 
+from ..analytics.anomaly import AnomalyScorer, PersistenceTracker
 from ..analytics.baselines import sz3_at_psnr
 from ..analytics.codec import encode_block
 from ..analytics.encoder import Encoder
@@ -32,7 +33,8 @@ from .errors import ModelFormatError
 from .model_channel import ModelSubscriber
 from .mpiutil import bcast_bytes
 from .mpiutil import allreduce_flag
-from .wire import REPORT_FIELDS, WIRE_DTYPE, make_report, payload_name, rank_stream, report_name, resolve_layout
+from .wire import (REPORT_FIELDS, WIRE_DTYPE, anomaly_name, hist_name, make_report, payload_name, rank_stream,
+                   report_name, resolve_layout)
 from .xmlconfig import read_ios
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class Producer:
         self.engine = None
         self._subscriber = None
         self.encoder = None
+        self._trackers = {}
         self.steps_written = 0
         self._encoded_steps = 0
 
@@ -113,6 +116,8 @@ class Producer:
             self._vars[payload_name(name)] = self.io.DefineVariable(payload_name(name), np.zeros(1, np.uint8), [], [], [1])
             self._vars[report_name(name)] = self.io.DefineVariable(
                 report_name(name), np.zeros(len(REPORT_FIELDS)), [], [], [len(REPORT_FIELDS)])
+            for extra in (anomaly_name(name), hist_name(name)):
+                self._vars[extra] = self.io.DefineVariable(extra, np.zeros(1), [], [], [1])
 
     def open(self):
         """Open the data stream (waits for staging to connect) and, on rank 0, the model stream."""
@@ -188,12 +193,12 @@ class Producer:
         ext = np.array([[b.min(), -b.max()] if b.size else [np.inf, np.inf] for b in (blocks[n] for n in names)],
                        dtype=np.float64).reshape(-1)
         self.comm.Allreduce(MPI.IN_PLACE, ext, op=MPI.MIN)
-        targets = {}
+        targets, spans = {}, {}
         for i, n in enumerate(names):
             span = -ext[2 * i + 1] - ext[2 * i]
-            span = span if span > 0 else 1.0
-            targets[n] = span * span * 10.0 ** (-encoder.psnr_db / 10.0)
-        return targets
+            spans[n] = span if span > 0 else 1.0
+            targets[n] = spans[n] ** 2 * 10.0 ** (-encoder.psnr_db / 10.0)
+        return targets, spans
 
     def write(self, step, fields):
         """Write one output step (collective over ``comm``).
@@ -226,7 +231,7 @@ class Producer:
         self.poll_encoder()
         encoder = self.encoder
         sample_sz3 = encoder is not None and self.sz3_every > 0 and self._encoded_steps % self.sz3_every == 0
-        target_mse = self._target_mse(blocks, encoder) if encoder is not None else {}
+        target_mse, spans = self._target_mse(blocks, encoder) if encoder is not None else ({}, {})
         reports = {}
         with deadline(self.step_timeout_s, f"staging to accept step {step} (timeouts.step_s)"):
             self.engine.BeginStep()
@@ -242,8 +247,14 @@ class Producer:
                     row = make_report(step=step, rank=self.rank, raw_bytes=block.nbytes, sent_bytes=block.nbytes,
                                       n=block.size, vmin=lo, vmax=hi, local_psnr_db=math.inf)
                 else:
+                    scorer = None
+                    if encoder.anomaly is not None:
+                        scorer = AnomalyScorer(encoder.anomaly, name, spans[name], int(np.prod(model.tile_shape)),
+                                               math.sqrt(target_mse[name]),
+                                               self._trackers.setdefault(name, PersistenceTracker(encoder.anomaly["persistence_steps"])))
                     eb = encode_block(block, model.codec(), model.tile_shape,
                                       raw_fraction=encoder.raw_fraction, target_mse=target_mse[name],
+                                      extra_raw=scorer,
                                       header={"step": int(step), "variable": name, "rank": self.rank,
                                               "encoder_version": encoder.version, "shape": list(shape),
                                               "start": list(start), "count": list(count)})
@@ -251,6 +262,15 @@ class Producer:
                     var = self._vars[payload_name(name)]
                     var.SetSelection([[], [payload.size]])
                     self.engine.Put(var, payload, b.Mode.Sync)
+                    anomaly_bytes = 0
+                    if scorer is not None:
+                        amap, hist = scorer.map_array(), scorer.hist
+                        for vname, arr in ((anomaly_name(name), amap), (hist_name(name), hist)):
+                            v = self._vars[vname]
+                            v.SetSelection([[], [arr.size]])
+                            self.engine.Put(v, arr, b.Mode.Sync)
+                        extra_tiles = max(0, eb.n_raw_tiles - int(math.floor(encoder.raw_fraction * eb.tile_sse.size)))
+                        anomaly_bytes = amap.nbytes + hist.nbytes + extra_tiles * eb.raw_tiles.shape[1] * 4
                     stats = ErrorStats.from_arrays(fields[name], eb.reconstruction)  # vs the caller's own values
                     local_psnr = psnr_from_mse(stats.mse, stats.data_range)
                     sz3_bytes = sz3_sse = 0.0
@@ -259,10 +279,11 @@ class Producer:
                         d = (np.asarray(fields[name], dtype=np.float64) - rec).ravel()
                         sz3_sse = float(d @ d)
                     row = make_report(step=step, rank=self.rank, encoder_version=encoder.version,
-                                      raw_bytes=block.nbytes, sent_bytes=payload.size, sse=stats.sse, n=block.size,
+                                      raw_bytes=block.nbytes, sent_bytes=payload.size + anomaly_bytes, sse=stats.sse, n=block.size,
                                       max_abs_error=stats.max_abs_error, vmin=stats.vmin, vmax=stats.vmax,
                                       n_raw_tiles=eb.n_raw_tiles, sz3_bytes=sz3_bytes, sz3_sse=sz3_sse,
-                                      local_psnr_db=local_psnr)
+                                      local_psnr_db=local_psnr, n_flagged=len(scorer.flagged) if scorer else 0,
+                                      anomaly_bytes=anomaly_bytes)
                 self.engine.Put(self._vars[report_name(name)], row, b.Mode.Sync)
                 reports[name] = row
             self.engine.EndStep()

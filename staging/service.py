@@ -22,11 +22,12 @@ import time
 
 import numpy as np
 
-from ..analytics.codec import payload_raw_tiles
+from ..analytics.anomaly import LogErrorHistogram
+from ..analytics.codec import parse_payload, payload_raw_tiles
 from ..analytics.encoder import Encoder
 from ..analytics.framing import pack_frame, unpack_frame
 from ..analytics.incremental_pca import IncrementalPCA
-from ..analytics.tiling import to_tiles
+from ..analytics.tiling import tile_grid, to_tiles
 from .adios import declare_io, make_adios
 from .errors import ConfigError
 from .model_channel import ModelPublisher
@@ -48,12 +49,16 @@ def default_tile_shape(ndim):
 
 
 def raw_tiles_of(blk, tile_shape):
-    """Raw (exact) tiles carried by a block: all tiles of a raw block, the raw section of a payload."""
+    """Raw (exact) tiles a block gives the learner: all tiles of a raw block, else the raw section
+    of its payload without the tiles flagged as anomalies (persistent ones are the new normal)."""
     if blk.raw is not None:
         return to_tiles(blk.raw, tile_shape)
-    header, tiles, _ = payload_raw_tiles(blk.payload)
+    header, tiles, index = payload_raw_tiles(blk.payload)
     if list(header["tile_shape"]) != list(tile_shape):
         raise ValueError(f"payload of {blk.var} from rank {blk.rank} has tile shape {header['tile_shape']}, expected {tile_shape}")
+    if blk.anomaly is not None and len(blk.anomaly):
+        flagged = blk.anomaly[blk.anomaly[:, 2] > 0, 0].astype(np.int64)
+        tiles = tiles[~np.isin(index, flagged)]
     return tiles
 
 
@@ -61,8 +66,11 @@ def _pack_blocks(blocks):
     meta, sections = [], {}
     for i, blk in enumerate(blocks):
         meta.append({"var": blk.var, "rank": blk.rank, "shape": blk.shape, "start": blk.start, "count": blk.count,
-                     "raw": blk.raw is not None})
+                     "raw": blk.raw is not None, "anomaly": blk.anomaly is not None})
         sections[f"{i}/report"] = blk.report.tobytes()
+        if blk.anomaly is not None:
+            sections[f"{i}/anomaly"] = np.ascontiguousarray(blk.anomaly, dtype=np.float64).tobytes()
+            sections[f"{i}/err_hist"] = np.ascontiguousarray(blk.err_hist, dtype=np.float64).tobytes()
         sections[f"{i}/data"] = blk.raw.tobytes() if blk.raw is not None else blk.payload
     return pack_frame(_BUNDLE, {"blocks": meta}, sections)
 
@@ -74,6 +82,9 @@ def _unpack_blocks(frame):
         blk = ReceivedBlock(var=m["var"], rank=m["rank"], report=np.frombuffer(bytes(sec[f"{i}/report"]), dtype=np.float64).copy(),
                             shape=tuple(m["shape"]) if m["shape"] else None, start=tuple(m["start"]) if m["start"] else None,
                             count=tuple(m["count"]) if m["count"] else None)
+        if m.get("anomaly"):
+            blk.anomaly = np.frombuffer(bytes(sec[f"{i}/anomaly"]), dtype=np.float64).reshape(-1, 4).copy()
+            blk.err_hist = np.frombuffer(bytes(sec[f"{i}/err_hist"]), dtype=np.float64).copy()
         data = bytes(sec[f"{i}/data"])
         if m["raw"]:
             blk.raw = np.frombuffer(data, dtype=np.float32).reshape(blk.count).copy()  # ADIOS2 Put needs writeable arrays
@@ -107,6 +118,9 @@ class StagingService:
         self.steps_seen = 0
         self.last_publish = None
         self.tiles_learned = 0
+        self.error_hists = {}  # rank 0: running histograms of tile log-errors per variable
+        self.anomaly_log = None
+        self.encoder_calibrated = False  # same on all ranks: the last encoder carried error statistics
 
     # ----------------------------------------------------------------- helpers
     def _open(self):
@@ -128,6 +142,9 @@ class StagingService:
             model_io = declare_io(self._model_adios, cfg.adios2.model_io, xml, ios)
             self.publisher = ModelPublisher(model_io, f"{stream}-model", cfg.timeouts.open_s)
             self.writer = CompressedOutputWriter(xml, cfg.adios2.output_io, os.path.join(self.run_dir, "compressed.bp"))
+            if cfg.anomaly.enabled:
+                self.anomaly_log = open(os.path.join(self.run_dir, "anomalies.csv"), "w")
+                self.anomaly_log.write("step,variable,rank,tile,origin,score,status\n")
         logger.info("staging rank %d/%d reading %s (%s layout)", self.rank, self.comm.Get_size(), stream, layout)
 
     def _discover_variables(self, blocks):
@@ -165,10 +182,61 @@ class StagingService:
             self.tiles_learned += tiles.shape[0]
 
     def _should_publish(self):
-        lc = self.cfg.learner
+        lc, ac = self.cfg.learner, self.cfg.anomaly
         if self.steps_seen < lc.warmup_steps:
             return False
-        return self.last_publish is None or self.steps_seen - self.last_publish >= lc.publish_every
+        if self.last_publish is None:
+            return True
+        since = self.steps_seen - self.last_publish
+        if ac.enabled and not self.encoder_calibrated and since >= ac.calibration_steps:
+            return True  # ship the first error statistics early: scoring starts with them
+        return since >= lc.publish_every
+
+    def _anomaly_policy(self):
+        """The encoder's anomaly section: policy plus median/MAD of each variable's tile log-errors."""
+        ac = self.cfg.anomaly
+        if not ac.enabled:
+            return None
+        stats = {}
+        for var, h in self.error_hists.items():
+            if h.total > 0:
+                med, mad = h.median_mad()
+                if math.isfinite(med) and math.isfinite(mad):
+                    stats[var] = [med, mad]
+        n_model = {v: int(min(np.searchsorted(np.cumsum(est.explained_variance_ratio_), ac.explained_variance) + 1,
+                              est.n_components_)) for v, est in self.learners.items()}
+        return {"method": ac.method, "threshold": ac.threshold, "top_k": ac.top_k, "report_score": ac.report_score,
+                "max_report": ac.max_report, "persistence_steps": ac.persistence_steps, "n_components": n_model,
+                "stats": stats}
+
+    def _record_anomalies(self, step, blocks):
+        """Rank 0: fold error histograms, append flagged tiles to anomalies.csv, log an alert line."""
+        alerts = []
+        for blk in blocks:
+            if blk.err_hist is None:
+                continue
+            self.error_hists.setdefault(blk.var, LogErrorHistogram(self.cfg.anomaly.decay))
+            if blk.anomaly is None or not len(blk.anomaly):
+                continue
+            header, _ = parse_payload(blk.payload)
+            grid = tile_grid(header["block_shape"], header["tile_shape"])
+            for tile, score, flagged, persistent in blk.anomaly:
+                if not (flagged or persistent):
+                    continue
+                pos = np.unravel_index(int(tile), grid)
+                origin = [int(s0 + p * t) for s0, p, t in zip(header["start"], pos, header["tile_shape"])]
+                status = "flagged" if flagged else "persistent"
+                self.anomaly_log.write(f"{step},{blk.var},{blk.rank},{int(tile)},{' '.join(map(str, origin))},"
+                                       f"{score:.3f},{status}\n")
+                if flagged:
+                    alerts.append((score, blk.var, blk.rank, origin))
+        for var in {b.var for b in blocks if b.err_hist is not None}:
+            self.error_hists[var].update(sum(b.err_hist for b in blocks if b.var == var and b.err_hist is not None))
+        if alerts:
+            score, var, rank, origin = max(alerts)
+            logger.warning("anomaly: step %d: %d tiles flagged; highest score %.1f in %s at %s (producer %d)",
+                           step, len(alerts), score, var, origin, rank)
+        self.anomaly_log.flush()
 
     def _progress(self, step):
         path = os.path.join(self.run_dir, "progress.json")
@@ -180,11 +248,18 @@ class StagingService:
 
     # ----------------------------------------------------------------- main loop
     def _close_local(self):
+        if self.anomaly_log is not None:
+            self.anomaly_log.close()
+            self.anomaly_log = None
         if self.writer is not None:
             self.writer.close()
         if self.publisher is not None:
             self.publisher.close(self.cfg.timeouts.step_s)
         self.publisher = self.writer = None
+
+    @property
+    def anomaly_calibrated(self):
+        return bool(self.encoder is not None and self.encoder.anomaly and self.encoder.anomaly["stats"])
 
     def _loop(self):
         while True:
@@ -201,6 +276,7 @@ class StagingService:
                 self._record(parts, publish)
             if publish:
                 self.last_publish = self.steps_seen
+                self.encoder_calibrated = allreduce_flag(self.comm, self.rank == 0 and self.anomaly_calibrated)
 
     def _record(self, parts, publish):
         """Rank 0: account the step, publish a new encoder if due, write the output step."""
@@ -210,6 +286,8 @@ class StagingService:
             self.ledger.add(b.var, b.report)
             lo, hi = self.ranges.get(b.var, (math.inf, -math.inf))
             self.ranges[b.var] = (min(lo, report_get(b.report, "vmin")), max(hi, report_get(b.report, "vmax")))
+        if self.anomaly_log is not None:
+            self._record_anomalies(step, all_blocks)
         new = None
         if publish:
             version = (self.encoder.version if self.encoder else 0) + 1
@@ -217,6 +295,7 @@ class StagingService:
                 {v: self.learners[v] for v in self.variables}, version=version, trained_until_step=step,
                 tile_shapes=self.tile_shapes, ranges=self.ranges, psnr_db=self.cfg.codec.psnr_db,
                 raw_fraction=self.cfg.codec.raw_fraction)
+            new.anomaly = self._anomaly_policy()
             self.publisher.publish(new)
             self.ledger.published.append((version, step))
             self.encoder = new

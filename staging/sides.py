@@ -25,6 +25,7 @@ def prepare_run_dir(run_dir):
 
 def simulation_main(cfg, comm, run_dir):
     """Producer side: run the configured mock simulation through a :class:`Producer` (collective)."""
+    from ..sim_mocks.events import ground_truth, written_fields
     from ..sim_mocks.runner import build_simulation, gather_field, run_simulation
 
     t0 = time.time()
@@ -41,13 +42,17 @@ def simulation_main(cfg, comm, run_dir):
         producer.define_variable(var, dom.shape, dom.start, dom.count)
     with producer:
         producer.open()
-        stats = run_simulation(sim, producer, steps=cfg.simulation.steps, plotgap=cfg.simulation.plotgap)
+        stats = run_simulation(sim, producer, steps=cfg.simulation.steps, plotgap=cfg.simulation.plotgap,
+                               events=cfg.simulation.events)
         versions = producer.encoder.version if producer.encoder else 0
     # the last output step, assembled once, lets `stagelearn run` check the decoded file end to end
     var = sim.variables[0]
-    ref = gather_field(comm, sim.fields()[var], dom.start, dom.count, dom.shape)
+    last = stats["steps_written"] - 1
+    ref = gather_field(comm, written_fields(sim, cfg.simulation.events, last)[var], dom.start, dom.count, dom.shape)
     if comm.Get_rank() == 0:
-        np.save(os.path.join(run_dir, f"reference_{var}_step{stats['steps_written'] - 1}.npy"), ref)
+        np.save(os.path.join(run_dir, f"reference_{var}_step{last}.npy"), ref)
+        if cfg.simulation.events:
+            write_json(os.path.join(run_dir, "events.json"), ground_truth(cfg.simulation.events, dom.shape))
         write_json(os.path.join(run_dir, "producer.json"), dict(
             stats, ranks=comm.Get_size(), layout=producer.layout, engine=producer.io.EngineType(),
             last_encoder_version=versions, reference={"variable": var, "step": stats["steps_written"] - 1},

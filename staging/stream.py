@@ -20,7 +20,9 @@ from typing import Optional
 import numpy as np
 
 from .adios import begin_step, bindings, declare_io, make_adios, open_reader
-from .wire import REPORT_FIELDS, assign_blocks, field_names, payload_name, rank_stream, report_get, report_name
+from ..analytics.anomaly import parse_map
+from .wire import (REPORT_FIELDS, anomaly_name, assign_blocks, field_names, hist_name, payload_name, rank_stream,
+                   report_get, report_name)
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,10 @@ class ReceivedBlock:
         The float32 block when sent raw.
     payload : bytes or None
         The coded block otherwise.
+    anomaly : ndarray of shape (n, 4) or None
+        Anomaly map rows ``(tile, score, flagged, persistent)`` when the encoder scores tiles.
+    err_hist : ndarray or None
+        Histogram of the block's tile log-errors (same condition).
     shape, start, count : tuple of int or None
         Global shape and selection (for raw blocks; payload headers carry their own).
     """
@@ -48,6 +54,8 @@ class ReceivedBlock:
     report: np.ndarray
     raw: Optional[np.ndarray] = None
     payload: Optional[bytes] = None
+    anomaly: Optional[np.ndarray] = None
+    err_hist: Optional[np.ndarray] = None
     shape: Optional[tuple] = None
     start: Optional[tuple] = None
     count: Optional[tuple] = None
@@ -59,6 +67,15 @@ class ReceivedBlock:
 
 def _dims(text):
     return tuple(int(x) for x in text.split(",")) if text else ()
+
+
+def _get_block(engine, io, name, bid):
+    b = bindings()
+    v = io.InquireVariable(name)
+    v.SetBlockSelection(bid)
+    out = np.empty(int(v.SelectionSize()), dtype=np.float64)
+    engine.Get(v, out, b.Mode.Sync)
+    return out
 
 
 def _read_blocks(engine, io, step, writer_ids=None):
@@ -95,6 +112,9 @@ def _read_blocks(engine, io, step, writer_ids=None):
                 buf = np.empty(int(pv.SelectionSize()), dtype=np.uint8)
                 engine.Get(pv, buf, b.Mode.Sync)
                 blk.payload = buf.tobytes()
+                if anomaly_name(var) in available and hist_name(var) in available:
+                    blk.anomaly = parse_map(_get_block(engine, io, anomaly_name(var), bid))
+                    blk.err_hist = _get_block(engine, io, hist_name(var), bid)
             else:
                 logger.error("step %d: writer %d reported %s but sent neither raw data nor payload", step, writer, var)
                 continue

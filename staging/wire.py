@@ -7,7 +7,9 @@ Per output step, each producer block writes, for each field variable ``X``:
 - ``X/payload`` (local array, uint8): the block's transform-coded payload once an encoder is in
   use (:func:`stagelearn.analytics.codec.encode_block`, self-describing);
 - ``X/report`` (local array, float64, :data:`REPORT_FIELDS`): step, rank, encoder version, bytes
-  and the error of what was sent against the producer's raw data.
+  and the error of what was sent against the producer's raw data;
+- ``X/anomaly`` and ``X/err_hist`` (local arrays, float64) when the encoder carries an anomaly
+  policy: the block's anomaly map and its histogram of tile log-errors.
 
 Producers write exactly one block per variable, so block ``i`` of ``X/payload`` and of
 ``X/report`` belong to the same writer rank.
@@ -20,7 +22,7 @@ import numpy as np
 #: Columns of ``X/report`` (also written as the stream attribute ``stagelearn/report_fields``).
 REPORT_FIELDS = (
     "step", "rank", "encoder_version", "raw_bytes", "sent_bytes", "sse", "n", "max_abs_error",
-    "vmin", "vmax", "n_raw_tiles", "sz3_bytes", "sz3_sse", "local_psnr_db",
+    "vmin", "vmax", "n_raw_tiles", "sz3_bytes", "sz3_sse", "local_psnr_db", "n_flagged", "anomaly_bytes",
 )
 _COL = {name: i for i, name in enumerate(REPORT_FIELDS)}
 
@@ -33,6 +35,16 @@ def payload_name(var):
 
 def report_name(var):
     return f"{var}/report"
+
+
+def anomaly_name(var):
+    """Per-block anomaly map: float64 ``[n, (tile, score, flagged, persistent) * n]``."""
+    return f"{var}/anomaly"
+
+
+def hist_name(var):
+    """Per-block histogram of tile log-errors (float64, :data:`~stagelearn.analytics.anomaly.HIST_EDGES`)."""
+    return f"{var}/err_hist"
 
 
 def field_names(available):

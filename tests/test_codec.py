@@ -80,6 +80,17 @@ def test_payload_round_trip_and_raw_tiles_exact():
     assert eb.stats.max_abs_error == pytest.approx(float(np.abs(x - block).max()))
 
 
+def test_non_finite_tiles_travel_raw():
+    x = smooth_field((8, 8, 8), seed=3).astype(np.float32)
+    codec = _codec(x, (4, 4, 4), 40.0)
+    x[1, 1, 1], x[6, 6, 6] = np.nan, np.inf
+    eb = encode_block(x, codec, (4, 4, 4), raw_fraction=0.0, target_mse=1e-4)
+    block, _, _ = decode_block(eb.payload, codec)
+    assert np.isnan(block[1, 1, 1]) and np.isinf(block[6, 6, 6])
+    assert eb.n_raw_tiles == 2
+    np.testing.assert_array_equal(block[:4, :4, :4], x[:4, :4, :4])
+
+
 def test_raw_payload_round_trip():
     x = smooth_field((6, 5, 4)).astype(np.float32)
     block, header, _ = decode_block(encode_raw_block(x, header={"step": 0}))

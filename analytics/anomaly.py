@@ -4,7 +4,7 @@ A tile is anomalous when the learned model reconstructs it much worse than it us
 reconstructs tiles of the same variable. With a full orthonormal basis the *coded* error of any
 tile is set by the quantizer, so the model error used here is the PCA residual outside the
 ``k`` leading components (the squared prediction error, or Q statistic, of PCA monitoring;
-Jackson & Mudholkar, Technometrics 1979), with ``k`` the components explaining 99% of the
+Jackson & Mudholkar, Technometrics 1979), with ``k`` the components explaining 99.9% of the
 variance. The score of a tile is a robust z-score of its log-residual,
 
     e = log10(max(rmse_residual, rmse_target) / value_range),
@@ -163,9 +163,10 @@ class PersistenceTracker:
 class AnomalyScorer:
     """Scores one block's tiles and decides which are flagged (producer side).
 
-    Used as the ``extra_raw`` callback of :func:`~stagelearn.analytics.codec.encode_block`:
-    called with the tiles' squared coding errors, it returns the flagged tiles (sent raw) and
-    keeps the map and histogram for the stream.
+    Used as the ``tile_hook`` of :func:`~stagelearn.analytics.codec.encode_block`: called with
+    the tiles' coefficients, it returns the flagged tiles (sent raw) and keeps the anomaly map
+    (for the ``X/anomaly`` stream variable) and the histogram of log-residuals (which travels,
+    zstd-compressed, as the payload section ``err_hist``).
 
     Parameters
     ----------
@@ -213,9 +214,28 @@ class AnomalyScorer:
         self.rows = np.column_stack([shown, s[shown], np.isin(shown, self.flagged), np.isin(shown, persistent)]).astype(np.float64)
         return self.flagged
 
+    def sections(self):
+        """Payload sections: the histogram as zstd-compressed uint32 counts."""
+        import zstandard
+
+        return {"err_hist": zstandard.ZstdCompressor().compress(self.hist.astype(np.uint32).tobytes())}
+
     def map_array(self):
-        """The anomaly map as sent: ``[n, tile, score, flagged, persistent, ...]`` (float64)."""
-        return np.concatenate([[float(len(self.rows))], self.rows.ravel()])
+        """The anomaly map as sent: ``[n, tile, score, flagged, persistent, ...]`` (float32)."""
+        return np.concatenate([[float(len(self.rows))], self.rows.ravel()]).astype(np.float32)
+
+
+def payload_histogram(sections):
+    """The ``err_hist`` section of a payload as float64 counts, or None if absent."""
+    import zstandard
+
+    if "err_hist" not in sections:
+        return None
+    raw = zstandard.ZstdDecompressor().decompress(bytes(sections["err_hist"]), max_output_size=4 * (HIST_EDGES.size - 1))
+    counts = np.frombuffer(raw, dtype=np.uint32)
+    if counts.size != HIST_EDGES.size - 1:
+        raise ValueError(f"err_hist section holds {counts.size} bins, expected {HIST_EDGES.size - 1}")
+    return counts.astype(np.float64)
 
 
 def parse_map(arr):

@@ -290,7 +290,7 @@ def parse_payload(payload):
     return unpack_frame(MAGIC, payload, "block payload")
 
 
-def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, target_mse=None, extra_raw=None):
+def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, target_mse=None, tile_hook=None):
     """Encode one block: transform coding plus the worst tiles raw.
 
     Parameters
@@ -308,10 +308,11 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
         If given, the quantization step is chosen for this block so that its MSE (before raw
         tiles, which only lower it) stays at or below ``target_mse``
         (:meth:`TransformCodec.step_for_mse`); otherwise ``codec.quant_step`` is used.
-    extra_raw : callable, optional
-        ``extra_raw(coef, centred_energy) -> indices`` of further tiles to send raw (e.g.
-        anomalies), given every tile's coefficients (ndarray of shape (n_tiles, n_components))
-        and squared norm after mean removal (ndarray of shape (n_tiles,)).
+    tile_hook : object, optional
+        Called as ``tile_hook(coef, centred_energy) -> indices`` of further tiles to send raw
+        (e.g. anomalies), given every tile's coefficients (ndarray of shape (n_tiles,
+        n_components)) and squared norm after mean removal (ndarray of shape (n_tiles,)); then
+        ``tile_hook.sections()`` returns extra named byte sections for the payload.
 
     Returns
     -------
@@ -337,10 +338,12 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
     if n_raw > 0:
         worst = np.argpartition(err, n_tiles - n_raw)[n_tiles - n_raw:]
         raw_index = worst[err[worst] > 0]
-    if extra_raw is not None:
+    extra = {}
+    if tile_hook is not None:
         centred = tiles - codec.mean
         energy = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
-        raw_index = np.union1d(raw_index, np.asarray(extra_raw(coef, energy), dtype=np.int64))
+        raw_index = np.union1d(raw_index, np.asarray(tile_hook(coef, energy), dtype=np.int64))
+        extra = tile_hook.sections()
     raw_index = np.union1d(raw_index, np.flatnonzero(bad))
     tiles = all_tiles
     raw_index = np.sort(raw_index).astype(np.int32)
@@ -362,7 +365,8 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
     )
     payload = pack_frame(
         MAGIC,
-        head, {"codes": code_bytes, "raw_index": zc.compress(raw_index.tobytes()), "raw_tiles": zc.compress(raw_tiles.tobytes())}
+        head, {"codes": code_bytes, "raw_index": zc.compress(raw_index.tobytes()), "raw_tiles": zc.compress(raw_tiles.tobytes()),
+               **extra}
     )
     reconstruction = from_tiles(rec, block.shape, tile_shape)
     return EncodedBlock(payload, reconstruction, ErrorStats.from_arrays(block, reconstruction), int(raw_index.size), raw_tiles,

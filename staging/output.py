@@ -95,7 +95,7 @@ class CompressedOutputWriter:
             p = np.frombuffer(payload, dtype=np.uint8).copy()
             self.engine.Put(self._local(payload_name(blk.var), p), p, b.Mode.Sync)
             amap = np.concatenate([[0.0 if blk.anomaly is None else float(len(blk.anomaly))],
-                                   [] if blk.anomaly is None else blk.anomaly.ravel()])
+                                   [] if blk.anomaly is None else blk.anomaly.ravel()]).astype(np.float32)
             self.engine.Put(self._local(anomaly_name(blk.var), amap), amap, b.Mode.Sync)
             self.engine.Put(self._local(report_name(blk.var), blk.report), blk.report, b.Mode.Sync)
         if encoder is not None:
@@ -214,7 +214,7 @@ class CompressedOutputReader:
         for i, _ in enumerate(self.reports(step, var)):
             self._select_step(av, anomaly_name(var), t)
             av.SetBlockSelection(i)
-            arr = np.empty(int(av.SelectionSize()), dtype=np.float64)
+            arr = np.empty(int(av.SelectionSize()), dtype=np.float32)
             self.engine.Get(av, arr, b.Mode.Sync)
             rows = parse_map(arr)
             if not len(rows):

@@ -33,8 +33,8 @@ from .errors import ModelFormatError
 from .model_channel import ModelSubscriber
 from .mpiutil import bcast_bytes
 from .mpiutil import allreduce_flag
-from .wire import (REPORT_FIELDS, WIRE_DTYPE, anomaly_name, hist_name, make_report, payload_name, rank_stream,
-                   report_name, resolve_layout)
+from .wire import (REPORT_FIELDS, WIRE_DTYPE, anomaly_name, make_report, payload_name, rank_stream, report_name,
+                   resolve_layout)
 from .xmlconfig import read_ios
 
 logger = logging.getLogger(__name__)
@@ -116,8 +116,7 @@ class Producer:
             self._vars[payload_name(name)] = self.io.DefineVariable(payload_name(name), np.zeros(1, np.uint8), [], [], [1])
             self._vars[report_name(name)] = self.io.DefineVariable(
                 report_name(name), np.zeros(len(REPORT_FIELDS)), [], [], [len(REPORT_FIELDS)])
-            for extra in (anomaly_name(name), hist_name(name)):
-                self._vars[extra] = self.io.DefineVariable(extra, np.zeros(1), [], [], [1])
+            self._vars[anomaly_name(name)] = self.io.DefineVariable(anomaly_name(name), np.zeros(1, np.float32), [], [], [1])
 
     def open(self):
         """Open the data stream (waits for staging to connect) and, on rank 0, the model stream."""
@@ -254,7 +253,7 @@ class Producer:
                                                self._trackers.setdefault(name, PersistenceTracker(encoder.anomaly["persistence_steps"])))
                     eb = encode_block(block, model.codec(), model.tile_shape,
                                       raw_fraction=encoder.raw_fraction, target_mse=target_mse[name],
-                                      extra_raw=scorer,
+                                      tile_hook=scorer,
                                       header={"step": int(step), "variable": name, "rank": self.rank,
                                               "encoder_version": encoder.version, "shape": list(shape),
                                               "start": list(start), "count": list(count)})
@@ -264,13 +263,14 @@ class Producer:
                     self.engine.Put(var, payload, b.Mode.Sync)
                     anomaly_bytes = 0
                     if scorer is not None:
-                        amap, hist = scorer.map_array(), scorer.hist
-                        for vname, arr in ((anomaly_name(name), amap), (hist_name(name), hist)):
-                            v = self._vars[vname]
-                            v.SetSelection([[], [arr.size]])
-                            self.engine.Put(v, arr, b.Mode.Sync)
+                        amap = scorer.map_array()
+                        v = self._vars[anomaly_name(name)]
+                        v.SetSelection([[], [amap.size]])
+                        self.engine.Put(v, amap, b.Mode.Sync)
+                        # side channel: the map, the histogram section, and raw tiles beyond the raw budget
                         extra_tiles = max(0, eb.n_raw_tiles - int(math.floor(encoder.raw_fraction * eb.tile_sse.size)))
-                        anomaly_bytes = amap.nbytes + hist.nbytes + extra_tiles * eb.raw_tiles.shape[1] * 4
+                        anomaly_bytes = (amap.nbytes + len(scorer.sections()["err_hist"]) + 8
+                                         + extra_tiles * eb.raw_tiles.shape[1] * 4)
                     stats = ErrorStats.from_arrays(fields[name], eb.reconstruction)  # vs the caller's own values
                     local_psnr = psnr_from_mse(stats.mse, stats.data_range)
                     sz3_bytes = sz3_sse = 0.0
@@ -279,7 +279,8 @@ class Producer:
                         d = (np.asarray(fields[name], dtype=np.float64) - rec).ravel()
                         sz3_sse = float(d @ d)
                     row = make_report(step=step, rank=self.rank, encoder_version=encoder.version,
-                                      raw_bytes=block.nbytes, sent_bytes=payload.size + anomaly_bytes, sse=stats.sse, n=block.size,
+                                      raw_bytes=block.nbytes, sent_bytes=payload.size + (amap.nbytes if scorer else 0),
+                                      sse=stats.sse, n=block.size,
                                       max_abs_error=stats.max_abs_error, vmin=stats.vmin, vmax=stats.vmax,
                                       n_raw_tiles=eb.n_raw_tiles, sz3_bytes=sz3_bytes, sz3_sse=sz3_sse,
                                       local_psnr_db=local_psnr, n_flagged=len(scorer.flagged) if scorer else 0,

@@ -20,9 +20,10 @@ from typing import Optional
 import numpy as np
 
 from .adios import begin_step, bindings, declare_io, make_adios, open_reader
-from ..analytics.anomaly import parse_map
-from .wire import (REPORT_FIELDS, anomaly_name, assign_blocks, field_names, hist_name, payload_name, rank_stream,
-                   report_get, report_name)
+from ..analytics.anomaly import parse_map, payload_histogram
+from ..analytics.codec import parse_payload
+from .wire import (REPORT_FIELDS, anomaly_name, assign_blocks, field_names, payload_name, rank_stream, report_get,
+                   report_name)
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def _get_block(engine, io, name, bid):
     b = bindings()
     v = io.InquireVariable(name)
     v.SetBlockSelection(bid)
-    out = np.empty(int(v.SelectionSize()), dtype=np.float64)
+    out = np.empty(int(v.SelectionSize()), dtype=np.float32)
     engine.Get(v, out, b.Mode.Sync)
     return out
 
@@ -112,9 +113,9 @@ def _read_blocks(engine, io, step, writer_ids=None):
                 buf = np.empty(int(pv.SelectionSize()), dtype=np.uint8)
                 engine.Get(pv, buf, b.Mode.Sync)
                 blk.payload = buf.tobytes()
-                if anomaly_name(var) in available and hist_name(var) in available:
+                if anomaly_name(var) in available:
                     blk.anomaly = parse_map(_get_block(engine, io, anomaly_name(var), bid))
-                    blk.err_hist = _get_block(engine, io, hist_name(var), bid)
+                    blk.err_hist = payload_histogram(parse_payload(blk.payload)[1])
             else:
                 logger.error("step %d: writer %d reported %s but sent neither raw data nor payload", step, writer, var)
                 continue

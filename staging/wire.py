@@ -8,8 +8,8 @@ Per output step, each producer block writes, for each field variable ``X``:
   use (:func:`stagelearn.analytics.codec.encode_block`, self-describing);
 - ``X/report`` (local array, float64, :data:`REPORT_FIELDS`): step, rank, encoder version, bytes
   and the error of what was sent against the producer's raw data;
-- ``X/anomaly`` and ``X/err_hist`` (local arrays, float64) when the encoder carries an anomaly
-  policy: the block's anomaly map and its histogram of tile log-errors.
+- ``X/anomaly`` (local array, float32) when the encoder carries an anomaly policy: the block's
+  anomaly map (its histogram of tile log-residuals travels inside the payload).
 
 Producers write exactly one block per variable, so block ``i`` of ``X/payload`` and of
 ``X/report`` belong to the same writer rank.
@@ -38,13 +38,8 @@ def report_name(var):
 
 
 def anomaly_name(var):
-    """Per-block anomaly map: float64 ``[n, (tile, score, flagged, persistent) * n]``."""
+    """Per-block anomaly map: float32 ``[n, (tile, score, flagged, persistent) * n]``."""
     return f"{var}/anomaly"
-
-
-def hist_name(var):
-    """Per-block histogram of tile log-errors (float64, :data:`~stagelearn.analytics.anomaly.HIST_EDGES`)."""
-    return f"{var}/err_hist"
 
 
 def field_names(available):

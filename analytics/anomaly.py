@@ -189,6 +189,7 @@ class AnomalyScorer:
         self.value_range, self.n_features, self.tracker = value_range, n_features, tracker
         self.floor_rmse = floor_rmse
         self.flagged = np.zeros(0, dtype=np.int64)
+        self.persistent = np.zeros(0, dtype=np.int64)
         self.rows = np.zeros((0, 4))
         self.hist = np.zeros(HIST_EDGES.size - 1)
 
@@ -199,7 +200,7 @@ class AnomalyScorer:
         self.hist = histogram(e)
         stats = (self.policy.get("stats") or {}).get(self.variable)
         if not stats:
-            return self.flagged
+            return self.flagged  # no reference yet: nothing is flagged
         s = scores(e, *stats)
         pol = self.policy
         if pol["method"] == "threshold":
@@ -208,11 +209,14 @@ class AnomalyScorer:
             top = np.argsort(s)[::-1][: pol["top_k"]]
             candidates = top[s[top] > pol["report_score"]]
         self.flagged, persistent = self.tracker.update(candidates)
+        self.persistent = persistent
         shown = np.flatnonzero(s >= pol["report_score"])
         shown = shown[np.argsort(s[shown])[::-1][: pol["max_report"]]]
         shown = np.union1d(shown, np.union1d(self.flagged, persistent)).astype(np.int64)
         self.rows = np.column_stack([shown, s[shown], np.isin(shown, self.flagged), np.isin(shown, persistent)]).astype(np.float64)
-        return self.flagged
+        # flagged tiles travel raw (exact, kept out of the learner); persistent ones too, so the
+        # learner receives the new normal until the model explains it and their score drops
+        return np.union1d(self.flagged, persistent)
 
     def sections(self):
         """Payload sections: the histogram as zstd-compressed uint32 counts."""

@@ -50,10 +50,15 @@ def evaluate(anomalies_csv, events_json, tile_shape, persistence_steps):
     -------
     result : dict
         ``events`` (per event: kind, step, detected, latency_steps, tiles, tiles_found),
-        ``precision`` (flagged rows that belong to an active event / all flagged rows),
+        ``precision`` (flagged (step, tile) pairs that belong to an active event / all flagged
+        pairs, variables merged),
         ``recall`` (event tiles found / event tiles), ``flagged_rows``.
     """
-    rows = [r for r in read_anomalies(anomalies_csv) if r["status"] == "flagged"]
+    rows, seen = [], set()
+    for r in read_anomalies(anomalies_csv):  # one row per (step, tile), whichever variables flagged it
+        if r["status"] == "flagged" and (r["step"], r["origin"]) not in seen:
+            seen.add((r["step"], r["origin"]))
+            rows.append(r)
     with open(events_json) as f:
         truth = json.load(f)
     shape = truth["shape"]

@@ -66,6 +66,8 @@ def written_fields(sim, events, output_step):
     first = sim.variables[0]
     block = fields[first].copy()
     for ev in spikes:
+        if len(ev.center) != len(sim.domain.start):
+            raise ValueError(f"event spike at step {ev.step}: center {ev.center} must have {len(sim.domain.start)} coordinates")
         local = [c - s for c, s in zip(ev.center, sim.domain.start)]
         if all(0 <= i < n for i, n in zip(local, sim.domain.count)):
             block[tuple(local)] += ev.amplitude

@@ -31,7 +31,8 @@ def run_simulation(sim, producer, *, steps, plotgap, progress=None, events=()):
 
     Output step ``i`` holds the state after ``i * plotgap`` time steps (step 0 is the initial
     state, as in the ADIOS2 Gray-Scott tutorial). ``events`` (:mod:`.events`) starting at output
-    step ``i`` are applied just before it is written.
+    step ``i`` are applied before the time steps that lead to it, so step ``i`` is the first that
+    shows them.
 
     Returns
     -------
@@ -41,11 +42,11 @@ def run_simulation(sim, producer, *, steps, plotgap, progress=None, events=()):
     compute = io = 0.0
     n_out = steps // plotgap + 1
     for i in range(n_out):
+        apply_state_events(sim, events, i)  # before the advance, so output step i already shows it
         if i:
             t = time.perf_counter()
             sim.advance(plotgap)
             compute += time.perf_counter() - t
-        apply_state_events(sim, events, i)
         t = time.perf_counter()
         producer.write(i, written_fields(sim, events, i))
         io += time.perf_counter() - t

@@ -182,7 +182,9 @@ def _export_latents(args):
         raise StagelearnError(f"{args.file}: no coded steps of {args.var}")
     arrays = {k: np.concatenate(v) for k, v in rows.items()}
     np.savez(args.output, **arrays)  # plain .npy members; load with np.load(..., allow_pickle=False)
-    print(f"{args.var}: {len(arrays['step'])} tiles x {arrays['latents'].shape[1]} latents from {len(rows['step'])} steps -> {args.output}")
+    versions = sorted(set(arrays["encoder_version"].tolist()))
+    print(f"{args.var}: {len(arrays['step'])} tiles x {arrays['latents'].shape[1]} latents from {len(rows['step'])} steps "
+          f"-> {args.output} (encoder versions {versions}: each has its own basis; compare latents within one version)")
     return 0
 
 

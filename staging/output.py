@@ -235,7 +235,8 @@ class CompressedOutputReader:
         """Per-tile latent codes of ``var`` at ``step`` (features for clustering regimes).
 
         Coded tiles give their dequantized coefficients; tiles sent raw (worst or flagged) are
-        projected on the same basis. Steps before the first encoder have no latents.
+        projected on the same basis. Steps before the first encoder have no latents. Latents of
+        different encoder versions live in different bases: compare them within one version.
 
         Returns
         -------
@@ -260,7 +261,7 @@ class CompressedOutputReader:
             codec = self.encoder(version).variables[var].codec()
             block, header, _ = decode_block(buf, codec)
             tiles = to_tiles(block, header["tile_shape"])
-            coef = codec.coefficients(tiles)  # raw tiles: exact projection; coded: equals the dequantized codes
+            coef = codec.coefficients(tiles)  # coded tiles: their dequantized codes (up to edge padding)
             grid = tile_grid(header["block_shape"], header["tile_shape"])
             pos = np.stack(np.unravel_index(np.arange(tiles.shape[0]), grid), axis=1)
             origins.append(np.asarray(header["start"]) + pos * np.asarray(header["tile_shape"]))

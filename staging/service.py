@@ -50,7 +50,8 @@ def default_tile_shape(ndim):
 
 def raw_tiles_of(blk, tile_shape):
     """Raw (exact) tiles a block gives the learner: all tiles of a raw block, else the raw section
-    of its payload without the tiles flagged as anomalies (persistent ones are the new normal)."""
+    of its payload without the tiles flagged as anomalies (persistent ones, also raw, are the new
+    normal and are learned)."""
     if blk.raw is not None:
         return to_tiles(blk.raw, tile_shape)
     header, tiles, index = payload_raw_tiles(blk.payload)
@@ -121,6 +122,9 @@ class StagingService:
         self.error_hists = {}  # rank 0: running histograms of tile log-errors per variable
         self.anomaly_log = None
         self.encoder_calibrated = False  # same on all ranks: the last encoder carried error statistics
+        self.encoder_sent = False  # same on all ranks: an encoder has been published
+        self.stats_ready = False  # same on all ranks: rank 0 holds calibration_steps steps of histograms
+        self.hist_steps = 0  # rank 0: steps whose error histograms were folded in
 
     # ----------------------------------------------------------------- helpers
     def _open(self):
@@ -188,7 +192,7 @@ class StagingService:
         if self.last_publish is None:
             return True
         since = self.steps_seen - self.last_publish
-        if ac.enabled and not self.encoder_calibrated and since >= ac.calibration_steps:
+        if ac.enabled and not self.encoder_calibrated and self.stats_ready:
             return True  # ship the first error statistics early: scoring starts with them
         return since >= lc.publish_every
 
@@ -232,6 +236,8 @@ class StagingService:
                     alerts.append((score, blk.var, blk.rank, origin))
         for var in {b.var for b in blocks if b.err_hist is not None}:
             self.error_hists[var].update(sum(b.err_hist for b in blocks if b.var == var and b.err_hist is not None))
+        if any(b.err_hist is not None for b in blocks):
+            self.hist_steps += 1
         if alerts:
             score, var, rank, origin = max(alerts)
             logger.warning("anomaly: step %d: %d tiles flagged; highest score %.1f in %s at %s (producer %d)",
@@ -270,12 +276,17 @@ class StagingService:
             self._discover_variables(blocks)
             self._learn(blocks)
             self.steps_seen += 1
+            if self.cfg.anomaly.enabled and not self.encoder_calibrated and self.encoder_sent:
+                # rank 0 counts the steps whose error histograms it has folded in; all ranks must agree
+                self.stats_ready = bool(allreduce_flag(
+                    self.comm, self.rank == 0 and self.hist_steps >= self.cfg.anomaly.calibration_steps))
             parts = gather_bytes(self.comm, _pack_blocks(blocks))
             publish = self._should_publish()
             if self.rank == 0:
                 self._record(parts, publish)
             if publish:
                 self.last_publish = self.steps_seen
+                self.encoder_sent = True
                 self.encoder_calibrated = allreduce_flag(self.comm, self.rank == 0 and self.anomaly_calibrated)
 
     def _record(self, parts, publish):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class LearnerConfig(BaseModel):
@@ -13,6 +13,9 @@ class LearnerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["pca"] = Field("pca", description="Learner family (PCA now; autoencoders later).")
+    algorithm: Literal["exact", "oneshot", "subspace", "oja", "iag", "gossip", "warm_ritz"] = Field(
+        "exact", description="Distributed PCA algorithm (docs/distributed_pca.md); exact = IncrementalPCA merge."
+    )
     n_components: Optional[int] = Field(
         None, ge=1, description="Components kept; null keeps the full basis (transform coding truncates by quantization)."
     )
@@ -21,6 +24,13 @@ class LearnerConfig(BaseModel):
     )
     warmup_steps: int = Field(5, ge=1, description="Output steps learned before the first encoder is published.")
     publish_every: int = Field(20, ge=1, description="Output steps between encoder versions.")
+
+    @model_validator(mode="after")
+    def _iterative_needs_k(self):
+        if self.algorithm != "exact" and self.n_components is None:
+            raise ValueError(f"learner.n_components is required with algorithm {self.algorithm!r} (iterative methods "
+                             "compute a k-dimensional basis; exact can keep the full one)")
+        return self
 
 
 class CodecConfig(BaseModel):

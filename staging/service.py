@@ -26,6 +26,7 @@ from ..analytics.anomaly import LogErrorHistogram
 from ..analytics.codec import parse_payload, payload_raw_tiles
 from ..analytics.encoder import Encoder
 from ..analytics.framing import pack_frame, unpack_frame
+from ..analytics.dpca import DistributedPCA
 from ..analytics.incremental_pca import IncrementalPCA
 from ..analytics.tiling import tile_grid, to_tiles
 from .adios import declare_io, make_adios
@@ -170,8 +171,11 @@ class StagingService:
                 if len(shape) != info[v]:
                     raise ConfigError(f"{self.cfg.source}: staging.tile_shape {shape} does not match the {info[v]}-D variable {v}")
                 self.tile_shapes[v] = shape
-                self.learners[v] = IncrementalPCA(self.cfg.learner.n_components,
-                                                  forgetting_factor=self.cfg.learner.forgetting_factor, comm=self.comm)
+                lc = self.cfg.learner
+                if lc.algorithm == "exact":
+                    self.learners[v] = IncrementalPCA(lc.n_components, forgetting_factor=lc.forgetting_factor, comm=self.comm)
+                else:
+                    self.learners[v] = DistributedPCA(lc.n_components, algorithm=lc.algorithm, comm=self.comm)
 
     def _learn(self, blocks):
         for var in self.variables:

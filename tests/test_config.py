@@ -37,6 +37,8 @@ def test_defaults_use_packaged_xml(tmp_path):
     (lambda d: d["codec"].update(raw_fraction=2), "codec.raw_fraction", "less than or equal"),
     (lambda d: d["simulation"].update(type="lattice_boltzmann"), "simulation", "tag"),
     (lambda d: d.update(timeouts={"open_s": -1}), "timeouts.open_s", "greater than"),
+    (lambda d: d["learner"].update(algorithm="warm_ritz"), "learner", "n_components is required"),
+    (lambda d: d["learner"].update(algorithm="power"), "learner.algorithm", "Input should be"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, mutate, key, words):
     data = example()

@@ -143,3 +143,13 @@ def test_missing_peer_times_out_with_exit_code_3(tmp_path, side):
     assert proc.returncode == 3, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
     assert "timed out" in proc.stderr or "within" in proc.stderr
     assert time.time() - t0 < 90
+
+
+@pytest.mark.timeout(200)
+def test_staging_learns_with_an_iterative_distributed_algorithm(tmp_path, stagelearn_cli):
+    """learner.algorithm selects the distributed PCA method (docs/distributed_pca.md)."""
+    path = small_config(tmp_path, "ritz", simulation={"steps": 60}, learner={"algorithm": "warm_ritz", "n_components": 48})
+    proc = stagelearn_cli("run", path, "--no-progress", timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "results" / "ritz" / "summary.json").read_text())
+    assert summary["encoder_versions"] >= 1 and summary["steps_lost"] == 0 and summary["compression_ratio"] > 1

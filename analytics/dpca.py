@@ -1,0 +1,427 @@
+"""A family of distributed PCA algorithms for data partitioned (non-i.i.d.) across MPI ranks.
+
+Every algorithm finds the ``k`` leading eigenvectors of the global covariance
+``C = sum_r A_r``, where rank ``r`` holds only ``A_r = S_r / (n - 1)``, its scatter about the
+*global* mean (one all-reduce of ``n_r`` and the local sums gives that mean, so between-rank mean
+differences are part of ``C``). They differ in what they communicate, counted by one
+:class:`~stagelearn.analytics.comm_ledger.CommLedger` (payload bytes and rounds):
+
+=============  ==========================================  ========================================
+algorithm      one round                                   reference
+=============  ==========================================  ========================================
+``exact``      all-reduce of A_r (d x d), then eigh        Chan, Golub & LeVeque 1979 (merge)
+``oneshot``    all-gather of local bases (d x k)           projector averaging (Fan et al. 2019)
+``subspace``   all-reduce of A_r V (d x k), QR             block power / subspace iteration
+``oja``        H local Oja steps, all-reduce of V (d x k)  Oja 1982; local SGD with averaging
+``iag``        one rank broadcasts its gradient change     Wang, Jiao, Wai, Gu, AISTATS 2023
+               (d x k), Riemannian ascent step, QR
+``gossip``     K Chebyshev-accelerated gossip steps with   Ye & Zhang, DeEPCA (2021); Scaman et
+               neighbours (deg x d x k each), QR           al., JMLR 2019 (accelerated gossip)
+``warm_ritz``  warm start from the previous basis;         ours: subspace tracking with a
+               all-reduce of A_r [V g] (d x (k+1),         Rayleigh-Ritz step and a Davis-Kahan
+               float32), Rayleigh-Ritz, certified stop     stopping bound (Davis & Kahan 1970)
+=============  ==========================================  ========================================
+
+:func:`solve` runs one algorithm for one problem with a stopping rule and records the subspace
+error after every round; :class:`DistributedPCA` wraps them as a streaming estimator with the
+scikit-learn API.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .comm_ledger import CommLedger
+
+ALGORITHMS = ("exact", "oneshot", "subspace", "oja", "iag", "gossip", "warm_ritz")
+
+
+# ----------------------------------------------------------------------------- helpers
+def orthonormal(W):
+    """Orthonormal basis of the columns of ``W`` (thin QR with a deterministic sign)."""
+    Q, R = np.linalg.qr(W)
+    signs = np.sign(np.diag(R))
+    signs[signs == 0] = 1.0
+    return Q * signs
+
+
+def sin_theta(V, U):
+    """Sine of the largest principal angle between the column spaces of ``V`` and ``U`` (orthonormal)."""
+    return float(np.linalg.norm(V - U @ (U.T @ V), 2))
+
+
+def top_eigvecs(A, k):
+    """The ``k`` leading eigenvectors (columns) and eigenvalues of a symmetric matrix."""
+    w, V = np.linalg.eigh(A)
+    return V[:, ::-1][:, :k], w[::-1][:k]
+
+
+def local_problem(X, ledger):
+    """This rank's share ``A_r`` of the global covariance, from its samples (one all-reduce).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    ledger : CommLedger
+
+    Returns
+    -------
+    A_r : ndarray of shape (n_features, n_features)
+        ``sum_r A_r`` is the covariance (``ddof=1``) of all samples on all ranks.
+    mean : ndarray of shape (n_features,)
+        Global mean.
+    n : int
+        Global sample count.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    d = X.shape[1]
+    s = ledger.allreduce(np.concatenate([[X.shape[0]], X.sum(axis=0)]))
+    n, mean = s[0], s[1:] / max(s[0], 1)
+    Xc = X - mean
+    return Xc.T @ Xc / max(n - 1, 1), mean, int(n)
+
+
+def metropolis_weights(neighbours, rank, degrees):
+    """Row ``rank`` of the Metropolis-Hastings mixing matrix of a graph (symmetric, doubly stochastic)."""
+    w = {j: 1.0 / (1 + max(degrees[rank], degrees[j])) for j in neighbours}
+    w[rank] = 1.0 - sum(w.values())
+    return w
+
+
+def ring_graph(size):
+    """Neighbours of each rank on a ring."""
+    if size == 1:
+        return [[]]
+    if size == 2:
+        return [[1], [0]]
+    return [sorted({(r - 1) % size, (r + 1) % size}) for r in range(size)]
+
+
+def grid_graph(dims):
+    """Neighbours on a non-periodic Cartesian process grid (the simulation's decomposition adjacency)."""
+    size = int(np.prod(dims))
+    coords = list(np.ndindex(*dims))
+    index = {c: i for i, c in enumerate(coords)}
+    nbrs = []
+    for c in coords:
+        out = []
+        for ax in range(len(dims)):
+            for step in (-1, 1):
+                n = list(c)
+                n[ax] += step
+                if 0 <= n[ax] < dims[ax]:
+                    out.append(index[tuple(n)])
+        nbrs.append(sorted(out))
+    assert len(nbrs) == size
+    return nbrs
+
+
+def mixing_second_eigenvalue(graph):
+    """Second largest eigenvalue magnitude of the Metropolis mixing matrix (computed locally, no communication)."""
+    size = len(graph)
+    deg = [len(g) for g in graph]
+    W = np.zeros((size, size))
+    for r in range(size):
+        for j, v in metropolis_weights(graph[r], r, deg).items():
+            W[r, j] = v
+    ev = np.sort(np.abs(np.linalg.eigvalsh(W)))[::-1]
+    return float(ev[1]) if size > 1 else 0.0
+
+
+# ----------------------------------------------------------------------------- solver
+class Solve:
+    """State and history of one run: ``V`` (this rank's basis), ``history`` of (rounds, bytes, sin theta)."""
+
+    def __init__(self, ledger, reference=None):
+        self.ledger, self.reference = ledger, reference
+        self.history = []
+
+    def record(self, V):
+        if self.reference is not None:
+            self.history.append((self.ledger.rounds, self.ledger.bytes_sent, sin_theta(V, self.reference)))
+
+
+def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, reference=None, ledger=None,
+          seed=0, oja_local_steps=4, gossip_steps=4, graph=None, guard=None):
+    """Run one distributed PCA algorithm on the local shares ``A_r`` (collective over ``comm``).
+
+    Parameters
+    ----------
+    algorithm : str
+        One of :data:`ALGORITHMS`.
+    A_r : ndarray of shape (d, d)
+        This rank's share of the covariance (:func:`local_problem`).
+    k : int
+        Components.
+    comm : mpi4py.MPI.Comm
+    V0 : ndarray of shape (d, k), optional
+        Warm start (``subspace``, ``oja``, ``iag``, ``gossip``, ``warm_ritz``); default random
+        (same seed on every rank).
+    tol : float
+        Stop when the basis moves less than ``tol / 10`` (sine of the largest principal angle
+        between consecutive iterates; a local test, agreed with one MIN all-reduce that is not
+        counted) or after ``max_rounds`` rounds.
+    reference : ndarray of shape (d, k), optional
+        The exact basis; when given, the error is recorded after every round.
+    ledger : CommLedger, optional
+    graph : list of list of int, optional
+        Neighbours of every rank for ``gossip`` (default: ring).
+    guard : ndarray of shape (d, 1), optional
+        The previous call's guard vector for ``warm_ritz`` (returned in ``info["guard"]``).
+
+    Returns
+    -------
+    V : ndarray of shape (d, k)
+        This rank's basis (identical on all ranks except for ``gossip``).
+    info : dict
+        ``rounds``, ``bytes_sent`` (this rank), ``history``, ``guard`` (for the next ``warm_ritz``).
+    """
+    ledger = ledger or CommLedger(comm)
+    d = A_r.shape[0]
+    p = comm.Get_size()
+    run = Solve(ledger, reference)
+    if V0 is None:
+        V0 = orthonormal(np.random.default_rng(seed).normal(size=(d, k)))
+    info = {}
+    if algorithm == "exact":
+        V, _ = top_eigvecs(ledger.allreduce(A_r), k)
+        run.record(V)
+    elif algorithm == "oneshot":
+        Vr, _ = top_eigvecs(A_r, k)
+        bases = ledger.allgather(Vr)
+        V, _ = top_eigvecs(sum(B @ B.T for B in bases) / p, k)
+        run.record(V)
+    else:
+        step = {"subspace": _subspace, "oja": _oja, "iag": _iag, "gossip": _gossip, "warm_ritz": _warm_ritz}[algorithm]
+        V = step(A_r, V0, k, comm, ledger, run, tol=tol, max_rounds=max_rounds, oja_local_steps=oja_local_steps,
+                 gossip_steps=gossip_steps, graph=graph, guard=guard, info=info)
+    info.update(rounds=ledger.rounds, bytes_sent=ledger.bytes_sent, history=run.history)
+    return V, info
+
+
+def _converged(comm, V, V_old, tol):
+    from mpi4py import MPI
+
+    moved = np.array([sin_theta(V, V_old)])
+    comm.Allreduce(MPI.IN_PLACE, moved, op=MPI.MAX)
+    return moved[0] < tol / 10
+
+
+def _subspace(A_r, V, k, comm, ledger, run, *, tol, max_rounds, **_):
+    for _ in range(max_rounds):
+        V_new = orthonormal(ledger.allreduce(A_r @ V))
+        run.record(V_new)
+        done = _converged(comm, V_new, V, tol)
+        V = V_new
+        if done:
+            break
+    return V
+
+
+def _oja(A_r, V, k, comm, ledger, run, *, tol, max_rounds, oja_local_steps, **_):
+    """Local Oja/power steps on p * A_r (a local estimate of C), averaged every H steps."""
+    p = comm.Get_size()
+    scale = 1.0 / max(np.linalg.norm(A_r * p, 2), 1e-300)
+    for _ in range(max_rounds):
+        W = V
+        for _ in range(oja_local_steps):
+            W = orthonormal(W + scale * p * (A_r @ W))
+        V_new = orthonormal(ledger.allreduce(W) / p)
+        run.record(V_new)
+        done = _converged(comm, V_new, V, tol)
+        V = V_new
+        if done:
+            break
+    return V
+
+
+def _iag(A_r, V, k, comm, ledger, run, *, tol, max_rounds, **_):
+    """Incremental aggregated Riemannian gradient ascent on the Stiefel manifold.
+
+    Each rank stores its last gradient ``g_r = A_r V_{t_r}``; the aggregate ``G = sum_r g_r`` is
+    kept on every rank. In round ``t`` only rank ``t mod p`` refreshes its gradient and
+    broadcasts the change. Step: ``V <- qf(V + eta (I - V V^T) G)`` with ``eta = 1 / ||G||``.
+    Generalised from the paper's Riemannian formulation to ``k`` columns with a QR retraction.
+    """
+    p, r = comm.Get_size(), comm.Get_rank()
+    g = A_r @ V
+    G = ledger.allreduce(g)  # initial full aggregation
+    rounds_since_check = 0
+    for t in range(max_rounds):
+        i = t % p
+        delta = ledger.bcast((A_r @ V - g) if r == i else np.zeros_like(g), root=i)
+        if r == i:
+            g = g + delta
+        G = G + delta
+        eta = 1.0 / max(np.linalg.norm(G, 2), 1e-300)
+        V_new = orthonormal(V + eta * (G - V @ (V.T @ G)))
+        run.record(V_new)
+        rounds_since_check += 1
+        done = rounds_since_check >= p and _converged(comm, V_new, V, tol / p)
+        V = V_new
+        if done:
+            break
+    return V
+
+
+def _gossip(A_r, V, k, comm, ledger, run, *, tol, max_rounds, gossip_steps, graph, **_):
+    """Decentralised power iteration with gradient tracking and Chebyshev-accelerated gossip (DeEPCA)."""
+    p, r = comm.Get_size(), comm.Get_rank()
+    graph = graph or ring_graph(p)
+    nbrs = graph[r]
+    weights = metropolis_weights(nbrs, r, [len(g) for g in graph])
+    lam2 = mixing_second_eigenvalue(graph)
+    eta = (1 - math.sqrt(max(1 - lam2**2, 0.0))) / (1 + math.sqrt(max(1 - lam2**2, 0.0)))
+
+    def mix(S):
+        prev, cur = S, S
+        for _ in range(gossip_steps):
+            got = ledger.neighbours(cur, nbrs) if nbrs else {}
+            wcur = weights[r] * cur + sum(weights[j] * got[j] for j in nbrs)
+            prev, cur = cur, (1 + eta) * wcur - eta * prev
+        return cur
+
+    W_old = A_r @ V
+    S = mix(W_old)
+    for _ in range(max_rounds):
+        V_new = orthonormal(S)
+        V_new *= np.sign(np.sum(V_new * V, axis=0))  # keep column signs aligned across ranks and rounds
+        run.record(V_new)
+        done = _converged(comm, V_new, V, tol)
+        V = V_new
+        if done:
+            break
+        W = A_r @ V
+        S = mix(S + W - W_old)  # track the average of the local products
+        W_old = W
+    return V
+
+
+def _warm_ritz(A_r, V, k, comm, ledger, run, *, tol, max_rounds, info, guard=None, **_):
+    """Warm-started subspace tracking with a certified stop: ours.
+
+    Each round is one all-reduce of ``A_r X`` for ``X = [V, g]`` (``k`` columns plus one guard
+    column), sent as float32 (``d (k + 1)`` x 4 bytes: the 1e-3 target needs ~1e-4 relative
+    precision, float32 gives 1e-7). The result gives, at no extra communication, a
+    Rayleigh-Ritz step and the Davis-Kahan bound ``sin(theta) <= ||C V - V Theta||_F /
+    (theta_k - theta_{k+1})`` with the guard's Ritz value estimating ``lambda_{k+1}``. It stops
+    as soon as the bound is below ``tol / 2`` and returns the power-stepped basis ``orth(C X)``
+    (closer still), so a warm start from the previous time step's basis (slow physics) needs one
+    round to improve and one to certify, each at ``(k + 1) / (2 k)`` of subspace iteration's bytes.
+    """
+    d = A_r.shape[0]
+    g = guard if guard is not None and guard.shape == (d, 1) else np.random.default_rng(4321).normal(size=(d, 1))
+    X = orthonormal(np.hstack([V, g]))
+    for _ in range(max_rounds):
+        W = ledger.allreduce(A_r @ X, dtype=np.float32)
+        w, Q = np.linalg.eigh(X.T @ W)
+        Q, w = Q[:, ::-1], w[::-1]
+        X, W = X @ Q, W @ Q
+        R = W[:, :k] - X[:, :k] * w[:k]
+        bound = np.linalg.norm(R) / max(w[k - 1] - w[k], 1e-300)
+        X = orthonormal(W)  # one power step, free: C X is already here
+        run.record(X[:, :k])
+        if bound < tol / 2:
+            break
+    info["guard"] = X[:, k:]
+    return X[:, :k]
+
+
+# ----------------------------------------------------------------------------- estimator
+class DistributedPCA:
+    """Streaming PCA over ranks with a selectable distributed algorithm (scikit-learn API).
+
+    ``partial_fit`` folds this rank's batch into its local statistics and runs the algorithm,
+    warm-started from the current basis, until the basis moves less than ``tol / 10``.
+
+    Parameters
+    ----------
+    n_components : int
+    algorithm : str, default="warm_ritz"
+        One of :data:`ALGORITHMS`.
+    tol : float, default=1e-3
+    max_rounds : int, default=50
+        Per ``partial_fit``.
+    comm : mpi4py.MPI.Comm or None
+        ``partial_fit`` is collective over it; None means ``MPI.COMM_SELF``.
+    graph : list of list of int, optional
+        Neighbours per rank for ``gossip`` (e.g. the simulation's decomposition adjacency).
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+    explained_variance_, explained_variance_ratio_ : ndarray of shape (n_components,)
+    mean_ : ndarray of shape (n_features,)
+    n_samples_seen_ : int
+    n_components_ : int
+    bytes_sent_ : int
+        Payload bytes this rank sent so far (:class:`CommLedger`).
+    rounds_ : int
+    """
+
+    def __init__(self, n_components, *, algorithm="warm_ritz", tol=1e-3, max_rounds=50, comm=None, graph=None):
+        self.n_components = n_components
+        self.algorithm = algorithm
+        self.tol = tol
+        self.max_rounds = max_rounds
+        self.comm = comm
+        self.graph = graph
+
+    def partial_fit(self, X, y=None):
+        """Update with this rank's batch (collective). Returns ``self``.
+
+        Raises
+        ------
+        ValueError
+            On an unknown algorithm or a batch whose feature count differs from earlier ones.
+        """
+        from mpi4py import MPI
+
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={self.algorithm!r}; choose one of {ALGORITHMS}")
+        comm = self.comm or MPI.COMM_SELF
+        if not hasattr(self, "_ledger"):
+            self._ledger = CommLedger(comm)
+        X = np.asarray(X, dtype=np.float64)
+        d = X.shape[1]
+        # local sufficient statistics; the global mean and count travel in one all-reduce
+        if not hasattr(self, "_n"):
+            self._n, self._sum, self._gram = 0, np.zeros(d), np.zeros((d, d))
+        if d != self._sum.size:
+            raise ValueError(f"Number of input features has changed from {self._sum.size} to {d} between calls to partial_fit")
+        self._n += X.shape[0]
+        self._sum += X.sum(axis=0)
+        self._gram += X.T @ X
+        tot = self._ledger.allreduce(np.concatenate([[self._n], self._sum]))
+        n, mean = tot[0], tot[1:] / max(tot[0], 1)
+        if n < 2:
+            return self
+        # this rank's scatter about the global mean, scaled so that the shares sum to the covariance
+        A_r = (self._gram - np.outer(self._sum, mean) - np.outer(mean, self._sum) + self._n * np.outer(mean, mean)) / (n - 1)
+        k = int(self.n_components)
+        V0 = self.components_.T if hasattr(self, "components_") else None
+        V, info = solve(self.algorithm, A_r, k, comm, V0=V0, tol=self.tol, max_rounds=self.max_rounds,
+                        ledger=self._ledger, graph=self.graph, guard=getattr(self, "_guard", None))
+        self._guard = info.get("guard", getattr(self, "_guard", None))
+        total_var = self._ledger.allreduce(np.array([np.trace(A_r)]))[0]
+        lam = np.diag(V.T @ self._ledger.allreduce(A_r @ V))
+        order = np.argsort(lam)[::-1]
+        self.components_ = V[:, order].T
+        self.explained_variance_ = lam[order]
+        self.explained_variance_ratio_ = lam[order] / total_var if total_var > 0 else np.zeros(k)
+        self.mean_ = mean
+        self.n_samples_seen_ = int(n)
+        self.n_components_ = k
+        self.n_features_in_ = d
+        self.bytes_sent_, self.rounds_ = self._ledger.bytes_sent, self._ledger.rounds
+        return self
+
+    def transform(self, X):
+        """Project on the components: ndarray of shape (n_samples, n_components)."""
+        return (np.asarray(X) - self.mean_) @ self.components_.T
+
+    def inverse_transform(self, X):
+        """Back to feature space: ndarray of shape (n_samples, n_features)."""
+        return np.asarray(X) @ self.components_ + self.mean_

@@ -11,7 +11,7 @@ STAGELEARN_ADIOS2 ?= mpi
 ADIOS2_VERSION := 2.12.1.1001
 STAMP := $(VENV)/.stagelearn-setup-$(STAGELEARN_ADIOS2)
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -29,7 +29,7 @@ else ifeq ($(STAGELEARN_ADIOS2),mpi)
 else
 	$(error STAGELEARN_ADIOS2 must be mpi or wheel, not $(STAGELEARN_ADIOS2))
 endif
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[mpi,torch,baselines,test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[mpi,torch,baselines,bench,test]"
 	rm -f $(VENV)/.stagelearn-setup-*
 	touch $@
 
@@ -42,6 +42,12 @@ test: setup
 # unit tests only (no mpiexec/SST processes)
 test-fast: setup
 	$(PY) -m pytest -m "not mpi and not sst"
+
+# benchopt comparison (reduced config, < 15 min here) -> results/bench/summary.{md,csv}, rd_*.png
+bench: setup
+	rm -f benchmarks/outputs/bench.parquet  # benchopt never overwrites: it would write bench_1.parquet
+	cd benchmarks && PATH="$(abspath $(VENV))/bin:$$PATH" ../$(VENV)/bin/benchopt run . --config run_config.yml --no-plot --no-html --no-cache --output bench
+	$(PY) benchmarks/bench_summary.py benchmarks/outputs/bench.parquet --out results/bench
 
 clean:
 	rm -rf $(VENV) results build *.egg-info

@@ -132,3 +132,30 @@ class ErrorStats:
 def compression_ratio(raw_bytes, sent_bytes):
     """``raw_bytes / sent_bytes`` (``inf`` when nothing was sent)."""
     return raw_bytes / sent_bytes if sent_bytes else math.inf
+
+
+def ssim_slices(original, reconstruction, data_range=None):
+    """Mean SSIM (scikit-image) over the 2D slices along the last axis (the field itself if 2D)."""
+    from skimage.metrics import structural_similarity
+
+    original = np.asarray(original, dtype=np.float64)
+    reconstruction = np.asarray(reconstruction, dtype=np.float64)
+    if data_range is None:
+        data_range = float(original.max() - original.min()) or 1.0
+    if original.ndim == 2:
+        return float(structural_similarity(original, reconstruction, data_range=data_range))
+    return float(np.mean([structural_similarity(original[..., i], reconstruction[..., i], data_range=data_range)
+                          for i in range(original.shape[-1])]))
+
+
+def spectrum_relative_error(original, reconstruction):
+    """Relative L2 error of the radially averaged power spectrum (shell-binned |FFT|^2)."""
+    def radial(a):
+        a = np.asarray(a, dtype=np.float64)
+        p = np.abs(np.fft.fftn(a - a.mean())) ** 2
+        freqs = np.meshgrid(*[np.fft.fftfreq(n) * n for n in a.shape], indexing="ij")
+        r = np.sqrt(sum(f**2 for f in freqs)).astype(int).ravel()
+        return np.bincount(r, weights=p.ravel())
+
+    po, pr = radial(original), radial(reconstruction)
+    return float(np.linalg.norm(po - pr) / np.linalg.norm(po)) if np.any(po) else 0.0

@@ -43,7 +43,7 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -m "not mpi and not sst"
 
-# benchopt comparison (reduced config, < 15 min here) -> results/bench/summary.{md,csv}, rd_*.png
+# benchopt comparison (reduced config, about 1 min here, well under the 15-min budget) -> results/bench/summary.{md,csv}, rd_*.png
 bench: setup
 	rm -f benchmarks/outputs/bench.parquet  # benchopt never overwrites: it would write bench_1.parquet
 	cd benchmarks && PATH="$(abspath $(VENV))/bin:$$PATH" ../$(VENV)/bin/benchopt run . --config run_config.yml --no-plot --no-html --no-cache --output bench

@@ -87,7 +87,8 @@ def keepbits_for_information(data, inflevel, dim=0):
     ds = xr.Dataset({"x": (tuple(f"d{i}" for i in range(arr.ndim)), arr)})
     info = xbitinfo.get_bitinformation(ds, dim=f"d{dim}", implementation="python")
     kb = xbitinfo.get_keepbits(info, inflevel=float(inflevel))
-    return max(0, int(np.asarray(kb["x"]).ravel()[0]))  # xbitinfo can return -1 for (nearly) constant data
+    kb = int(np.asarray(kb["x"]).ravel()[0])
+    return kb if kb >= 0 else 23  # xbitinfo returns -1 when it cannot decide: keep every bit (lossless)
 
 
 def bitround_zstd(data, keepbits, level=3):

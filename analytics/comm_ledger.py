@@ -5,7 +5,8 @@ counted the same way:
 
 - ``allreduce(x)``: each rank contributes ``x.nbytes``; one round;
 - ``allgather(x)``: each rank contributes ``x.nbytes``; one round;
-- ``bcast(x, root)``: the root sends ``x.nbytes``, the others nothing; one round;
+- ``bcast(x, root)``: the root's payload reaches ``p - 1`` ranks: ``(p - 1) * x.nbytes``, counted
+  at the root; one round;
 - ``neighbours(x, graph)``: each rank sends ``x.nbytes`` to each of its neighbours; one round.
 
 Bytes are what a rank puts on the network as payload (the algorithm's message size), not what a
@@ -64,7 +65,7 @@ class CommLedger:
         x = np.ascontiguousarray(x, dtype=np.float64).copy()
         self.comm.Bcast(x, root=root)
         if self.comm.Get_rank() == root:
-            self.bytes_sent += x.nbytes
+            self.bytes_sent += x.nbytes * (self.comm.Get_size() - 1)
         self.rounds += 1
         return x
 

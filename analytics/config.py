@@ -30,6 +30,8 @@ class LearnerConfig(BaseModel):
         if self.algorithm != "exact" and self.n_components is None:
             raise ValueError(f"learner.n_components is required with algorithm {self.algorithm!r} (iterative methods "
                              "compute a k-dimensional basis; exact can keep the full one)")
+        if self.algorithm != "exact" and self.forgetting_factor != 1.0:
+            raise ValueError(f"learner.forgetting_factor applies to algorithm 'exact' only, not {self.algorithm!r}")
         return self
 
 

@@ -76,7 +76,7 @@ def data(comm, h, t):
         return tiles[~held], tiles[held]
     p = comm.Get_size()
     return (sample(comm.rank, p, N, D, K, heterogeneity=h, t=t, drift=DRIFT),
-            sample(comm.rank, p, N // 4, D, K, heterogeneity=h, t=t, drift=DRIFT, seed=7))
+            sample(comm.rank, p, N // 4, D, K, heterogeneity=h, t=t, drift=DRIFT, draw=1))
 
 
 def quality(comm, A, V, U, mean, held):

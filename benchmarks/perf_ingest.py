@@ -3,9 +3,11 @@
     python benchmarks/perf_ingest.py
 
 A 2-rank SST writer (plain adios2, the producer's raw layout: global float32 arrays U, V of
-64^3 plus their per-block reports) sends 60 steps; one reader rank takes all blocks, first with a
-bare BeginStep/Get/EndStep loop, then with stagelearn's SharedStreamReader. Goal (issue 3):
-at most 10% overhead.
+64^3 plus their per-block reports) sends 60 steps; one reader rank takes all blocks, with a bare
+BeginStep/Get/EndStep loop or with stagelearn's SharedStreamReader, timed from after Open to the
+end of the stream; the two alternate twice and the best of each counts. The writer may limit the
+rate, so this bounds the reader's overhead rather than measuring its peak. Goal (issue 3): at
+most 10% overhead.
 """
 
 import os
@@ -56,9 +58,8 @@ def bare_reader(path, xml):
     ad = make_adios(xml, MPI.COMM_WORLD)
     io = ad.DeclareIO("SimulationOutput")
     eng = io.Open(path, b.Mode.Read)
-    t0, nbytes = None, 0
+    t0, nbytes = time.perf_counter(), 0  # both readers: from after Open to the end of the stream
     while eng.BeginStep(b.StepMode.Read, 60.0) == b.StepStatus.OK:
-        t0 = t0 or time.perf_counter()
         step = eng.CurrentStep()
         keep = []  # deferred Gets write into these at EndStep: keep them alive
         for v in ("U", "V"):
@@ -81,12 +82,11 @@ def staging_reader(path, xml):
     from stagelearn.staging.xmlconfig import read_ios
 
     r = SharedStreamReader(xml, "SimulationOutput", path, MPI.COMM_WORLD, read_ios(xml), open_timeout_s=60, step_timeout_s=60)
-    t0, nbytes = None, 0
+    t0, nbytes = time.perf_counter(), 0
     while True:
         blocks = r.read_step()
         if blocks is None:
             break
-        t0 = t0 or time.perf_counter()
         nbytes += sum(b.raw.nbytes for b in blocks)
     r.close()
     return time.perf_counter() - t0, nbytes
@@ -97,8 +97,8 @@ def main():
     mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("bare", "staging"):
-            path = os.path.join(tmp, f"s_{kind}")
+        for i, kind in enumerate(("bare", "staging", "bare", "staging")):  # alternate, keep the best of two
+            path = os.path.join(tmp, f"s_{kind}{i}")
             w = subprocess.Popen([mpiexec, "-n", "2", sys.executable, HERE, "writer", path, xml])
             r = subprocess.run([mpiexec, "-n", "1", sys.executable, HERE, kind, path, xml], capture_output=True, text=True,
                                timeout=600)
@@ -106,7 +106,8 @@ def main():
             if r.returncode:
                 sys.exit(f"{kind} reader failed:\n{r.stderr[-2000:]}")
             line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")][-1].split()
-            results[kind] = (float(line[1]), int(line[2]))
+            t, n = float(line[1]), int(line[2])
+            results[kind] = min(results.get(kind, (t, n)), (t, n))
     (tb, nb), (ts, ns) = results["bare"], results["staging"]
     assert nb == ns, (nb, ns)
     print(f"bytes moved per run: {nb / 1e6:.1f} MB in {STEPS} steps (2 writers -> 1 reader)")

@@ -2,7 +2,7 @@
 
     python benchmarks/perf_learner.py
 
-Same batches (20 batches of 4096 tiles x 64 features from Gray-Scott 64^3 V fields), all 64
+Same batches (20 batches of 1024 tiles x 64 features from Gray-Scott 64^3 V fields), all 64
 components (sklearn's merge is then exact too); results must agree to 1e-6 relative.
 Goal (issue 3): at least 2x faster.
 """

@@ -226,6 +226,9 @@ def main(argv=None):
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
     if args.command in ("sim", "stage"):
+        import faulthandler
+
+        faulthandler.enable()  # a crash inside ADIOS2/MPI C code still prints the Python stack
         rank = os.environ.get("PMI_RANK", "0")
         _setup_logging(args.log_level, tag=f"[{args.command} {rank}] ")
         return _run_side(args, args.command)

@@ -119,22 +119,27 @@ class Producer:
             self._vars[anomaly_name(name)] = self.io.DefineVariable(anomaly_name(name), np.zeros(1, np.float32), [], [], [1])
 
     def open(self):
-        """Open the data stream (waits for staging to connect) and, on rank 0, the model stream."""
+        """Open, on rank 0, the model stream, then the data stream (waits for staging to connect).
+
+        Both sides open the model channel first and the data stream second, so that each process
+        has at most one SST handshake in flight (two concurrent handshakes in one process have
+        crashed inside ADIOS2 under CPU contention).
+        """
         b = bindings()
         path = self.stream_path if self.layout == "shared" else rank_stream(self.stream_path, self.rank)
         if not self.streaming:
             path += ".bp"
         if self.streaming and (self.layout == "per_rank" or self.rank == 0):
             remove_stale_contact_file(path)
-        if self.streaming:
-            self.io.DefineAttribute("stagelearn/report_fields", list(REPORT_FIELDS))
-        with deadline(self.open_timeout_s, f"staging to open stream {path} (timeouts.open_s)"):
-            self.engine = self.io.Open(path, b.Mode.Write)
         if self.streaming and self.rank == 0:
             model_adios = make_adios(self.config_file, None)
             model_io = declare_io(model_adios, self.model_io_name, self.config_file, self._ios)
             self._model_adios = model_adios
             self._subscriber = ModelSubscriber(model_io, f"{self.stream_path}-model", self.open_timeout_s)
+        if self.streaming:
+            self.io.DefineAttribute("stagelearn/report_fields", list(REPORT_FIELDS))
+        with deadline(self.open_timeout_s, f"staging to open stream {path} (timeouts.open_s)"):
+            self.engine = self.io.Open(path, b.Mode.Write)
         logger.info("producer rank %d opened %s (%s, layout %s)", self.rank, path, self.io.EngineType(), self.layout)
         return self
 

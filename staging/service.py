@@ -135,17 +135,18 @@ class StagingService:
         stream = os.path.join(self.run_dir, "sst", "stream")
         layout = resolve_layout(cfg.adios2.layout)
         t = cfg.timeouts
+        self.publisher = self.writer = None
+        if self.rank == 0:  # the model channel first, as the producers do (one SST handshake at a time)
+            self._model_adios = make_adios(xml, None)
+            model_io = declare_io(self._model_adios, cfg.adios2.model_io, xml, ios)
+            self.publisher = ModelPublisher(model_io, f"{stream}-model", cfg.timeouts.open_s)
         if layout == "shared":
             self.reader = SharedStreamReader(xml, cfg.adios2.stream_io, stream, self.comm, ios,
                                              open_timeout_s=t.open_s, step_timeout_s=t.step_s)
         else:
             self.reader = PerRankStreamReader(xml, cfg.adios2.stream_io, stream, cfg.simulation.ranks, self.comm, ios,
                                               open_timeout_s=t.open_s, step_timeout_s=t.step_s)
-        self.publisher = self.writer = None
         if self.rank == 0:
-            self._model_adios = make_adios(xml, None)
-            model_io = declare_io(self._model_adios, cfg.adios2.model_io, xml, ios)
-            self.publisher = ModelPublisher(model_io, f"{stream}-model", cfg.timeouts.open_s)
             self.writer = CompressedOutputWriter(xml, cfg.adios2.output_io, os.path.join(self.run_dir, "compressed.bp"))
             if cfg.anomaly.enabled:
                 self.anomaly_log = open(os.path.join(self.run_dir, "anomalies.csv"), "w")

@@ -40,7 +40,8 @@ def test_bitround_keeps_the_requested_mantissa_bits():
         y = baselines.bitround_zstd(x, keepbits)[1]()
         # rounding to k mantissa bits: relative error at most 2^-(k+1)
         assert np.all(np.abs(y - x) <= np.abs(x) * 2.0 ** -(keepbits + 1) * (1 + 1e-6) + 1e-30)
-    assert baselines.keepbits_for_information(x, 0.99) <= baselines.keepbits_for_information(x, 0.9999)
+    big = field((128, 32, 8), seed=3)  # the information estimate needs enough samples along the axis
+    assert 0 <= baselines.keepbits_for_information(big, 0.99) <= baselines.keepbits_for_information(big, 0.9999) <= 23
 
 
 def test_wavelet_error_is_bounded_by_the_step():

@@ -33,7 +33,7 @@ class Dataset(BaseDataset):
         for t in range(n):
             var.SetStepSelection([t, 1])
             var.SetSelection([[0] * len(shape), shape])
-            out = np.empty(shape, dtype=np.float64)
+            out = np.empty(shape, dtype=np.float32 if var.Type() == "float" else np.float64)
             engine.Get(var, out, b.Mode.Sync)
             frames.append(out.astype(np.float32))
         blocks = [([int(x) for x in bi["Start"].split(",")], [int(x) for x in bi["Count"].split(",")])

@@ -6,8 +6,8 @@ class Solver(BaseSolver):
 
     Frames arrive in time order, each as its subdomain blocks. The first frame travels raw
     (lossless, as before the first encoder) and trains the exact IncrementalPCA; every later
-    block is coded with the current encoder (rate control to RMSE = rel_tol x range, 1% raw
-    tiles), and its raw tiles update the model, which is republished after every frame. Bytes
+    block is coded with the current encoder (rate control to RMSE = rel_tol x range, an RMSE
+    target, looser than the max-error bounds of ZFP and SZ3 at the same rel_tol; 1% raw tiles), and its raw tiles update the model, which is republished after every frame. Bytes
     include the raw first frame and every encoder (mean and components, float32).
     comm_bytes: what the exact merge would all-reduce across one rank per block:
     (d^2 + d + 1) x 8 bytes per rank per update.

@@ -1,6 +1,6 @@
 """Choose the default tile shape: compression ratio at a fixed PSNR target, per tile shape.
 
-Gray-Scott 64^3 (the demo's parameters), PCA learned on 5 snapshots (steps 1500-1900), tested on
+Gray-Scott 64^3 (the demo's parameters: the tutorial's settings-files.json), PCA learned on 5 snapshots (steps 1500-1900), tested on
 step 2000; encoding as on the producers (rate control to the target, 1% raw tiles), V and U.
 
     python benchmarks/tile_shape.py
@@ -21,7 +21,7 @@ SHAPES = [(2, 2, 2), (2, 4, 4), (4, 4, 4), (2, 4, 8), (4, 4, 8), (8, 8, 8)]
 
 
 def main():
-    gs = GrayScott3D(64, F=0.01, k=0.05, Du=0.2, Dv=0.1, dt=2.0, noise=0.1, comm=MPI.COMM_SELF)
+    gs = GrayScott3D(64, F=0.01, k=0.05, Du=0.2, Dv=0.1, dt=2.0, noise=1e-7, comm=MPI.COMM_SELF)
     gs.advance(1500)
     train = []
     for _ in range(5):

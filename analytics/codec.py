@@ -430,7 +430,7 @@ def decode_block(payload, codec=None):
         return np.frombuffer(data, dtype=np.float32).reshape(shape).copy(), header, np.zeros((0, 0), np.float32)
     if codec is None:
         raise ValueError("a transform-coded payload needs the codec of its encoder version")
-    n_tiles, k, n_raw = header["n_tiles"], header["n_components"], header["n_raw"]
+    n_tiles, k = header["n_tiles"], header["n_components"]
     tile_shape, block_shape = header["tile_shape"], header["block_shape"]
     if int(np.prod(tile_grid(block_shape, tile_shape))) != n_tiles:
         raise ValueError(f"payload header is inconsistent: {n_tiles} tiles for block {block_shape} / tile {tile_shape}")

@@ -76,7 +76,6 @@ def local_problem(X, ledger):
         Global sample count.
     """
     X = np.asarray(X, dtype=np.float64)
-    d = X.shape[1]
     s = ledger.allreduce(np.concatenate([[X.shape[0]], X.sum(axis=0)]))
     n, mean = s[0], s[1:] / max(s[0], 1)
     Xc = X - mean

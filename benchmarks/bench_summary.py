@@ -6,7 +6,6 @@
 import argparse
 import os
 
-import numpy as np
 import pandas as pd
 
 METRICS = ["compression_ratio", "bit_rate", "psnr", "nrmse", "max_abs_error", "ssim", "spectrum_rel_error",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import List, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..analytics.metrics import ErrorStats, compression_ratio, psnr_from_mse
+from ..analytics.metrics import ErrorStats, compression_ratio
 from .wire import report_get
 
 

@@ -9,7 +9,7 @@ import yaml
 from conftest import REPO
 from stagelearn.analytics import IncrementalPCA, TransformCodec
 from stagelearn.analytics.anomaly import (HIST_EDGES, AnomalyScorer, LogErrorHistogram, PersistenceTracker, histogram,
-                                          log_errors, residual_energy)
+                                          residual_energy)
 from stagelearn.analytics.anomaly_eval import evaluate, read_anomalies
 from stagelearn.analytics.codec import decode_block, encode_block
 from stagelearn.analytics.tiling import to_tiles

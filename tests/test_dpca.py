@@ -1,11 +1,10 @@
 """Distributed PCA family: convergence to the exact basis, byte accounting, gossip graphs."""
 
-import numpy as np
 import pytest
 from mpi4py import MPI
 
 from stagelearn.analytics.comm_ledger import CommLedger
-from stagelearn.analytics.dpca import grid_graph, local_problem, ring_graph, sin_theta, solve
+from stagelearn.analytics.dpca import grid_graph, local_problem, ring_graph, solve
 from stagelearn.analytics.synthetic import sample
 
 # rounds within which each algorithm reaches sin(theta) <= 1e-3 on i.i.d. data (d=16, k=3)

@@ -80,3 +80,29 @@ def test_validate_cli_exit_codes(tmp_path, stagelearn_cli):
     assert len(lines) == 1 and "staging.rankz" in lines[0] and "run.yaml" in lines[0]
     missing = stagelearn_cli("validate", tmp_path / "nope.yaml", timeout=60)
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_random_yaml_documents_only_raise_config_errors(tmp_path):
+    """Fuzzed documents (hypothesis): the loader never raises anything but a clean ConfigError."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(max_size=8))
+    keys = st.sampled_from(["run_name", "simulation", "staging", "adios2", "learner", "codec", "anomaly", "timeouts",
+                            "metrics", "type", "ranks", "L", "events", "tile_shape", "variables", "algorithm", "x"])
+    docs = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(keys, c, max_size=4)),
+                        max_leaves=12)
+    path = tmp_path / "fuzz.yaml"
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(docs)
+    def check(doc):
+        path.write_text(yaml.safe_dump(doc))
+        try:
+            load_config(path)
+        except ConfigError as exc:
+            assert str(path) in str(exc) and "\n" not in str(exc)
+
+    check()
+    assert hypothesis is not None

@@ -1,14 +1,15 @@
 """Command-line interface: ``stagelearn`` / ``python -m stagelearn``.
 
 Subcommands: ``run`` (both sides, two ``mpiexec`` jobs), ``sim`` and ``stage`` (one side, for
-sites that launch them separately), ``validate``, ``decode``, ``info``, ``schema``.
+sites that launch them separately), ``report`` (the summary of such a run), ``validate``,
+``decode``, ``info``, ``schema``.
 
 Exit codes (the only place exceptions become exit codes):
 
 ====  ==========================================================
 0     success
 1     any other error (a traceback is logged)
-2     invalid configuration or command line (ConfigError)
+2     invalid configuration or command line (ConfigError, UsageError)
 3     a peer never came or stopped answering (StreamTimeoutError)
 4     a peer went away mid-run (PeerLostError)
 5     a model update was malformed (ModelFormatError)
@@ -25,12 +26,14 @@ import logging
 import os
 import sys
 
-from .errors import AdiosUnavailableError, ConfigError, ModelFormatError, PeerLostError, StagelearnError, StreamTimeoutError
+from .errors import (AdiosUnavailableError, ConfigError, ModelFormatError, PeerLostError, StagelearnError,
+                     StreamTimeoutError, UsageError)
 
 logger = logging.getLogger(__name__)
 
 EXIT_CODES = (
     (ConfigError, 2),
+    (UsageError, 2),
     (StreamTimeoutError, 3),
     (PeerLostError, 4),
     (ModelFormatError, 5),
@@ -71,6 +74,9 @@ def _parser():
         s = sub.add_parser(name, help=help_)
         s.add_argument("config")
         s.add_argument("--run-dir", help="default: <output_dir>/<run_name>")
+    rp = sub.add_parser("report", help="summary.json, table and plot of a run whose sides were launched separately")
+    rp.add_argument("config")
+    rp.add_argument("--run-dir", help="default: <output_dir>/<run_name>")
     v = sub.add_parser("validate", help="check a run YAML and its ADIOS2 XML without running")
     v.add_argument("config")
     d = sub.add_parser("decode", help="reconstruct a field from a compressed output file")
@@ -127,7 +133,7 @@ def _decode(args):
     if args.latents:
         return _export_latents(args)
     if (args.step is None) != (args.var is None):
-        raise ConfigError("decode: give both --step and --var (or neither, to list the file)")
+        raise UsageError("decode: give both --step and --var (or neither, to list the file)")
     reader = CompressedOutputReader(args.file)
     if args.step is None:
         print(f"{args.file}: variables {reader.fields()}, steps {reader.steps[0]}..{reader.steps[-1]} ({len(reader.steps)})")
@@ -150,7 +156,7 @@ def _decode(args):
             eng.EndStep()
             eng.Close()
         else:
-            raise ConfigError(f"--output {args.output}: use a .npy or .bp file name")
+            raise UsageError(f"--output {args.output}: use a .npy or .bp file name")
     print(f"{args.var} step {args.step}: shape {field.shape}, min {field.min():.6g}, max {field.max():.6g}, mean {field.mean():.6g}"
           + (f" -> {args.output}" if args.output else ""))
     return 0
@@ -163,7 +169,7 @@ def _export_latents(args):
     from .output import CompressedOutputReader
 
     if not args.var or not args.output or not args.output.endswith(".npz"):
-        raise ConfigError("decode --latents: give --var and -o FILE.npz")
+        raise UsageError("decode --latents: give --var and -o FILE.npz")
     reader = CompressedOutputReader(args.file)
     steps = [args.step] if args.step is not None else reader.steps
     rows = {"step": [], "origin": [], "latents": [], "encoder_version": []}
@@ -254,9 +260,15 @@ def main(argv=None):
             from .launcher import launch
 
             return launch(args)
+        if args.command == "report":
+            from .config import load_config
+            from .launcher import report
+
+            cfg = load_config(args.config)
+            return report(cfg, args.run_dir or str(cfg.run_dir))
     except BaseException as exc:  # noqa: BLE001 - the one place exceptions become exit codes
         code = exit_code_for(exc)
-        if code == 1:
+        if code == 1 and not isinstance(exc, StagelearnError):  # unexpected: keep the traceback
             logger.exception("stagelearn %s failed", args.command)
         else:
             print(f"stagelearn {args.command}: error: {exc}", file=sys.stderr)

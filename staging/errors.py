@@ -9,6 +9,10 @@ class ConfigError(StagelearnError, ValueError):
     """A run YAML or ADIOS2 XML is invalid. The message names the file, the key and the fix."""
 
 
+class UsageError(StagelearnError, ValueError):
+    """A command asked for something that is not there (a step or variable missing from a file)."""
+
+
 class StreamTimeoutError(StagelearnError, TimeoutError):
     """A blocking wait on a stream (open, step, model) passed its configured timeout."""
 

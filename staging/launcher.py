@@ -20,7 +20,7 @@ import numpy as np
 
 from .adios import remove_stale_contact_file
 from .config import load_config
-from .errors import ConfigError, StreamTimeoutError
+from .errors import ConfigError, StreamTimeoutError, UsageError
 from .results import write_json
 from .sides import prepare_run_dir
 from .xmlconfig import read_ios
@@ -152,6 +152,19 @@ def _wait(procs, cfg, run_dir, total, show):
     finally:
         bar.close()
     return codes
+
+
+def report(cfg, run_dir):
+    """``stagelearn report``: the summary of a run whose two sides were launched separately."""
+    import json
+
+    path = os.path.join(run_dir, "producer.json")
+    if not os.path.exists(path) or not os.path.exists(os.path.join(run_dir, "staging_summary.json")):
+        raise UsageError(f"{run_dir}: no finished run here (producer.json and staging_summary.json are written "
+                         "when `stagelearn sim` and `stagelearn stage` end); check --run-dir / output_dir")
+    with open(path) as f:
+        wall = json.load(f)["wall_s"]
+    return finish(cfg, run_dir, wall)
 
 
 def finish(cfg, run_dir, wall):

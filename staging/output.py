@@ -20,7 +20,7 @@ from ..analytics.codec import decode_block, encode_raw_block, parse_payload
 from ..analytics.tiling import tile_grid, to_tiles
 from ..analytics.encoder import Encoder, spec_from_bytes, spec_to_bytes
 from .adios import bindings, declare_io, make_adios
-from .errors import StagelearnError
+from .errors import StagelearnError, UsageError
 from .wire import REPORT_FIELDS, anomaly_name, payload_name, report_get, report_name
 from .xmlconfig import read_ios
 
@@ -153,7 +153,7 @@ class CompressedOutputReader:
         try:
             return self.steps.index(int(step))
         except ValueError:
-            raise StagelearnError(f"{self.path}: step {step} not in the file (steps {self.steps[0]}..{self.steps[-1]})") from None
+            raise UsageError(f"{self.path}: step {step} not in the file (steps {self.steps[0]}..{self.steps[-1]})") from None
 
     def _select_step(self, var, name, bp_step):
         # Random-access SetStepSelection counts only the steps where the variable exists:
@@ -285,7 +285,7 @@ class CompressedOutputReader:
         """
         b = bindings()
         if var not in self.fields():
-            raise StagelearnError(f"{self.path}: no variable {var!r} (fields: {self.fields()})")
+            raise UsageError(f"{self.path}: no variable {var!r} (fields: {self.fields()})")
         t = self._bp_step(step)
         pv = self.io.InquireVariable(payload_name(var))
         out = None

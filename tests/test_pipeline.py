@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import MPIEXEC, REPO, run_cmd
+from conftest import MPIEXEC, REPO, child_env, run_cmd
 from stagelearn.staging.output import CompressedOutputReader
 from stagelearn.staging.adios import built_with_mpi
 from stagelearn.staging.wire import report_get
@@ -98,8 +98,29 @@ def test_decode_cli_writes_npy_and_bp(tmp_path, stagelearn_cli):
     assert stagelearn_cli("decode", bp, "--step", 12, "--var", "V", "-o", tmp_path / "v.bp", timeout=60).returncode == 0
     reader_u = CompressedOutputReader(bp)
     assert all(report_get(r, "encoder_version") == 0 for r in reader_u.reports(12, "U"))
-    assert stagelearn_cli("decode", bp, "--step", 999, "--var", "V", timeout=60).returncode == 1
+    bad = stagelearn_cli("decode", bp, "--step", 999, "--var", "V", timeout=60)
+    assert bad.returncode == 2 and "not in the file" in bad.stderr and "Traceback" not in bad.stderr
     assert stagelearn_cli("decode", bp, "--step", 12, timeout=60).returncode == 2
+
+
+@pytest.mark.timeout(200)
+def test_sides_launched_separately_then_report(tmp_path, stagelearn_cli):
+    """`stagelearn stage` and `stagelearn sim` as two jobs (as sites launch them), then `report`."""
+    import subprocess
+    import sys
+
+    path = small_config(tmp_path, "apart", simulation={"steps": 60})
+    env = child_env()
+    stage = subprocess.Popen([MPIEXEC, "-n", "2", sys.executable, "-m", "stagelearn", "stage", str(path)], cwd=tmp_path,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sim = run_cmd([MPIEXEC, "-n", "2", sys.executable, "-m", "stagelearn", "sim", str(path)], timeout=150, cwd=tmp_path)
+    assert stage.wait(timeout=60) == 0 and sim.returncode == 0, sim.stderr[-2000:]
+    out = stagelearn_cli("report", path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "results" / "apart" / "summary.json").read_text())
+    assert summary["steps_lost"] == 0 and summary["steps_written"] == 13 and (tmp_path / "results" / "apart" / "summary.png").exists()
+    missing = stagelearn_cli("report", path, "--run-dir", tmp_path / "nowhere", timeout=60)
+    assert missing.returncode == 2 and "no finished run" in missing.stderr
 
 
 @pytest.mark.timeout(200)

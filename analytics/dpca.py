@@ -209,32 +209,34 @@ def _converged(comm, V, V_old, tol):
     return moved[0] < tol / 10
 
 
-def _subspace(A_r, V, k, comm, ledger, run, *, tol, max_rounds, **_):
+def _iterate(update, V, comm, run, tol, max_rounds):
+    """Apply ``update(V) -> V_new`` until the basis stops moving (shared loop of the simple methods)."""
     for _ in range(max_rounds):
-        V_new = orthonormal(ledger.allreduce(A_r @ V))
+        V_new = update(V)
         run.record(V_new)
         done = _converged(comm, V_new, V, tol)
         V = V_new
         if done:
             break
     return V
+
+
+def _subspace(A_r, V, k, comm, ledger, run, *, tol, max_rounds, **_):
+    return _iterate(lambda V: orthonormal(ledger.allreduce(A_r @ V)), V, comm, run, tol, max_rounds)
 
 
 def _oja(A_r, V, k, comm, ledger, run, *, tol, max_rounds, oja_local_steps, **_):
     """Local Oja/power steps on p * A_r (a local estimate of C), averaged every H steps."""
     p = comm.Get_size()
     scale = 1.0 / max(np.linalg.norm(A_r * p, 2), 1e-300)
-    for _ in range(max_rounds):
+
+    def update(V):
         W = V
         for _ in range(oja_local_steps):
             W = orthonormal(W + scale * p * (A_r @ W))
-        V_new = orthonormal(ledger.allreduce(W) / p)
-        run.record(V_new)
-        done = _converged(comm, V_new, V, tol)
-        V = V_new
-        if done:
-            break
-    return V
+        return orthonormal(ledger.allreduce(W) / p)
+
+    return _iterate(update, V, comm, run, tol, max_rounds)
 
 
 def _iag(A_r, V, k, comm, ledger, run, *, tol, max_rounds, **_):

@@ -11,11 +11,9 @@ field. Writes docs/anomalies_<case>.png and prints the Markdown table used in do
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
-import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANOMALY = {"enabled": True, "method": "threshold", "threshold": 8.0, "persistence_steps": 5}
@@ -42,19 +40,13 @@ CASES = {
 
 
 def run_case(name, case, out, threshold):
-    cfg = {"run_name": name, "output_dir": out, "simulation": case["simulation"], "staging": case["staging"],
-           "adios2": {"config_file": os.path.join(REPO, "xml_configs", "stagelearn.xml")},
-           "learner": {"warmup_steps": 5, "publish_every": 40}, "codec": {"psnr_db": 41.0},
-           "anomaly": dict(ANOMALY, threshold=threshold), "metrics": {"sz3_every": 0}}
-    path = os.path.join(out, f"{name}.yaml")
-    os.makedirs(out, exist_ok=True)
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f)
-    proc = subprocess.run([sys.executable, "-m", "stagelearn", "run", path, "--no-progress"], capture_output=True, text=True,
-                          timeout=900)
-    if proc.returncode:
-        sys.exit(f"{name}: run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return os.path.join(out, name)
+    from benchmark_utils import run_stagelearn
+
+    return run_stagelearn(out, name, {
+        "simulation": case["simulation"], "staging": case["staging"],
+        "adios2": {"config_file": os.path.join(REPO, "xml_configs", "stagelearn.xml")},
+        "learner": {"warmup_steps": 5, "publish_every": 40}, "codec": {"psnr_db": 41.0},
+        "anomaly": dict(ANOMALY, threshold=threshold), "metrics": {"sz3_every": 0}})
 
 
 def extra_bytes(run_dir):

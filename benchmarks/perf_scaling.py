@@ -7,32 +7,21 @@ ranks, then N in {1, 2, 4} with M = 4 (all oversubscribed on this machine). Byte
 taken after the first encoder (what the steady state costs); wall is the whole run.
 """
 
-import json
 import os
-import subprocess
-import sys
 import tempfile
-
-import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run(tmp, m, n):
-    name = f"m{m}n{n}"
-    cfg = {"run_name": name, "output_dir": tmp,
-           "simulation": {"type": "gray_scott", "ranks": m, "L": 48, "steps": 600, "plotgap": 10},
-           "staging": {"ranks": n}, "adios2": {"config_file": os.path.join(REPO, "xml_configs", "stagelearn.xml")},
-           "learner": {"warmup_steps": 5, "publish_every": 20}, "codec": {"psnr_db": 41}, "metrics": {"sz3_every": 0}}
-    path = os.path.join(tmp, f"{name}.yaml")
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f)
-    subprocess.run([sys.executable, "-m", "stagelearn", "run", path, "--no-progress"], check=True, capture_output=True,
-                   timeout=900)
-    with open(os.path.join(tmp, name, "summary.json")) as f:
-        s = json.load(f)
-    with open(os.path.join(tmp, name, "steps.json")) as f:
-        steps = [r for r in json.load(f) if r["encoder_version"] > 0]
+    from benchmark_utils import read_json, run_stagelearn
+
+    run_dir = run_stagelearn(tmp, f"m{m}n{n}", {
+        "simulation": {"type": "gray_scott", "ranks": m, "L": 48, "steps": 600, "plotgap": 10},
+        "staging": {"ranks": n}, "adios2": {"config_file": os.path.join(REPO, "xml_configs", "stagelearn.xml")},
+        "learner": {"warmup_steps": 5, "publish_every": 20}, "codec": {"psnr_db": 41}, "metrics": {"sz3_every": 0}})
+    s = read_json(run_dir, "summary.json")
+    steps = [r for r in read_json(run_dir, "steps.json") if r["encoder_version"] > 0]
     return sum(r["sent_bytes"] for r in steps) / len(steps), s["wall_s"], s["compression_ratio"]
 
 

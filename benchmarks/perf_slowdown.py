@@ -9,14 +9,11 @@ On this 2-core machine the staging job competes with the simulation for the same
 inflates both coupled figures. Goal (issue 3): at most 1.10x with encoding.
 """
 
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
-
-import yaml
 
 HERE = os.path.abspath(__file__)
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -41,16 +38,12 @@ def alone():
 
 
 def coupled(tmp, name, learner):
-    cfg = {"run_name": name, "output_dir": tmp, "simulation": SIM, "staging": {"ranks": 2},
-           "adios2": {"config_file": os.path.join(REPO, "xml_configs", "stagelearn.xml")},
-           "learner": learner, "codec": {"psnr_db": 41}, "metrics": {"sz3_every": 0}}
-    path = os.path.join(tmp, f"{name}.yaml")
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f)
-    subprocess.run([sys.executable, "-m", "stagelearn", "run", path, "--no-progress"], check=True, capture_output=True,
-                   timeout=900)
-    with open(os.path.join(tmp, name, "producer.json")) as f:
-        p = json.load(f)
+    from benchmark_utils import read_json, run_stagelearn
+
+    run_dir = run_stagelearn(tmp, name, {
+        "simulation": SIM, "staging": {"ranks": 2}, "adios2": {"config_file": os.path.join(REPO, "xml_configs", "stagelearn.xml")},
+        "learner": learner, "codec": {"psnr_db": 41}, "metrics": {"sz3_every": 0}})
+    p = read_json(run_dir, "producer.json")
     return p["compute_s"] + p["io_s"]
 
 

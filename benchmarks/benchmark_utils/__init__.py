@@ -1,5 +1,9 @@
-"""Shared code of the solvers: compress every frame with one codec, time both directions."""
+"""Shared code of the benchmarks: frame-wise codec runs (benchopt solvers) and `stagelearn run`."""
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -24,3 +28,35 @@ def run_framewise(frames, compress):
         tc += t1 - t0
         td += t2 - t1
     return dict(reconstruction=np.stack(rec), n_bytes=n_bytes, compress_s=tc, decompress_s=td)
+
+
+def run_stagelearn(out_dir, name, config):
+    """Write ``config`` (a run-YAML dict) as ``<out_dir>/<name>.yaml``, run ``stagelearn run`` on it.
+
+    Returns
+    -------
+    run_dir : str
+        ``<out_dir>/<name>``, holding ``summary.json``, ``steps.json``, ``producer.json``...
+
+    Raises
+    ------
+    SystemExit
+        If the run fails (its stderr tail is shown).
+    """
+    import yaml
+
+    config = dict(config, run_name=name, output_dir=str(out_dir))
+    path = os.path.join(out_dir, f"{name}.yaml")
+    os.makedirs(out_dir, exist_ok=True)
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    proc = subprocess.run([sys.executable, "-m", "stagelearn", "run", path, "--no-progress"], capture_output=True, text=True,
+                          timeout=1800)
+    if proc.returncode:
+        sys.exit(f"{name}: stagelearn run failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return os.path.join(out_dir, name)
+
+
+def read_json(run_dir, name):
+    with open(os.path.join(run_dir, name)) as f:
+        return json.load(f)

@@ -60,3 +60,22 @@ def run_stagelearn(out_dir, name, config):
 def read_json(run_dir, name):
     with open(os.path.join(run_dir, name)) as f:
         return json.load(f)
+
+
+class FramewiseSolver:
+    """Mixin for benchopt solvers that compress each frame independently with one codec.
+
+    Subclasses (``class Solver(FramewiseSolver, BaseSolver)``) set ``name``, ``parameters`` and
+    ``requirements`` and implement ``compress(frame) -> (payload, decode)``.
+    """
+
+    sampling_strategy = "run_once"
+
+    def set_objective(self, frames, blocks):
+        self.frames = frames
+
+    def run(self, _):
+        self.result = run_framewise(self.frames, self.compress)
+
+    def get_result(self):
+        return self.result

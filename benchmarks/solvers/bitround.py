@@ -1,7 +1,8 @@
+from benchmark_utils import FramewiseSolver
 from benchopt import BaseSolver
 
 
-class Solver(BaseSolver):
+class Solver(FramewiseSolver, BaseSolver):
     """Bit rounding to the real information content (Klöwer et al. 2021), then zstd.
 
     keepbits from xbitinfo's bitwise information (Python implementation) at ``inflevel`` of the
@@ -9,18 +10,10 @@ class Solver(BaseSolver):
     """
 
     name = "BitRound"
-    sampling_strategy = "run_once"
     parameters = {"inflevel": [0.99, 0.9999]}
     requirements = ["pip::numcodecs", "pip::xbitinfo"]
 
-    def set_objective(self, frames, blocks):
-        self.frames = frames
-
-    def run(self, _):
-        from benchmark_utils import run_framewise
+    def compress(self, frame):
         from stagelearn.analytics.baselines import bitround_zstd, keepbits_for_information
 
-        self.result = run_framewise(self.frames, lambda f: bitround_zstd(f, keepbits_for_information(f, self.inflevel)))
-
-    def get_result(self):
-        return self.result
+        return bitround_zstd(frame, keepbits_for_information(frame, self.inflevel))

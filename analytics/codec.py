@@ -25,6 +25,7 @@ import constriction
 import numpy as np
 import zstandard
 
+from .correction import correct, decode_residuals
 from .framing import pack_frame, unpack_frame
 from .metrics import ErrorStats
 from .tiling import from_tiles, tile_grid, to_tiles
@@ -79,6 +80,29 @@ class TransformCodec:
             raise ValueError(f"quant_step must be positive, got {quant_step!r}")
         self.quant_step = float(quant_step)
         self.zstd_level = zstd_level
+
+    kind = "pca"
+
+    @property
+    def fill_tile(self):
+        """Stand-in for tiles with NaN/Inf while coding (they are sent raw)."""
+        return self.mean
+
+    def residual_codec(self):
+        """The codec of prediction residuals: the same basis with a zero mean."""
+        return TransformCodec(np.zeros_like(self.mean), self.components, self.quant_step, zstd_level=self.zstd_level)
+
+    def intra_reference(self, tiles):
+        """Model prediction of each tile (the mean tile) and the state :meth:`side_sections` needs."""
+        return np.broadcast_to(self.mean, tiles.shape), None
+
+    def side_sections(self, state, intra):
+        """Payload sections and header fields besides the residual codes: none for PCA."""
+        return {}, {}
+
+    def decode_intra(self, header, sections, n_intra):
+        """Model prediction of ``n_intra`` intra-coded tiles when decoding: the mean tile."""
+        return np.broadcast_to(self.mean, (n_intra, self.n_features))
 
     #: :meth:`step_for_mse` searches steps up to this factor above the uniform-noise model's step;
     #: a cap keeps the error spread out (a large step would concentrate a block's error budget in
@@ -290,14 +314,23 @@ def parse_payload(payload):
     return unpack_frame(MAGIC, payload, "block payload")
 
 
-def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, target_mse=None, tile_hook=None):
-    """Encode one block: transform coding plus the worst tiles raw.
+def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, target_mse=None, tile_hook=None,
+                 prev=None, abs_bound=None):
+    """Encode one block: a prediction per tile, the transform-coded residual, the worst tiles raw.
+
+    Each tile is predicted from the model (*intra*: the PCA mean, or the autoencoder's
+    reconstruction from its quantized latent code) or, when ``prev`` is given, from the previous
+    step's reconstruction that producer and decoder both hold (*inter*, as a video codec's
+    predicted frames; the cheaper of the two per tile, by residual energy). The residual is
+    transform coded (the PCA basis, or the identity for an autoencoder) with one quantization
+    step for the block, range coded, and the tiles reconstructed worst are sent raw.
 
     Parameters
     ----------
     block : ndarray of shape (n_0, ..., n_{d-1})
         Raw block of one variable (any float dtype; coded as float32).
-    codec : TransformCodec
+    codec : TransformCodec or AECodec
+        The model of the variable (:meth:`~stagelearn.analytics.encoder.VariableModel.codec`).
     tile_shape : sequence of int of length d
     raw_fraction : float, default=0.02
         At most ``floor(raw_fraction * n_tiles)`` tiles, those with the largest squared
@@ -309,29 +342,56 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
         tiles, which only lower it) stays at or below ``target_mse``
         (:meth:`TransformCodec.step_for_mse`); otherwise ``codec.quant_step`` is used.
     tile_hook : object, optional
-        Called as ``tile_hook(coef, centred_energy) -> indices`` of further tiles to send raw
-        (e.g. anomalies), given every tile's coefficients (ndarray of shape (n_tiles,
+        PCA only. Called as ``tile_hook(coef, centred_energy) -> indices`` of further tiles to
+        send raw (e.g. anomalies), given every tile's coefficients (ndarray of shape (n_tiles,
         n_components)) and squared norm after mean removal (ndarray of shape (n_tiles,)); then
         ``tile_hook.sections()`` returns extra named byte sections for the payload.
+    prev : ndarray of shape (n_0, ..., n_{d-1}), optional
+        The decoder's reconstruction of this block at the previous step (temporal prediction).
+        Decoding then needs the same array (:func:`decode_block` ``prev``).
+    abs_bound : float, optional
+        Pointwise error bound (field units): coded tiles exceeding it get a ZFP-coded correction
+        and, if still above it, are sent raw (:mod:`.correction`); verified here.
 
     Returns
     -------
     EncodedBlock
+
+    Raises
+    ------
+    ValueError
+        If the tile shape does not match the codec, ``prev`` has another shape, or a tile hook is
+        given to a codec other than PCA.
     """
     block = np.asarray(block)
     tiles = to_tiles(block.astype(np.float32, copy=False), tile_shape)
     if tiles.shape[1] != codec.n_features:
         raise ValueError(f"tile shape {tuple(tile_shape)} gives {tiles.shape[1]} features, the encoder has {codec.n_features}")
+    if tile_hook is not None and codec.kind != "pca":
+        raise ValueError("anomaly scoring (tile_hook) needs a PCA model")
     bad = ~np.all(np.isfinite(tiles), axis=1)  # NaN/Inf tiles are always sent raw, never coded
     all_tiles = tiles
     if bad.any():
-        tiles = np.where(bad[:, None], codec.mean, tiles)
-    if target_mse is not None:
-        codec = codec.with_step(codec.step_for_mse(tiles, target_mse, n_values=block.size))
-    coef = codec.coefficients(tiles)
-    codes = codec.quantize_coefficients(coef)
-    rec = codec.dequantize(codes)
+        tiles = np.where(bad[:, None], codec.fill_tile, tiles)
     n_tiles = tiles.shape[0]
+    ref, state = codec.intra_reference(tiles)
+    inter = np.zeros(n_tiles, dtype=bool)
+    if prev is not None:
+        if tuple(np.shape(prev)) != block.shape:
+            raise ValueError(f"prev has shape {np.shape(prev)}, the block {block.shape}")
+        prev_tiles = to_tiles(np.asarray(prev, dtype=np.float32), tile_shape)
+        usable = np.all(np.isfinite(prev_tiles), axis=1) & ~bad
+        e_intra = np.einsum("ij,ij->i", tiles - ref, tiles - ref, dtype=np.float64)
+        e_inter = np.einsum("ij,ij->i", tiles - prev_tiles, tiles - prev_tiles, dtype=np.float64)
+        inter = usable & (e_inter < e_intra)
+        ref = np.where(inter[:, None], prev_tiles, ref)
+    residual = tiles - ref
+    res_codec = codec.residual_codec()
+    if target_mse is not None:
+        res_codec = res_codec.with_step(res_codec.step_for_mse(residual, target_mse, n_values=block.size))
+    coef = res_codec.coefficients(residual)
+    codes = res_codec.quantize_coefficients(coef)
+    rec = ref + res_codec.dequantize(codes)
     n_raw = int(math.floor(raw_fraction * n_tiles))
     err = np.einsum("ij,ij->i", tiles - rec, tiles - rec, dtype=np.float64)
     raw_index = np.empty(0, dtype=np.int32)
@@ -340,34 +400,48 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
         raw_index = worst[err[worst] > 0]
     extra = {}
     if tile_hook is not None:
+        hook_coef = coef if not inter.any() else codec.coefficients(tiles)
         centred = tiles - codec.mean
         energy = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
-        raw_index = np.union1d(raw_index, np.asarray(tile_hook(coef, energy), dtype=np.int64))
+        raw_index = np.union1d(raw_index, np.asarray(tile_hook(hook_coef, energy), dtype=np.int64))
         extra = tile_hook.sections()
     raw_index = np.union1d(raw_index, np.flatnonzero(bad))
     tiles = all_tiles
+    corr_index, corr_data = np.empty(0, dtype=np.int32), b""
+    if abs_bound is not None:
+        candidates = np.ones(n_tiles, dtype=bool)
+        candidates[raw_index.astype(np.int64)] = False
+        corr_index, corr_data, still_bad = correct(tiles, rec, abs_bound, tuple(tile_shape), candidates)
+        raw_index = np.union1d(raw_index, still_bad)
     raw_index = np.sort(raw_index).astype(np.int32)
     keep = np.ones(n_tiles, dtype=bool)
     keep[raw_index] = False
     raw_tiles = tiles[raw_index]
     rec[raw_index] = raw_tiles
-    code_bytes = codec.pack(codes[keep])
+    side, side_head = codec.side_sections(state, keep & ~inter)
+    code_bytes = res_codec.pack(codes[keep])
     zc = zstandard.ZstdCompressor(level=codec.zstd_level)
     head = dict(header or {})
     head.update(
-        kind="pca",
+        kind=codec.kind,
         block_shape=list(block.shape),
         tile_shape=list(tile_shape),
         n_tiles=int(n_tiles),
         n_components=int(codes.shape[1]),
         n_raw=int(raw_index.size),
-        quant_step=codec.quant_step,
+        quant_step=res_codec.quant_step,
+        n_inter=int(inter[keep].sum()),
+        n_corrected=int(corr_index.size),
+        **side_head,
     )
-    payload = pack_frame(
-        MAGIC,
-        head, {"codes": code_bytes, "raw_index": zc.compress(raw_index.tobytes()), "raw_tiles": zc.compress(raw_tiles.tobytes()),
-               **extra}
-    )
+    sections = {"codes": code_bytes, "raw_index": zc.compress(raw_index.tobytes()), "raw_tiles": zc.compress(raw_tiles.tobytes()),
+                **side, **extra}
+    if head["n_inter"]:
+        sections["inter"] = zc.compress(np.packbits(inter & keep).tobytes())
+    if corr_index.size:
+        sections["corrected_index"] = zc.compress(corr_index.tobytes())
+        sections["corrections"] = corr_data
+    payload = pack_frame(MAGIC, head, sections)
     reconstruction = from_tiles(rec, block.shape, tile_shape)
     return EncodedBlock(payload, reconstruction, ErrorStats.from_arrays(block, reconstruction), int(raw_index.size), raw_tiles,
                         err)
@@ -405,21 +479,30 @@ def payload_raw_tiles(payload):
     return header, raw_tiles.reshape(n_raw, d), raw_index
 
 
-def decode_block(payload, codec=None):
+def decode_block(payload, codec=None, prev=None):
     """Reconstruct a block from its payload.
 
     Parameters
     ----------
     payload : bytes or ndarray of uint8
-    codec : TransformCodec or None
-        The basis of the encoder version named in the payload header (unused for raw payloads);
+    codec : TransformCodec or AECodec or None
+        The model of the encoder version named in the payload header (unused for raw payloads);
         the quantization step is taken from the header.
+    prev : ndarray, optional
+        The reconstruction of the same block at the previous step; required when the payload
+        predicts tiles from it (header ``n_inter > 0``).
 
     Returns
     -------
     block : ndarray, float32, shape ``header["block_shape"]``
     header : dict
     raw_tiles : ndarray of shape (n_raw, n_features), float32
+
+    Raises
+    ------
+    ValueError
+        If the payload is malformed, needs a codec or ``prev`` that is not given, or was coded
+        by another kind of model than ``codec``.
     """
     header, sec = parse_payload(payload)
     if header.get("kind") == "raw":
@@ -430,16 +513,38 @@ def decode_block(payload, codec=None):
         return np.frombuffer(data, dtype=np.float32).reshape(shape).copy(), header, np.zeros((0, 0), np.float32)
     if codec is None:
         raise ValueError("a transform-coded payload needs the codec of its encoder version")
+    if header.get("kind") != codec.kind:
+        raise ValueError(f"payload was coded by a {header.get('kind')!r} model, the codec given is {codec.kind!r}")
     n_tiles, k = header["n_tiles"], header["n_components"]
     tile_shape, block_shape = header["tile_shape"], header["block_shape"]
     if int(np.prod(tile_grid(block_shape, tile_shape))) != n_tiles:
         raise ValueError(f"payload header is inconsistent: {n_tiles} tiles for block {block_shape} / tile {tile_shape}")
     d = int(np.prod(tile_shape))
     _, raw_tiles, raw_index = payload_raw_tiles(payload)
+    dz = zstandard.ZstdDecompressor()
     keep = np.ones(n_tiles, dtype=bool)
     keep[raw_index] = False
+    inter = np.zeros(n_tiles, dtype=bool)
+    if header.get("n_inter", 0):
+        if prev is None:
+            raise ValueError(f"step {header.get('step')}: this payload predicts tiles from the previous step; pass its reconstruction as prev")
+        bits = np.frombuffer(dz.decompress(bytes(sec["inter"]), max_output_size=n_tiles // 8 + 64), dtype=np.uint8)
+        inter = np.unpackbits(bits, count=n_tiles).astype(bool)
+        if int(inter.sum()) != header["n_inter"] or (inter & ~keep).any():
+            raise ValueError("payload inter-tile section does not match its header")
+    tiles = np.zeros((n_tiles, d), dtype=np.float32)
+    intra = keep & ~inter
+    tiles[intra] = codec.decode_intra(header, sec, int(intra.sum()))
+    if inter.any():
+        tiles[inter] = to_tiles(np.asarray(prev, dtype=np.float32), tile_shape)[inter]
+    res_codec = codec.residual_codec().with_step(header["quant_step"])
     codes = TransformCodec.unpack(sec["codes"], int(keep.sum()), k)
-    tiles = np.empty((n_tiles, d), dtype=np.float32)
-    tiles[keep] = codec.with_step(header["quant_step"]).dequantize(codes)
+    tiles[keep] += res_codec.dequantize(codes)
+    n_corr = int(header.get("n_corrected", 0))
+    if n_corr:
+        index = np.frombuffer(dz.decompress(bytes(sec["corrected_index"]), max_output_size=4 * n_corr + 64), dtype=np.int32)
+        if index.size != n_corr or index.max() >= n_tiles:
+            raise ValueError("payload correction index does not match its header")
+        tiles[index] += decode_residuals(sec["corrections"], n_corr, d)
     tiles[raw_index] = raw_tiles
     return from_tiles(tiles, block_shape, tile_shape), header, raw_tiles

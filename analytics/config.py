@@ -2,9 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class AutoencoderConfig(BaseModel):
+    """``learner.autoencoder:`` architecture and distributed training of the tile autoencoder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: List[int] = Field([8, 16], min_length=1, max_length=4, description="Convolution channels per stage (depth = length).")
+    latent_dim: int = Field(8, ge=1, le=512, description="Latent values per tile.")
+    latent_bits: int = Field(8, ge=2, le=16, description="Bits of the integer latent codes (one float32 scale per tile).")
+    mode: Literal["ddp", "local_sgd"] = Field(
+        "ddp", description="ddp: gradient all-reduce every iteration; local_sgd: average the weights every sync_every iterations.")
+    sync_every: int = Field(8, ge=1, description="local_sgd: iterations between model averages.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(256, ge=1, description="Tiles per iteration and rank.")
+    iterations_per_step: int = Field(10, ge=1, description="Training iterations per output step received.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when torch finds a GPU, else cpu.")
+    timeout_s: float = Field(120.0, gt=0, description="gloo timeout of one collective (a dead staging rank ends the run).")
+
+
+class ReplayConfig(BaseModel):
+    """``learner.replay:`` the buffer that training samples from (non-i.i.d. streams)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["none", "fifo", "reservoir", "stratified"] = Field(
+        "reservoir", description="none: train on the current step only; fifo: newest tiles; reservoir: uniform over "
+        "all tiles seen; stratified: equal shares per (producer, time bin).")
+    max_mib: float = Field(64.0, gt=0, description="Memory cap of the buffer per staging rank (MiB).")
+    time_bins: int = Field(4, ge=1, description="stratified: time bins kept per producer.")
 
 
 class LearnerConfig(BaseModel):
@@ -12,7 +42,9 @@ class LearnerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["pca"] = Field("pca", description="Learner family (PCA now; autoencoders later).")
+    type: Literal["pca", "autoencoder"] = Field("pca", description="Learner family: PCA transform coder or tile autoencoder.")
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
     algorithm: Literal["exact", "oneshot", "subspace", "oja", "iag", "gossip", "warm_ritz"] = Field(
         "exact", description="Distributed PCA algorithm (docs/distributed_pca.md); exact = IncrementalPCA merge."
     )
@@ -35,6 +67,24 @@ class LearnerConfig(BaseModel):
         return self
 
 
+class ErrorBound(BaseModel):
+    """``codec.error_bound:`` exactly one of ``abs`` and ``rel``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    abs: Optional[float] = Field(None, gt=0, description="Max pointwise error in field units.")
+    rel: Optional[float] = Field(None, gt=0, lt=1, description="Max pointwise error as a fraction of the step's global range.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.abs is None) == (self.rel is None):
+            raise ValueError("give exactly one of abs and rel")
+        return self
+
+    def as_dict(self):
+        return {"abs": self.abs} if self.abs is not None else {"rel": self.rel}
+
+
 class CodecConfig(BaseModel):
     """``codec:`` section: the error target and the raw-tile budget of the learned codec."""
 
@@ -47,6 +97,11 @@ class CodecConfig(BaseModel):
         0.01, ge=0.0, le=0.5, description="Fraction of tiles per block sent raw (the worst reconstructed)."
     )
     zstd_level: int = Field(3, ge=1, le=22, description="zstd level of the lossless sections.")
+    keyframe_every: int = Field(
+        0, ge=0, description="Temporal prediction: 0 codes each step on its own; k > 0 predicts tiles from the previous "
+        "step's reconstruction, with a step coded on its own every k steps.")
+    error_bound: Optional[ErrorBound] = Field(None, description="Pointwise error bound: {abs: e} or {rel: r} (of the step's range).")
+    encode_threads: int = Field(1, ge=0, description="Threads torch may use on each producer rank for autoencoder encoding (0: torch default).")
 
 
 class AnomalyConfig(BaseModel):

@@ -1,10 +1,11 @@
 """The encoder that staging pushes back to producers: named arrays plus a JSON spec.
 
-An :class:`Encoder` holds, per variable, the PCA basis (``mean_``, ``components_``) and the tile
-shape, plus the error target (PSNR) and raw-tile fraction, a version and the last step it was
-trained on. It
-travels as plain arrays named ``<variable>/mean_`` and ``<variable>/components_`` (float32)
-and a JSON spec listing every array's shape and dtype; the receiver checks both before use
+An :class:`Encoder` holds, per variable, the PCA basis (``mean_``, ``components_``) or a tile
+autoencoder (architecture spec plus weights) and the tile shape, plus the producer policy (error
+target, raw-tile fraction, temporal prediction, error bound, encode threads), a version and the
+last step it was trained on. It travels as plain arrays named ``<variable>/mean_`` and
+``<variable>/components_``, or ``<variable>/ae/<parameter>`` (float32), and a JSON spec listing
+every array's shape and dtype (and the autoencoder's architecture); no pickle, no ``torch.load``: the receiver checks both before use
 (:meth:`Encoder.from_arrays`), so a malformed or hostile update is rejected, never executed.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 from .codec import TransformCodec
 from .framing import pack_frame, unpack_frame
 
-FORMAT = "stagelearn.pca-transform-coder/1"
+FORMAT = "stagelearn.learned-coder/2"
 _FRAME_MAGIC = b"SLE1"
 _ARRAYS = ("mean_", "components_")
 
@@ -30,28 +31,54 @@ class EncoderFormatError(ValueError):
 
 @dataclass
 class VariableModel:
-    """Model of one variable.
+    """Model of one variable: a PCA basis or a tile autoencoder.
 
     Attributes
     ----------
-    mean_ : ndarray of shape (n_features,), float32
-    components_ : ndarray of shape (n_components, n_features), float32
     tile_shape : tuple of int
         ``prod(tile_shape) == n_features``.
     data_min, data_max : float
         Value range seen in training.
+    kind : {"pca", "ae"}
+    mean_ : ndarray of shape (n_features,), float32
+        PCA only.
+    components_ : ndarray of shape (n_components, n_features), float32
+        PCA only.
+    autoencoder : dict
+        Autoencoder only: its architecture spec (:mod:`~stagelearn.analytics.autoencoder`).
+    ae_arrays : dict of str to ndarray
+        Autoencoder only: its weights by parameter name (float32).
     """
 
-    mean_: np.ndarray
-    components_: np.ndarray
     tile_shape: tuple
     data_min: float
     data_max: float
+    kind: str = "pca"
+    mean_: np.ndarray = None
+    components_: np.ndarray = None
+    autoencoder: dict = None
+    ae_arrays: dict = None
+
+    def arrays(self):
+        """Named arrays of this model, without the variable prefix (float32, C order, fresh copies)."""
+        if self.kind == "pca":
+            named = {"mean_": self.mean_, "components_": self.components_}
+        else:
+            named = {f"ae/{k}": v for k, v in self.ae_arrays.items()}
+        return {k: np.array(v, dtype=np.float32, order="C") for k, v in named.items()}
 
     def codec(self, quant_step=1.0, zstd_level=3):
-        """The :class:`TransformCodec` of this variable (the step is usually set per block, see
-        :func:`~stagelearn.analytics.codec.encode_block` ``target_mse``)."""
-        return TransformCodec(self.mean_, self.components_, quant_step, zstd_level=zstd_level)
+        """The codec of this variable (:class:`TransformCodec` or :class:`~stagelearn.analytics.ae_codec.AECodec`;
+        the step is usually set per block, see :func:`~stagelearn.analytics.codec.encode_block` ``target_mse``)."""
+        if self.kind == "pca":
+            return TransformCodec(self.mean_, self.components_, quant_step, zstd_level=zstd_level)
+        if getattr(self, "_module", None) is None:
+            from .autoencoder import from_arrays
+
+            self._module = from_arrays(self.autoencoder, self.ae_arrays)
+        from .ae_codec import AECodec
+
+        return AECodec(self._module, offset=float(self.autoencoder["offset"]), quant_step=quant_step, zstd_level=zstd_level)
 
 
 @dataclass
@@ -74,6 +101,13 @@ class Encoder:
         Anomaly policy (``method``, ``threshold``, ``top_k``, ``report_score``, ``max_report``,
         ``persistence_steps``), ``n_components`` (per variable, the components of the scored
         model) and ``stats``: per variable ``[median, mad]`` of the tile log-residuals (:mod:`~stagelearn.analytics.anomaly`), or None when disabled.
+    keyframe_every : int
+        Temporal prediction: 0 codes every step on its own; ``k > 0`` predicts tiles from the
+        previous step's reconstruction, with a step coded on its own every ``k`` steps.
+    error_bound : dict or None
+        ``{"abs": e}`` or ``{"rel": r}`` (of the step's global range): pointwise bound on the error.
+    encode_threads : int
+        Threads the producer gives torch for autoencoder encoding (0: leave torch's setting).
     """
 
     version: int
@@ -82,14 +116,18 @@ class Encoder:
     psnr_db: float
     variables: dict = field(default_factory=dict)
     anomaly: dict = None
+    keyframe_every: int = 0
+    error_bound: dict = None
+    encode_threads: int = 1
 
     @classmethod
     def from_learners(cls, learners, *, version, trained_until_step, tile_shapes, ranges, psnr_db, raw_fraction):
-        """Build an encoder from fitted :class:`~stagelearn.analytics.IncrementalPCA` objects.
+        """Build an encoder from fitted PCA learners or autoencoder trainers.
 
         Parameters
         ----------
-        learners : dict of str to IncrementalPCA
+        learners : dict of str to IncrementalPCA, DistributedPCA or AETrainer
+            PCA learners give ``mean_`` and ``components_``; trainers give ``spec`` and ``model``.
         version, trained_until_step : int
         tile_shapes : dict of str to tuple of int
         ranges : dict of str to (float, float)
@@ -101,10 +139,14 @@ class Encoder:
         variables = {}
         for name, est in learners.items():
             lo, hi = ranges[name]
-            variables[name] = VariableModel(
-                est.mean_.astype(np.float32), est.components_.astype(np.float32), tuple(tile_shapes[name]),
-                float(lo), float(hi),
-            )
+            if hasattr(est, "components_"):
+                variables[name] = VariableModel(tuple(tile_shapes[name]), float(lo), float(hi), "pca",
+                                                est.mean_.astype(np.float32), est.components_.astype(np.float32))
+            else:
+                from .autoencoder import named_arrays
+
+                variables[name] = VariableModel(tuple(tile_shapes[name]), float(lo), float(hi), "ae",
+                                                autoencoder=dict(est.spec), ae_arrays=named_arrays(est.model))
         return cls(int(version), int(trained_until_step), float(raw_fraction), float(psnr_db), variables)
 
     # ------------------------------------------------------------- named arrays + spec
@@ -117,21 +159,26 @@ class Encoder:
             "raw_fraction": self.raw_fraction,
             "psnr_db": self.psnr_db,
             "anomaly": self.anomaly,
+            "keyframe_every": self.keyframe_every,
+            "error_bound": self.error_bound,
+            "encode_threads": self.encode_threads,
             "variables": {
                 name: {
+                    "kind": m.kind,
                     "tile_shape": list(m.tile_shape),
                     "data_min": m.data_min,
                     "data_max": m.data_max,
-                    "arrays": {a: {"shape": list(getattr(m, a).shape), "dtype": "float32"} for a in _ARRAYS},
+                    "autoencoder": m.autoencoder,
+                    "arrays": {a: {"shape": list(arr.shape), "dtype": "float32"} for a, arr in m.arrays().items()},
                 }
                 for name, m in self.variables.items()
             },
         }
 
     def arrays(self):
-        """Named arrays: ``{"<variable>/mean_": ..., "<variable>/components_": ...}`` (float32)."""
-        return {f"{name}/{a}": np.array(getattr(m, a), dtype=np.float32, order="C")  # fresh, writeable (ADIOS2 Put needs it)
-                for name, m in self.variables.items() for a in _ARRAYS}
+        """Named arrays ``<variable>/mean_``, ``<variable>/components_`` (PCA) or
+        ``<variable>/ae/<parameter>`` (autoencoder), float32 (fresh, writeable: ADIOS2 Put needs it)."""
+        return {f"{name}/{a}": arr for name, m in self.variables.items() for a, arr in m.arrays().items()}
 
     @classmethod
     def from_arrays(cls, spec, arrays):
@@ -146,34 +193,21 @@ class Encoder:
         Raises
         ------
         EncoderFormatError
-            On an unknown format, unexpected or missing array names, shapes or dtypes that
-            differ from the spec, inconsistent tile shapes, or non-finite values.
+            On an unknown format or model kind, unexpected or missing array names, shapes or
+            dtypes that differ from the spec, inconsistent tile shapes, non-finite values, or an
+            autoencoder whose spec and weights do not rebuild.
         """
         if not isinstance(spec, dict) or spec.get("format") != FORMAT:
             raise EncoderFormatError(f"unknown encoder format {spec.get('format') if isinstance(spec, dict) else spec!r}; expected {FORMAT}")
         try:
             variables_spec = spec["variables"]
-            expected = {f"{n}/{a}" for n in variables_spec for a in _ARRAYS}
+            expected = {f"{n}/{a}" for n, vs in variables_spec.items() for a in vs["arrays"]}
             unexpected, missing = set(arrays) - expected, expected - set(arrays)
             if unexpected or missing:
                 raise EncoderFormatError(f"encoder arrays do not match its spec: unexpected {sorted(unexpected)}, missing {sorted(missing)}")
             variables = {}
             for name, vs in variables_spec.items():
-                tile_shape = tuple(int(t) for t in vs["tile_shape"])
-                got = {}
-                for a in _ARRAYS:
-                    arr = np.asarray(arrays[f"{name}/{a}"])
-                    want = vs["arrays"][a]
-                    if arr.dtype != np.float32 or want["dtype"] != "float32" or list(arr.shape) != list(want["shape"]):
-                        raise EncoderFormatError(f"encoder array {name}/{a}: got {arr.dtype}{list(arr.shape)}, spec says {want['dtype']}{want['shape']}")
-                    if not np.all(np.isfinite(arr)):
-                        raise EncoderFormatError(f"encoder array {name}/{a} contains NaN or Inf")
-                    got[a] = arr
-                n_features = int(np.prod(tile_shape))
-                if got["mean_"].shape != (n_features,) or got["components_"].ndim != 2 or got["components_"].shape[1] != n_features:
-                    raise EncoderFormatError(f"encoder variable {name}: arrays do not match tile shape {tile_shape}")
-                variables[name] = VariableModel(got["mean_"], got["components_"], tile_shape,
-                                                float(vs["data_min"]), float(vs["data_max"]))
+                variables[name] = _variable_model(name, vs, arrays)
             raw_fraction, psnr_db = float(spec["raw_fraction"]), float(spec["psnr_db"])
             if not 0.0 <= raw_fraction <= 1.0:
                 raise EncoderFormatError(f"raw_fraction {raw_fraction} outside [0, 1]")
@@ -182,7 +216,12 @@ class Encoder:
             anomaly = spec.get("anomaly")
             if anomaly is not None:
                 anomaly = _check_anomaly(anomaly, variables)
-            return cls(int(spec["version"]), int(spec["trained_until_step"]), raw_fraction, psnr_db, variables, anomaly)
+            keyframe_every, threads = int(spec.get("keyframe_every", 0)), int(spec.get("encode_threads", 1))
+            if keyframe_every < 0 or threads < 0:
+                raise EncoderFormatError(f"keyframe_every {keyframe_every} and encode_threads {threads} must be >= 0")
+            bound = _check_bound(spec.get("error_bound"))
+            return cls(int(spec["version"]), int(spec["trained_until_step"]), raw_fraction, psnr_db, variables, anomaly,
+                       keyframe_every, bound, threads)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             if isinstance(exc, EncoderFormatError):
                 raise
@@ -201,16 +240,67 @@ class Encoder:
         arrays = {}
         try:
             for name, vs in spec["variables"].items():
-                for a in _ARRAYS:
+                for a, desc in vs["arrays"].items():
                     key = f"{name}/{a}"
                     if key in sections:
-                        arrays[key] = np.frombuffer(bytes(sections[key]), dtype=np.float32).reshape(vs["arrays"][a]["shape"])
-        except (KeyError, TypeError, ValueError) as exc:
+                        arrays[key] = np.frombuffer(bytes(sections[key]), dtype=np.float32).reshape(desc["shape"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise EncoderFormatError(f"encoder frame does not match its spec: {exc}") from None
         extra = set(sections) - set(arrays)
         if extra:
             raise EncoderFormatError(f"encoder frame has unexpected sections {sorted(extra)}")
         return cls.from_arrays(spec, arrays)
+
+
+def _variable_model(name, vs, arrays):
+    """One variable's model from its spec entry and the named arrays (all checked)."""
+    tile_shape = tuple(int(t) for t in vs["tile_shape"])
+    kind = vs.get("kind", "pca")
+    got = {}
+    for a, want in vs["arrays"].items():
+        arr = np.asarray(arrays[f"{name}/{a}"])
+        if arr.dtype != np.float32 or want["dtype"] != "float32" or list(arr.shape) != list(want["shape"]):
+            raise EncoderFormatError(f"encoder array {name}/{a}: got {arr.dtype}{list(arr.shape)}, spec says {want['dtype']}{want['shape']}")
+        if not np.all(np.isfinite(arr)):
+            raise EncoderFormatError(f"encoder array {name}/{a} contains NaN or Inf")
+        got[a] = arr
+    n_features = int(np.prod(tile_shape))
+    lo, hi = float(vs["data_min"]), float(vs["data_max"])
+    if kind == "pca":
+        if set(got) != set(_ARRAYS):
+            raise EncoderFormatError(f"encoder variable {name}: a PCA model carries exactly {list(_ARRAYS)}, got {sorted(got)}")
+        if got["mean_"].shape != (n_features,) or got["components_"].ndim != 2 or got["components_"].shape[1] != n_features:
+            raise EncoderFormatError(f"encoder variable {name}: arrays do not match tile shape {tile_shape}")
+        return VariableModel(tile_shape, lo, hi, "pca", got["mean_"], got["components_"])
+    if kind != "ae":
+        raise EncoderFormatError(f"encoder variable {name}: unknown model kind {kind!r} (pca or ae)")
+    from .autoencoder import AEFormatError, from_arrays
+
+    ae_spec = vs.get("autoencoder")
+    if not isinstance(ae_spec, dict) or [int(t) for t in ae_spec.get("tile_shape", [])] != list(tile_shape):
+        raise EncoderFormatError(f"encoder variable {name}: autoencoder spec missing or its tile shape differs from {tile_shape}")
+    weights = {}
+    for a, arr in got.items():
+        if not a.startswith("ae/"):
+            raise EncoderFormatError(f"encoder variable {name}: unexpected array {a!r} for an autoencoder")
+        weights[a[3:]] = arr
+    model = VariableModel(tile_shape, lo, hi, "ae", autoencoder=ae_spec, ae_arrays=weights)
+    try:
+        model._module = from_arrays(ae_spec, weights)  # rebuild now: a bad update is rejected here, never used
+    except AEFormatError as exc:
+        raise EncoderFormatError(f"encoder variable {name}: {exc}") from None
+    return model
+
+
+def _check_bound(bound):
+    if bound is None:
+        return None
+    if not isinstance(bound, dict) or len(bound) != 1 or next(iter(bound)) not in ("abs", "rel"):
+        raise EncoderFormatError(f"encoder error_bound must be {{'abs': e}} or {{'rel': r}}, got {bound!r}")
+    key, value = next(iter(bound.items()))
+    if not (math.isfinite(float(value)) and float(value) > 0):
+        raise EncoderFormatError(f"encoder error_bound {key} must be a positive number, got {value!r}")
+    return {key: float(value)}
 
 
 def _check_anomaly(a, variables):

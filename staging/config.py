@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Literal, Optional, Tuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from ..analytics.config import AnomalyConfig, CodecConfig, LearnerConfig
 from ..sim_mocks.config import GrayScottConfig, Heat2DConfig
@@ -96,6 +96,13 @@ class RunConfig(BaseModel):
     @property
     def run_dir(self):
         return Path(self.output_dir) / self.run_name
+
+    @model_validator(mode="after")
+    def _anomaly_needs_pca(self):
+        if self.anomaly.enabled and self.learner.type != "pca":
+            raise ValueError("anomaly.enabled scores tiles by their PCA residual: it needs learner.type pca "
+                             f"(got {self.learner.type!r}); disable anomaly or use the PCA learner")
+        return self
 
 
 _FIXES = {

@@ -6,12 +6,13 @@ producer rank in ``X/payload`` (uint8 local arrays: transform-coded payloads, or
 same order) and ``X/anomaly`` (the block's anomaly map, ``[n, (tile, score, flagged,
 persistent) * n]``; flagged tiles are raw, hence exact, in the payload). Both are written every step, so block ``i`` of step ``t`` is addressed directly.
 Each encoder version ``k`` is stored once, in the step it was published, as
-``encoder/v<k>/spec`` (uint8 JSON) and ``encoder/v<k>/<X>/mean_``, ``encoder/v<k>/<X>/components_``
-(float32). Any ADIOS2 tool (``bpls``) can list it.
+``encoder/v<k>/spec`` (uint8 JSON) and its named arrays ``encoder/v<k>/<X>/mean_``,
+``encoder/v<k>/<X>/components_`` (PCA) or ``encoder/v<k>/<X>/ae/<parameter>`` (autoencoder), float32. Any ADIOS2 tool (``bpls``) can list it.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 
 import numpy as np
@@ -144,6 +145,7 @@ class CompressedOutputReader:
         self.engine.Get(var, steps, b.Mode.Sync)
         self.steps = [int(s) for s in steps]
         self._encoders = {}
+        self._cache = collections.OrderedDict()
 
     def fields(self):
         """Field variable names in the file."""
@@ -234,9 +236,10 @@ class CompressedOutputReader:
     def latents(self, step, var):
         """Per-tile latent codes of ``var`` at ``step`` (features for clustering regimes).
 
-        Coded tiles give their dequantized coefficients; tiles sent raw (worst or flagged) are
-        projected on the same basis. Steps before the first encoder have no latents. Latents of
-        different encoder versions live in different bases: compare them within one version.
+        PCA: each tile's projection on the encoder's basis (coded tiles: their dequantized
+        coefficients, up to edge padding); autoencoder: the dequantized latent code of the decoded
+        tile. Steps before the first encoder have no latents. Latents of different encoder
+        versions live in different bases: compare them within one version.
 
         Returns
         -------
@@ -246,22 +249,19 @@ class CompressedOutputReader:
         version : ndarray of shape (n_tiles,), int64
             Encoder version the codes belong to.
         """
-        b = bindings()
-        t = self._bp_step(step)
-        pv = self.io.InquireVariable(payload_name(var))
         origins, codes, versions = [], [], []
         for i, row in enumerate(self.reports(step, var)):
             version = int(report_get(row, "encoder_version"))
             if version == 0:
                 continue
-            self._select_step(pv, payload_name(var), t)
-            pv.SetBlockSelection(i)
-            buf = np.empty(int(pv.SelectionSize()), dtype=np.uint8)
-            self.engine.Get(pv, buf, b.Mode.Sync)
+            block, header = self._decoded(step, var, i)
             codec = self.encoder(version).variables[var].codec()
-            block, header, _ = decode_block(buf, codec)
             tiles = to_tiles(block, header["tile_shape"])
-            coef = codec.coefficients(tiles)  # coded tiles: their dequantized codes (up to edge padding)
+            if codec.kind == "pca":
+                coef = codec.coefficients(tiles)
+            else:
+                q, scales = codec.model.encode_latents(tiles)
+                coef = q * scales[:, None]
             grid = tile_grid(header["block_shape"], header["tile_shape"])
             pos = np.stack(np.unravel_index(np.arange(tiles.shape[0]), grid), axis=1)
             origins.append(np.asarray(header["start"]) + pos * np.asarray(header["tile_shape"]))
@@ -274,6 +274,8 @@ class CompressedOutputReader:
     def read(self, step, var):
         """Reconstruct the global field ``var`` at producer step ``step``.
 
+        Steps coded with temporal prediction are decoded from the last step coded on its own.
+
         Returns
         -------
         field : ndarray, float32, of the variable's global shape
@@ -281,22 +283,13 @@ class CompressedOutputReader:
         Raises
         ------
         StagelearnError
-            If the step or variable is not in the file.
+            If the step or variable is not in the file, or a block is missing.
         """
-        b = bindings()
         if var not in self.fields():
             raise UsageError(f"{self.path}: no variable {var!r} (fields: {self.fields()})")
-        t = self._bp_step(step)
-        pv = self.io.InquireVariable(payload_name(var))
         out = None
-        for i, row in enumerate(self.reports(step, var)):
-            self._select_step(pv, payload_name(var), t)
-            pv.SetBlockSelection(i)
-            buf = np.empty(int(pv.SelectionSize()), dtype=np.uint8)
-            self.engine.Get(pv, buf, b.Mode.Sync)
-            version = int(report_get(row, "encoder_version"))
-            codec = self.encoder(version).variables[var].codec() if version > 0 else None  # step from header
-            block, header, _ = decode_block(buf, codec)
+        for i, _ in enumerate(self.reports(step, var)):
+            block, header = self._decoded(step, var, i)
             if out is None:
                 out = np.zeros(header["shape"], dtype=np.float32)
                 covered = np.zeros(header["shape"], dtype=bool)
@@ -309,6 +302,49 @@ class CompressedOutputReader:
             raise StagelearnError(f"{self.path}: step {step} of {var} is incomplete: {int((~covered).sum())} of "
                                   f"{covered.size} values have no block (a producer's data for this step is missing)")
         return out
+
+    def _payload(self, step, var, i):
+        b = bindings()
+        pv = self.io.InquireVariable(payload_name(var))
+        self._select_step(pv, payload_name(var), self._bp_step(step))
+        pv.SetBlockSelection(i)
+        buf = np.empty(int(pv.SelectionSize()), dtype=np.uint8)
+        self.engine.Get(pv, buf, b.Mode.Sync)
+        return buf
+
+    def _decoded(self, step, var, i):
+        """Block ``i`` of ``var`` at ``step``: ``(block, header)``. A payload predicted from the
+        previous step is decoded after that step's block (recursively back to a step coded on
+        its own); recently decoded blocks are cached."""
+        key = (int(step), var, i)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        row = self.reports(step, var)[i]
+        version = int(report_get(row, "encoder_version"))
+        codec = None
+        if version > 0:
+            enc = self.encoder(version)
+            codec = enc.variables[var].codec()
+            if enc.encode_threads and codec.kind == "ae":
+                import torch
+
+                torch.set_num_threads(enc.encode_threads)  # as on the producer: the same float sums
+        buf = self._payload(step, var, i)
+        header, _ = parse_payload(buf)
+        prev = None
+        if header.get("n_inter") and header.get("ref_step") is not None:
+            ref_step, rank = int(header["ref_step"]), int(report_get(row, "rank"))
+            ranks = [int(report_get(r, "rank")) for r in self.reports(ref_step, var)]
+            if rank not in ranks:
+                raise StagelearnError(f"{self.path}: step {step} of {var} predicts from step {ref_step}, which has no "
+                                      f"block of producer {rank}")
+            prev, _ = self._decoded(ref_step, var, ranks.index(rank))
+        block, header, _ = decode_block(buf, codec, prev=prev)
+        self._cache[key] = (block, header)
+        if len(self._cache) > 256:
+            self._cache.popitem(last=False)
+        return block, header
 
     def close(self):
         self.engine.Close()

@@ -11,8 +11,10 @@ Minimal use, from any mpi4py simulation::
             prod.write(step, {"T": local_block})
 
 ``write`` sends raw float32 blocks until staging pushes an encoder back, then per-tile codes
-(:func:`stagelearn.analytics.codec.encode_block`) plus the worst-reconstructed tiles raw, and
-in every step a report of bytes and of the error of what was sent against the raw block.
+(:func:`stagelearn.analytics.codec.encode_block`: PCA or autoencoder, optionally predicted from the
+previous step's reconstruction and with a pointwise error bound, as the encoder's policy says)
+plus the worst-reconstructed tiles raw, and in every step a report of bytes and of the error of
+what was sent against the raw block.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from ..analytics.anomaly import AnomalyScorer, PersistenceTracker
 from ..analytics.baselines import sz3_at_psnr
 from ..analytics.codec import encode_block
+from ..analytics.correction import absolute_bound
 from ..analytics.encoder import Encoder
 from ..analytics.metrics import ErrorStats, psnr_from_mse
 from .adios import bindings, deadline, declare_io, make_adios, remove_stale_contact_file
@@ -93,6 +96,8 @@ class Producer:
         self._trackers = {}
         self.steps_written = 0
         self._encoded_steps = 0
+        self._prev = {}  # variable -> (step, reconstruction) the decoder also holds (temporal prediction)
+        self._since_key = 0  # encoded steps since the last step coded on its own
 
     # ----------------------------------------------------------------- setup
     def define_variable(self, name, shape, start, count):
@@ -167,6 +172,10 @@ class Producer:
         frame = bcast_bytes(self.comm, frame)
         if frame:
             self.encoder = Encoder.from_frame(frame)
+            if self.encoder.encode_threads and any(m.kind == "ae" for m in self.encoder.variables.values()):
+                import torch
+
+                torch.set_num_threads(self.encoder.encode_threads)  # the simulation keeps its other cores
             logger.info("producer rank %d switches to encoder version %d", self.rank, self.encoder.version)
             return True
         return False
@@ -235,6 +244,7 @@ class Producer:
         encoder = self.encoder
         sample_sz3 = encoder is not None and self.sz3_every > 0 and self._encoded_steps % self.sz3_every == 0
         target_mse, spans = self._target_mse(blocks, encoder) if encoder is not None else ({}, {})
+        keyframe = encoder is None or encoder.keyframe_every == 0 or self._since_key % encoder.keyframe_every == 0
         reports = {}
         with deadline(self.step_timeout_s, f"staging to accept step {step} (timeouts.step_s)"):
             self.engine.BeginStep()
@@ -255,12 +265,16 @@ class Producer:
                         scorer = AnomalyScorer(encoder.anomaly, name, spans[name], int(np.prod(model.tile_shape)),
                                                math.sqrt(target_mse[name]),
                                                self._trackers.setdefault(name, PersistenceTracker(encoder.anomaly["persistence_steps"])))
+                    bound = absolute_bound(encoder.error_bound, spans[name])
+                    prev_step, prev = (None, None) if keyframe else self._prev.get(name, (None, None))
                     eb = encode_block(block, model.codec(), model.tile_shape,
                                       raw_fraction=encoder.raw_fraction, target_mse=target_mse[name],
-                                      tile_hook=scorer,
+                                      tile_hook=scorer, prev=prev, abs_bound=bound,
                                       header={"step": int(step), "variable": name, "rank": self.rank,
                                               "encoder_version": encoder.version, "shape": list(shape),
-                                              "start": list(start), "count": list(count)})
+                                              "start": list(start), "count": list(count), "ref_step": prev_step})
+                    if encoder.keyframe_every:
+                        self._prev[name] = (int(step), eb.reconstruction)
                     payload = np.frombuffer(eb.payload, dtype=np.uint8).copy()
                     var = self._vars[payload_name(name)]
                     var.SetSelection([[], [payload.size]])
@@ -276,6 +290,9 @@ class Producer:
                         anomaly_bytes = (amap.nbytes + len(scorer.sections()["err_hist"]) + 8
                                          + extra_tiles * eb.raw_tiles.shape[1] * 4)
                     stats = ErrorStats.from_arrays(fields[name], eb.reconstruction)  # vs the caller's own values
+                    if bound is not None and not stats.max_abs_error <= bound + 1e-6 * max(abs(stats.vmin), abs(stats.vmax)):
+                        # encode_block verified the bound on the float32 values; beyond float32 rounding this is a bug
+                        logger.error("step %d: %s max error %.3g exceeds the bound %.3g", step, name, stats.max_abs_error, bound)
                     local_psnr = psnr_from_mse(stats.mse, stats.data_range)
                     sz3_bytes = sz3_sse = 0.0
                     if sample_sz3 and math.isfinite(local_psnr):
@@ -294,6 +311,7 @@ class Producer:
             self.engine.EndStep()
         if encoder is not None:
             self._encoded_steps += 1
+            self._since_key += 1
         self.steps_written += 1
         return reports
 

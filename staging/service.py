@@ -312,6 +312,9 @@ class StagingService:
                 tile_shapes=self.tile_shapes, ranges=self.ranges, psnr_db=self.cfg.codec.psnr_db,
                 raw_fraction=self.cfg.codec.raw_fraction)
             new.anomaly = self._anomaly_policy()
+            cc = self.cfg.codec
+            new.keyframe_every, new.encode_threads = cc.keyframe_every, cc.encode_threads
+            new.error_bound = cc.error_bound.as_dict() if cc.error_bound is not None else None
             self.publisher.publish(new)
             self.ledger.published.append((version, step))
             self.encoder = new

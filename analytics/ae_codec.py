@@ -37,7 +37,7 @@ class AECodec:
 
     def __init__(self, model, offset=0.0, quant_step=1.0, *, zstd_level=3):
         self.model = model
-        self.n_features = int(np.prod(model.tile_shape))
+        self.n_features = int(model.spec.n_features)
         self.zstd_level = zstd_level
         self.quant_step = float(quant_step)
         self.fill_tile = np.full(self.n_features, offset, dtype=np.float32)
@@ -90,11 +90,11 @@ class AECodec:
             If the latent sections do not match the header or the model.
         """
         k = int(header["latent_dim"])
-        if k != self.model.latent_dim:
-            raise ValueError(f"payload latent_dim {k} differs from the model's {self.model.latent_dim}")
+        if k != self.model.spec.latent_dim:
+            raise ValueError(f"payload latent_dim {k} differs from the model's {self.model.spec.latent_dim}")
         codes = TransformCodec.unpack(sections["latents"], n_intra, k)
         raw = zstandard.ZstdDecompressor().decompress(bytes(sections["scales"]), max_output_size=4 * n_intra + 64)
-        scales = np.frombuffer(raw, dtype=np.float32)
+        scales = np.frombuffer(raw, dtype=np.float32).copy()
         if scales.size != n_intra:
             raise ValueError(f"payload holds {scales.size} latent scales for {n_intra} tiles")
         return self.model.decode_latents(codes, scales)

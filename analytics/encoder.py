@@ -146,7 +146,7 @@ class Encoder:
                 from .autoencoder import named_arrays
 
                 variables[name] = VariableModel(tuple(tile_shapes[name]), float(lo), float(hi), "ae",
-                                                autoencoder=dict(est.spec), ae_arrays=named_arrays(est.model))
+                                                autoencoder=est.spec.to_dict(), ae_arrays=named_arrays(est.model))
         return cls(int(version), int(trained_until_step), float(raw_fraction), float(psnr_db), variables)
 
     # ------------------------------------------------------------- named arrays + spec

@@ -188,6 +188,7 @@ def finish(cfg, run_dir, wall):
                              "compute_s": producer["compute_s"], "io_s": producer["io_s"]}
     summary["staging_ranks"] = cfg.staging.ranks
     summary["psnr_target_db"] = cfg.codec.psnr_db
+    summary["learner"] = cfg.learner.type
     # end-to-end check: decode the last step from the file and compare with the producers' raw field
     ref = producer["reference"]
     ref_path = os.path.join(run_dir, f"reference_{ref['variable']}_step{ref['step']}.npy")

@@ -173,7 +173,9 @@ class StagingService:
                     raise ConfigError(f"{self.cfg.source}: staging.tile_shape {shape} does not match the {info[v]}-D variable {v}")
                 self.tile_shapes[v] = shape
                 lc = self.cfg.learner
-                if lc.algorithm == "exact":
+                if lc.type == "autoencoder":
+                    self.learners[v] = None  # built at the first step: its normalisation comes from the data
+                elif lc.algorithm == "exact":
                     self.learners[v] = IncrementalPCA(lc.n_components, forgetting_factor=lc.forgetting_factor, comm=self.comm)
                 else:
                     self.learners[v] = DistributedPCA(lc.n_components, algorithm=lc.algorithm, comm=self.comm)
@@ -182,13 +184,34 @@ class StagingService:
         for var in self.variables:
             d = int(np.prod(self.tile_shapes[var]))
             parts = [raw_tiles_of(b, self.tile_shapes[var]) for b in blocks if b.var == var]
+            sources = np.concatenate([np.full(p.shape[0], b.rank) for p, b in zip(parts, (b for b in blocks if b.var == var))]) \
+                if parts else np.zeros(0, dtype=np.int64)
             tiles = np.concatenate(parts) if parts else np.zeros((0, d), dtype=np.float32)
             finite = np.all(np.isfinite(tiles), axis=1)
             if not finite.all():
                 logger.warning("%s: %d tiles with NaN/Inf kept out of the learner", var, int((~finite).sum()))
-                tiles = tiles[finite]
-            self.learners[var].partial_fit(tiles)
+                tiles, sources = tiles[finite], sources[finite]
+            if self.cfg.learner.type == "autoencoder":
+                if self.learners[var] is None:
+                    self.learners[var] = self._autoencoder_trainer(var, tiles)
+                self.learners[var].partial_fit(tiles, sources=sources, step=self.steps_seen)
+            else:
+                self.learners[var].partial_fit(tiles)
             self.tiles_learned += tiles.shape[0]
+
+    def _autoencoder_trainer(self, var, tiles):
+        """A distributed trainer for ``var`` normalised by the first step's tiles (collective)."""
+        from ..analytics.ae_training import AETrainer
+        from ..analytics.autoencoder import spec_from_data
+        from ..analytics.replay import make_buffer
+
+        ac, rc = self.cfg.learner.autoencoder, self.cfg.learner.replay
+        spec = spec_from_data(tiles, self.tile_shapes[var], channels=tuple(ac.channels), latent_dim=ac.latent_dim,
+                              latent_bits=ac.latent_bits, comm=self.comm)
+        kw = {"time_bins": rc.time_bins} if rc.kind == "stratified" else {}
+        buffer = make_buffer(rc.kind, rc.max_mib, seed=self.rank, **kw)
+        return AETrainer(spec, comm=self.comm, mode=ac.mode, sync_every=ac.sync_every, lr=ac.lr, batch_size=ac.batch_size,
+                         iterations_per_step=ac.iterations_per_step, device=ac.device, buffer=buffer, timeout_s=ac.timeout_s)
 
     def _should_publish(self):
         lc, ac = self.cfg.learner, self.cfg.anomaly
@@ -335,10 +358,20 @@ class StagingService:
             raise
         self.reader.close()
         self._close_local()
+        if self.cfg.learner.type == "autoencoder" and self.comm.Get_size() > 1:
+            from ..analytics.ae_training import destroy
+
+            destroy()
         if self.rank != 0:
             return None
         summary = self.ledger.summary(wall_s=time.time() - t0)
         summary["tiles_learned_rank0"] = self.tiles_learned
+        if self.cfg.learner.type == "autoencoder":
+            trainers = [t for t in self.learners.values() if t is not None]
+            summary["training_bytes_rank0"] = int(sum(t.bytes_communicated for t in trainers))
+            summary["training_rounds_rank0"] = int(sum(t.rounds for t in trainers))
+            summary["training_iterations"] = int(sum(t.n_iter_ for t in trainers))
+            summary["training_loss"] = float(np.mean([t.loss_ for t in trainers])) if trainers else math.nan
         write_json(os.path.join(self.run_dir, "staging_summary.json"), summary)
         write_json(os.path.join(self.run_dir, "steps.json"), self.ledger.step_table())
         return summary

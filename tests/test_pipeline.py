@@ -198,3 +198,20 @@ def test_temporal_prediction_and_error_bound_end_to_end(tmp_path, stagelearn_cli
     bound = 1e-2 * float(original.max() - original.min())
     assert float(np.abs(decoded - original).max()) <= bound * (1 + 1e-5)
     assert sum(n > 0 for n in n_inter) >= 4  # 3 of every 4 steps predict tiles from the previous one
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("mode", ["ddp", "local_sgd"])
+def test_autoencoder_learner_end_to_end(tmp_path, stagelearn_cli, mode):
+    """Two staging ranks train the autoencoder with gloo and push its encoder back; producers end up
+    sending latent codes from it (check_run decodes the last step and recomputes its error)."""
+    cfg = small_config(tmp_path, f"ae_{mode}", learner={
+        "type": "autoencoder", "autoencoder": {"channels": [4, 8], "mode": mode, "iterations_per_step": 5, "batch_size": 128},
+        "replay": {"kind": "stratified", "max_mib": 4}})
+    summary = check_run(tmp_path, f"ae_{mode}", stagelearn_cli("run", cfg, "--no-progress", timeout=280), min_ratio=2.0)
+    assert summary["learner"] == "autoencoder"
+    assert summary["training_rounds_rank0"] > 0 and summary["training_bytes_rank0"] > 0
+    reader = CompressedOutputReader(tmp_path / "results" / f"ae_{mode}" / "compressed.bp")
+    version = int(max(report_get(r, "encoder_version") for r in reader.reports(reader.steps[-1], "U")))
+    assert reader.encoder(version).variables["U"].kind == "ae"
+    reader.close()

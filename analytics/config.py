@@ -12,7 +12,7 @@ class AutoencoderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    channels: List[int] = Field([8, 16], min_length=1, max_length=4, description="Convolution channels per stage (depth = length).")
+    channels: List[int] = Field([16, 32], min_length=1, max_length=4, description="Convolution channels per stage (depth = length).")
     latent_dim: int = Field(8, ge=1, le=512, description="Latent values per tile.")
     latent_bits: int = Field(8, ge=2, le=16, description="Bits of the integer latent codes (one float32 scale per tile).")
     mode: Literal["ddp", "local_sgd"] = Field(

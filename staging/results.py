@@ -101,6 +101,8 @@ class RunLedger:
             "first_encoded_step": coded[0]["step"] if coded else None,
             "encoded_steps": len(coded),
             "compression_ratio": compression_ratio(raw, sent) if coded else None,
+            # bits sent per float32 value, all side information included (latent scales, headers, raw tiles)
+            "bits_per_value": 32.0 * sent / raw if coded and raw else None,
             "psnr_db": float(np.mean([r["psnr_db"] for r in coded])) if coded else None,
             "min_psnr_db": float(min(r["psnr_db"] for r in coded)) if coded else None,
             "max_abs_error": float(max(r["max_abs_error"] for r in coded)) if coded else None,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from .codec import TransformCodec
+from .codec import IdentityCodec, TransformCodec
 
 
 class AECodec:
@@ -41,11 +41,10 @@ class AECodec:
         self.zstd_level = zstd_level
         self.quant_step = float(quant_step)
         self.fill_tile = np.full(self.n_features, offset, dtype=np.float32)
-        self._residual = TransformCodec(np.zeros(self.n_features, np.float32), np.eye(self.n_features, dtype=np.float32),
-                                        self.quant_step, zstd_level=zstd_level)
+        self._residual = IdentityCodec(self.n_features, self.quant_step, zstd_level=zstd_level)
 
     def residual_codec(self):
-        """Identity transform coder of the residuals (value-domain quantization)."""
+        """Value-domain quantizer of the residuals (:class:`~stagelearn.analytics.codec.IdentityCodec`)."""
         return self._residual
 
     def intra_reference(self, tiles):
@@ -68,6 +67,13 @@ class AECodec:
     def side_sections(self, state, intra):
         """Latent codes and scales of the tiles predicted by the autoencoder.
 
+        Parameters
+        ----------
+        state : (codes, scales)
+            As returned by :meth:`intra_reference` for all tiles of the block.
+        intra : ndarray of bool of shape (n_tiles,)
+            Tiles coded from their latent code (not raw, not predicted from the previous step).
+
         Returns
         -------
         sections : dict of str to bytes
@@ -84,6 +90,18 @@ class AECodec:
     def decode_intra(self, header, sections, n_intra):
         """Autoencoder predictions of the ``n_intra`` tiles that carry a latent code.
 
+        Parameters
+        ----------
+        header : dict
+            Payload header (``latent_dim``).
+        sections : dict of str to bytes
+            Payload sections (``latents``, ``scales``).
+        n_intra : int
+
+        Returns
+        -------
+        ref : ndarray of shape (n_intra, n_features), float32
+
         Raises
         ------
         ValueError
@@ -95,6 +113,6 @@ class AECodec:
         codes = TransformCodec.unpack(sections["latents"], n_intra, k)
         raw = zstandard.ZstdDecompressor().decompress(bytes(sections["scales"]), max_output_size=4 * n_intra + 64)
         scales = np.frombuffer(raw, dtype=np.float32).copy()
-        if scales.size != n_intra:
-            raise ValueError(f"payload holds {scales.size} latent scales for {n_intra} tiles")
+        if scales.size != n_intra or not np.all(np.isfinite(scales)) or (scales < 0).any():
+            raise ValueError(f"payload latent scales: {scales.size} for {n_intra} tiles, or not finite and non-negative")
         return self.model.decode_latents(codes, scales)

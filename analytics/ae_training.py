@@ -64,7 +64,8 @@ def init_process_group_from_mpi(comm, *, timeout_s=60, backend="gloo", host="127
         ``"gloo"`` (CPU and CUDA tensors) or ``"nccl"`` (CUDA tensors only).
     host : str, default="127.0.0.1"
         Address of rank 0 that the other ranks can reach: loopback works when all ranks of
-        ``comm`` share a node; give rank 0's network address otherwise.
+        ``comm`` share a node; give rank 0's network address otherwise, or ``"auto"``: the
+        address of rank 0's host name, broadcast to the other ranks.
 
     Returns
     -------
@@ -84,6 +85,10 @@ def init_process_group_from_mpi(comm, *, timeout_s=60, backend="gloo", host="127
                                f"{dist.get_world_size()}, but comm has this rank as {rank} of {size}")
         return dist.group.WORLD
     timeout = timedelta(seconds=timeout_s)
+    if host == "auto":
+        import socket
+
+        host = comm.bcast(socket.gethostbyname(socket.gethostname()) if rank == 0 else None, root=0)
     store, port, error = None, -1, None
     if rank == 0:
         try:
@@ -143,6 +148,8 @@ class AETrainer:
         ``torch.distributed`` backend when ``comm`` has more than one rank.
     timeout_s : float, default=60
         Timeout of the process group's collectives.
+    host : str, default="127.0.0.1"
+        Rendezvous address of rank 0 (see :func:`init_process_group_from_mpi`).
 
     Attributes
     ----------
@@ -173,7 +180,8 @@ class AETrainer:
     """
 
     def __init__(self, spec, *, comm=None, mode="ddp", sync_every=8, lr=1e-3, batch_size=256,
-                 iterations_per_step=20, device="auto", seed=0, buffer=None, backend="gloo", timeout_s=60):
+                 iterations_per_step=20, device="auto", seed=0, buffer=None, backend="gloo", timeout_s=60,
+                 host="127.0.0.1"):
         if mode not in ("ddp", "local_sgd"):
             raise ValueError(f"mode must be 'ddp' or 'local_sgd', got {mode!r}")
         for name, value in (("sync_every", sync_every), ("batch_size", batch_size),
@@ -188,9 +196,15 @@ class AETrainer:
         self.ledger = CommLedger(self.comm)
         self._rank, self._size = self.comm.Get_rank(), self.comm.Get_size()
         if self._size > 1:
-            init_process_group_from_mpi(self.comm, timeout_s=timeout_s, backend=backend)
+            init_process_group_from_mpi(self.comm, timeout_s=timeout_s, backend=backend, host=host)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and torch.cuda.device_count() > 1:  # one GPU per rank of a node, round robin
+            from mpi4py import MPI
+
+            local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+            device = f"cuda:{local.Get_rank() % torch.cuda.device_count()}"
+            local.Free()
         self.device_ = torch.device(device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)

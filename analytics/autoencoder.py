@@ -33,6 +33,8 @@ _KEYS = ("format", "tile_shape", "channels", "latent_dim", "latent_bits", "offse
 _SCALE_FLOOR = 1e-30  # per-tile latent scale when all latents are 0 (float32-representable)
 _CHUNK = 4096  # tiles per forward pass in the numpy API (small chunks stay in cache)
 _DENSE_MAX = 2 ** 22  # largest identity basis / dense matrix (entries) replacing a convolution
+#: Bounds that keep a received spec from allocating an unreasonable model before its weights are checked.
+MAX_CHANNELS, MAX_LATENT_DIM, MAX_FEATURES = 512, 4096, 2 ** 16
 
 
 class AEFormatError(ValueError):
@@ -92,8 +94,11 @@ class AESpec:
         fix = object.__setattr__  # the dataclass is frozen: normalise fields in place once
         fix(self, "tile_shape", _int_tuple("tile_shape", self.tile_shape, 1, 3))
         fix(self, "channels", _int_tuple("channels", self.channels, 1, 8))
-        if not _is_int(self.latent_dim) or self.latent_dim < 1:
-            raise AEFormatError(f"spec['latent_dim'] must be a positive int, got {self.latent_dim!r}")
+        if max(self.channels) > MAX_CHANNELS or math.prod(self.tile_shape) > MAX_FEATURES:
+            raise AEFormatError(f"spec['channels'] entries must be <= {MAX_CHANNELS} and prod(tile_shape) <= "
+                                f"{MAX_FEATURES}, got {list(self.channels)} and {list(self.tile_shape)}")
+        if not _is_int(self.latent_dim) or not 1 <= self.latent_dim <= MAX_LATENT_DIM:
+            raise AEFormatError(f"spec['latent_dim'] must be an int in [1, {MAX_LATENT_DIM}], got {self.latent_dim!r}")
         if not _is_int(self.latent_bits) or not 2 <= self.latent_bits <= 16:
             raise AEFormatError(f"spec['latent_bits'] must be an int in [2, 16], got {self.latent_bits!r}")
         fix(self, "latent_dim", int(self.latent_dim))
@@ -448,9 +453,16 @@ class TileAutoencoder(nn.Module):
         with torch.inference_mode():
             decoder = _flat_layers(self.decoder, (spec.latent_dim,))
             for i in range(0, n, _CHUNK):
-                q = torch.from_numpy(np.asarray(codes[i:i + _CHUNK], dtype=np.float32)).to(dev)
-                s = torch.from_numpy(_writable(scales[i:i + _CHUNK])).to(dev)
-                out[i:i + _CHUNK] = (_run(decoder, q * s[:, None]) * spec.scale + spec.offset).cpu().numpy()
+                m = min(_CHUNK, n - i)
+                # Every chunk is padded to _CHUNK rows: matrix-product kernels may round a row
+                # differently for different batch sizes, and producer and decoder decode different
+                # subsets of tiles; a fixed shape makes each tile's output bit-identical on both.
+                q = np.zeros((_CHUNK, spec.latent_dim), dtype=np.float32)
+                q[:m] = codes[i:i + m]
+                s = np.zeros(_CHUNK, dtype=np.float32)
+                s[:m] = scales[i:i + m]
+                z = torch.from_numpy(q).to(dev) * torch.from_numpy(s).to(dev)[:, None]
+                out[i:i + m] = (_run(decoder, z) * spec.scale + spec.offset).cpu().numpy()[:m]
         return out
 
     def reconstruct(self, tiles):

@@ -21,6 +21,9 @@ import math
 import struct
 from dataclasses import dataclass
 
+import logging
+import zlib
+
 import constriction
 import numpy as np
 import zstandard
@@ -29,6 +32,8 @@ from .correction import correct, decode_residuals
 from .framing import pack_frame, unpack_frame
 from .metrics import ErrorStats
 from .tiling import from_tiles, tile_grid, to_tiles
+
+logger = logging.getLogger(__name__)
 
 MAGIC = b"SLP1"
 _MIN_SCALE = 0.05  # Laplace scale floor (in quantization steps) for near-zero coefficients
@@ -83,25 +88,41 @@ class TransformCodec:
 
     kind = "pca"
 
+    # The model-side interface of :func:`encode_block` / :func:`decode_block` (shared with
+    # :class:`~stagelearn.analytics.ae_codec.AECodec`): a prediction of each tile from the model
+    # ("intra"), the side information it needs, and the codec of the residual.
+
     @property
     def fill_tile(self):
-        """Stand-in for tiles with NaN/Inf while coding (they are sent raw)."""
+        """Stand-in for tiles with NaN/Inf while coding (they are sent raw): the mean tile."""
         return self.mean
 
     def residual_codec(self):
-        """The codec of prediction residuals: the same basis with a zero mean."""
+        """The codec of prediction residuals: the same basis with a zero mean (TransformCodec)."""
         return TransformCodec(np.zeros_like(self.mean), self.components, self.quant_step, zstd_level=self.zstd_level)
 
     def intra_reference(self, tiles):
-        """Model prediction of each tile (the mean tile) and the state :meth:`side_sections` needs."""
+        """Model prediction of tiles.
+
+        Parameters
+        ----------
+        tiles : ndarray of shape (n_tiles, n_features)
+
+        Returns
+        -------
+        ref : ndarray of shape (n_tiles, n_features), float32
+            The mean tile for every tile (the residual is then coded in the basis).
+        state : None
+            No side information.
+        """
         return np.broadcast_to(self.mean, tiles.shape), None
 
     def side_sections(self, state, intra):
-        """Payload sections and header fields besides the residual codes: none for PCA."""
+        """Payload sections and header fields besides the residual codes: ``({}, {})`` for PCA."""
         return {}, {}
 
     def decode_intra(self, header, sections, n_intra):
-        """Model prediction of ``n_intra`` intra-coded tiles when decoding: the mean tile."""
+        """The mean tile, as ndarray of shape (n_intra, n_features), for the tiles predicted by the model."""
         return np.broadcast_to(self.mean, (n_intra, self.n_features))
 
     #: :meth:`step_for_mse` searches steps up to this factor above the uniform-noise model's step;
@@ -275,6 +296,34 @@ class TransformCodec:
         return out
 
 
+class IdentityCodec(TransformCodec):
+    """Value-domain quantization of residuals: :class:`TransformCodec` with the identity basis
+    (no matrix products) and a zero mean. Used for the residual of autoencoder predictions.
+
+    Parameters
+    ----------
+    n_features : int
+    quant_step : float, default=1.0
+    zstd_level : int, default=3
+    """
+
+    def __init__(self, n_features, quant_step=1.0, *, zstd_level=3):
+        super().__init__(np.zeros(n_features, np.float32), np.eye(n_features, dtype=np.float32), quant_step,
+                         zstd_level=zstd_level)
+
+    def coefficients(self, tiles):
+        """The tiles themselves, float32: ndarray of shape (n_tiles, n_features)."""
+        return np.asarray(tiles, dtype=np.float32)
+
+    def dequantize(self, codes):
+        """``codes * quant_step``: ndarray of shape (n_tiles, n_features), float32."""
+        return np.asarray(codes, dtype=np.float32) * np.float32(self.quant_step)
+
+    def with_step(self, quant_step):
+        """The same codec with another quantization step."""
+        return IdentityCodec(self.n_features, quant_step, zstd_level=self.zstd_level)
+
+
 @dataclass
 class EncodedBlock:
     """Result of :func:`encode_block`.
@@ -389,6 +438,10 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
     res_codec = codec.residual_codec()
     if target_mse is not None:
         res_codec = res_codec.with_step(res_codec.step_for_mse(residual, target_mse, n_values=block.size))
+    if abs_bound is not None and isinstance(res_codec, IdentityCodec) and res_codec.quant_step > 2.0 * abs_bound:
+        # value-domain quantization errs by at most step / 2: with this step only clipped codes and
+        # float32 rounding can exceed the bound, so few tiles need a correction
+        res_codec = res_codec.with_step(2.0 * abs_bound * (1.0 - 1e-6))
     coef = res_codec.coefficients(residual)
     codes = res_codec.quantize_coefficients(coef)
     rec = ref + res_codec.dequantize(codes)
@@ -432,6 +485,7 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
         quant_step=res_codec.quant_step,
         n_inter=int(inter[keep].sum()),
         n_corrected=int(corr_index.size),
+        recon_crc32=zlib.crc32(np.ascontiguousarray(rec).tobytes()),
         **side_head,
     )
     sections = {"codes": code_bytes, "raw_index": zc.compress(raw_index.tobytes()), "raw_tiles": zc.compress(raw_tiles.tobytes()),
@@ -501,8 +555,9 @@ def decode_block(payload, codec=None, prev=None):
     Raises
     ------
     ValueError
-        If the payload is malformed, needs a codec or ``prev`` that is not given, or was coded
-        by another kind of model than ``codec``.
+        If the payload is malformed, needs a codec or ``prev`` that is not given (or of another
+        shape), or was coded by another kind of model than ``codec``. A decoded block whose
+        checksum differs from the producer's reconstruction is logged as a warning.
     """
     header, sec = parse_payload(payload)
     if header.get("kind") == "raw":
@@ -515,6 +570,20 @@ def decode_block(payload, codec=None, prev=None):
         raise ValueError("a transform-coded payload needs the codec of its encoder version")
     if header.get("kind") != codec.kind:
         raise ValueError(f"payload was coded by a {header.get('kind')!r} model, the codec given is {codec.kind!r}")
+    try:
+        tiles, raw_tiles = _decode_tiles(header, sec, payload, codec, prev)
+    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise ValueError(f"malformed block payload (step {header.get('step')}, variable {header.get('variable')}): {exc!r}") from None
+    crc = header.get("recon_crc32")
+    if crc is not None and zlib.crc32(tiles.tobytes()) != crc:
+        logger.warning("step %s, %s, producer %s: decoded block differs from the producer's reconstruction (checksum); "
+                       "different floating-point kernels here?", header.get("step"), header.get("variable"), header.get("rank"))
+    return from_tiles(tiles, header["block_shape"], header["tile_shape"]), header, raw_tiles
+
+
+def _decode_tiles(header, sec, payload, codec, prev):
+    """All tiles of a coded payload, ndarray of shape (n_tiles, n_features), and its raw tiles
+    (see :func:`decode_block`)."""
     n_tiles, k = header["n_tiles"], header["n_components"]
     tile_shape, block_shape = header["tile_shape"], header["block_shape"]
     if int(np.prod(tile_grid(block_shape, tile_shape))) != n_tiles:
@@ -528,6 +597,8 @@ def decode_block(payload, codec=None, prev=None):
     if header.get("n_inter", 0):
         if prev is None:
             raise ValueError(f"step {header.get('step')}: this payload predicts tiles from the previous step; pass its reconstruction as prev")
+        if tuple(np.shape(prev)) != tuple(block_shape):
+            raise ValueError(f"prev has shape {np.shape(prev)}, the payload's block {tuple(block_shape)}")
         bits = np.frombuffer(dz.decompress(bytes(sec["inter"]), max_output_size=n_tiles // 8 + 64), dtype=np.uint8)
         inter = np.unpackbits(bits, count=n_tiles).astype(bool)
         if int(inter.sum()) != header["n_inter"] or (inter & ~keep).any():
@@ -543,8 +614,8 @@ def decode_block(payload, codec=None, prev=None):
     n_corr = int(header.get("n_corrected", 0))
     if n_corr:
         index = np.frombuffer(dz.decompress(bytes(sec["corrected_index"]), max_output_size=4 * n_corr + 64), dtype=np.int32)
-        if index.size != n_corr or index.max() >= n_tiles:
+        if index.size != n_corr or index.max() >= n_tiles or index.min() < 0 or np.unique(index).size != n_corr:
             raise ValueError("payload correction index does not match its header")
         tiles[index] += decode_residuals(sec["corrections"], n_corr, d)
     tiles[raw_index] = raw_tiles
-    return from_tiles(tiles, block_shape, tile_shape), header, raw_tiles
+    return tiles, raw_tiles

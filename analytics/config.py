@@ -23,6 +23,9 @@ class AutoencoderConfig(BaseModel):
     iterations_per_step: int = Field(10, ge=1, description="Training iterations per output step received.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when torch finds a GPU, else cpu.")
     timeout_s: float = Field(120.0, gt=0, description="gloo timeout of one collective (a dead staging rank ends the run).")
+    rendezvous_host: str = Field(
+        "127.0.0.1", description="Address of staging rank 0 for the torch.distributed rendezvous: loopback when all "
+        "staging ranks share a node; 'auto' = rank 0's host name address; or an explicit address.")
 
 
 class ReplayConfig(BaseModel):
@@ -33,7 +36,7 @@ class ReplayConfig(BaseModel):
     kind: Literal["none", "fifo", "reservoir", "stratified"] = Field(
         "reservoir", description="none: train on the current step only; fifo: newest tiles; reservoir: uniform over "
         "all tiles seen; stratified: equal shares per (producer, time bin).")
-    max_mib: float = Field(64.0, gt=0, description="Memory cap of the buffer per staging rank (MiB).")
+    max_mib: float = Field(64.0, gt=0, description="Memory cap of one buffer (MiB); each staging rank holds one per variable.")
     time_bins: int = Field(4, ge=1, description="stratified: time bins kept per producer.")
 
 
@@ -59,6 +62,10 @@ class LearnerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _iterative_needs_k(self):
+        if self.type == "autoencoder" and (self.algorithm != "exact" or self.n_components is not None
+                                           or self.forgetting_factor != 1.0):
+            raise ValueError("learner.algorithm, n_components and forgetting_factor set the PCA learner; with "
+                             "type autoencoder set learner.autoencoder instead")
         if self.algorithm != "exact" and self.n_components is None:
             raise ValueError(f"learner.n_components is required with algorithm {self.algorithm!r} (iterative methods "
                              "compute a k-dimensional basis; exact can keep the full one)")

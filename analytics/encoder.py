@@ -21,6 +21,7 @@ from .codec import TransformCodec
 from .framing import pack_frame, unpack_frame
 
 FORMAT = "stagelearn.learned-coder/2"
+_FORMAT_V1 = "stagelearn.pca-transform-coder/1"  # PCA only, no temporal/bound policy: still readable
 _FRAME_MAGIC = b"SLE1"
 _ARRAYS = ("mean_", "components_")
 
@@ -72,13 +73,17 @@ class VariableModel:
         the step is usually set per block, see :func:`~stagelearn.analytics.codec.encode_block` ``target_mse``)."""
         if self.kind == "pca":
             return TransformCodec(self.mean_, self.components_, quant_step, zstd_level=zstd_level)
-        if getattr(self, "_module", None) is None:
-            from .autoencoder import from_arrays
+        key = (quant_step, zstd_level)
+        if getattr(self, "_codec", (None,))[0] != key:  # one AECodec per model: it is built once per version
+            if getattr(self, "_module", None) is None:
+                from .autoencoder import from_arrays
 
-            self._module = from_arrays(self.autoencoder, self.ae_arrays)
-        from .ae_codec import AECodec
+                self._module = from_arrays(self.autoencoder, self.ae_arrays)
+            from .ae_codec import AECodec
 
-        return AECodec(self._module, offset=float(self.autoencoder["offset"]), quant_step=quant_step, zstd_level=zstd_level)
+            self._codec = (key, AECodec(self._module, offset=float(self.autoencoder["offset"]), quant_step=quant_step,
+                                        zstd_level=zstd_level))
+        return self._codec[1]
 
 
 @dataclass
@@ -197,7 +202,7 @@ class Encoder:
             dtypes that differ from the spec, inconsistent tile shapes, non-finite values, or an
             autoencoder whose spec and weights do not rebuild.
         """
-        if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+        if not isinstance(spec, dict) or spec.get("format") not in (FORMAT, _FORMAT_V1):
             raise EncoderFormatError(f"unknown encoder format {spec.get('format') if isinstance(spec, dict) else spec!r}; expected {FORMAT}")
         try:
             variables_spec = spec["variables"]
@@ -216,13 +221,13 @@ class Encoder:
             anomaly = spec.get("anomaly")
             if anomaly is not None:
                 anomaly = _check_anomaly(anomaly, variables)
-            keyframe_every, threads = int(spec.get("keyframe_every", 0)), int(spec.get("encode_threads", 1))
-            if keyframe_every < 0 or threads < 0:
-                raise EncoderFormatError(f"keyframe_every {keyframe_every} and encode_threads {threads} must be >= 0")
+            keyframe_every, threads = spec.get("keyframe_every", 0), spec.get("encode_threads", 1)
+            if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2**20 for v in (keyframe_every, threads)):
+                raise EncoderFormatError(f"keyframe_every {keyframe_every!r} and encode_threads {threads!r} must be ints in [0, 2**20]")
             bound = _check_bound(spec.get("error_bound"))
             return cls(int(spec["version"]), int(spec["trained_until_step"]), raw_fraction, psnr_db, variables, anomaly,
                        keyframe_every, bound, threads)
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RuntimeError, MemoryError) as exc:
             if isinstance(exc, EncoderFormatError):
                 raise
             raise EncoderFormatError(f"encoder spec is missing or mistyped: {exc!r}") from None
@@ -298,8 +303,8 @@ def _check_bound(bound):
     if not isinstance(bound, dict) or len(bound) != 1 or next(iter(bound)) not in ("abs", "rel"):
         raise EncoderFormatError(f"encoder error_bound must be {{'abs': e}} or {{'rel': r}}, got {bound!r}")
     key, value = next(iter(bound.items()))
-    if not (math.isfinite(float(value)) and float(value) > 0):
-        raise EncoderFormatError(f"encoder error_bound {key} must be a positive number, got {value!r}")
+    if not (math.isfinite(float(value)) and float(value) > 0) or (key == "rel" and float(value) >= 1):
+        raise EncoderFormatError(f"encoder error_bound {key} must be a positive number (rel below 1), got {value!r}")
     return {key: float(value)}
 
 
@@ -309,6 +314,8 @@ def _check_anomaly(a, variables):
     out = {"method": a["method"], "threshold": float(a["threshold"]), "top_k": int(a["top_k"]),
            "report_score": float(a["report_score"]), "max_report": int(a["max_report"]),
            "persistence_steps": int(a["persistence_steps"]), "stats": {}, "n_components": {}}
+    if any(m.kind != "pca" for m in variables.values()):
+        raise EncoderFormatError("encoder anomaly policy needs PCA models (it scores the PCA residual)")
     for name, k in (a.get("n_components") or {}).items():
         if name not in variables or not 1 <= int(k) <= variables[name].components_.shape[0]:
             raise EncoderFormatError(f"encoder anomaly n_components for {name!r} is invalid: {k!r}")

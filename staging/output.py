@@ -146,6 +146,8 @@ class CompressedOutputReader:
         self.steps = [int(s) for s in steps]
         self._encoders = {}
         self._cache = collections.OrderedDict()
+        self._cached = 0
+        self._reports = {}
 
     def fields(self):
         """Field variable names in the file."""
@@ -188,6 +190,12 @@ class CompressedOutputReader:
 
     def reports(self, step, var):
         """Report rows of ``var`` at ``step``: ndarray of shape (n_blocks, len(REPORT_FIELDS))."""
+        key = (int(step), var)
+        if key not in self._reports:
+            self._reports[key] = self._read_reports(step, var)
+        return self._reports[key]
+
+    def _read_reports(self, step, var):
         b = bindings()
         t = self._bp_step(step)
         rv = self.io.InquireVariable(report_name(var))
@@ -236,9 +244,10 @@ class CompressedOutputReader:
     def latents(self, step, var):
         """Per-tile latent codes of ``var`` at ``step`` (features for clustering regimes).
 
-        PCA: each tile's projection on the encoder's basis (coded tiles: their dequantized
-        coefficients, up to edge padding); autoencoder: the dequantized latent code of the decoded
-        tile. Steps before the first encoder have no latents. Latents of different encoder
+        PCA: each decoded tile's projection on the encoder's basis (coded tiles without temporal
+        prediction: their dequantized coefficients, up to edge padding); autoencoder: the latent
+        code of the decoded tile (computed here: tiles predicted from the previous step carry none
+        on the wire). Steps before the first encoder have no latents. Latents of different encoder
         versions live in different bases: compare them within one version.
 
         Returns
@@ -313,38 +322,52 @@ class CompressedOutputReader:
         return buf
 
     def _decoded(self, step, var, i):
-        """Block ``i`` of ``var`` at ``step``: ``(block, header)``. A payload predicted from the
-        previous step is decoded after that step's block (recursively back to a step coded on
-        its own); recently decoded blocks are cached."""
-        key = (int(step), var, i)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        row = self.reports(step, var)[i]
-        version = int(report_get(row, "encoder_version"))
-        codec = None
-        if version > 0:
-            enc = self.encoder(version)
-            codec = enc.variables[var].codec()
-            if enc.encode_threads and codec.kind == "ae":
-                import torch
+        """Block ``i`` of ``var`` at ``step``: ``(block, header)``.
 
-                torch.set_num_threads(enc.encode_threads)  # as on the producer: the same float sums
-        buf = self._payload(step, var, i)
-        header, _ = parse_payload(buf)
-        prev = None
-        if header.get("n_inter") and header.get("ref_step") is not None:
+        A payload predicted from the previous step needs that step's block first: the chain is
+        followed back (header ``ref_step``, same producer rank) to a cached block or a step coded on
+        its own, then decoded forward. Decoded blocks are cached (LRU, :attr:`cache_bytes`).
+        """
+        chain, key, prev = [], (int(step), var, int(i)), None
+        while True:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                if not chain:
+                    return self._cache[key]
+                prev = self._cache[key][0]
+                break
+            row = self.reports(key[0], var)[key[2]]
+            buf = self._payload(key[0], var, key[2])
+            header, _ = parse_payload(buf)
+            chain.append((key, row, buf))
+            if not (header.get("n_inter") and header.get("ref_step") is not None):
+                break
             ref_step, rank = int(header["ref_step"]), int(report_get(row, "rank"))
             ranks = [int(report_get(r, "rank")) for r in self.reports(ref_step, var)]
             if rank not in ranks:
-                raise StagelearnError(f"{self.path}: step {step} of {var} predicts from step {ref_step}, which has no "
+                raise StagelearnError(f"{self.path}: step {key[0]} of {var} predicts from step {ref_step}, which has no "
                                       f"block of producer {rank}")
-            prev, _ = self._decoded(ref_step, var, ranks.index(rank))
-        block, header, _ = decode_block(buf, codec, prev=prev)
-        self._cache[key] = (block, header)
-        if len(self._cache) > 256:
-            self._cache.popitem(last=False)
+            key = (ref_step, var, ranks.index(rank))
+        for key, row, buf in reversed(chain):
+            block, header, _ = decode_block(buf, self._codec(var, int(report_get(row, "encoder_version"))), prev=prev)
+            self._remember(key, (block, header))
+            prev = block
         return block, header
+
+    #: Bytes of decoded blocks kept for prediction chains and repeated reads.
+    cache_bytes = 256 * 2**20
+
+    def _remember(self, key, value):
+        self._cache[key] = value
+        self._cached += value[0].nbytes
+        while self._cached > self.cache_bytes and len(self._cache) > 1:
+            _, (old, _) = self._cache.popitem(last=False)
+            self._cached -= old.nbytes
+
+    def _codec(self, var, version):
+        if version <= 0:
+            return None  # lossless raw payload
+        return self.encoder(version).variables[var].codec()
 
     def close(self):
         self.engine.Close()

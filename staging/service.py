@@ -120,6 +120,7 @@ class StagingService:
         self.steps_seen = 0
         self.last_publish = None
         self.tiles_learned = 0
+        self._warmup_tiles = {}  # autoencoder: tiles of the warm-up steps, until the trainer exists
         self.error_hists = {}  # rank 0: running histograms of tile log-errors per variable
         self.anomaly_log = None
         self.encoder_calibrated = False  # same on all ranks: the last encoder carried error statistics
@@ -192,15 +193,29 @@ class StagingService:
                 logger.warning("%s: %d tiles with NaN/Inf kept out of the learner", var, int((~finite).sum()))
                 tiles, sources = tiles[finite], sources[finite]
             if self.cfg.learner.type == "autoencoder":
-                if self.learners[var] is None:
-                    self.learners[var] = self._autoencoder_trainer(var, tiles)
-                self.learners[var].partial_fit(tiles, sources=sources, step=self.steps_seen)
+                self._train_autoencoder(var, tiles, sources)
             else:
                 self.learners[var].partial_fit(tiles)
             self.tiles_learned += tiles.shape[0]
 
+    def _train_autoencoder(self, var, tiles, sources):
+        """Feed the autoencoder of ``var`` (collective). Its normalisation (offset, scale) comes from
+        all warm-up steps, not the first alone (often a near-constant initial state): their tiles
+        are held until the last warm-up step, then the trainer is built and fed them in order."""
+        if self.learners[var] is None:
+            held = self._warmup_tiles.setdefault(var, [])
+            held.append((tiles, sources, self.steps_seen))
+            if self.steps_seen < self.cfg.learner.warmup_steps - 1:
+                return
+            self.learners[var] = self._autoencoder_trainer(var, np.concatenate([t for t, _, _ in held]))
+            del self._warmup_tiles[var]
+        else:
+            held = [(tiles, sources, self.steps_seen)]
+        for t, src, step in held:
+            self.learners[var].partial_fit(t, sources=src, step=step)
+
     def _autoencoder_trainer(self, var, tiles):
-        """A distributed trainer for ``var`` normalised by the first step's tiles (collective)."""
+        """A distributed trainer for ``var`` normalised by ``tiles`` over all ranks (collective)."""
         from ..analytics.ae_training import AETrainer
         from ..analytics.autoencoder import spec_from_data
         from ..analytics.replay import make_buffer
@@ -211,7 +226,8 @@ class StagingService:
         kw = {"time_bins": rc.time_bins} if rc.kind == "stratified" else {}
         buffer = make_buffer(rc.kind, rc.max_mib, seed=self.rank, **kw)
         return AETrainer(spec, comm=self.comm, mode=ac.mode, sync_every=ac.sync_every, lr=ac.lr, batch_size=ac.batch_size,
-                         iterations_per_step=ac.iterations_per_step, device=ac.device, buffer=buffer, timeout_s=ac.timeout_s)
+                         iterations_per_step=ac.iterations_per_step, device=ac.device, buffer=buffer, timeout_s=ac.timeout_s,
+                         host=ac.rendezvous_host)
 
     def _should_publish(self):
         lc, ac = self.cfg.learner, self.cfg.anomaly

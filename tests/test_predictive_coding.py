@@ -139,3 +139,69 @@ def test_autoencoder_encoder_travels_as_named_arrays():
     spec["error_bound"] = {"abs": -1}
     with pytest.raises(EncoderFormatError, match="error_bound"):
         Encoder.from_arrays(spec, arrays)
+
+
+def test_autoencoder_decoding_is_the_same_for_any_subset_of_tiles():
+    """Producer and decoder decode different subsets of tiles (inter and raw tiles carry no latent
+    code); each tile's output must not depend on which others are decoded with it."""
+    torch = pytest.importorskip("torch")
+    from stagelearn.analytics.autoencoder import AESpec, TileAutoencoder
+
+    model = TileAutoencoder(AESpec(TILE))
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-127, 128, (5000, 8)).astype(np.int32)
+    scales = rng.random(5000).astype(np.float32)
+    full = model.decode_latents(codes, scales)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3, 5, 8, 100, 4097):
+            for t in (1, 2):
+                torch.set_num_threads(t)
+                idx = rng.choice(5000, n, replace=False)
+                np.testing.assert_array_equal(model.decode_latents(codes[idx], scales[idx]), full[idx])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_malformed_payloads_raise_value_error():
+    codec = pca_codec(drifting_field(0))
+    first = encode_block(drifting_field(1), codec, TILE, raw_fraction=0.0, target_mse=1e-4)
+    eb = encode_block(drifting_field(2), codec, TILE, raw_fraction=0.0, target_mse=1e-4, prev=first.reconstruction, abs_bound=1e-3)
+    with pytest.raises(ValueError, match="prev has shape"):
+        decode_block(eb.payload, codec, prev=first.reconstruction[:8])
+    from stagelearn.analytics.framing import pack_frame
+    from stagelearn.analytics.codec import MAGIC
+
+    header, sections = parse_payload(eb.payload)
+    del sections["inter"]
+    with pytest.raises(ValueError, match="malformed"):
+        decode_block(pack_frame(MAGIC, header, sections), codec, prev=first.reconstruction)
+
+
+def test_version_1_encoders_still_read():
+    enc = Encoder.from_learners({"U": IncrementalPCA().partial_fit(to_tiles(drifting_field(0), TILE))}, version=1,
+                                trained_until_step=0, tile_shapes={"U": TILE}, ranges={"U": (-1.0, 1.0)}, psnr_db=40.0,
+                                raw_fraction=0.01)
+    spec = enc.spec()
+    spec["format"] = "stagelearn.pca-transform-coder/1"
+    for key in ("keyframe_every", "error_bound", "encode_threads"):
+        del spec[key]
+    for vs in spec["variables"].values():
+        del vs["kind"], vs["autoencoder"]
+    back = Encoder.from_arrays(spec, enc.arrays())
+    assert back.keyframe_every == 0 and back.error_bound is None and back.variables["U"].kind == "pca"
+
+
+@pytest.mark.parametrize("bad", [{"latent_dim": 2**62}, {"channels": [2**40]}, {"latent_dim": 3e9}])
+def test_hostile_autoencoder_spec_is_rejected_before_allocating(bad):
+    trainer = _ae_model()
+    enc = Encoder.from_learners({"U": trainer}, version=1, trained_until_step=0, tile_shapes={"U": TILE},
+                                ranges={"U": (-1.0, 1.0)}, psnr_db=40.0, raw_fraction=0.01)
+    spec = enc.spec()
+    spec["variables"]["U"]["autoencoder"].update(bad)
+    with pytest.raises(EncoderFormatError):
+        Encoder.from_arrays(spec, enc.arrays())
+    spec = enc.spec()
+    spec["keyframe_every"] = float("inf")
+    with pytest.raises(EncoderFormatError):
+        Encoder.from_arrays(spec, enc.arrays())

@@ -12,7 +12,7 @@ class AutoencoderConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    channels: List[int] = Field([16, 32], min_length=1, max_length=4, description="Convolution channels per stage (depth = length).")
+    channels: List[int] = Field([8, 16], min_length=1, max_length=4, description="Convolution channels per stage (depth = length).")
     latent_dim: int = Field(8, ge=1, le=512, description="Latent values per tile.")
     latent_bits: int = Field(8, ge=2, le=16, description="Bits of the integer latent codes (one float32 scale per tile).")
     mode: Literal["ddp", "local_sgd"] = Field(
@@ -22,6 +22,7 @@ class AutoencoderConfig(BaseModel):
     batch_size: int = Field(256, ge=1, description="Tiles per iteration and rank.")
     iterations_per_step: int = Field(10, ge=1, description="Training iterations per output step received.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when torch finds a GPU, else cpu.")
+    threads: int = Field(1, ge=0, description="torch threads per staging rank for training (0: torch's default).")
     timeout_s: float = Field(120.0, gt=0, description="gloo timeout of one collective (a dead staging rank ends the run).")
     rendezvous_host: str = Field(
         "127.0.0.1", description="Address of staging rank 0 for the torch.distributed rendezvous: loopback when all "

@@ -221,6 +221,10 @@ class StagingService:
         from ..analytics.replay import make_buffer
 
         ac, rc = self.cfg.learner.autoencoder, self.cfg.learner.replay
+        if ac.threads:
+            import torch
+
+            torch.set_num_threads(ac.threads)
         spec = spec_from_data(tiles, self.tile_shapes[var], channels=tuple(ac.channels), latent_dim=ac.latent_dim,
                               latent_bits=ac.latent_bits, comm=self.comm)
         kw = {"time_bins": rc.time_bins} if rc.kind == "stratified" else {}

@@ -20,7 +20,10 @@ class AutoencoderConfig(BaseModel):
     sync_every: int = Field(8, ge=1, description="local_sgd: iterations between model averages.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
     batch_size: int = Field(256, ge=1, description="Tiles per iteration and rank.")
-    iterations_per_step: int = Field(10, ge=1, description="Training iterations per output step received.")
+    iterations_per_step: int = Field(10, ge=1, description="Training iterations per output step received (the most, with adaptive_iterations).")
+    adaptive_iterations: bool = Field(
+        True, description="Adapt the iterations per step (1 .. iterations_per_step) so that staging keeps ahead of the "
+        "stream instead of holding the simulation up (staging/pacing.py).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when torch finds a GPU, else cpu.")
     threads: int = Field(1, ge=0, description="torch threads per staging rank for training (0: torch's default).")
     timeout_s: float = Field(120.0, gt=0, description="gloo timeout of one collective (a dead staging rank ends the run).")

@@ -34,6 +34,7 @@ from .errors import ConfigError
 from .model_channel import ModelPublisher
 from .mpiutil import allreduce_flag, bcast_bytes, gather_bytes
 from .output import CompressedOutputWriter
+from .pacing import TrainingPace
 from .results import RunLedger, write_json
 from .stream import PerRankStreamReader, ReceivedBlock, SharedStreamReader
 from .wire import report_get, resolve_layout
@@ -121,6 +122,9 @@ class StagingService:
         self.last_publish = None
         self.tiles_learned = 0
         self._warmup_tiles = {}  # autoencoder: tiles of the warm-up steps, until the trainer exists
+        ac = cfg.learner.autoencoder
+        self.pace = TrainingPace(ac.iterations_per_step, adaptive=ac.adaptive_iterations) \
+            if cfg.learner.type == "autoencoder" else None
         self.error_hists = {}  # rank 0: running histograms of tile log-errors per variable
         self.anomaly_log = None
         self.encoder_calibrated = False  # same on all ranks: the last encoder carried error statistics
@@ -211,6 +215,7 @@ class StagingService:
             del self._warmup_tiles[var]
         else:
             held = [(tiles, sources, self.steps_seen)]
+        self.learners[var].iterations_per_step = self.pace.iterations
         for t, src, step in held:
             self.learners[var].partial_fit(t, sources=src, step=step)
 
@@ -317,7 +322,9 @@ class StagingService:
 
     def _loop(self):
         while True:
+            t_wait = time.perf_counter()
             blocks = self.reader.read_step()
+            t_busy = time.perf_counter()
             if not allreduce_flag(self.comm, blocks is not None):
                 break
             blocks = blocks or []
@@ -336,6 +343,8 @@ class StagingService:
                 self.last_publish = self.steps_seen
                 self.encoder_sent = True
                 self.encoder_calibrated = allreduce_flag(self.comm, self.rank == 0 and self.anomaly_calibrated)
+            if self.pace is not None:
+                self.pace.update(self.comm, t_busy - t_wait, time.perf_counter() - t_busy)
 
     def _record(self, parts, publish):
         """Rank 0: account the step, publish a new encoder if due, write the output step."""
@@ -391,6 +400,7 @@ class StagingService:
             summary["training_bytes_rank0"] = int(sum(t.bytes_communicated for t in trainers))
             summary["training_rounds_rank0"] = int(sum(t.rounds for t in trainers))
             summary["training_iterations"] = int(sum(t.n_iter_ for t in trainers))
+            summary["training_iterations_per_step_mean"] = float(np.mean(self.pace.history)) if self.pace.history else 0.0
             summary["training_loss"] = float(np.mean([t.loss_ for t in trainers])) if trainers else math.nan
         write_json(os.path.join(self.run_dir, "staging_summary.json"), summary)
         write_json(os.path.join(self.run_dir, "steps.json"), self.ledger.step_table())

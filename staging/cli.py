@@ -2,7 +2,7 @@
 
 Subcommands: ``run`` (both sides, two ``mpiexec`` jobs), ``sim`` and ``stage`` (one side, for
 sites that launch them separately), ``report`` (the summary of such a run), ``validate``,
-``decode``, ``info``, ``schema``.
+``decode``, ``info``, ``schema``, ``launch`` (a SLURM script running ``sim`` and ``stage``).
 
 Exit codes (the only place exceptions become exit codes):
 
@@ -88,7 +88,53 @@ def _parser():
                    help="export per-tile latent codes of --var (at --step, or every coded step) to the .npz given by -o")
     sub.add_parser("info", help="versions of Python, MPI, ADIOS2, torch")
     sub.add_parser("schema", help="print the JSON schema of the run YAML")
+    _add_launch_parser(sub)
     return p
+
+
+# --- `stagelearn launch`: batch script for a scheduler (generation in .slurm; nothing is submitted) ---
+def _add_launch_parser(sub):
+    la = sub.add_parser("launch", help="write a batch script (SLURM) that runs `stagelearn sim` and `stagelearn stage`")
+    la.add_argument("config")
+    la.add_argument("--scheduler", choices=["slurm"], default="slurm")
+    la.add_argument("--mode", choices=["hetjob", "mpmd"], default="hetjob",
+                    help="hetjob: heterogeneous job, one component per side; mpmd: one allocation, two job steps")
+    la.add_argument("--container", help="Apptainer image (containers/stagelearn.def): run each side with `apptainer run --app`")
+    la.add_argument("--bind", action="append", default=[], help="apptainer --bind spec (repeatable; with --container)")
+    la.add_argument("--run-dir", help="default: <output_dir>/<run_name>; both sides must see it (SST contact files)")
+    la.add_argument("--srun-mpi", help="srun --mpi=TYPE (e.g. pmi2 or pmix for the container's MPICH)")
+    la.add_argument("--time", help="HH:MM:SS (default: timeouts.run_s + 5 min)")
+    la.add_argument("--partition")
+    la.add_argument("--account")
+    la.add_argument("--job-name")
+    la.add_argument("-o", "--output", help="write the script here (default: stdout)")
+
+
+def _launch(args):
+    from .config import load_config
+    from .slurm import generate, sst_warnings
+
+    cfg = load_config(args.config)
+    for warning in sst_warnings(cfg):
+        print(f"stagelearn launch: warning: {warning}", file=sys.stderr)
+    if args.bind and not args.container:
+        raise UsageError("launch: --bind needs --container")
+    text = generate(cfg, args.config, mode=args.mode, run_dir=args.run_dir, container=args.container, binds=args.bind,
+                    job_name=args.job_name, time=args.time, partition=args.partition, account=args.account,
+                    srun_mpi=args.srun_mpi, log_level=None if args.log_level == "warning" else args.log_level)
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(args.output, 0o755)
+    except OSError as exc:
+        raise UsageError(f"launch: cannot write {args.output}: {exc.strerror}") from None
+    print(f"{args.output}: SLURM {args.mode} script ({cfg.simulation.ranks} simulation + {cfg.staging.ranks} staging "
+          f"ranks); submit with: sbatch {args.output}", file=sys.stderr)
+    return 0
+# --- end `stagelearn launch` ---
 
 
 def _comm():
@@ -256,6 +302,8 @@ def main(argv=None):
             return _info()
         if args.command == "decode":
             return _decode(args)
+        if args.command == "launch":
+            return _launch(args)
         if args.command == "run":
             from .launcher import launch
 

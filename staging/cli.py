@@ -2,7 +2,8 @@
 
 Subcommands: ``run`` (both sides, two ``mpiexec`` jobs), ``sim`` and ``stage`` (one side, for
 sites that launch them separately), ``report`` (the summary of such a run), ``validate``,
-``decode``, ``info``, ``schema``, ``launch`` (a SLURM script running ``sim`` and ``stage``).
+``decode``, ``info``, ``schema``, ``launch`` (a SLURM script running ``sim`` and ``stage``), ``xml``
+(a simulation's adios2.xml for streaming to stagelearn, or a check of one).
 
 Exit codes (the only place exceptions become exit codes):
 
@@ -89,6 +90,7 @@ def _parser():
     sub.add_parser("info", help="versions of Python, MPI, ADIOS2, torch")
     sub.add_parser("schema", help="print the JSON schema of the run YAML")
     _add_launch_parser(sub)
+    _add_xml_parser(sub)
     return p
 
 
@@ -135,6 +137,47 @@ def _launch(args):
           f"ranks); submit with: sbatch {args.output}", file=sys.stderr)
     return 0
 # --- end `stagelearn launch` ---
+
+
+# --- `stagelearn xml`: the simulation's adios2.xml for streaming to stagelearn (generation/check in .xmlgen) ---
+def _add_xml_parser(sub):
+    xp = sub.add_parser("xml", help="write the ADIOS2 XML a simulation needs to stream to stagelearn, or check one")
+    xp.add_argument("config")
+    xp.add_argument("--io", help="the IO name the simulation's code declares (default: adios2.stream_io)")
+    xp.add_argument("-o", "--output", help="write the XML here (default: stdout)")
+    xp.add_argument("--check", metavar="EXISTING_XML", help="compare an existing ADIOS2 XML instead; exit 2 on any error")
+
+
+def _xml(args):
+    from .config import load_config
+    from .xmlgen import check, generate
+
+    cfg = load_config(args.config)
+    if args.check:
+        if args.output:
+            raise UsageError("xml: --check and -o/--output exclude each other")
+        findings = check(cfg, args.check, io_name=args.io)
+        for finding in findings:
+            print(finding.format(args.check))
+        errors = sum(f.severity == "error" for f in findings)
+        if errors:
+            raise ConfigError(f"{args.check}: {errors} error(s), {len(findings) - errors} warning(s); "
+                              f"see `stagelearn xml {args.config} > adios2.xml` for the expected file")
+        print(f"{args.check}: OK ({len(findings)} warning(s))", file=sys.stderr)
+        return 0
+    text = generate(cfg, io_name=args.io)
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"xml: cannot write {args.output}: {exc.strerror}") from None
+    print(f"{args.output}: ADIOS2 XML for the simulation (stream IO {args.io or cfg.adios2.stream_io!r}); "
+          "adapt NetworkInterface on a cluster", file=sys.stderr)
+    return 0
+# --- end `stagelearn xml` ---
 
 
 def _comm():
@@ -304,6 +347,8 @@ def main(argv=None):
             return _decode(args)
         if args.command == "launch":
             return _launch(args)
+        if args.command == "xml":  # `stagelearn xml`
+            return _xml(args)
         if args.command == "run":
             from .launcher import launch
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from ..analytics.config import AnomalyConfig, CodecConfig, LearnerConfig
-from ..sim_mocks.config import GrayScottConfig, Heat2DConfig
+from ..sim_mocks.config import ExternalSimConfig, GrayScottConfig, Heat2DConfig
 from .errors import ConfigError
 from .xmlconfig import read_ios
 
@@ -53,6 +53,12 @@ class StagingConfig(BaseModel):
     tile_shape: Optional[Tuple[PositiveInt, ...]] = Field(
         None, description="Tile shape; default 4x4x4 for 3D fields, 8x8 for 2D (64 features either way)."
     )
+    mode: Literal["in_situ", "in_transit"] = Field(
+        "in_situ", description="in_situ: producers use stagelearn's Producer and encode with pushed encoders; "
+        "in_transit: an unchanged ADIOS2 code streams raw arrays and staging encodes them.")
+    stream: Optional[str] = Field(
+        None, description="in_transit: the stream name the simulation opens (its SST contact file is <stream>.sst), "
+        "relative to the run directory.")
 
 
 class MetricsConfig(BaseModel):
@@ -82,7 +88,8 @@ class RunConfig(BaseModel):
 
     run_name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = Field("results", description="Results go to <output_dir>/<run_name>/ (relative to the cwd).")
-    simulation: GrayScottConfig | Heat2DConfig = Field(default_factory=GrayScottConfig, discriminator="type")
+    simulation: GrayScottConfig | Heat2DConfig | ExternalSimConfig = Field(default_factory=GrayScottConfig,
+                                                                          discriminator="type")
     staging: StagingConfig = Field(default_factory=StagingConfig)
     adios2: Adios2Config = Field(default_factory=Adios2Config)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
@@ -96,6 +103,15 @@ class RunConfig(BaseModel):
     @property
     def run_dir(self):
         return Path(self.output_dir) / self.run_name
+
+    @model_validator(mode="after")
+    def _in_transit_needs_a_stream(self):
+        if self.staging.mode == "in_transit" and not self.staging.stream:
+            raise ValueError("staging.mode in_transit reads the stream the simulation opens: set staging.stream "
+                             "(e.g. gs.bp for a code that opens gs.bp with the SST engine)")
+        if self.staging.mode == "in_transit" and self.anomaly.enabled:
+            raise ValueError("anomaly detection runs on producers: it needs staging.mode in_situ")
+        return self
 
     @model_validator(mode="after")
     def _anomaly_needs_pca(self):
@@ -112,7 +128,7 @@ _FIXES = {
 
 
 def _format_error(path, err):
-    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("gray_scott", "heat2d")))
+    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("gray_scott", "heat2d", "external")))
     fix = _FIXES.get(err["type"], "see `stagelearn schema` for the expected form")
     value = err.get("input")
     shown = "" if err["type"] == "missing" else f" (got {value!r})"
@@ -160,6 +176,9 @@ def load_config(path):
     base = os.path.dirname(os.path.abspath(path))
     xml = cfg.adios2.config_file
     cfg.adios2.config_file = os.path.normpath(os.path.join(base, xml)) if xml else default_xml()
+    if cfg.simulation.type == "external":  # script paths relative to the YAML, like the XML
+        cfg.simulation.command = [os.path.normpath(os.path.join(base, a)) if os.path.exists(os.path.join(base, a)) else a
+                                  for a in cfg.simulation.command]
     check_ios(cfg, path)
     return cfg
 

@@ -42,6 +42,15 @@ def side_command(side, config, ranks, run_dir):
     return [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "stagelearn", side, str(config), "--run-dir", str(run_dir)]
 
 
+def external_command(sim):
+    """``mpiexec -n M COMMAND...`` of an unchanged simulation code (no shell; a leading ``python`` is this
+    interpreter, so the code sees the same packages)."""
+    command = list(sim.command)
+    if command[0] in ("python", "python3"):
+        command[0] = sys.executable
+    return [mpiexec_path(), "-n", str(sim.ranks), *command]
+
+
 def _child_env():
     env = dict(os.environ)
     # one BLAS thread per rank: the ranks already oversubscribe the cores
@@ -78,6 +87,8 @@ def launch(args):
     for stale in sorted(os.listdir(sst_dir)):  # contact files of an earlier run would point readers at dead writers
         if stale.endswith(".sst"):
             remove_stale_contact_file(os.path.join(sst_dir, stale[: -len(".sst")]))
+    if cfg.staging.mode == "in_transit":
+        remove_stale_contact_file(os.path.join(run_dir, cfg.staging.stream))
     streaming = read_ios(cfg.adios2.config_file)[cfg.adios2.stream_io].type.lower() == "sst"
     env = _child_env()
     t0 = time.time()
@@ -86,10 +97,12 @@ def launch(args):
     sides = [("stage", cfg.staging.ranks), ("sim", cfg.simulation.ranks)] if streaming else [("sim", cfg.simulation.ranks)]
     for side, ranks in sides:
         logs[side] = open(os.path.join(run_dir, f"{side}.log"), "w")
-        cmd = side_command(side, cfg.source, ranks, run_dir)
-        if args.log_level != "warning":
+        external = side == "sim" and cfg.simulation.type == "external"
+        cmd = external_command(cfg.simulation) if external else side_command(side, cfg.source, ranks, run_dir)
+        if args.log_level != "warning" and not external:
             cmd[6:6] = ["--log-level", args.log_level]
-        procs[side] = subprocess.Popen(cmd, stdout=logs[side], stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+        procs[side] = subprocess.Popen(cmd, stdout=logs[side], stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                       cwd=run_dir if external else None)
     total = cfg.simulation.steps // cfg.simulation.plotgap + 1
     codes = _wait(procs, cfg, run_dir, total, show=not args.no_progress)
     for f in logs.values():
@@ -159,12 +172,28 @@ def report(cfg, run_dir):
     import json
 
     path = os.path.join(run_dir, "producer.json")
-    if not os.path.exists(path) or not os.path.exists(os.path.join(run_dir, "staging_summary.json")):
+    in_transit = cfg.staging.mode == "in_transit"
+    if not (os.path.exists(path) or in_transit) or not os.path.exists(os.path.join(run_dir, "staging_summary.json")):
         raise UsageError(f"{run_dir}: no finished run here (producer.json and staging_summary.json are written "
                          "when `stagelearn sim` and `stagelearn stage` end); check --run-dir / output_dir")
-    with open(path) as f:
+    with open(path if os.path.exists(path) else os.path.join(run_dir, "staging_summary.json")) as f:
         wall = json.load(f)["wall_s"]
     return finish(cfg, run_dir, wall)
+
+
+def _producer_record(cfg, run_dir, summary):
+    """``producer.json`` of a stagelearn producer; for an unchanged code (in transit) what staging saw:
+    the steps it received (the code's own count is unknown here) and the reference it saved."""
+    import json
+
+    path = os.path.join(run_dir, "producer.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    sim = cfg.simulation
+    declared = sim.steps // sim.plotgap + 1 if sim.type == "external" and sim.steps else None  # from the YAML
+    return {"steps_written": declared if sim.type == "external" else summary["steps_received"],
+            "layout": "in_transit", "compute_s": None, "io_s": None, "reference": summary.get("reference")}
 
 
 def finish(cfg, run_dir, wall):
@@ -177,12 +206,12 @@ def finish(cfg, run_dir, wall):
 
     with open(os.path.join(run_dir, "staging_summary.json")) as f:
         summary = json.load(f)
-    with open(os.path.join(run_dir, "producer.json")) as f:
-        producer = json.load(f)
+    producer = _producer_record(cfg, run_dir, summary)
     with open(os.path.join(run_dir, "steps.json")) as f:
         table = json.load(f)
     summary["steps_written"] = producer["steps_written"]
-    summary["steps_lost"] = producer["steps_written"] - summary["steps_received"]
+    summary["steps_lost"] = (producer["steps_written"] - summary["steps_received"]
+                             if producer["steps_written"] is not None else None)
     summary["wall_s"] = wall
     summary["simulation"] = {"type": cfg.simulation.type, "ranks": cfg.simulation.ranks, "layout": producer["layout"],
                              "compute_s": producer["compute_s"], "io_s": producer["io_s"]}
@@ -191,7 +220,7 @@ def finish(cfg, run_dir, wall):
     summary["learner"] = cfg.learner.type
     # end-to-end check: decode the last step from the file and compare with the producers' raw field
     ref = producer["reference"]
-    ref_path = os.path.join(run_dir, f"reference_{ref['variable']}_step{ref['step']}.npy")
+    ref_path = os.path.join(run_dir, f"reference_{ref['variable']}_step{ref['step']}.npy") if ref else ""
     original = reconstruction = None
     if os.path.exists(ref_path):
         original = np.load(ref_path)

@@ -48,6 +48,38 @@ def _finite_extent(block):
     return [finite.min(), -finite.max()] if finite.size else [np.inf, np.inf]
 
 
+def step_targets(comm, blocks, psnr_db):
+    """MSE per value allowed by a PSNR target and the step's global value range (collective over ``comm``).
+
+    Every block meeting this MSE makes the global field meet the target.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+        The ranks holding the step's blocks; all pass the same variable names in the same order.
+    blocks : dict of str to list of ndarray
+        This rank's blocks of each variable (possibly none).
+    psnr_db : float
+
+    Returns
+    -------
+    targets, spans : dict of str to float
+        Target MSE and global range of finite values (1.0 for a constant field) per variable.
+    """
+    from mpi4py import MPI
+
+    names = list(blocks)
+    ext = np.array([np.min([_finite_extent(b) for b in blocks[n]] or [[np.inf, np.inf]], axis=0) for n in names],
+                   dtype=np.float64).reshape(-1)
+    comm.Allreduce(MPI.IN_PLACE, ext, op=MPI.MIN)
+    targets, spans = {}, {}
+    for i, n in enumerate(names):
+        span = -ext[2 * i + 1] - ext[2 * i]
+        spans[n] = span if span > 0 else 1.0
+        targets[n] = spans[n] ** 2 * 10.0 ** (-psnr_db / 10.0)
+    return targets, spans
+
+
 class Producer:
     """Streams a simulation's blocks to staging and applies the encoders it pushes back.
 
@@ -202,21 +234,9 @@ class Producer:
         return None, blocks
 
     def _target_mse(self, blocks, encoder):
-        """MSE per value allowed by the PSNR target and this step's global range, per variable (collective).
-
-        Every block meeting this MSE makes the global field meet the PSNR target.
-        """
-        from mpi4py import MPI
-
+        """MSE per value allowed by the PSNR target and this step's global range, per variable (collective)."""
         names = [n for n in self._defs if n in encoder.variables]
-        ext = np.array([_finite_extent(blocks[n]) for n in names], dtype=np.float64).reshape(-1)
-        self.comm.Allreduce(MPI.IN_PLACE, ext, op=MPI.MIN)
-        targets, spans = {}, {}
-        for i, n in enumerate(names):
-            span = -ext[2 * i + 1] - ext[2 * i]
-            spans[n] = span if span > 0 else 1.0
-            targets[n] = spans[n] ** 2 * 10.0 ** (-encoder.psnr_db / 10.0)
-        return targets, spans
+        return step_targets(self.comm, {n: [blocks[n]] for n in names}, encoder.psnr_db)
 
     def _check_bound(self, step, name, stats, bound):
         """Log when the error bound does not hold against the caller's values. encode_block verified

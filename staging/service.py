@@ -36,8 +36,8 @@ from .mpiutil import allreduce_flag, bcast_bytes, gather_bytes
 from .output import CompressedOutputWriter
 from .pacing import TrainingPace
 from .results import RunLedger, write_json
-from .stream import PerRankStreamReader, ReceivedBlock, SharedStreamReader
-from .wire import report_get, resolve_layout
+from .stream import PerRankStreamReader, PlainStreamReader, ReceivedBlock, SharedStreamReader
+from .wire import make_report, report_get, resolve_layout
 from .xmlconfig import read_ios
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,8 @@ class StagingService:
         self.steps_seen = 0
         self.last_publish = None
         self.tiles_learned = 0
+        self.in_transit = cfg.staging.mode == "in_transit"
+        self._prev, self._since_key, self._last_raw = {}, 0, []  # in transit: staging encodes, so it holds these
         self._warmup_tiles = {}  # autoencoder: tiles of the warm-up steps, until the trainer exists
         ac = cfg.learner.autoencoder
         self.pace = TrainingPace(ac.iterations_per_step, adaptive=ac.adaptive_iterations) \
@@ -141,16 +143,21 @@ class StagingService:
         layout = resolve_layout(cfg.adios2.layout)
         t = cfg.timeouts
         self.publisher = self.writer = None
-        if self.rank == 0:  # the model channel first, as the producers do (one SST handshake at a time)
-            self._model_adios = make_adios(xml, None)
-            model_io = declare_io(self._model_adios, cfg.adios2.model_io, xml, ios)
-            self.publisher = ModelPublisher(model_io, f"{stream}-model", cfg.timeouts.open_s)
-        if layout == "shared":
-            self.reader = SharedStreamReader(xml, cfg.adios2.stream_io, stream, self.comm, ios,
-                                             open_timeout_s=t.open_s, step_timeout_s=t.step_s)
+        if self.in_transit:  # an unchanged ADIOS2 code: raw arrays in, nobody to push encoders to
+            stream, layout = os.path.join(self.run_dir, cfg.staging.stream), "in_transit"
+            self.reader = PlainStreamReader(xml, cfg.adios2.stream_io, stream, self.comm, ios, variables=self.variables,
+                                            open_timeout_s=t.open_s, step_timeout_s=t.step_s)
         else:
-            self.reader = PerRankStreamReader(xml, cfg.adios2.stream_io, stream, cfg.simulation.ranks, self.comm, ios,
-                                              open_timeout_s=t.open_s, step_timeout_s=t.step_s)
+            if self.rank == 0:  # the model channel first, as the producers do (one SST handshake at a time)
+                self._model_adios = make_adios(xml, None)
+                model_io = declare_io(self._model_adios, cfg.adios2.model_io, xml, ios)
+                self.publisher = ModelPublisher(model_io, f"{stream}-model", cfg.timeouts.open_s)
+            if layout == "shared":
+                self.reader = SharedStreamReader(xml, cfg.adios2.stream_io, stream, self.comm, ios,
+                                                 open_timeout_s=t.open_s, step_timeout_s=t.step_s)
+            else:
+                self.reader = PerRankStreamReader(xml, cfg.adios2.stream_io, stream, cfg.simulation.ranks, self.comm, ios,
+                                                  open_timeout_s=t.open_s, step_timeout_s=t.step_s)
         if self.rank == 0:
             self.writer = CompressedOutputWriter(xml, cfg.adios2.output_io, os.path.join(self.run_dir, "compressed.bp"))
             if cfg.anomaly.enabled:
@@ -237,6 +244,71 @@ class StagingService:
         return AETrainer(spec, comm=self.comm, mode=ac.mode, sync_every=ac.sync_every, lr=ac.lr, batch_size=ac.batch_size,
                          iterations_per_step=ac.iterations_per_step, device=ac.device, buffer=buffer, timeout_s=ac.timeout_s,
                          host=ac.rendezvous_host)
+
+    def _encode_in_transit(self, blocks):
+        """In-transit mode: code this rank's raw blocks with the current encoder (collective), as
+        producers do in situ, and fill in their report rows. Before the first encoder blocks stay
+        raw (stored losslessly)."""
+        from ..analytics.codec import encode_block
+        from ..analytics.correction import absolute_bound
+        from ..analytics.metrics import psnr_from_mse
+        from .producer import step_targets
+
+        ref = self.variables[0]
+        self._last_raw = [(b.start, b.count, b.shape, b.raw.copy()) for b in blocks if b.var == ref]
+        enc = self.encoder
+        if enc is None:
+            for b in blocks:
+                b.report = make_report(step=b.step, rank=b.rank, raw_bytes=b.raw.nbytes, sent_bytes=b.raw.nbytes,
+                                       n=b.raw.size, vmin=float(np.nanmin(b.raw)) if b.raw.size else 0.0,
+                                       vmax=float(np.nanmax(b.raw)) if b.raw.size else 0.0, local_psnr_db=math.inf)
+            return
+        targets, spans = step_targets(self.comm, {v: [b.raw for b in blocks if b.var == v] for v in self.variables},
+                                      enc.psnr_db)
+        keyframe = enc.keyframe_every == 0 or self._since_key % enc.keyframe_every == 0
+        new_prev = {}
+        for b in blocks:
+            model = enc.variables[b.var]
+            prev_step, prev = (None, None) if keyframe else self._prev.get((b.var, b.rank), (None, None))
+            if prev is not None and prev.shape != b.raw.shape:
+                prev_step, prev = None, None
+            eb = encode_block(b.raw, model.codec(), model.tile_shape, raw_fraction=enc.raw_fraction,
+                              target_mse=targets[b.var], prev=prev, abs_bound=absolute_bound(enc.error_bound, spans[b.var]),
+                              header={"step": b.step, "variable": b.var, "rank": b.rank, "encoder_version": enc.version,
+                                      "shape": list(b.shape), "start": list(b.start), "count": list(b.count),
+                                      "ref_step": prev_step})
+            if enc.keyframe_every:
+                new_prev[(b.var, b.rank)] = (b.step, eb.reconstruction)
+            st = eb.stats
+            b.report = make_report(step=b.step, rank=b.rank, encoder_version=enc.version, raw_bytes=b.raw.nbytes,
+                                   sent_bytes=len(eb.payload), sse=st.sse, n=b.raw.size, max_abs_error=st.max_abs_error,
+                                   vmin=st.vmin, vmax=st.vmax, n_raw_tiles=eb.n_raw_tiles,
+                                   local_psnr_db=psnr_from_mse(st.mse, st.data_range))
+            b.payload, b.raw = eb.payload, None
+        self._prev = new_prev
+        self._since_key += 1
+
+    def _save_reference(self):
+        """In-transit mode: the raw last step of the first variable, assembled on rank 0 (collective),
+        for the end-to-end check of ``stagelearn report``."""
+        frame = pack_frame(_BUNDLE, {"blocks": [{"start": list(s), "count": list(c), "shape": list(g)}
+                                                for s, c, g, _ in self._last_raw]},
+                           {str(i): r.tobytes() for i, (_, _, _, r) in enumerate(self._last_raw)})
+        parts = gather_bytes(self.comm, frame)
+        if self.rank != 0:
+            return None
+        out = None
+        for part in parts:
+            header, sec = unpack_frame(_BUNDLE, part, "reference blocks")
+            for i, m in enumerate(header["blocks"]):
+                out = np.zeros(m["shape"], dtype=np.float32) if out is None else out
+                sel = tuple(slice(a, a + c) for a, c in zip(m["start"], m["count"]))
+                out[sel] = np.frombuffer(bytes(sec[str(i)]), dtype=np.float32).reshape(m["count"])
+        if out is None:
+            return None
+        step = self.ledger.step_table()[-1]["step"]
+        np.save(os.path.join(self.run_dir, f"reference_{self.variables[0]}_step{step}.npy"), out)
+        return {"variable": self.variables[0], "step": step}
 
     def _should_publish(self):
         lc, ac = self.cfg.learner, self.cfg.anomaly
@@ -330,6 +402,8 @@ class StagingService:
             blocks = blocks or []
             self._discover_variables(blocks)
             self._learn(blocks)
+            if self.in_transit:
+                self._encode_in_transit(blocks)
             self.steps_seen += 1
             if self.cfg.anomaly.enabled and not self.encoder_calibrated and self.encoder_sent:
                 # rank 0 counts the steps whose error histograms it has folded in; all ranks must agree
@@ -342,6 +416,8 @@ class StagingService:
             if publish:
                 self.last_publish = self.steps_seen
                 self.encoder_sent = True
+                if self.in_transit:  # every staging rank encodes its blocks with it from the next step on
+                    self.encoder = Encoder.from_frame(bcast_bytes(self.comm, self.encoder.to_frame() if self.rank == 0 else b""))
                 self.encoder_calibrated = allreduce_flag(self.comm, self.rank == 0 and self.anomaly_calibrated)
             if self.pace is not None:
                 self.pace.update(self.comm, t_busy - t_wait, time.perf_counter() - t_busy)
@@ -367,7 +443,8 @@ class StagingService:
             cc = self.cfg.codec
             new.keyframe_every, new.encode_threads = cc.keyframe_every, cc.encode_threads
             new.error_bound = cc.error_bound.as_dict() if cc.error_bound is not None else None
-            self.publisher.publish(new)
+            if self.publisher is not None:
+                self.publisher.publish(new)
             self.ledger.published.append((version, step))
             self.encoder = new
         self.writer.write_step(step, all_blocks, encoder=new)
@@ -386,6 +463,7 @@ class StagingService:
             self._close_local()
             raise
         self.reader.close()
+        reference = self._save_reference() if self.in_transit else None
         self._close_local()
         if self.cfg.learner.type == "autoencoder" and self.comm.Get_size() > 1:
             from ..analytics.ae_training import destroy
@@ -395,6 +473,9 @@ class StagingService:
             return None
         summary = self.ledger.summary(wall_s=time.time() - t0)
         summary["tiles_learned_rank0"] = self.tiles_learned
+        summary["mode"] = self.cfg.staging.mode
+        if reference is not None:
+            summary["reference"] = reference
         if self.cfg.learner.type == "autoencoder":
             trainers = [t for t in self.learners.values() if t is not None]
             summary["training_bytes_rank0"] = int(sum(t.bytes_communicated for t in trainers))

@@ -206,3 +206,87 @@ class PerRankStreamReader:
     def close(self):
         for s in self.streams:
             s["engine"].Close()
+
+
+class PlainStreamReader:
+    """An unchanged ADIOS2 code's stream (in-transit mode): raw arrays only, one reader cohort.
+
+    The simulation writes its variables with the plain ADIOS2 API (global arrays with
+    ``shape/start/count``, or local arrays written as blocks) and knows nothing of stagelearn.
+    Every staging rank reads the blocks :func:`~stagelearn.staging.wire.assign_blocks` gives it,
+    found with ``BlocksInfo``; blocks of a local array are laid side by side along the first axis
+    (in block order) so that they form one global array in the output. The report row of each
+    block holds its step (the stream step), block id (as ``rank``) and size; staging fills in the
+    rest when it encodes the block.
+
+    Parameters
+    ----------
+    config_file, io_name, stream_path : str
+    comm : mpi4py.MPI.Comm
+        Staging ranks (collective calls).
+    known_ios : collection of str
+    variables : list of str or None
+        Variables to read; None reads every floating-point array of more than one value.
+    open_timeout_s, step_timeout_s : float
+    """
+
+    def __init__(self, config_file, io_name, stream_path, comm, known_ios, *, variables=None, open_timeout_s,
+                 step_timeout_s):
+        self.comm, self.variables = comm, variables
+        self.adios = make_adios(config_file, comm)
+        self.io = declare_io(self.adios, io_name, config_file, known_ios)
+        self.path, self.step_timeout_s = stream_path, step_timeout_s
+        self.engine = open_reader(self.io, stream_path, open_timeout_s, "the simulation (unchanged ADIOS2 code)")
+        self.n_producers = None
+
+    def _names(self, available):
+        if self.variables is not None:
+            missing = [v for v in self.variables if v not in available]
+            if missing:
+                from .errors import ConfigError
+
+                raise ConfigError(f"staging.variables: {missing} not on stream {self.path} (it has {sorted(available)})")
+            return list(self.variables)
+        return sorted(n for n, info in available.items()
+                      if info.get("Type") in ("float", "double") and info.get("SingleValue") == "false")
+
+    def read_step(self):
+        """This rank's blocks of the next step, or None at the end of the stream (collective)."""
+        from .wire import make_report
+
+        b = bindings()
+        if begin_step(self.engine, self.step_timeout_s, f"stream {self.path}") == "end":
+            return None
+        step = self.engine.CurrentStep()
+        out, pending = [], []
+        for var in self._names(self.io.AvailableVariables()):
+            v = self.io.InquireVariable(var)
+            infos = self.engine.BlocksInfo(var, step)
+            self.n_producers = len(infos)
+            shape = tuple(int(x) for x in v.Shape())
+            counts = [_dims(bi["Count"]) for bi in infos]
+            if not shape:  # local array: blocks side by side along axis 0
+                offsets = np.cumsum([0] + [c[0] for c in counts[:-1]])
+                shape = (int(sum(c[0] for c in counts)),) + counts[0][1:]
+                starts = [(int(o),) + (0,) * (len(c) - 1) for o, c in zip(offsets, counts)]
+            else:
+                starts = [_dims(bi["Start"]) for bi in infos]
+            for i in assign_blocks(len(infos), self.comm.Get_size(), self.comm.Get_rank()):
+                bid = int(infos[i]["BlockID"])
+                data = np.empty(counts[i], dtype=np.float64 if v.Type() == "double" else np.float32)
+                v.SetBlockSelection(bid)
+                self.engine.Get(v, data, b.Mode.Deferred)
+                blk = ReceivedBlock(var=var, rank=bid, report=make_report(step=step, rank=bid), shape=shape,
+                                    start=starts[i], count=counts[i])
+                blk.raw = data
+                pending.append(blk)
+                out.append(blk)
+        if pending:
+            self.engine.PerformGets()
+        for blk in pending:
+            blk.raw = blk.raw.astype(np.float32, copy=False)
+        self.engine.EndStep()
+        return out
+
+    def close(self):
+        self.engine.Close()

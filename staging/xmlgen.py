@@ -1,0 +1,436 @@
+"""``stagelearn xml``: the ADIOS2 XML a simulation needs to stream to stagelearn, and a checker.
+
+A simulation that already writes with ADIOS2 (and cannot be modified) joins stagelearn by
+switching its output IO to SST in its own ``adios2.xml``. :func:`generate` writes that document
+for a run YAML: the stream IO (the simulation's output, SST), the model IO (staging's push-back
+channel, SST) and the output IO (staging's compressed file, BP5), each parameter commented.
+:func:`check` compares an existing file against it and returns :class:`Finding` objects.
+
+Expected values come from the packaged ``xml_configs/stagelearn.xml`` (:data:`DEFAULTS`); where
+the run's ``adios2.config_file`` defines the stream or model IO with engine SST, its values for
+those keys win, so the simulation's file agrees with what staging itself reads.
+
+Facts the checker relies on (ADIOS2 sources): engine types are matched case-insensitively; SST
+matches parameter keys case-sensitively (``queuelimit`` is silently ignored) while BP4/BP5 do
+not; SST parses enumerated values (``Block``) case-insensitively; unknown keys are ignored; of
+duplicate keys the XML reader keeps the first (its YAML reader rejects them). Only the standard
+library parses the XML; ADIOS2's YAML form (``.yaml``/``.yml``) is checked too, through PyYAML.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from xml.parsers import expat
+from xml.sax.saxutils import quoteattr
+
+from .errors import ConfigError
+
+# Parameters stagelearn relies on, as in xml_configs/stagelearn.xml (order kept in the output).
+DEFAULTS = {
+    "stream": ("SST", {"RendezvousReaderCount": "1", "QueueLimit": "4", "QueueFullPolicy": "Block",
+                       "DataTransport": "WAN", "NetworkInterface": "lo"}),
+    "model": ("SST", {"RendezvousReaderCount": "1", "QueueLimit": "4", "QueueFullPolicy": "Discard",
+                      "DataTransport": "WAN", "NetworkInterface": "lo"}),
+    "output": ("BP5", {}),
+}
+
+# SST parameter names (ADIOS2 2.x, sst_paramdef.h); SST matches them case-sensitively.
+SST_KEYS = (
+    "RendezvousReaderCount", "QueueLimit", "QueueFullPolicy", "ReserveQueueLimit", "DataTransport",
+    "WANDataTransport", "ControlTransport", "NetworkInterface", "ControlInterface", "DataInterface",
+    "CPCommPattern", "CompressionMethod", "MarshalMethod", "RegistrationMethod", "StepDistributionMode",
+    "FirstTimestepPrecious", "AlwaysProvideLatestTimestep", "OpenTimeoutSecs", "SpeculativePreloadMode",
+    "SpecAutoNodeThreshold", "ControlModule", "IsRowMajor", "verbose",
+)
+# SST's own defaults, used to tell "missing but harmless" from "missing and wrong".
+SST_DEFAULTS = {"RendezvousReaderCount": "1", "QueueLimit": "0", "QueueFullPolicy": "Block", "OpenTimeoutSecs": "60"}
+# Keys whose value is site-specific: a different value is a warning, not an error.
+SITE_KEYS = ("NetworkInterface", "OpenTimeoutSecs")
+
+_ROLE_KEY = {"stream": "stream_io", "model": "model_io", "output": "output_io"}
+
+_WHY = {
+    ("stream", "RendezvousReaderCount"):
+        "the simulation's Open waits for staging's reader cohort, so no step is lost before staging connects",
+    ("stream", "QueueLimit"): "at most this many steps are buffered while staging is busy: memory stays bounded",
+    ("stream", "QueueFullPolicy"):
+        "Block: with a full queue the simulation waits in EndStep rather than dropping steps (Discard would lose them)",
+    ("model", "RendezvousReaderCount"):
+        "staging's publisher waits at Open for producer rank 0's reader: SST admits a late reader only inside "
+        "the writer's EndStep",
+    ("model", "QueueLimit"): "a few encoders in flight at most",
+    ("model", "QueueFullPolicy"): "Discard: staging never blocks on the producers after the rendezvous",
+    ("model", "OpenTimeoutSecs"):
+        "reader side: how long a reader of this IO waits for staging's contact file (the run YAML's timeouts.open_s; "
+        "stagelearn's own readers set it from there)",
+}
+_WHY_ANY = {
+    "DataTransport": "WAN (sockets) works everywhere and must match staging's XML; RDMA/UCX need the same on both sides",
+    "NetworkInterface": "ADAPT: lo (loopback) only works with both sides on one node; on a cluster set the nodes' "
+                        "high-speed interface (e.g. ib0, hsn0), the same in staging's XML",
+    "OpenTimeoutSecs": "reader side: seconds a reader waits for the writer's contact file",
+}
+
+
+@dataclass
+class Finding:
+    """One problem in an ADIOS2 XML: ``severity`` is ``"error"`` (the run will not work as configured)
+    or ``"warning"``; ``io`` and ``key`` are empty where they do not apply; ``line`` is 1-based or None."""
+
+    severity: str
+    io: str
+    key: str
+    message: str
+    line: int | None = None
+
+    def format(self, path):
+        """``file:line: severity: io/key: message`` (line and io/key left out when unknown)."""
+        where = f"{path}:{self.line}" if self.line else str(path)
+        what = "/".join(p for p in (self.io, self.key) if p)
+        return f"{where}: {self.severity}: " + (f"{what}: " if what else "") + self.message
+
+
+def expected_ios(cfg, *, io_name=None):
+    """The IOs a simulation's XML must define for ``cfg``.
+
+    Returns
+    -------
+    ios : list of (role, name, engine, dict of key to value)
+        ``role`` is ``"stream"``, ``"model"`` or ``"output"``.
+    """
+    from .xmlconfig import read_ios
+
+    try:
+        configured = read_ios(cfg.adios2.config_file) if cfg.adios2.config_file else {}
+    except ConfigError:
+        configured = {}
+    out = []
+    for role, (engine, params) in DEFAULTS.items():
+        cfg_name = getattr(cfg.adios2, _ROLE_KEY[role])
+        name = io_name if (role == "stream" and io_name) else cfg_name
+        params = dict(params)
+        spec = configured.get(cfg_name)
+        if engine == "SST" and spec is not None and spec.type.lower() == "sst":
+            for key, value in spec.parameters.items():
+                if key in SST_KEYS and key != "OpenTimeoutSecs":  # readers' timeouts come from the run YAML
+                    params[key] = value
+        if role == "model":
+            params["OpenTimeoutSecs"] = _num(cfg.timeouts.open_s)
+        out.append((role, name, engine, params))
+    return out
+
+
+def _num(x):
+    x = float(x)
+    return str(int(x)) if x.is_integer() else repr(x)
+
+
+def _comment(text, indent):
+    """An XML comment wrapped to ~100 columns (``--`` is not allowed inside a comment)."""
+    text = text.replace("--", "- -")
+    pad = " " * indent
+    lines = textwrap.wrap(text, width=100 - indent - 5)
+    if len(lines) == 1:
+        return f"{pad}<!-- {text} -->"
+    return "\n".join([f"{pad}<!-- {lines[0]}"] + [f"{pad}     {ln}" for ln in lines[1:-1]] + [f"{pad}     {lines[-1]} -->"])
+
+
+def generate(cfg, *, io_name=None):
+    """A complete ADIOS2 XML document (``<adios-config>``) for a simulation streaming to stagelearn.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    io_name : str, optional
+        The IO name the simulation's code already declares (default: ``adios2.stream_io``).
+
+    Returns
+    -------
+    xml : str
+    """
+    ios = expected_ios(cfg, io_name=io_name)
+    stream_name = ios[0][1]
+    src = getattr(cfg, "source", None) or "the run YAML"
+    lines = ['<?xml version="1.0"?>', "<!--"]
+    head = [
+        f"ADIOS2 configuration for a simulation streaming to stagelearn (generated by `stagelearn xml` from {src}).",
+        "Use it as the simulation's own adios2.xml: only the engine of its output IO changes (no code change).",
+        "SST parameter keys are case-sensitive: a misspelled key is silently ignored.",
+        "Check an edited copy against the run YAML with the check option of `stagelearn xml` (see `stagelearn xml -h`).",
+    ]
+    if stream_name != cfg.adios2.stream_io:
+        head.append(f"The stream IO is named {stream_name!r} (the simulation's own name): set "
+                    f"`adios2.stream_io: {stream_name}` in the run YAML (it says {cfg.adios2.stream_io!r}).")
+    head.append("Staging reads the same SST settings from adios2.config_file of the run YAML; keep the two in step "
+                "(or point adios2.config_file at this file).")
+    for h in head:
+        lines += textwrap.wrap(h.replace("--", "- -"), width=98, initial_indent="  ", subsequent_indent="    ")
+    lines += ["-->", "<adios-config>"]
+    titles = {
+        "stream": "simulation -> staging: the simulation's output, streamed over SST to the staging ranks "
+                  "(switch the engine back to BP5 to write files again)",
+        "model": "staging -> simulation: encoders pushed back by staging (read on the simulation side)",
+        "output": "staging -> disk: compressed output, encoders and per-step metrics (written by staging)",
+    }
+    for role, name, engine, params in ios:
+        lines.append("")
+        lines.append(_comment(titles[role], 2))
+        lines.append(f"  <io name={quoteattr(name)}>")
+        if not params:
+            lines.append(f"    <engine type={quoteattr(engine)}/>")
+        else:
+            lines.append(f"    <engine type={quoteattr(engine)}>")
+            for key, value in params.items():
+                why = _WHY.get((role, key)) or _WHY_ANY.get(key)
+                if why:
+                    lines.append(_comment(f"{key}: {why}", 6))
+                lines.append(f"      <parameter key={quoteattr(key)} value={quoteattr(str(value))}/>")
+            lines.append("    </engine>")
+        lines.append("  </io>")
+    lines.append("</adios-config>")
+    return "\n".join(lines) + "\n"
+
+
+# --- reading an existing file, with line numbers ---
+
+@dataclass
+class _Param:
+    key: str
+    value: str | None
+    line: int
+
+
+@dataclass
+class _IO:
+    name: str
+    line: int
+    engine: str | None = None
+    engine_line: int | None = None
+    engines: int = 0
+    params: list = None
+
+
+def _scan(data):
+    """Root tag and the IOs of a well-formed document, with element line numbers (pyexpat)."""
+    stack, ios, root = [], [], []
+    p = expat.ParserCreate()
+
+    def start(tag, attrs):
+        line = p.CurrentLineNumber
+        if not stack:
+            root.append(tag)
+        parent = stack[-1] if stack else None
+        if tag == "io" and len(stack) == 1:
+            ios.append(_IO(attrs.get("name", ""), line, params=[]))
+        elif tag == "engine" and parent == "io" and len(stack) == 2 and ios:
+            io = ios[-1]
+            io.engines += 1
+            if io.engines == 1:
+                io.engine, io.engine_line = attrs.get("type"), line
+        elif tag == "parameter" and parent == "engine" and len(stack) == 3 and ios and ios[-1].engines == 1:
+            ios[-1].params.append(_Param(attrs.get("key", ""), attrs.get("value"), line))
+        stack.append(tag)
+
+    p.StartElementHandler = start
+    p.EndElementHandler = lambda tag: stack.pop()
+    p.Parse(data, True)
+    return root[0], ios
+
+
+def _bounded_queue(key, value):
+    """A positive QueueLimit other than the expected one is tuning (warning); 0 means unbounded."""
+    try:
+        return key == "QueueLimit" and int(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _same(a, b):
+    if a is None or b is None:
+        return a == b
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a.strip().lower() == b.strip().lower()
+
+
+def check(cfg, path, *, io_name=None):
+    """Compare an existing ADIOS2 XML file with :func:`generate`'s expectations.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    path : str or path
+    io_name : str, optional
+        The simulation's stream IO name (default: ``adios2.stream_io``).
+
+    Returns
+    -------
+    findings : list of Finding
+        Empty when the file has everything stagelearn relies on.
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ADIOS2 XML ({exc.strerror})") from None
+    if str(path).lower().endswith((".yaml", ".yml")):
+        found = _scan_yaml(data)
+        if isinstance(found, Finding):
+            return [found]
+        return _compare(cfg, found, io_name, yaml_form=True)
+    parser = ET.XMLParser()
+    try:
+        parser.feed(data)
+        parser.close()
+    except ET.ParseError as exc:
+        line, col = exc.position
+        msg = str(exc).split(":")[0]
+        return [Finding("error", "", "", f"malformed XML at column {col + 1} ({msg})", line)]
+    root, found = _scan(data)
+    if root != "adios-config":
+        return [Finding("error", "", "", f"the root element is <{root}>; ADIOS2 expects <adios-config>", 1)]
+    return _compare(cfg, found, io_name)
+
+
+def _scan_yaml(data):
+    """The IOs of an ADIOS2 YAML config (a list of ``{IO: name, Engine: {Type: ..., key: value}}``),
+    from the YAML node tree so that lines and duplicate keys are kept; a :class:`Finding` if unusable."""
+    import yaml
+
+    try:
+        doc = yaml.compose(data)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        return Finding("error", "", "", f"malformed YAML ({getattr(exc, 'problem', exc)})", mark.line + 1 if mark else None)
+    if not isinstance(doc, yaml.SequenceNode):
+        return Finding("error", "", "", "an ADIOS2 YAML config is a list of IOs (- IO: name)", 1)
+    ios = []
+    for item in doc.value:
+        if not isinstance(item, yaml.MappingNode):
+            continue
+        fields = {k.value: v for k, v in item.value if isinstance(k, yaml.ScalarNode)}
+        name = fields.get("IO")
+        io = _IO(name.value if isinstance(name, yaml.ScalarNode) else "", item.start_mark.line + 1, params=[])
+        engine = fields.get("Engine")
+        if isinstance(engine, yaml.MappingNode):
+            io.engines, io.engine_line = 1, engine.start_mark.line + 1
+            for k, v in engine.value:
+                if k.value == "Type":
+                    io.engine = str(v.value)
+                elif isinstance(v, yaml.ScalarNode):
+                    io.params.append(_Param(str(k.value), str(v.value), k.start_mark.line + 1))
+        ios.append(io)
+    return ios
+
+
+def _compare(cfg, found, io_name, *, yaml_form=False):
+    findings = []
+    by_name = {}
+    for io in found:
+        if not io.name:
+            findings.append(Finding("error", "", "", "an <io> element has no name attribute", io.line))
+        elif io.name in by_name:
+            findings.append(Finding("error", io.name, "", f"IO defined twice (first on line {by_name[io.name].line})",
+                                    io.line))
+        else:
+            by_name[io.name] = io
+    for role, name, engine, params in expected_ios(cfg, io_name=io_name):
+        io = by_name.get(name)
+        if io is None:
+            hint = ""
+            if role == "stream":
+                hint = (f" (the file defines {sorted(by_name)}; pass the simulation's IO name with --io)" if by_name
+                        else " (the file defines no IO)")
+            near = [n for n in by_name if n.lower() == name.lower()]
+            if near:
+                hint = f" (there is {near[0]!r}: IO names are case-sensitive)"
+            decl = f"- IO: {name}" if yaml_form else f"<io name=\"{name}\">"
+            if role != "stream":  # an unchanged code streams only; the model and output IOs are staging's
+                hint += " (needed only if this file is also the run's adios2.config_file)"
+            findings.append(Finding("error" if role == "stream" else "warning", name, "",
+                                    f"missing {decl} for the {role} IO{hint}"))
+            continue
+        findings += _check_io(role, io, engine, params, yaml_form=yaml_form)
+    return findings
+
+
+def _check_io(role, io, engine, expected, *, yaml_form=False):
+    out = []
+    if io.engines > 1:
+        out.append(Finding("warning", io.name, "", f"{io.engines} <engine> elements; only the first is read", io.line))
+    actual = io.engine or "BP5"  # no <engine>: ADIOS2's default (a BP file)
+    if actual.lower() != engine.lower():
+        sev = "warning" if role == "output" and actual.lower() in ("bp3", "bp4", "bpfile", "file") else "error"
+        what = f"engine {actual}" if io.engine else "no <engine> (ADIOS2 then writes a BP file)"
+        out.append(Finding(sev, io.name, "", f"{what}; expected {engine}", io.engine_line or io.line))
+        return out  # the parameters of another engine are not comparable
+    if actual != engine:
+        out.append(Finding("warning", io.name, "", f"engine type {actual!r}: ADIOS2 accepts it (case-insensitive), "
+                                                   f"the canonical spelling is {engine!r}", io.engine_line))
+    sst = engine == "SST"
+    first = {}
+    for p in io.params:
+        if p.key in first:
+            kept = first[p.key]
+            same = p.value == kept.value
+            if yaml_form:
+                out.append(Finding("error", io.name, p.key, f"duplicate key (first on line {kept.line}): ADIOS2's "
+                                                            "YAML reader rejects the file", p.line))
+                continue
+            out.append(Finding("warning" if same else "error", io.name, p.key,
+                               f"duplicate key; ADIOS2 keeps the first (line {kept.line}, value {kept.value!r})"
+                               + ("" if same else f" and ignores {p.value!r}"), p.line))
+        else:
+            first[p.key] = p
+    if not sst:
+        return out
+    known_lower = {k.lower(): k for k in SST_KEYS}
+    for key, p in first.items():
+        canon = known_lower.get(key.lower())
+        if canon is None:
+            out.append(Finding("warning", io.name, key, "not an SST parameter; SST ignores it", p.line))
+        elif canon != key:
+            if canon in first:
+                out.append(Finding("warning", io.name, key, f"SST matches keys case-sensitively: ignored "
+                                                            f"(the {canon!r} on line {first[canon].line} applies)", p.line))
+            else:
+                sev = "error" if canon in expected and canon not in SITE_KEYS else "warning"
+                out.append(Finding(sev, io.name, key, f"SST matches keys case-sensitively: {key!r} is ignored; "
+                                                      f"write {canon!r}", p.line))
+    for key, want in expected.items():
+        p = first.get(key)
+        if p is None:
+            if any(k.lower() == key.lower() for k in first):
+                continue  # reported above as a case finding
+            default = SST_DEFAULTS.get(key)
+            if key == "OpenTimeoutSecs":
+                continue  # stagelearn's readers set it themselves
+            if default is not None and _same(default, want):
+                out.append(Finding("warning", io.name, key, f"not set; SST's default {default} is what stagelearn "
+                                                            f"expects, set it explicitly", io.engine_line))
+            else:
+                sev = "warning" if key in SITE_KEYS else "error"
+                dflt = f" (SST's default: {default})" if default is not None else ""
+                out.append(Finding(sev, io.name, key, f"not set{dflt}; expected {want}", io.engine_line))
+        elif not _same(p.value, want):
+            sev = "warning" if key in SITE_KEYS or _bounded_queue(key, p.value) else "error"
+            extra = " (must be an interface both sides reach, the same in staging's XML)" if key == "NetworkInterface" else ""
+            out.append(Finding(sev, io.name, key, f"{p.value!r}; expected {want!r}{extra}", p.line))
+    latest = first.get("AlwaysProvideLatestTimestep")
+    if role == "stream" and latest is not None and str(latest.value).strip().lower() in ("true", "1", "yes", "on"):
+        out.append(Finding("error", io.name, "AlwaysProvideLatestTimestep",
+                           "true makes the reader skip steps; staging needs every step", latest.line))
+    return out
+
+
+def format_findings(findings, path):
+    """One line per finding (see :meth:`Finding.format`)."""
+    return [f.format(path) for f in findings]

@@ -29,7 +29,7 @@ else ifeq ($(STAGELEARN_ADIOS2),mpi)
 else
 	$(error STAGELEARN_ADIOS2 must be mpi or wheel, not $(STAGELEARN_ADIOS2))
 endif
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[mpi,torch,baselines,bench,test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[mpi,torch,baselines,bench,test,examples]"
 	rm -f $(VENV)/.stagelearn-setup-*
 	touch $@
 

@@ -72,8 +72,10 @@ def correct(tiles, rec, bound, tile_shape, candidates):
     import zfpy
 
     resid = (tiles[index].astype(np.float64) - rec[index]).astype(np.float32)
-    data = zfpy.compress_numpy(np.ascontiguousarray(resid.reshape((index.size,) + tuple(tile_shape))),
-                               tolerance=0.5 * bound)
+    axes = [t for t in tile_shape if t > 1] or [1]  # ZFP takes at most 4 axes: drop singleton ones,
+    if len(axes) > 3:                                # flatten tiles of more than 3 real axes
+        axes = [int(np.prod(axes))]
+    data = zfpy.compress_numpy(np.ascontiguousarray(resid.reshape((index.size,) + tuple(axes))), tolerance=0.5 * bound)
     rec[index] += decode_residuals(data, index.size, tiles.shape[1])
     still = index[tile_max_error(tiles[index], rec[index]) > bound].astype(np.int64)
     return index, data, still

@@ -282,7 +282,8 @@ def _variable_model(name, vs, arrays):
     from .autoencoder import AEFormatError, from_arrays
 
     ae_spec = vs.get("autoencoder")
-    if not isinstance(ae_spec, dict) or [int(t) for t in ae_spec.get("tile_shape", [])] != list(tile_shape):
+    squeezed = [t for t in tile_shape if t > 1] or [1]  # the autoencoder convolves the axes longer than one
+    if not isinstance(ae_spec, dict) or [int(t) for t in ae_spec.get("tile_shape", [])] not in (list(tile_shape), squeezed):
         raise EncoderFormatError(f"encoder variable {name}: autoencoder spec missing or its tile shape differs from {tile_shape}")
     weights = {}
     for a, arr in got.items():

@@ -44,7 +44,11 @@ def plot_run(step_table, path, *, original=None, reconstruction=None, title=""):
     ax.set_title("error of what producers sent")
     if show_slice:
         def mid(a):
+            """A 2-D slice: the middle of the last axis in 3-D; in 5-D phase space the velocity-space
+            slice (v_par, mu) at the middle spatial point."""
             a = np.asarray(a)
+            if a.ndim == 5:
+                return a[a.shape[0] // 2, a.shape[1] // 2, a.shape[2] // 2]
             return a[..., a.shape[-1] // 2] if a.ndim == 3 else a
         o, r = mid(original), mid(reconstruction)
         vmin, vmax = float(o.min()), float(o.max())

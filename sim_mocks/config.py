@@ -47,6 +47,21 @@ class Heat2DConfig(_MockBase):
     dt: float = Field(1.0, gt=0)
 
 
+class GyrokineticConfig(_MockBase):
+    """Gysela-like 5-D distribution function f(r, theta, phi, v_par, mu) (sim_mocks/gyrokinetic.py)."""
+
+    type: Literal["gyrokinetic"] = "gyrokinetic"
+    n_r: int = Field(16, ge=2)
+    n_theta: int = Field(32, ge=1)
+    n_phi: int = Field(8, ge=1)
+    n_vpar: int = Field(32, ge=2)
+    n_mu: int = Field(16, ge=2)
+    dt: float = Field(1.0, gt=0, description="Time per simulation step (the modes' growth and drift).")
+    noise: float = Field(1e-4, ge=0.0, description="Relative noise on f.")
+    steps: int = Field(60, ge=1, description="Simulation time steps.")
+    plotgap: int = Field(2, ge=1, description="Time steps between output steps.")
+
+
 class ExternalSimConfig(BaseModel):
     """An existing simulation code, run unchanged (in-transit mode: it writes with ADIOS2 itself)."""
 
@@ -61,4 +76,4 @@ class ExternalSimConfig(BaseModel):
     events: List[Event] = Field(default_factory=list, max_length=0, description="Not available for external codes.")
 
 
-SimulationConfig = Union[GrayScottConfig, Heat2DConfig, ExternalSimConfig]
+SimulationConfig = Union[GrayScottConfig, Heat2DConfig, GyrokineticConfig, ExternalSimConfig]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from .config import GrayScottConfig, Heat2DConfig
+from .config import GrayScottConfig, GyrokineticConfig, Heat2DConfig
 from .events import apply_state_events, written_fields
 from .gray_scott import GrayScott3D
 from .heat2d import AdvectionDiffusion2D
@@ -22,6 +22,11 @@ def build_simulation(sim_cfg, comm):
         return AdvectionDiffusion2D(sim_cfg.nx, sim_cfg.ny, kappa=sim_cfg.kappa, velocity=sim_cfg.velocity,
                                     amplitude=sim_cfg.amplitude, sigma=sim_cfg.sigma, omega=sim_cfg.omega,
                                     decay=sim_cfg.decay, dt=sim_cfg.dt, comm=comm)
+    if isinstance(sim_cfg, GyrokineticConfig):
+        from .gyrokinetic import GyrokineticMock5D
+
+        return GyrokineticMock5D(sim_cfg.n_r, sim_cfg.n_theta, sim_cfg.n_phi, sim_cfg.n_vpar, sim_cfg.n_mu, comm=comm,
+                                 noise=sim_cfg.noise, dt=sim_cfg.dt, seed=sim_cfg.seed)
     raise TypeError(f"unknown simulation config {type(sim_cfg).__name__}")
 
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from ..analytics.config import AnomalyConfig, CodecConfig, LearnerConfig
-from ..sim_mocks.config import ExternalSimConfig, GrayScottConfig, Heat2DConfig
+from ..sim_mocks.config import ExternalSimConfig, GrayScottConfig, GyrokineticConfig, Heat2DConfig
 from .errors import ConfigError
 from .xmlconfig import read_ios
 
@@ -88,8 +88,8 @@ class RunConfig(BaseModel):
 
     run_name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = Field("results", description="Results go to <output_dir>/<run_name>/ (relative to the cwd).")
-    simulation: GrayScottConfig | Heat2DConfig | ExternalSimConfig = Field(default_factory=GrayScottConfig,
-                                                                          discriminator="type")
+    simulation: GrayScottConfig | Heat2DConfig | GyrokineticConfig | ExternalSimConfig = Field(
+        default_factory=GrayScottConfig, discriminator="type")
     staging: StagingConfig = Field(default_factory=StagingConfig)
     adios2: Adios2Config = Field(default_factory=Adios2Config)
     learner: LearnerConfig = Field(default_factory=LearnerConfig)
@@ -128,7 +128,7 @@ _FIXES = {
 
 
 def _format_error(path, err):
-    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("gray_scott", "heat2d", "external")))
+    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("gray_scott", "heat2d", "gyrokinetic", "external")))
     fix = _FIXES.get(err["type"], "see `stagelearn schema` for the expected form")
     value = err.get("input")
     shown = "" if err["type"] == "missing" else f" (got {value!r})"

@@ -45,8 +45,12 @@ logger = logging.getLogger(__name__)
 _BUNDLE = b"SLB1"
 
 
-def default_tile_shape(ndim):
-    """64-feature tiles: 4x4x4 in 3D, 8x8 in 2D, 64 in 1D (see README, "Tile shape")."""
+def default_tile_shape(block_shape):
+    """64-feature tiles: 4x4x4 in 3D, 8x8 in 2D, 64 in 1D (see README, "Tile shape"); for 5-D
+    phase-space fields f(r, theta, phi, v_par, mu) one velocity-space slice per spatial point."""
+    ndim = len(block_shape)
+    if ndim == 5:
+        return (1, 1, 1) + tuple(int(n) for n in block_shape[3:])
     return {1: (64,), 2: (8, 8), 3: (4, 4, 4)}.get(ndim, (2,) * ndim)
 
 
@@ -175,14 +179,15 @@ class StagingService:
             dims = {}
             for blk in blocks:
                 if blk.raw is not None:
-                    dims[blk.var] = blk.raw.ndim
+                    dims[blk.var] = list(blk.raw.shape)
             info = json.loads(bcast_bytes(self.comm, json.dumps(dims).encode() if self.rank == 0 else b"").decode())
             for v in missing:
                 if v not in info:
                     raise ConfigError(f"staging.variables: {v!r} is not on the stream (first step has {sorted(info)})")
                 shape = tuple(self.cfg.staging.tile_shape) if self.cfg.staging.tile_shape else default_tile_shape(info[v])
-                if len(shape) != info[v]:
-                    raise ConfigError(f"{self.cfg.source}: staging.tile_shape {shape} does not match the {info[v]}-D variable {v}")
+                if len(shape) != len(info[v]):
+                    raise ConfigError(f"{self.cfg.source}: staging.tile_shape {shape} does not match the "
+                                      f"{len(info[v])}-D variable {v}")
                 self.tile_shapes[v] = shape
                 lc = self.cfg.learner
                 if lc.type == "autoencoder":
@@ -237,7 +242,10 @@ class StagingService:
             import torch
 
             torch.set_num_threads(ac.threads)
-        spec = spec_from_data(tiles, self.tile_shapes[var], channels=tuple(ac.channels), latent_dim=ac.latent_dim,
+        # convolutions run over the tile's axes longer than one (a 5-D velocity-space tile (1, 1, 1, nv, nmu)
+        # is a 2-D image); the flattened features are the same either way
+        conv_shape = tuple(t for t in self.tile_shapes[var] if t > 1) or (1,)
+        spec = spec_from_data(tiles, conv_shape, channels=tuple(ac.channels), latent_dim=ac.latent_dim,
                               latent_bits=ac.latent_bits, comm=self.comm)
         kw = {"time_bins": rc.time_bins} if rc.kind == "stratified" else {}
         buffer = make_buffer(rc.kind, rc.max_mib, seed=self.rank, **kw)

@@ -507,8 +507,8 @@ def from_arrays(spec, arrays):
         If the spec is invalid, or a name is missing or unexpected, or an array has the wrong
         shape, a dtype other than float32, or NaN/Inf values.
     """
-    model = TileAutoencoder(spec)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes first, without allocating: a hostile spec costs nothing
+        expected = TileAutoencoder(spec).state_dict()
     missing = sorted(set(expected) - set(arrays))
     unexpected = sorted(set(arrays) - set(expected))
     if missing or unexpected:
@@ -524,5 +524,6 @@ def from_arrays(spec, arrays):
         if not np.all(np.isfinite(a)):
             raise AEFormatError(f"weight {name!r} contains NaN or Inf")
         state[name] = torch.from_numpy(np.array(a, dtype=np.float32, order="C"))
+    model = TileAutoencoder(spec)
     model.load_state_dict(state, strict=True)
     return model

@@ -275,6 +275,8 @@ class TransformCodec:
             raise ValueError("code section is shorter than its side information")
         limits = np.frombuffer(data, dtype=np.uint32, count=n_components)
         scales = np.frombuffer(data, dtype=np.float32, count=n_components, offset=4 * n_components)
+        if not (np.all(np.isfinite(scales)) and np.all(scales > 0)):
+            raise ValueError("code section has non-finite or non-positive Laplace scales")
         (n_words,) = struct.unpack("<I", data[8 * n_components:head])
         if head + 4 * n_words > len(data):
             raise ValueError("code section is truncated")
@@ -445,6 +447,13 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
     coef = res_codec.coefficients(residual)
     codes = res_codec.quantize_coefficients(coef)
     rec = ref + res_codec.dequantize(codes)
+    # Tiles the model cannot code (a diverged network: non-finite prediction, codes clipped at the
+    # code range) are sent raw whatever the raw budget, so the error target and bound still hold.
+    unusable = ~np.all(np.isfinite(rec), axis=1) | np.any(np.abs(codes) >= _MAX_CODE, axis=1)
+    if unusable.any():
+        logger.warning("%d of %d tiles cannot be coded by the model (non-finite prediction or codes out of range): "
+                       "sent raw", int(unusable.sum()), unusable.size)
+        rec[unusable] = np.where(bad[unusable, None], 0.0, tiles[unusable])
     n_raw = int(math.floor(raw_fraction * n_tiles))
     err = np.einsum("ij,ij->i", tiles - rec, tiles - rec, dtype=np.float64)
     raw_index = np.empty(0, dtype=np.int32)
@@ -458,13 +467,14 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
         energy = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
         raw_index = np.union1d(raw_index, np.asarray(tile_hook(hook_coef, energy), dtype=np.int64))
         extra = tile_hook.sections()
-    raw_index = np.union1d(raw_index, np.flatnonzero(bad))
+    raw_index = np.union1d(raw_index, np.flatnonzero(bad | unusable))
     tiles = all_tiles
     corr_index, corr_data = np.empty(0, dtype=np.int32), b""
     if abs_bound is not None:
         candidates = np.ones(n_tiles, dtype=bool)
         candidates[raw_index.astype(np.int64)] = False
-        corr_index, corr_data, still_bad = correct(tiles, rec, abs_bound, tuple(tile_shape), candidates)
+        exact = to_tiles(block, tile_shape) if block.dtype == np.float64 else None  # verify against the caller's values
+        corr_index, corr_data, still_bad = correct(tiles, rec, abs_bound, tuple(tile_shape), candidates, exact)
         raw_index = np.union1d(raw_index, still_bad)
     raw_index = np.sort(raw_index).astype(np.int32)
     keep = np.ones(n_tiles, dtype=bool)
@@ -561,8 +571,11 @@ def decode_block(payload, codec=None, prev=None):
     """
     header, sec = parse_payload(payload)
     if header.get("kind") == "raw":
-        shape = header["block_shape"]
-        data = zstandard.ZstdDecompressor().decompress(bytes(sec["data"]), max_output_size=4 * int(np.prod(shape)) + 64)
+        try:
+            shape = [int(n) for n in header["block_shape"]]
+            data = zstandard.ZstdDecompressor().decompress(bytes(sec["data"]), max_output_size=4 * int(np.prod(shape)) + 64)
+        except (KeyError, TypeError, ValueError, zstandard.ZstdError) as exc:
+            raise ValueError(f"malformed raw payload: {exc!r}") from None
         if len(data) != 4 * int(np.prod(shape)):
             raise ValueError(f"raw payload holds {len(data)} bytes, expected float32 block {shape}")
         return np.frombuffer(data, dtype=np.float32).reshape(shape).copy(), header, np.zeros((0, 0), np.float32)
@@ -572,7 +585,7 @@ def decode_block(payload, codec=None, prev=None):
         raise ValueError(f"payload was coded by a {header.get('kind')!r} model, the codec given is {codec.kind!r}")
     try:
         tiles, raw_tiles = _decode_tiles(header, sec, payload, codec, prev)
-    except (KeyError, TypeError, IndexError, AttributeError) as exc:
+    except (KeyError, TypeError, IndexError, AttributeError, zstandard.ZstdError, RecursionError, MemoryError) as exc:
         raise ValueError(f"malformed block payload (step {header.get('step')}, variable {header.get('variable')}): {exc!r}") from None
     crc = header.get("recon_crc32")
     if crc is not None and zlib.crc32(tiles.tobytes()) != crc:
@@ -584,8 +597,12 @@ def decode_block(payload, codec=None, prev=None):
 def _decode_tiles(header, sec, payload, codec, prev):
     """All tiles of a coded payload, ndarray of shape (n_tiles, n_features), and its raw tiles
     (see :func:`decode_block`)."""
-    n_tiles, k = header["n_tiles"], header["n_components"]
-    tile_shape, block_shape = header["tile_shape"], header["block_shape"]
+    n_tiles, k = int(header["n_tiles"]), int(header["n_components"])
+    tile_shape, block_shape = [int(t) for t in header["tile_shape"]], [int(n) for n in header["block_shape"]]
+    d = int(np.prod(tile_shape))
+    if k != codec.residual_codec().components.shape[0] or d != codec.n_features:
+        raise ValueError(f"payload has {k} components of {d} features; the codec has "
+                         f"{codec.residual_codec().components.shape[0]} of {codec.n_features}")
     if int(np.prod(tile_grid(block_shape, tile_shape))) != n_tiles:
         raise ValueError(f"payload header is inconsistent: {n_tiles} tiles for block {block_shape} / tile {tile_shape}")
     d = int(np.prod(tile_shape))

@@ -2,52 +2,55 @@
 
 from __future__ import annotations
 
-from typing import List, Literal, Optional
+from typing import Annotated, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN or inf is never a meaningful setting here
 
 
 class AutoencoderConfig(BaseModel):
     """``learner.autoencoder:`` architecture and distributed training of the tile autoencoder."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
-    channels: List[int] = Field([8, 16], min_length=1, max_length=4, description="Convolution channels per stage (depth = length).")
+    channels: List[Annotated[int, Field(ge=1, le=512)]] = Field(
+        [8, 16], min_length=1, max_length=4, description="Convolution channels per stage (depth = length), 1..512 each.")
     latent_dim: int = Field(8, ge=1, le=512, description="Latent values per tile.")
     latent_bits: int = Field(8, ge=2, le=16, description="Bits of the integer latent codes (one float32 scale per tile).")
     mode: Literal["ddp", "local_sgd"] = Field(
         "ddp", description="ddp: gradient all-reduce every iteration; local_sgd: average the weights every sync_every iterations.")
-    sync_every: int = Field(8, ge=1, description="local_sgd: iterations between model averages.")
-    lr: float = Field(1e-3, gt=0, description="Adam learning rate.")
-    batch_size: int = Field(256, ge=1, description="Tiles per iteration and rank.")
-    iterations_per_step: int = Field(10, ge=1, description="Training iterations per output step received (the most, with adaptive_iterations).")
+    sync_every: int = Field(8, ge=1, le=10**6, description="local_sgd: iterations between model averages.")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate.")
+    batch_size: int = Field(256, ge=1, le=65536, description="Tiles per iteration and rank.")
+    iterations_per_step: int = Field(10, ge=1, le=10**4, description="Training iterations per output step received (the most, with adaptive_iterations).")
     adaptive_iterations: bool = Field(
         True, description="Adapt the iterations per step (1 .. iterations_per_step) so that staging keeps ahead of the "
         "stream instead of holding the simulation up (staging/pacing.py).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when torch finds a GPU, else cpu.")
-    threads: int = Field(1, ge=0, description="torch threads per staging rank for training (0: torch's default).")
+    threads: int = Field(1, ge=0, le=1024, description="torch threads per staging rank for training (0: torch's default).")
     timeout_s: float = Field(120.0, gt=0, description="gloo timeout of one collective (a dead staging rank ends the run).")
     rendezvous_host: str = Field(
-        "127.0.0.1", description="Address of staging rank 0 for the torch.distributed rendezvous: loopback when all "
+        "127.0.0.1", min_length=1, description="Address of staging rank 0 for the torch.distributed rendezvous: loopback when all "
         "staging ranks share a node; 'auto' = rank 0's host name address; or an explicit address.")
 
 
 class ReplayConfig(BaseModel):
     """``learner.replay:`` the buffer that training samples from (non-i.i.d. streams)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     kind: Literal["none", "fifo", "reservoir", "stratified"] = Field(
         "reservoir", description="none: train on the current step only; fifo: newest tiles; reservoir: uniform over "
         "all tiles seen; stratified: equal shares per (producer, time bin).")
-    max_mib: float = Field(64.0, gt=0, description="Memory cap of one buffer (MiB); each staging rank holds one per variable.")
-    time_bins: int = Field(4, ge=1, description="stratified: time bins kept per producer.")
+    max_mib: float = Field(64.0, ge=0.25, le=2**20, description="Memory cap of one buffer (MiB); each staging rank holds one per variable.")
+    time_bins: int = Field(4, ge=1, le=1024, description="stratified: time bins kept per producer.")
 
 
 class LearnerConfig(BaseModel):
     """``learner:`` section: what staging learns and when it pushes an encoder back."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     type: Literal["pca", "autoencoder"] = Field("pca", description="Learner family: PCA transform coder or tile autoencoder.")
     autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
@@ -81,7 +84,7 @@ class LearnerConfig(BaseModel):
 class ErrorBound(BaseModel):
     """``codec.error_bound:`` exactly one of ``abs`` and ``rel``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     abs: Optional[float] = Field(None, gt=0, description="Max pointwise error in field units.")
     rel: Optional[float] = Field(None, gt=0, lt=1, description="Max pointwise error as a fraction of the step's global range.")
@@ -93,13 +96,14 @@ class ErrorBound(BaseModel):
         return self
 
     def as_dict(self):
+        """``{"abs": e}`` or ``{"rel": r}``, as the encoder spec carries it."""
         return {"abs": self.abs} if self.abs is not None else {"rel": self.rel}
 
 
 class CodecConfig(BaseModel):
     """``codec:`` section: the error target and the raw-tile budget of the learned codec."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _STRICT
 
     psnr_db: float = Field(
         42.0, gt=0, le=200, description="Target PSNR (dB) that sets the quantization step of each variable."
@@ -109,10 +113,10 @@ class CodecConfig(BaseModel):
     )
     zstd_level: int = Field(3, ge=1, le=22, description="zstd level of the lossless sections.")
     keyframe_every: int = Field(
-        0, ge=0, description="Temporal prediction: 0 codes each step on its own; k > 0 predicts tiles from the previous "
+        0, ge=0, le=2**20, description="Temporal prediction: 0 codes each step on its own; k > 0 predicts tiles from the previous "
         "step's reconstruction, with a step coded on its own every k steps.")
     error_bound: Optional[ErrorBound] = Field(None, description="Pointwise error bound: {abs: e} or {rel: r} (of the step's range).")
-    encode_threads: int = Field(1, ge=0, description="Threads torch may use on each producer rank for autoencoder encoding (0: torch default).")
+    encode_threads: int = Field(1, ge=0, le=1024, description="Threads torch may use on each producer rank for autoencoder encoding (0: torch default).")
 
 
 class AnomalyConfig(BaseModel):

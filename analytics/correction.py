@@ -43,7 +43,7 @@ def tile_max_error(tiles, rec):
     return np.max(np.abs(tiles.astype(np.float64) - rec.astype(np.float64)), axis=1)
 
 
-def correct(tiles, rec, bound, tile_shape, candidates):
+def correct(tiles, rec, bound, tile_shape, candidates, exact=None):
     """Correct the tiles among ``candidates`` whose error exceeds ``bound``.
 
     Parameters
@@ -55,6 +55,9 @@ def correct(tiles, rec, bound, tile_shape, candidates):
     tile_shape : tuple of int
     candidates : ndarray of bool of shape (n_tiles,)
         Tiles that are coded (not already raw).
+    exact : ndarray of shape (n_tiles, n_features), optional
+        The caller's values when they are finer than float32 (float64 fields): the bound is
+        verified against them.
 
     Returns
     -------
@@ -65,19 +68,20 @@ def correct(tiles, rec, bound, tile_shape, candidates):
     still_bad : ndarray of int64
         Tiles that exceed the bound even after correction: send them raw.
     """
-    err = tile_max_error(tiles, rec)
-    index = np.flatnonzero(candidates & (err > bound)).astype(np.int32)
+    ref = tiles if exact is None else exact
+    err = tile_max_error(ref, rec)
+    index = np.flatnonzero(candidates & ~(err <= bound)).astype(np.int32)  # NaN errors count as violations
     if index.size == 0:
         return index, b"", np.zeros(0, dtype=np.int64)
     import zfpy
 
-    resid = (tiles[index].astype(np.float64) - rec[index]).astype(np.float32)
+    resid = (ref[index].astype(np.float64) - rec[index]).astype(np.float32)
     axes = [t for t in tile_shape if t > 1] or [1]  # ZFP takes at most 4 axes: drop singleton ones,
     if len(axes) > 3:                                # flatten tiles of more than 3 real axes
         axes = [int(np.prod(axes))]
     data = zfpy.compress_numpy(np.ascontiguousarray(resid.reshape((index.size,) + tuple(axes))), tolerance=0.5 * bound)
     rec[index] += decode_residuals(data, index.size, tiles.shape[1])
-    still = index[tile_max_error(tiles[index], rec[index]) > bound].astype(np.int64)
+    still = index[~(tile_max_error(ref[index], rec[index]) <= bound)].astype(np.int64)
     return index, data, still
 
 

@@ -240,7 +240,10 @@ class Encoder:
     @classmethod
     def from_frame(cls, frame):
         """Inverse of :meth:`to_frame`, with the checks of :meth:`from_arrays`."""
-        header, sections = unpack_frame(_FRAME_MAGIC, frame, "encoder frame")
+        try:
+            header, sections = unpack_frame(_FRAME_MAGIC, frame, "encoder frame")
+        except ValueError as exc:
+            raise EncoderFormatError(str(exc)) from None
         spec = header.get("spec")
         arrays = {}
         try:
@@ -337,5 +340,5 @@ def spec_from_bytes(data):
     """Inverse of :func:`spec_to_bytes` (raises :class:`EncoderFormatError` on bad JSON)."""
     try:
         return json.loads(np.asarray(data, dtype=np.uint8).tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EncoderFormatError(f"encoder spec is not valid JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise EncoderFormatError(f"encoder spec is not valid JSON: {exc!r}") from None

@@ -67,11 +67,16 @@ def unpack_frame(magic, frame, what="frame"):
         raise ValueError(f"{what} header of {hlen} bytes runs past the end ({len(buf)} bytes)")
     try:
         header = json.loads(bytes(buf[8:8 + hlen]).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{what} header is not valid JSON: {exc}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"{what} header is not valid JSON: {exc!r}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("sections", {}), dict):
+        raise ValueError(f"{what} header must be a JSON object with a 'sections' object")
     body = buf[8 + hlen:]
     sections = {}
-    for name, (off, n) in header.pop("sections", {}).items():
+    for name, entry in header.pop("sections", {}).items():
+        if not (isinstance(entry, list) and len(entry) == 2 and all(type(x) is int for x in entry)):
+            raise ValueError(f"{what} section {name!r}: expected [offset, length], got {entry!r}")
+        off, n = entry
         if off < 0 or n < 0 or off + n > len(body):
             raise ValueError(f"{what} section {name!r} lies outside the {what}")
         sections[name] = body[off:off + n]

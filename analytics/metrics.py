@@ -81,15 +81,28 @@ class ErrorStats:
 
     @classmethod
     def from_arrays(cls, original, reconstruction):
-        """Statistics of one pair of arrays (float64 accumulation)."""
+        """Statistics of one pair of arrays (float64 accumulation).
+
+        Values that are NaN or infinite in ``original`` count as exact where the reconstruction
+        holds the same value (non-finite tiles travel raw) and as NaN errors otherwise; the range
+        is that of the finite values.
+        """
         original = np.asarray(original)
-        diff = original.astype(np.float64) - np.asarray(reconstruction, dtype=np.float64)
+        rec = np.asarray(reconstruction, dtype=np.float64)
+        orig = original.astype(np.float64)
+        finite = np.isfinite(orig)
+        if finite.all():
+            diff = orig - rec
+        else:
+            same = (orig == rec) | (np.isnan(orig) & np.isnan(rec))
+            diff = np.where(finite, orig - rec, np.where(same, 0.0, np.nan))
+        vals = orig[finite] if not finite.all() else orig
         return cls(
             sse=float(np.dot(diff.ravel(), diff.ravel())),
             n=int(original.size),
             max_abs_error=float(np.max(np.abs(diff))) if diff.size else 0.0,
-            vmin=float(original.min()) if original.size else math.inf,
-            vmax=float(original.max()) if original.size else -math.inf,
+            vmin=float(vals.min()) if vals.size else math.inf,
+            vmax=float(vals.max()) if vals.size else -math.inf,
         )
 
     def merge(self, other):

@@ -305,7 +305,8 @@ class Producer:
                                                self._trackers.setdefault(name, PersistenceTracker(encoder.anomaly["persistence_steps"])))
                     bound = absolute_bound(encoder.error_bound, spans[name])
                     prev_step, prev = (None, None) if keyframe else self._prev.get(name, (None, None))
-                    eb = encode_block(block, model.codec(), model.tile_shape,
+                    given = np.asarray(fields[name])  # float64 fields: the bound is verified against them
+                    eb = encode_block(given if given.dtype == np.float64 else block, model.codec(), model.tile_shape,
                                       raw_fraction=encoder.raw_fraction, target_mse=target_mse[name],
                                       tile_hook=scorer, prev=prev, abs_bound=bound,
                                       header={"step": int(step), "variable": name, "rank": self.rank,

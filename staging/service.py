@@ -318,6 +318,23 @@ class StagingService:
         np.save(os.path.join(self.run_dir, f"reference_{self.variables[0]}_step{step}.npy"), out)
         return {"variable": self.variables[0], "step": step}
 
+    def _models_finite(self):
+        """True when every model has finite parameters (the same on all ranks: training is collective);
+        a diverged model is not published (producers keep the previous encoder)."""
+        bad = []
+        for var, est in self.learners.items():
+            if est is None:
+                bad.append(var)
+            elif hasattr(est, "components_"):
+                if not (np.all(np.isfinite(est.components_)) and np.all(np.isfinite(est.mean_))):
+                    bad.append(var)
+            elif not all(np.all(np.isfinite(p.detach().cpu().numpy())) for p in est.model.parameters()):
+                bad.append(var)
+        if bad and self.rank == 0:
+            logger.error("not publishing an encoder: the model of %s has non-finite parameters (training diverged? "
+                         "lower learner.autoencoder.lr)", bad)
+        return not bad
+
     def _should_publish(self):
         lc, ac = self.cfg.learner, self.cfg.anomaly
         if self.steps_seen < lc.warmup_steps:
@@ -418,7 +435,7 @@ class StagingService:
                 self.stats_ready = bool(allreduce_flag(
                     self.comm, self.rank == 0 and self.hist_steps >= self.cfg.anomaly.calibration_steps))
             parts = gather_bytes(self.comm, _pack_blocks(blocks))
-            publish = self._should_publish()
+            publish = self._should_publish() and self._models_finite()
             if self.rank == 0:
                 self._record(parts, publish)
             if publish:

@@ -205,3 +205,29 @@ def test_hostile_autoencoder_spec_is_rejected_before_allocating(bad):
     spec["keyframe_every"] = float("inf")
     with pytest.raises(EncoderFormatError):
         Encoder.from_arrays(spec, enc.arrays())
+
+
+@pytest.mark.parametrize("weight_scale", [1e8, 3e30])
+def test_a_diverged_autoencoder_still_meets_target_and_bound(weight_scale):
+    """Finite but huge weights (a diverged network) pass the format checks; the tiles it cannot code
+    go raw, so the PSNR target and the bound hold and the payload decodes."""
+    from stagelearn.analytics.autoencoder import named_arrays
+
+    trainer = _ae_model()
+    arrays = {k: (v * np.float32(weight_scale)).astype(np.float32) for k, v in named_arrays(trainer.model).items()}
+    model = VariableModel(TILE, -1.3, 1.3, "ae", autoencoder=trainer.spec.to_dict(), ae_arrays=arrays)
+    x = drifting_field(4)
+    target = 4.0 * 10 ** (-40 / 10)
+    eb = encode_block(x, model.codec(), TILE, raw_fraction=0.01, target_mse=target, abs_bound=0.01)
+    block, _, _ = decode_block(eb.payload, model.codec())
+    np.testing.assert_array_equal(block, eb.reconstruction)
+    assert eb.stats.mse <= target and float(np.abs(block - x).max()) <= 0.01
+
+
+def test_error_stats_count_non_finite_values_sent_exactly_as_exact():
+    from stagelearn.analytics.metrics import ErrorStats
+
+    x = np.array([1.0, np.nan, 3.0, np.inf])
+    st = ErrorStats.from_arrays(x, np.array([1.5, np.nan, 3.0, np.inf]))
+    assert st.sse == 0.25 and st.max_abs_error == 0.5 and (st.vmin, st.vmax) == (1.0, 3.0)
+    assert np.isnan(ErrorStats.from_arrays(x, np.array([1.0, 0.0, 3.0, np.inf])).max_abs_error)

@@ -124,15 +124,8 @@ def _launch(args):
     text = generate(cfg, args.config, mode=args.mode, run_dir=args.run_dir, container=args.container, binds=args.bind,
                     job_name=args.job_name, time=args.time, partition=args.partition, account=args.account,
                     srun_mpi=args.srun_mpi, log_level=None if args.log_level == "warning" else args.log_level)
-    if not args.output:
-        sys.stdout.write(text)
+    if not _emit(text, args.output, "launch", mode=0o755):
         return 0
-    try:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(args.output, 0o755)
-    except OSError as exc:
-        raise UsageError(f"launch: cannot write {args.output}: {exc.strerror}") from None
     print(f"{args.output}: SLURM {args.mode} script ({cfg.simulation.ranks} simulation + {cfg.staging.ranks} staging "
           f"ranks); submit with: sbatch {args.output}", file=sys.stderr)
     return 0
@@ -166,18 +159,27 @@ def _xml(args):
         print(f"{args.check}: OK ({len(findings)} warning(s))", file=sys.stderr)
         return 0
     text = generate(cfg, io_name=args.io)
-    if not args.output:
-        sys.stdout.write(text)
+    if not _emit(text, args.output, "xml"):
         return 0
-    try:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError as exc:
-        raise UsageError(f"xml: cannot write {args.output}: {exc.strerror}") from None
     print(f"{args.output}: ADIOS2 XML for the simulation (stream IO {args.io or cfg.adios2.stream_io!r}); "
           "adapt NetworkInterface on a cluster", file=sys.stderr)
     return 0
 # --- end `stagelearn xml` ---
+
+
+def _emit(text, output, command, mode=None):
+    """Write generated text to stdout (``output`` None: returns False) or to a file (returns True)."""
+    if not output:
+        sys.stdout.write(text)
+        return False
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text)
+        if mode is not None:
+            os.chmod(output, mode)
+    except OSError as exc:
+        raise UsageError(f"{command}: cannot write {output}: {exc.strerror}") from None
+    return True
 
 
 def _comm():

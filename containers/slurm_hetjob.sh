@@ -12,6 +12,7 @@
 #SBATCH --ntasks=2
 
 set -uo pipefail
+# `stagelearn` must be on PATH in the job (e.g. source <repo>/.venv/bin/activate) unless --container is used.
 cd "${SLURM_SUBMIT_DIR:-$PWD}"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 # SST contact files go to <run dir>/sst: a directory both sides must see (shared file system / bind).

@@ -9,8 +9,10 @@
 #SBATCH --job-name=stagelearn-gray_scott
 #SBATCH --time=00:35:00
 #SBATCH --ntasks=6
+#SBATCH --nodes=1  # the XML's NetworkInterface=lo: both sides on one node
 
 set -uo pipefail
+# `stagelearn` must be on PATH in the job (e.g. source <repo>/.venv/bin/activate) unless --container is used.
 cd "${SLURM_SUBMIT_DIR:-$PWD}"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 # SST contact files go to <run dir>/sst: a directory both sides must see (shared file system / bind).

@@ -28,6 +28,12 @@ def simulation_main(cfg, comm, run_dir):
     from ..sim_mocks.events import ground_truth, written_fields
     from ..sim_mocks.runner import build_simulation, gather_field, run_simulation
 
+    if cfg.simulation.type == "external":
+        from .errors import UsageError
+
+        raise UsageError(f"{cfg.source}: simulation.type external is an unchanged code: start it yourself "
+                         f"(`mpiexec -n {cfg.simulation.ranks} {' '.join(cfg.simulation.command)}` in the run directory) "
+                         "or let `stagelearn run` start it; `stagelearn sim` runs the mock simulations")
     t0 = time.time()
     if comm.Get_rank() == 0:
         prepare_run_dir(run_dir)

@@ -123,6 +123,9 @@ def generate(cfg, config_path, *, mode="hetjob", run_dir=None, container=None, b
     srun_opts = [f"--mpi={srun_mpi}"] if srun_mpi else []
     sim = side_argv("sim", config_path, run_dir, container=container, binds=binds, log_level=log_level)
     stage = side_argv("stage", config_path, run_dir, container=container, binds=binds, log_level=log_level)
+    if cfg.simulation.type == "external":  # an unchanged code: started as is, in the run directory (as `run` does)
+        sim = [*(["apptainer", "exec", *[a for b in binds for a in ("--bind", str(b))], str(container)] if container else []),
+               "env", "-C", run_dir, *cfg.simulation.command]
 
     lines = ["#!/bin/bash",
              f"# stagelearn launch --scheduler slurm --mode {mode}: generated from {config_path}",
@@ -141,6 +144,8 @@ def generate(cfg, config_path, *, mode="hetjob", run_dir=None, container=None, b
                   "# --mem-per-cpu so that the first step does not take all the memory of the node."]
         lines += common + per_component
         lines += [f"#SBATCH --ntasks={m + n}"]
+        if any("NetworkInterface=lo" in w or "loopback" in w for w in warnings):
+            lines += ["#SBATCH --nodes=1  # the XML's NetworkInterface=lo: both sides on one node"]
         sim_srun = ["srun", "--exact", f"--ntasks={m}", *srun_opts]
         stage_srun = ["srun", "--exact", f"--ntasks={n}", *srun_opts]
     sst = f"{run_dir.rstrip('/') or '/'}/sst"
@@ -149,6 +154,7 @@ def generate(cfg, config_path, *, mode="hetjob", run_dir=None, container=None, b
     lines += [
         "",
         "set -uo pipefail",
+        "# `stagelearn` must be on PATH in the job (e.g. source <repo>/.venv/bin/activate) unless --container is used.",
         'cd "${SLURM_SUBMIT_DIR:-$PWD}"',
         "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} PYTHONUNBUFFERED=1",
         "# SST contact files go to <run dir>/sst: a directory both sides must see (shared file system / bind).",

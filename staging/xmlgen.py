@@ -98,7 +98,8 @@ def expected_ios(cfg, *, io_name=None):
     Returns
     -------
     ios : list of (role, name, engine, dict of key to value)
-        ``role`` is ``"stream"``, ``"model"`` or ``"output"``.
+        ``role`` is ``"stream"``, ``"model"`` or ``"output"``; in-transit runs
+        (``staging.mode: in_transit``) need the stream IO only: nothing goes back to the code.
     """
     from .xmlconfig import read_ios
 
@@ -108,6 +109,8 @@ def expected_ios(cfg, *, io_name=None):
         configured = {}
     out = []
     for role, (engine, params) in DEFAULTS.items():
+        if role != "stream" and cfg.staging.mode == "in_transit":
+            continue
         cfg_name = getattr(cfg.adios2, _ROLE_KEY[role])
         name = io_name if (role == "stream" and io_name) else cfg_name
         params = dict(params)

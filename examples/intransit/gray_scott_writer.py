@@ -4,7 +4,7 @@ A 3-D Gray-Scott solver (the ADIOS2 tutorial's model) on MPI ranks that writes `
 (global arrays, ``shape/start/count``) and ``step`` with the plain ``adios2`` API, its IO
 configured by an ``adios2.xml`` it is given. Switching that IO's engine from BP5 to SST (the only
 change, in the XML) streams its output to ``stagelearn stage`` in in-transit mode, which
-discovers the variables, learns, and writes the compressed output; see README.md here.
+discovers the variables, learns, and writes the compressed output; see README.md in this folder.
 
     mpiexec -n 4 python gray_scott_writer.py adios2.xml gs.bp --L 64 --steps 1000 --plotgap 10
 

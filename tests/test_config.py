@@ -106,3 +106,17 @@ def test_random_yaml_documents_only_raise_config_errors(tmp_path):
 
     check()
     assert hypothesis is not None
+
+
+def test_external_command_resolves_only_script_and_config_files(tmp_path):
+    """Scripts and config files next to the YAML become absolute; the stream name, numbers and other
+    arguments stay as written (the code runs in the run directory)."""
+    from stagelearn.staging.config import load_config
+
+    for name in ("writer.py", "adios2.xml", "sim.bp", "14"):
+        (tmp_path / name).write_text("")
+    path = tmp_path / "run.yaml"
+    path.write_text("simulation: {type: external, ranks: 2, command: [python, writer.py, adios2.xml, sim.bp, '14', '.']}\n"
+                    "staging: {mode: in_transit, stream: sim.bp}\n")
+    cmd = load_config(path).simulation.command
+    assert cmd == ["python", str(tmp_path / "writer.py"), str(tmp_path / "adios2.xml"), "sim.bp", "14", "."]

@@ -70,7 +70,8 @@ class ExternalSimConfig(BaseModel):
     type: Literal["external"] = "external"
     ranks: int = Field(1, ge=1, description="MPI ranks of the simulation (M).")
     command: List[str] = Field(..., min_length=1, description="Argument list run as `mpiexec -n ranks COMMAND...` in the "
-                               "run directory; paths relative to the YAML file are resolved.")
+                               "run directory; script and config files (.py, .sh, .xml, .yaml, ...) named relative "
+                               "to the YAML file are resolved.")
     steps: int = Field(0, ge=0, description="Output steps it writes, for the progress bar only (0: unknown).")
     plotgap: int = Field(1, ge=1, description="Kept for the progress bar: output steps = steps // plotgap + 1 when steps > 0.")
     events: List[Event] = Field(default_factory=list, max_length=0, description="Not available for external codes.")

@@ -121,9 +121,12 @@ def _launch(args):
         print(f"stagelearn launch: warning: {warning}", file=sys.stderr)
     if args.bind and not args.container:
         raise UsageError("launch: --bind needs --container")
-    text = generate(cfg, args.config, mode=args.mode, run_dir=args.run_dir, container=args.container, binds=args.bind,
-                    job_name=args.job_name, time=args.time, partition=args.partition, account=args.account,
-                    srun_mpi=args.srun_mpi, log_level=None if args.log_level == "warning" else args.log_level)
+    try:
+        text = generate(cfg, args.config, mode=args.mode, run_dir=args.run_dir, container=args.container, binds=args.bind,
+                        job_name=args.job_name, time=args.time, partition=args.partition, account=args.account,
+                        srun_mpi=args.srun_mpi, log_level=None if args.log_level == "warning" else args.log_level)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if not _emit(text, args.output, "launch", mode=0o755):
         return 0
     print(f"{args.output}: SLURM {args.mode} script ({cfg.simulation.ranks} simulation + {cfg.staging.ranks} staging "

@@ -176,11 +176,23 @@ def load_config(path):
     base = os.path.dirname(os.path.abspath(path))
     xml = cfg.adios2.config_file
     cfg.adios2.config_file = os.path.normpath(os.path.join(base, xml)) if xml else default_xml()
-    if cfg.simulation.type == "external":  # script paths relative to the YAML, like the XML
-        cfg.simulation.command = [os.path.normpath(os.path.join(base, a)) if os.path.exists(os.path.join(base, a)) else a
-                                  for a in cfg.simulation.command]
+    if cfg.simulation.type == "external":  # script and config files named relative to the YAML, like the XML
+        cfg.simulation.command = [_resolve_file_arg(a, base, cfg.staging.stream) for a in cfg.simulation.command]
     check_ios(cfg, path)
     return cfg
+
+
+_FILE_SUFFIXES = (".py", ".sh", ".xml", ".yaml", ".yml", ".json", ".toml", ".ini", ".cfg", ".nml")
+
+
+def _resolve_file_arg(arg, base, stream):
+    """An external command's argument, made absolute when it names a script or configuration file
+    (by suffix) that exists next to the run YAML; anything else (the stream name, numbers, options,
+    data files the code writes) is left as written: the code runs in the run directory."""
+    path = os.path.join(base, arg)
+    if arg != stream and arg.endswith(_FILE_SUFFIXES) and not os.path.isabs(arg) and os.path.isfile(path):
+        return os.path.normpath(path)
+    return arg
 
 
 def check_ios(cfg, source="<config>"):

@@ -187,7 +187,7 @@ def _producer_record(cfg, run_dir, summary):
     import json
 
     path = os.path.join(run_dir, "producer.json")
-    if os.path.exists(path):
+    if os.path.exists(path) and cfg.staging.mode != "in_transit":  # in transit, one left by an earlier run is stale
         with open(path) as f:
             return json.load(f)
     sim = cfg.simulation

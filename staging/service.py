@@ -49,7 +49,7 @@ def default_tile_shape(block_shape):
     """64-feature tiles: 4x4x4 in 3D, 8x8 in 2D, 64 in 1D (see README, "Tile shape"); for 5-D
     phase-space fields f(r, theta, phi, v_par, mu) one velocity-space slice per spatial point."""
     ndim = len(block_shape)
-    if ndim == 5:
+    if ndim == 5 and int(np.prod(block_shape[3:])) <= 4096:
         return (1, 1, 1) + tuple(int(n) for n in block_shape[3:])
     return {1: (64,), 2: (8, 8), 3: (4, 4, 4)}.get(ndim, (2,) * ndim)
 
@@ -173,6 +173,8 @@ class StagingService:
         if self.variables is None:
             names = sorted({b.var for b in blocks}) if self.rank == 0 else []
             self.variables = json.loads(bcast_bytes(self.comm, json.dumps(names).encode()).decode())
+            if self.in_transit:  # the variables of the first step; any that appear later are not read
+                self.reader.variables = list(self.variables)
         # tile shapes from the dimensionality seen on the stream (agreed through rank 0)
         missing = [v for v in self.variables if v not in self.tile_shapes]
         if missing:
@@ -263,7 +265,7 @@ class StagingService:
         from .producer import step_targets
 
         ref = self.variables[0]
-        self._last_raw = [(b.start, b.count, b.shape, b.raw.copy()) for b in blocks if b.var == ref]
+        self._last_raw = [(b.start, b.count, b.shape, b.raw) for b in blocks if b.var == ref]  # kept, not copied
         enc = self.encoder
         if enc is None:
             for b in blocks:

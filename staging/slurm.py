@@ -109,6 +109,11 @@ def generate(cfg, config_path, *, mode="hetjob", run_dir=None, container=None, b
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    values = [config_path, run_dir, container, job_name, time, partition, account, srun_mpi, *binds]
+    if cfg.simulation.type == "external":
+        values += list(cfg.simulation.command)
+    if any(v is not None and ("\n" in str(v) or "\r" in str(v)) for v in values):
+        raise ValueError("launch: a path, name or command argument contains a line break")
     warnings = sst_warnings(cfg)
     m, n = int(cfg.simulation.ranks), int(cfg.staging.ranks)
     run_dir = str(run_dir or cfg.run_dir)
@@ -161,6 +166,8 @@ def generate(cfg, config_path, *, mode="hetjob", run_dir=None, container=None, b
         "# Remove stale ones first: a reader would connect to the dead writer of an earlier run.",
         f"{_join(in_image + ['mkdir', '-p', sst])} || exit 2",
         f"{_join(in_image + ['find', sst, '-maxdepth', '1', '-name', '*.sst', '-delete'])} || exit 2",
+        *([f"{_join(in_image + ['rm', '-f', run_dir.rstrip('/') + '/' + cfg.staging.stream + '.sst'])}"]
+          if cfg.staging.mode == "in_transit" else []),
         "",
         f"{_join(stage_srun + stage)} &",
         "stage_pid=$!",

@@ -208,6 +208,20 @@ class PerRankStreamReader:
             s["engine"].Close()
 
 
+def _numpy_type(adios_type, var):
+    """numpy dtype of an ADIOS2 type name (``float``, ``double``, ``int32_t``, ``uint8_t``, ...)."""
+    name = {"float": "float32", "double": "float64"}.get(adios_type, adios_type.removesuffix("_t"))
+    try:
+        dtype = np.dtype(name)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "fiu":
+        from .errors import ConfigError
+
+        raise ConfigError(f"staging.variables: {var} has ADIOS2 type {adios_type}; only numeric arrays can be learned")
+    return dtype
+
+
 class PlainStreamReader:
     """An unchanged ADIOS2 code's stream (in-transit mode): raw arrays only, one reader cohort.
 
@@ -238,15 +252,16 @@ class PlainStreamReader:
         self.path, self.step_timeout_s = stream_path, step_timeout_s
         self.engine = open_reader(self.io, stream_path, open_timeout_s, "the simulation (unchanged ADIOS2 code)")
         self.n_producers = None
+        self._first_done = False
 
     def _names(self, available):
         if self.variables is not None:
             missing = [v for v in self.variables if v not in available]
-            if missing:
+            if missing and not self._first_done:  # a listed variable must exist; later it may skip steps
                 from .errors import ConfigError
 
                 raise ConfigError(f"staging.variables: {missing} not on stream {self.path} (it has {sorted(available)})")
-            return list(self.variables)
+            return [v for v in self.variables if v in available]
         return sorted(n for n, info in available.items()
                       if info.get("Type") in ("float", "double") and info.get("SingleValue") == "false")
 
@@ -265,6 +280,11 @@ class PlainStreamReader:
             self.n_producers = len(infos)
             shape = tuple(int(x) for x in v.Shape())
             counts = [_dims(bi["Count"]) for bi in infos]
+            if not shape and len({c[1:] for c in counts}) > 1:
+                from .errors import StagelearnError
+
+                raise StagelearnError(f"step {step}: local array {var} has blocks {counts} with different trailing "
+                                      "dimensions; they cannot be laid side by side (write it as a global array)")
             if not shape:  # local array: blocks side by side along axis 0
                 offsets = np.cumsum([0] + [c[0] for c in counts[:-1]])
                 shape = (int(sum(c[0] for c in counts)),) + counts[0][1:]
@@ -273,7 +293,7 @@ class PlainStreamReader:
                 starts = [_dims(bi["Start"]) for bi in infos]
             for i in assign_blocks(len(infos), self.comm.Get_size(), self.comm.Get_rank()):
                 bid = int(infos[i]["BlockID"])
-                data = np.empty(counts[i], dtype=np.float64 if v.Type() == "double" else np.float32)
+                data = np.empty(counts[i], dtype=_numpy_type(v.Type(), var))
                 v.SetBlockSelection(bid)
                 self.engine.Get(v, data, b.Mode.Deferred)
                 blk = ReceivedBlock(var=var, rank=bid, report=make_report(step=step, rank=bid), shape=shape,
@@ -284,8 +304,9 @@ class PlainStreamReader:
         if pending:
             self.engine.PerformGets()
         for blk in pending:
-            blk.raw = blk.raw.astype(np.float32, copy=False)
+            blk.raw = blk.raw.astype(np.float32, copy=False)  # learned and coded as float32, as producers send
         self.engine.EndStep()
+        self._first_done = True
         return out
 
     def close(self):

@@ -60,7 +60,10 @@ def check_run(tmp_path, name, proc, min_ratio=4.0):
     sse_reported = sum(report_get(r, "sse") for r in rows)
     sse_actual = float(np.sum((decoded.astype(np.float64) - original) ** 2))
     assert sse_reported == pytest.approx(sse_actual, rel=1e-4)
-    assert float(np.abs(decoded - original).max()) == pytest.approx(max(report_get(r, "max_abs_error") for r in rows), rel=1e-5)
+    # the reference is saved as float32 and the reports are against the simulation's float64 values: allow
+    # float32 rounding (half an ulp, ~3e-8 for values below 1)
+    assert float(np.abs(decoded - original).max()) == pytest.approx(max(report_get(r, "max_abs_error") for r in rows),
+                                                                    rel=1e-5, abs=1e-7)
     assert (run_dir / "summary.png").stat().st_size > 10_000
     return summary
 

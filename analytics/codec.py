@@ -605,7 +605,6 @@ def _decode_tiles(header, sec, payload, codec, prev):
                          f"{codec.residual_codec().components.shape[0]} of {codec.n_features}")
     if int(np.prod(tile_grid(block_shape, tile_shape))) != n_tiles:
         raise ValueError(f"payload header is inconsistent: {n_tiles} tiles for block {block_shape} / tile {tile_shape}")
-    d = int(np.prod(tile_shape))
     _, raw_tiles, raw_index = payload_raw_tiles(payload)
     dz = zstandard.ZstdDecompressor()
     keep = np.ones(n_tiles, dtype=bool)

@@ -208,9 +208,13 @@ class ReplayBuffer:
             A copy, in the order documented by the subclass (shape ``(0, 0)`` before the first
             :meth:`add`).
         """
+        return self._held("_store", (0, 0), np.float32)
+
+    def _held(self, attr, empty_shape, dtype):
+        """Rows of the array ``attr`` for the held tiles (empty before the first :meth:`add`)."""
         if self.n_features_in_ is None:
-            return np.empty((0, 0), dtype=np.float32)
-        return self._store[self._held_rows()]
+            return np.empty(empty_shape, dtype=dtype)
+        return getattr(self, attr)[self._held_rows()]
 
     def sources(self):
         """Source ids of the held tiles.
@@ -220,9 +224,7 @@ class ReplayBuffer:
         sources : ndarray of shape (len(self),), int64
             In the order of :meth:`tiles`.
         """
-        if self.n_features_in_ is None:
-            return np.empty(0, dtype=np.int64)
-        return self._src[self._held_rows()]
+        return self._held("_src", 0, np.int64)
 
     def steps(self):
         """Output steps of the held tiles.
@@ -232,9 +234,7 @@ class ReplayBuffer:
         steps : ndarray of shape (len(self),), int64
             In the order of :meth:`tiles`.
         """
-        if self.n_features_in_ is None:
-            return np.empty(0, dtype=np.int64)
-        return self._stp[self._held_rows()]
+        return self._held("_stp", 0, np.int64)
 
     @property
     def nbytes(self):

@@ -119,26 +119,35 @@ def train_ae(train_blocks, n_vpar, n_mu, *, passes, iterations_per_step):
     return vm.codec(), model_bytes, trainer
 
 
-def evaluate(name, codec, test, B, sim, shape5, tile):
-    """Code every held-out frame at each target; returns rows of the table."""
+def evaluate(name, compress, test, B, sim, shape5):
+    """Code every held-out frame at each target with ``compress(block, target) -> (nbytes, rec)``;
+    returns rows of the table."""
     rows = []
     for target in TARGETS:
         raw_bytes = sent = 0
         psnrs, errs, t_enc = [], [], 0.0
         for _, f in test:
             block = f.reshape(-1, *f.shape[-2:]).astype(np.float32)
-            span = float(block.max() - block.min())
             t0 = time.perf_counter()
-            eb = encode_block(block, codec, tile, raw_fraction=0.01, target_mse=span**2 * 10 ** (-target / 10))
+            nbytes, rec = compress(block, target)
             t_enc += time.perf_counter() - t0
-            dec, _, _ = decode_block(eb.payload, codec)
-            assert np.array_equal(dec, eb.reconstruction), "decoder disagrees with the producer's reconstruction"
             raw_bytes += block.nbytes
-            sent += len(eb.payload)
-            psnrs.append(psnr(block, dec))
-            errs.append(moment_errors(moments(f, B, sim.grid), moments(dec.reshape(shape5), B, sim.grid)))
+            sent += nbytes
+            psnrs.append(psnr(block, rec))
+            errs.append(moment_errors(moments(f, B, sim.grid), moments(rec.reshape(shape5), B, sim.grid)))
         rows.append(row(name, target, raw_bytes, sent, psnrs, errs, t_enc, len(test)))
     return rows
+
+
+def learned(codec, tile):
+    """``compress`` of a learned codec: :func:`encode_block` at the target, checked by decoding."""
+    def compress(block, target):
+        span = float(block.max() - block.min())
+        eb = encode_block(block, codec, tile, raw_fraction=0.01, target_mse=span**2 * 10 ** (-target / 10))
+        dec, _, _ = decode_block(eb.payload, codec)
+        assert np.array_equal(dec, eb.reconstruction), "decoder disagrees with the producer's reconstruction"
+        return len(eb.payload), dec
+    return compress
 
 
 def row(name, target, raw_bytes, sent, psnrs, errs, t_enc, n_frames):
@@ -156,21 +165,7 @@ def evaluate_sz3(test, B, sim, shape5):
         from stagelearn.analytics.baselines import sz3_at_psnr
     except ImportError:
         return []
-    rows = []
-    for target in TARGETS:
-        raw_bytes = sent = 0
-        psnrs, errs, t_enc = [], [], 0.0
-        for _, f in test:
-            block = f.reshape(-1, *f.shape[-2:]).astype(np.float32)
-            t0 = time.perf_counter()
-            nbytes, rec = sz3_at_psnr(block, target)
-            t_enc += time.perf_counter() - t0
-            raw_bytes += block.nbytes
-            sent += nbytes
-            psnrs.append(psnr(block, rec))
-            errs.append(moment_errors(moments(f, B, sim.grid), moments(rec.reshape(shape5), B, sim.grid)))
-        rows.append(row("SZ3 (reference)", target, raw_bytes, sent, psnrs, errs, t_enc, len(test)))
-    return rows
+    return evaluate("SZ3 (reference)", sz3_at_psnr, test, B, sim, shape5)
 
 
 def main(argv=None):
@@ -220,8 +215,8 @@ def main(argv=None):
     print(f"ae_model_bytes: {ae_bytes}")
     print(f"ae_alone_psnr_last_frame_db: {ae_alone:.2f}")
 
-    rows = evaluate("PCA", pca_codec, test, B, sim, shape5, tile)
-    rows += evaluate("AE", ae_codec, test, B, sim, shape5, tile)
+    rows = evaluate("PCA", learned(pca_codec, tile), test, B, sim, shape5)
+    rows += evaluate("AE", learned(ae_codec, tile), test, B, sim, shape5)
     rows += evaluate_sz3(test, B, sim, shape5)
     for r in rows:
         key = f"{r['method'].split()[0].lower()}_{int(r['target_db'])}db"

@@ -29,6 +29,7 @@ from ..analytics.baselines import sz3_at_psnr
 from ..analytics.codec import encode_block
 from ..analytics.correction import absolute_bound
 from ..analytics.encoder import Encoder
+from ..analytics.temporal import PredictionChain
 from ..analytics.metrics import ErrorStats, psnr_from_mse
 from .adios import bindings, deadline, declare_io, make_adios, remove_stale_contact_file
 from .errors import ModelFormatError
@@ -134,8 +135,7 @@ class Producer:
         self._trackers = {}
         self.steps_written = 0
         self._encoded_steps = 0
-        self._prev = {}  # variable -> (step, reconstruction) the decoder also holds (temporal prediction)
-        self._since_key = 0  # encoded steps since the last step coded on its own
+        self._chain = PredictionChain()  # previous reconstructions the decoder also holds (temporal prediction)
         self._warned_bound = set()
 
     # ----------------------------------------------------------------- setup
@@ -282,8 +282,9 @@ class Producer:
         encoder = self.encoder
         sample_sz3 = encoder is not None and self.sz3_every > 0 and self._encoded_steps % self.sz3_every == 0
         target_mse, spans = self._target_mse(blocks, encoder) if encoder is not None else ({}, {})
-        keyframe = encoder is None or encoder.keyframe_every == 0 or self._since_key % encoder.keyframe_every == 0
-        reports, new_prev = {}, {}
+        if encoder is not None:
+            self._chain.keyframe_every = encoder.keyframe_every
+        reports = {}
         with deadline(self.step_timeout_s, f"staging to accept step {step} (timeouts.step_s)"):
             self.engine.BeginStep()
             for name, (shape, start, count) in self._defs.items():
@@ -304,7 +305,7 @@ class Producer:
                                                math.sqrt(target_mse[name]),
                                                self._trackers.setdefault(name, PersistenceTracker(encoder.anomaly["persistence_steps"])))
                     bound = absolute_bound(encoder.error_bound, spans[name])
-                    prev_step, prev = (None, None) if keyframe else self._prev.get(name, (None, None))
+                    prev_step, prev = self._chain.reference(name, block.shape)
                     given = np.asarray(fields[name])  # float64 fields: the bound is verified against them
                     eb = encode_block(given if given.dtype == np.float64 else block, model.codec(), model.tile_shape,
                                       raw_fraction=encoder.raw_fraction, target_mse=target_mse[name],
@@ -312,8 +313,7 @@ class Producer:
                                       header={"step": int(step), "variable": name, "rank": self.rank,
                                               "encoder_version": encoder.version, "shape": list(shape),
                                               "start": list(start), "count": list(count), "ref_step": prev_step})
-                    if encoder.keyframe_every:
-                        new_prev[name] = (int(step), eb.reconstruction)
+                    self._chain.record(name, step, eb.reconstruction)
                     payload = np.frombuffer(eb.payload, dtype=np.uint8).copy()
                     var = self._vars[payload_name(name)]
                     var.SetSelection([[], [payload.size]])
@@ -347,10 +347,9 @@ class Producer:
                 self.engine.Put(self._vars[report_name(name)], row, b.Mode.Sync)
                 reports[name] = row
             self.engine.EndStep()
-        self._prev = new_prev  # only once the step is written: the next step may predict from it
         if encoder is not None:
             self._encoded_steps += 1
-            self._since_key += 1
+            self._chain.end_step()  # only once the step is written: the next step may predict from it
         self.steps_written += 1
         return reports
 

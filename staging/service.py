@@ -28,6 +28,7 @@ from ..analytics.encoder import Encoder
 from ..analytics.framing import pack_frame, unpack_frame
 from ..analytics.dpca import DistributedPCA
 from ..analytics.incremental_pca import IncrementalPCA
+from ..analytics.temporal import PredictionChain
 from ..analytics.tiling import tile_grid, to_tiles
 from .adios import declare_io, make_adios
 from .errors import ConfigError
@@ -126,7 +127,7 @@ class StagingService:
         self.last_publish = None
         self.tiles_learned = 0
         self.in_transit = cfg.staging.mode == "in_transit"
-        self._prev, self._since_key, self._last_raw = {}, 0, []  # in transit: staging encodes, so it holds these
+        self._chain, self._last_raw = PredictionChain(), []  # in transit: staging encodes, so it holds these
         self._warmup_tiles = {}  # autoencoder: tiles of the warm-up steps, until the trainer exists
         ac = cfg.learner.autoencoder
         self.pace = TrainingPace(ac.iterations_per_step, adaptive=ac.adaptive_iterations) \
@@ -275,28 +276,23 @@ class StagingService:
             return
         targets, spans = step_targets(self.comm, {v: [b.raw for b in blocks if b.var == v] for v in self.variables},
                                       enc.psnr_db)
-        keyframe = enc.keyframe_every == 0 or self._since_key % enc.keyframe_every == 0
-        new_prev = {}
+        self._chain.keyframe_every = enc.keyframe_every
         for b in blocks:
             model = enc.variables[b.var]
-            prev_step, prev = (None, None) if keyframe else self._prev.get((b.var, b.rank), (None, None))
-            if prev is not None and prev.shape != b.raw.shape:
-                prev_step, prev = None, None
+            prev_step, prev = self._chain.reference((b.var, b.rank), b.raw.shape)
             eb = encode_block(b.raw, model.codec(), model.tile_shape, raw_fraction=enc.raw_fraction,
                               target_mse=targets[b.var], prev=prev, abs_bound=absolute_bound(enc.error_bound, spans[b.var]),
                               header={"step": b.step, "variable": b.var, "rank": b.rank, "encoder_version": enc.version,
                                       "shape": list(b.shape), "start": list(b.start), "count": list(b.count),
                                       "ref_step": prev_step})
-            if enc.keyframe_every:
-                new_prev[(b.var, b.rank)] = (b.step, eb.reconstruction)
+            self._chain.record((b.var, b.rank), b.step, eb.reconstruction)
             st = eb.stats
             b.report = make_report(step=b.step, rank=b.rank, encoder_version=enc.version, raw_bytes=b.raw.nbytes,
                                    sent_bytes=len(eb.payload), sse=st.sse, n=b.raw.size, max_abs_error=st.max_abs_error,
                                    vmin=st.vmin, vmax=st.vmax, n_raw_tiles=eb.n_raw_tiles,
                                    local_psnr_db=psnr_from_mse(st.mse, st.data_range))
             b.payload, b.raw = eb.payload, None
-        self._prev = new_prev
-        self._since_key += 1
+        self._chain.end_step()
 
     def _save_reference(self):
         """In-transit mode: the raw last step of the first variable, assembled on rank 0 (collective),

@@ -231,3 +231,18 @@ def test_error_stats_count_non_finite_values_sent_exactly_as_exact():
     st = ErrorStats.from_arrays(x, np.array([1.5, np.nan, 3.0, np.inf]))
     assert st.sse == 0.25 and st.max_abs_error == 0.5 and (st.vmin, st.vmax) == (1.0, 3.0)
     assert np.isnan(ErrorStats.from_arrays(x, np.array([1.0, 0.0, 3.0, np.inf])).max_abs_error)
+
+
+def test_prediction_chain_keyframes_and_commit_on_step_end():
+    from stagelearn.analytics.temporal import PredictionChain
+
+    chain, rec = PredictionChain(keyframe_every=3), np.zeros((2, 2))
+    seen = []
+    for step in range(7):
+        seen.append(chain.reference("U", rec.shape)[0])
+        chain.record("U", step, rec + step)
+        assert chain.reference("U", rec.shape)[0] == seen[-1]  # recorded, but not a reference before end_step
+        chain.end_step()
+    assert seen == [None, 0, 1, None, 3, 4, None]  # a self-contained step every 3
+    assert chain.reference("U", (3, 2)) == (None, None)  # the block changed shape
+    assert PredictionChain().reference("U", rec.shape) == (None, None)  # no temporal prediction

@@ -7,6 +7,7 @@ Uses the ADIOS2 Python bindings (``adios2.bindings``: ``ADIOS``, ``IO``, ``Engin
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from contextlib import contextmanager
@@ -98,13 +99,24 @@ def declare_io(adios, io_name, config_file, known_ios):
     return adios.DeclareIO(io_name)
 
 
-def begin_step(engine, timeout_s, what):
-    """``BeginStep`` in read mode with a timeout.
+def begin_step(engine, timeout_s, what, interrupted=None):
+    """``BeginStep`` in read mode with a timeout, waiting in slices of at most a second.
+
+    Parameters
+    ----------
+    engine : adios2.bindings.Engine
+    timeout_s : float
+    what : str
+        For the error message.
+    interrupted : callable or None
+        Called between slices; a true result ends the wait with ``"interrupted"`` (for a
+        collective reader it must be collective, e.g. :func:`stagelearn.staging.signals.agreed`).
 
     Returns
     -------
-    status : {"ok", "end"}
-        ``"end"`` when the writer closed the stream.
+    status : {"ok", "end", "failed", "interrupted"}
+        ``"end"`` when the writer closed the stream, ``"failed"`` when it went away without
+        closing it (SST reports a dead writer as ``OtherError``).
 
     Raises
     ------
@@ -112,14 +124,21 @@ def begin_step(engine, timeout_s, what):
         If no step arrived within ``timeout_s`` seconds.
     """
     b = bindings()
-    status = engine.BeginStep(b.StepMode.Read, float(timeout_s))
-    if status == b.StepStatus.OK:
-        return "ok"
-    if status == b.StepStatus.EndOfStream:
-        return "end"
-    if status == b.StepStatus.NotReady:
-        raise StreamTimeoutError(f"no step on {what} within {timeout_s:g} s (timeouts.step_s); is the writer alive?")
-    raise StreamTimeoutError(f"BeginStep on {what} failed with {status}")
+    # whole one-second slices, counted rather than timed, so every rank of a collective reader
+    # takes the same decisions in the same slice
+    slices = max(1, math.ceil(float(timeout_s))) if interrupted is not None else 1
+    for _ in range(slices):
+        status = engine.BeginStep(b.StepMode.Read, 1.0 if interrupted is not None else float(timeout_s))
+        if status == b.StepStatus.OK:
+            return "ok"
+        if status == b.StepStatus.EndOfStream:
+            return "end"
+        if status != b.StepStatus.NotReady:
+            logger.error("BeginStep on %s: %s (the writer went away without closing the stream)", what, status)
+            return "failed"
+        if interrupted is not None and interrupted():
+            return "interrupted"
+    raise StreamTimeoutError(f"no step on {what} within {timeout_s:g} s (timeouts.step_s); is the writer alive?")
 
 
 def open_reader(io, path, open_timeout_s, what):

@@ -41,6 +41,15 @@ class Adios2Config(BaseModel):
         description="shared: all producer ranks are one SST writer (ADIOS2 with MPI); per_rank: one writer per rank; "
         "auto: shared when ADIOS2 has MPI.",
     )
+    queue_limit: Optional[int] = Field(
+        None, ge=1, le=10_000, description="SST QueueLimit of the simulation's stream: steps a producer holds for "
+        "staging before the policy applies. Default: the XML's value, else 4 (never unbounded).")
+    queue_full_policy: Optional[Literal["Block", "Discard"]] = Field(
+        None, description="SST QueueFullPolicy when the queue is full: Block (the simulation waits; stalls are counted) "
+        "or Discard (the newest step is dropped and recorded in the ledger). Default: the XML's value, else Block.")
+    network_interface: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z0-9_.:-]+$", description="SST NetworkInterface of the stream and model channel "
+        "(e.g. lo for one node, ib0 or hsn0 across nodes). Default: the XML's value, else lo (loopback).")
 
 
 class StagingConfig(BaseModel):
@@ -59,6 +68,23 @@ class StagingConfig(BaseModel):
     stream: Optional[str] = Field(
         None, description="in_transit: the stream name the simulation opens (its SST contact file is <stream>.sst), "
         "relative to the run directory.")
+    checkpoint_every: int = Field(
+        10, ge=0, description="Write the learner checkpoint (model, encoder version, step) every n steps; it is also "
+        "written at the end and when a producer is lost. 0: only then.")
+    restart_from: Optional[str] = Field(
+        None, description="Checkpoint directory of an earlier run (<run>/checkpoint) to start the learner from; the "
+        "first encoder is published at once and version numbers continue. Relative to the YAML.")
+
+
+class FallbackConfig(BaseModel):
+    """``fallback:`` section: where producers write when staging is gone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dir: Optional[str] = Field(None, description="Directory for the per-rank fallback BP5 files (node-local disk on a "
+                               "cluster); default <run_dir>/fallback.")
+    encode: bool = Field(True, description="Encode fallback steps with the last encoder (else, or before any "
+                         "encoder, raw float32).")
 
 
 class MetricsConfig(BaseModel):
@@ -79,6 +105,8 @@ class TimeoutConfig(BaseModel):
     open_s: float = Field(60.0, gt=0, description="Waiting for the other side to open a stream.")
     step_s: float = Field(120.0, gt=0, description="Waiting for one step (reader BeginStep, writer EndStep).")
     run_s: float = Field(3600.0, gt=0, description="Whole run, for `stagelearn run`.")
+    peer_s: float = Field(30.0, gt=0, description="Producers declare staging lost when it acknowledged nothing for "
+                          "this long while their queue is full (a dead staging is seen at once).")
 
 
 class RunConfig(BaseModel):
@@ -97,6 +125,7 @@ class RunConfig(BaseModel):
     anomaly: AnomalyConfig = Field(default_factory=AnomalyConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
 
     source: Optional[str] = Field(None, exclude=True, description="YAML file this config came from (set by load_config).")
 
@@ -178,8 +207,66 @@ def load_config(path):
     cfg.adios2.config_file = os.path.normpath(os.path.join(base, xml)) if xml else default_xml()
     if cfg.simulation.type == "external":  # script and config files named relative to the YAML, like the XML
         cfg.simulation.command = [_resolve_file_arg(a, base, cfg.staging.stream) for a in cfg.simulation.command]
+    if cfg.staging.restart_from:
+        cfg.staging.restart_from = os.path.normpath(os.path.join(base, cfg.staging.restart_from))
     check_ios(cfg, path)
+    resolve_stream_params(cfg, path)
     return cfg
+
+
+_QUEUE_KEYS = (("queue_limit", "QueueLimit"), ("queue_full_policy", "QueueFullPolicy"),
+               ("network_interface", "NetworkInterface"))
+_DEFAULTS = {"queue_limit": 4, "queue_full_policy": "Block", "network_interface": "lo"}
+
+
+def resolve_stream_params(cfg, source="<config>"):
+    """Settle the stream's SST queue settings from the YAML and the XML (one value per key, never unbounded).
+
+    A key set in both with different values is an error (say it in one place); unset in both, the
+    queue is 4 steps with ``Block``. In transit the simulation's own writer reads only its XML, so
+    the XML must bound its queue. The result is stored back in ``cfg.adios2``; staging and producers
+    apply it with ``IO.SetParameter``.
+
+    Raises
+    ------
+    ConfigError
+    """
+    ios = read_ios(cfg.adios2.config_file)
+    io = ios.get(cfg.adios2.stream_io)
+    if io is None or io.type.lower() != "sst":
+        return
+    xml = cfg.adios2.config_file
+    for key, sst_key in _QUEUE_KEYS:
+        mine, theirs = getattr(cfg.adios2, key), io.parameters.get(sst_key)
+        if theirs is not None and key == "queue_limit":
+            try:
+                theirs = int(theirs)
+            except ValueError:
+                raise ConfigError(f"{xml}: IO {cfg.adios2.stream_io}: QueueLimit={io.parameters[sst_key]!r} is not an "
+                                  "integer; use e.g. 4") from None
+            if theirs <= 0:
+                raise ConfigError(f"{xml}: IO {cfg.adios2.stream_io}: QueueLimit={theirs} means an unbounded queue (the "
+                                  "writer's memory grows while staging is slow); set 4, or remove it and set "
+                                  f"adios2.queue_limit in {source}")
+        if theirs is not None and key == "queue_full_policy" and theirs not in ("Block", "Discard"):
+            raise ConfigError(f"{xml}: IO {cfg.adios2.stream_io}: QueueFullPolicy={theirs!r}; SST accepts Block or "
+                              "Discard (case-sensitive)")
+        if mine is not None and theirs is not None and str(mine) != str(theirs):
+            raise ConfigError(f"{source}: adios2.{key}: {mine!r} differs from {sst_key}={theirs!r} in IO "
+                              f"{cfg.adios2.stream_io} of {xml}; set it in one place")
+        if mine is None and theirs is None and cfg.staging.mode == "in_transit" and key == "queue_limit":
+            raise ConfigError(f"{xml}: IO {cfg.adios2.stream_io} has no QueueLimit: the simulation's SST writer would "
+                              "queue steps without bound while staging is slow; add "
+                              '<parameter key="QueueLimit" value="4"/> to its engine')
+        if mine is None:
+            setattr(cfg.adios2, key, theirs if theirs is not None else _DEFAULTS.get(key))
+
+
+def sst_parameters(cfg):
+    """SST parameters of the simulation's stream settled by :func:`resolve_stream_params` (for ``IO.SetParameter``)."""
+    a = cfg.adios2
+    out = {"QueueLimit": a.queue_limit, "QueueFullPolicy": a.queue_full_policy, "NetworkInterface": a.network_interface}
+    return {k: str(v) for k, v in out.items() if v is not None}
 
 
 _FILE_SUFFIXES = (".py", ".sh", ".xml", ".yaml", ".yml", ".json", ".toml", ".ini", ".cfg", ".nml")

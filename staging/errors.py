@@ -27,3 +27,19 @@ class ModelFormatError(StagelearnError, ValueError):
 
 class AdiosUnavailableError(StagelearnError, ImportError):
     """ADIOS2 is missing, or lacks a feature (MPI) that the configured layout needs."""
+
+
+class Interrupted(StagelearnError):
+    """SIGINT or SIGTERM arrived; the side stopped at a step boundary and closed its files.
+
+    Attributes
+    ----------
+    signum : int
+        The signal; the exit code is ``128 + signum`` (130 for SIGINT, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum, message=None):
+        import signal
+
+        self.signum = int(signum)
+        super().__init__(message or f"interrupted by {signal.Signals(self.signum).name}")

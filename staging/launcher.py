@@ -2,16 +2,22 @@
 
 As on an HPC system, the two sides are separate MPI jobs (``MPI_COMM_WORLD`` of each is its own
 side); they find each other through the SST contact files in ``<run_dir>/sst/``. The launcher
-shows progress, enforces ``timeouts.run_s``, stops the other side when one fails, and at the end
-merges both sides' records into ``summary.json``, prints the per-step table and draws the plot.
+shows progress and enforces ``timeouts.run_s``. When one side fails mid-run the other handles it
+(producers write to their fallback files, staging stores what it has and names what is missing);
+only a failure before the first step stops the other side at once. SIGINT/SIGTERM are passed on to
+both sides, which stop at a step boundary. At the end the launcher merges the sides' ledger parts
+into ``ledger.jsonl`` and their records into ``summary.json``, prints the per-step table and draws
+the plot.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +26,9 @@ import numpy as np
 
 from .adios import remove_stale_contact_file
 from .config import load_config
-from .errors import ConfigError, StreamTimeoutError, UsageError
+from .errors import ConfigError, Interrupted, StreamTimeoutError, UsageError
+from .ledger import clear as clear_ledger
+from .ledger import merge_ledger
 from .results import write_json
 from .sides import prepare_run_dir
 from .xmlconfig import read_ios
@@ -84,6 +92,10 @@ def launch(args):
     for old in ("progress.json", "summary.json", "staging_summary.json", "producer.json", "steps.json"):
         if os.path.exists(os.path.join(run_dir, old)):
             os.remove(os.path.join(run_dir, old))
+    clear_ledger(run_dir)
+    fallback = cfg.fallback.dir or os.path.join(run_dir, "fallback")
+    if os.path.isdir(fallback):
+        shutil.rmtree(fallback)
     for stale in sorted(os.listdir(sst_dir)):  # contact files of an earlier run would point readers at dead writers
         if stale.endswith(".sst"):
             remove_stale_contact_file(os.path.join(sst_dir, stale[: -len(".sst")]))
@@ -108,63 +120,113 @@ def launch(args):
     for f in logs.values():
         f.close()
     wall = time.time() - t0
+    signum = codes.pop("_signal", 0)
+    first = codes.pop("_first_failure", None)
     failed = {s: c for s, c in codes.items() if c != 0}
+    for side, code in failed.items():
+        tail = open(os.path.join(run_dir, f"{side}.log")).read().strip().splitlines()[-8:]
+        print(f"stagelearn run: {side} side exited with code {code}; last lines of {run_dir}/{side}.log:", file=sys.stderr)
+        print("\n".join("  " + t for t in tail), file=sys.stderr)
+    if not streaming:
+        if not failed:
+            print(f"stream IO {cfg.adios2.stream_io!r} uses {read_ios(cfg.adios2.config_file)[cfg.adios2.stream_io].type}: "
+                  f"the simulation wrote {run_dir}/sst/stream*.bp (no staging, no push-back)")
+        return next(iter(failed.values()), 0)
+    if os.path.exists(os.path.join(run_dir, "staging_summary.json")):
+        finish(cfg, run_dir, wall)
+    elif failed:
+        partial_summary(cfg, run_dir, wall)
+    if signum:
+        raise Interrupted(signum)
     if failed:
-        first = codes.pop("_first_failure", None)
-        failed.pop("_first_failure", None)
-        for side, code in failed.items():
-            tail = open(os.path.join(run_dir, f"{side}.log")).read().strip().splitlines()[-8:]
-            print(f"stagelearn run: {side} side exited with code {code}; last lines of {run_dir}/{side}.log:", file=sys.stderr)
-            print("\n".join("  " + t for t in tail), file=sys.stderr)
-        # the side that failed first carries the cause; the other was stopped by us
+        # the side that failed first carries the cause
         code = failed.get(first, next(iter(failed.values())))
         return code if code > 0 else 1
-    if not streaming:
-        print(f"stream IO {cfg.adios2.stream_io!r} uses {read_ios(cfg.adios2.config_file)[cfg.adios2.stream_io].type}: "
-              f"the simulation wrote {run_dir}/sst/stream*.bp (no staging, no push-back)")
-        return 0
-    return finish(cfg, run_dir, wall)
+    return 0
 
 
 def _wait(procs, cfg, run_dir, total, show):
+    """Wait for both sides. A side that fails before any step was stored stops the other (it would
+    wait for its peer until its open timeout); later the other side copes by itself. SIGINT/SIGTERM
+    are passed on to both sides (recorded as ``codes["_signal"]``)."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, unit="step", desc="steps received", disable=not show or None)
     codes, deadline = {}, time.time() + cfg.timeouts.run_s
     progress = os.path.join(run_dir, "progress.json")
+    received = 0
+    got = []
+    old = {sig: signal.signal(sig, lambda signum, frame: got.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while len([s for s in codes if s in procs]) < len(procs):
+            if got and "_signal" not in codes:
+                codes["_signal"] = got[0]
+                for p in procs.values():
+                    if p.poll() is None:
+                        p.send_signal(got[0])  # mpiexec passes it on to every rank
+                deadline = min(deadline, time.time() + cfg.timeouts.peer_s + 30)
             for side, p in procs.items():
                 if side not in codes and p.poll() is not None:
                     codes[side] = p.returncode
-                    if p.returncode != 0:  # the other side would wait for its peer until its own timeout
+                    if p.returncode != 0 and received == 0 and "_signal" not in codes:
                         codes.setdefault("_first_failure", side)
                         time.sleep(2.0)
                         for other, q in procs.items():
                             if other not in codes:
                                 _stop(q)
                                 codes[other] = q.returncode if q.returncode is not None else -15
+                    elif p.returncode != 0:
+                        codes.setdefault("_first_failure", side)
             if os.path.exists(progress):
                 try:
-                    import json
-
                     with open(progress) as f:
-                        n = json.load(f)["steps_received"]
-                    bar.update(n - bar.n)
+                        received = json.load(f)["steps_received"]
+                    bar.update(received - bar.n)
                 except (ValueError, KeyError, OSError):
                     pass
             if time.time() > deadline:
                 for p in procs.values():
                     _stop(p)
-                raise StreamTimeoutError(f"run exceeded timeouts.run_s = {cfg.timeouts.run_s:g} s; both sides stopped")
+                raise StreamTimeoutError(f"run exceeded timeouts.run_s = {cfg.timeouts.run_s:g} s (or the sides did not "
+                                         "stop after a signal); both sides stopped")
             time.sleep(0.25)
-    except KeyboardInterrupt:
-        for p in procs.values():
-            _stop(p)
-        raise
     finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         bar.close()
     return codes
+
+
+def merge_run_ledger(cfg, run_dir):
+    """``ledger.jsonl`` of the run from the sides' parts (see :mod:`.ledger`); returns its counts."""
+    sim = cfg.simulation
+    in_transit = cfg.staging.mode == "in_transit"
+    expected = sim.steps // sim.plotgap + 1 if getattr(sim, "steps", None) else None
+    n_ranks = sim.ranks
+    if in_transit:  # blocks per step as staging saw them
+        path = os.path.join(run_dir, "staging_summary.json")
+        n_ranks = json.load(open(path)).get("blocks_per_step", sim.ranks) if os.path.exists(path) else sim.ranks
+    return merge_ledger(run_dir, expected_steps=expected, n_ranks=n_ranks,
+                        queue_full_policy=cfg.adios2.queue_full_policy or "Block", in_transit=in_transit)
+
+
+def partial_summary(cfg, run_dir, wall):
+    """``summary.json`` of a run whose staging side died before writing its summary: the ledger's account."""
+    counts = merge_run_ledger(cfg, run_dir)
+    path = os.path.join(run_dir, "producer.json")
+    producer = json.load(open(path)) if os.path.exists(path) else {}
+    summary = {"complete": False, "steps_written": producer.get("steps_written"), "wall_s": wall,
+               "staging_ranks": cfg.staging.ranks, "learner": cfg.learner.type,
+               "stalls": producer.get("stalls"), "stall_s": producer.get("stall_s"), **_ledger_fields(counts)}
+    write_json(os.path.join(run_dir, "summary.json"), summary)
+    print(f"\nstaging ended without a summary; ledger: {counts['entries']}; steps lost {counts['steps_lost']}, "
+          f"in fallback files {counts['steps_fallback']}; see {run_dir}/ledger.jsonl")
+
+
+def _ledger_fields(counts):
+    return {"steps_expected": counts["steps_expected"], "steps_lost": counts["steps_lost"],
+            "steps_dropped": counts["steps_dropped"], "steps_fallback": counts["steps_fallback"],
+            "ledger": counts["entries"], "staging_end": counts["staging_end"], "producer_end": counts["producer_end"]}
 
 
 def report(cfg, run_dir):
@@ -190,6 +252,8 @@ def _producer_record(cfg, run_dir, summary):
     if os.path.exists(path) and cfg.staging.mode != "in_transit":  # in transit, one left by an earlier run is stale
         with open(path) as f:
             return json.load(f)
+    if cfg.staging.mode != "in_transit":  # the simulation stopped without its record
+        return {"steps_written": None, "layout": cfg.adios2.layout, "compute_s": None, "io_s": None, "reference": None}
     sim = cfg.simulation
     declared = sim.steps // sim.plotgap + 1 if sim.type == "external" and sim.steps else None  # from the YAML
     return {"steps_written": declared if sim.type == "external" else summary["steps_received"],
@@ -210,8 +274,8 @@ def finish(cfg, run_dir, wall):
     with open(os.path.join(run_dir, "steps.json")) as f:
         table = json.load(f)
     summary["steps_written"] = producer["steps_written"]
-    summary["steps_lost"] = (producer["steps_written"] - summary["steps_received"]
-                             if producer["steps_written"] is not None else None)
+    summary.update(_ledger_fields(merge_run_ledger(cfg, run_dir)))  # steps_lost: steps with a dropped or lost entry
+    summary["stalls"], summary["stall_s"] = producer.get("stalls"), producer.get("stall_s")
     summary["wall_s"] = wall
     summary["simulation"] = {"type": cfg.simulation.type, "ranks": cfg.simulation.ranks, "layout": producer["layout"],
                              "compute_s": producer["compute_s"], "io_s": producer["io_s"]}
@@ -219,7 +283,7 @@ def finish(cfg, run_dir, wall):
     summary["psnr_target_db"] = cfg.codec.psnr_db
     summary["learner"] = cfg.learner.type
     # end-to-end check: decode the last step from the file and compare with the producers' raw field
-    ref = producer["reference"]
+    ref = producer.get("reference")
     ref_path = os.path.join(run_dir, f"reference_{ref['variable']}_step{ref['step']}.npy") if ref else ""
     original = reconstruction = None
     if os.path.exists(ref_path):

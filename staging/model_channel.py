@@ -12,6 +12,13 @@ only inside the writer's ``EndStep``, and staging publishes only after it has da
 that must wait for the first publication to finish its ``Open`` would deadlock the producers) and
 ``QueueFullPolicy=Discard``, so that after the rendezvous staging never waits on producers.
 Producers always take the newest version available.
+
+Every step staging stores also publishes a small step with ``model/ack`` (int64: the last output
+step written to ``compressed.bp``), with or without an encoder. Producers use it to know which of
+their steps are safe (the rest are replayed to their fallback file if staging goes away) and how
+deep the queue is. A publisher that dies shows up on the reader as a failed stream
+(``StepStatus.OtherError``), one that closes as the end of the stream; both set
+:attr:`ModelSubscriber.ended` before the producers closed theirs, which they treat as staging lost.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ logger = logging.getLogger(__name__)
 SPEC_VAR = "model/spec"
 VERSION_VAR = "model/version"
 TRAINED_VAR = "model/trained_until_step"
+ACK_VAR = "model/ack"
 SCALAR_VARS = (VERSION_VAR, TRAINED_VAR)
 PREFIX = "model/"
 
@@ -65,19 +73,25 @@ class ModelPublisher:
         var.SetSelection([zeros, shape])
         return var
 
-    def publish(self, encoder):
-        """Write one encoder as one step (never blocks with a Discard queue policy)."""
+    def publish(self, encoder=None, *, ack=None):
+        """Write one step: an encoder, an acknowledgement (last output step stored), or both
+        (never blocks with a Discard queue policy)."""
         b = bindings()
-        spec = spec_to_bytes(encoder.spec())
         self.engine.BeginStep()
-        self.engine.Put(self._var(SPEC_VAR, spec), spec, b.Mode.Sync)
-        for name, value in ((VERSION_VAR, encoder.version), (TRAINED_VAR, encoder.trained_until_step)):
-            arr = np.array([value], dtype=np.int64)
-            self.engine.Put(self._var(name, arr), arr, b.Mode.Sync)
-        for name, arr in encoder.arrays().items():
-            self.engine.Put(self._var(PREFIX + name, arr), arr, b.Mode.Sync)
+        if ack is not None:
+            arr = np.array([int(ack)], dtype=np.int64)
+            self.engine.Put(self._var(ACK_VAR, arr), arr, b.Mode.Sync)
+        if encoder is not None:
+            spec = spec_to_bytes(encoder.spec())
+            self.engine.Put(self._var(SPEC_VAR, spec), spec, b.Mode.Sync)
+            for name, value in ((VERSION_VAR, encoder.version), (TRAINED_VAR, encoder.trained_until_step)):
+                arr = np.array([value], dtype=np.int64)
+                self.engine.Put(self._var(name, arr), arr, b.Mode.Sync)
+            for name, arr in encoder.arrays().items():
+                self.engine.Put(self._var(PREFIX + name, arr), arr, b.Mode.Sync)
         self.engine.EndStep()
-        logger.info("published encoder version %d (trained until step %d)", encoder.version, encoder.trained_until_step)
+        if encoder is not None:
+            logger.info("published encoder version %d (trained until step %d)", encoder.version, encoder.trained_until_step)
 
     def close(self, timeout_s=60.0):
         """Close the stream (bounded: SST waits for readers to release queued steps)."""
@@ -103,12 +117,15 @@ class ModelSubscriber:
         self.engine = open_reader(io, stream_path, open_timeout_s, "staging (model publisher)")
         self.version = 0
         self.ended = False
+        self.failed = False
+        self.acked = -1
 
     def poll(self):
         """Return the newest valid encoder published since the last call, or None (never blocks).
 
-        A malformed update is logged and skipped (the last good encoder stays in use); a broken
-        stream is logged and treated as ended.
+        Also advances :attr:`acked` (the last output step staging stored). A malformed update is
+        logged and skipped (the last good encoder stays in use); a broken stream (the publisher
+        died) sets :attr:`failed` and :attr:`ended`, a closed one :attr:`ended`.
         """
         b = bindings()
         newest = None
@@ -118,10 +135,15 @@ class ModelSubscriber:
                 break
             if status != b.StepStatus.OK:
                 if status != b.StepStatus.EndOfStream:
-                    logger.error("model stream %s failed (%s); no more encoder updates", self.stream_path, status)
+                    logger.error("model stream %s failed (%s): staging is gone", self.stream_path, status)
+                    self.failed = True
                 self.ended = True
                 break
             try:
+                if ACK_VAR in self.io.AvailableVariables():
+                    self.acked = max(self.acked, int(self._get(ACK_VAR, np.int64)[0]))
+                if SPEC_VAR not in self.io.AvailableVariables():
+                    continue  # an acknowledgement only
                 enc = self._read_step()
             except ModelFormatError as exc:
                 logger.error("%s; keeping encoder version %d", exc, self.version)
@@ -147,7 +169,7 @@ class ModelSubscriber:
             if name in available:
                 scalars[name] = int(self._get(name, np.int64)[0])
         arrays = {}
-        for name in sorted(available - {SPEC_VAR} - set(SCALAR_VARS)):
+        for name in sorted(available - {SPEC_VAR, ACK_VAR} - set(SCALAR_VARS)):
             if not name.startswith(PREFIX):
                 raise ModelFormatError(f"unexpected variable {name!r} on the model stream")
             var = self.io.InquireVariable(name)

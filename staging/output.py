@@ -37,17 +37,23 @@ class CompressedOutputWriter:
 
     Parameters
     ----------
-    config_file : str
+    config_file : str or None
         ADIOS2 XML defining ``io_name``.
-    io_name : str
+    io_name : str or None
+        None: a plain BP5 engine, no XML needed.
     path : str
         Output file (e.g. ``results/<run>/compressed.bp``).
     """
 
     def __init__(self, config_file, io_name, path):
         b = bindings()
-        self.adios = make_adios(config_file, None)
-        self.io = declare_io(self.adios, io_name, config_file, read_ios(config_file))
+        if io_name is None:  # a plain serial BP5 file (producers' fallback files need no XML entry)
+            self.adios = b.ADIOS()
+            self.io = self.adios.DeclareIO(f"stagelearn-file-{id(self)}")
+            self.io.SetEngine("BP5")
+        else:
+            self.adios = make_adios(config_file, None)
+            self.io = declare_io(self.adios, io_name, config_file, read_ios(config_file))
         self.io.DefineAttribute("stagelearn/report_fields", list(REPORT_FIELDS))
         self.engine = self.io.Open(str(path), b.Mode.Write)
         self.path = str(path)

@@ -19,8 +19,12 @@ what was sent against the raw block.
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import math
+import os
+import time
 
 import numpy as np
 
@@ -31,13 +35,15 @@ from ..analytics.correction import absolute_bound
 from ..analytics.encoder import Encoder
 from ..analytics.temporal import PredictionChain
 from ..analytics.metrics import ErrorStats, psnr_from_mse
+from . import signals
 from .adios import bindings, deadline, declare_io, make_adios, remove_stale_contact_file
-from .errors import ModelFormatError
+from .errors import Interrupted, ModelFormatError
+from .fallback import FallbackSink
+from .ledger import producer_part
 from .model_channel import ModelSubscriber
-from .mpiutil import bcast_bytes
-from .mpiutil import allreduce_flag
-from .wire import (REPORT_FIELDS, WIRE_DTYPE, anomaly_name, make_report, payload_name, rank_stream, report_name,
-                   resolve_layout)
+from .mpiutil import allreduce_flag, bcast_bytes
+from .wire import (REPORT_FIELDS, WIRE_DTYPE, anomaly_name, make_report, payload_name, rank_stream, report_get,
+                   report_name, resolve_layout)
 from .xmlconfig import read_ios
 
 logger = logging.getLogger(__name__)
@@ -47,6 +53,15 @@ def _finite_extent(block):
     """``[min, -max]`` over the finite values of a block (``[inf, inf]`` when there are none)."""
     finite = block[np.isfinite(block)] if not np.all(np.isfinite(block)) else block
     return [finite.min(), -finite.max()] if finite.size else [np.inf, np.inf]
+
+
+def _rss_mib():
+    """Resident set size of this process in MiB (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 2)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def step_targets(comm, blocks, psnr_db):
@@ -103,6 +118,27 @@ class Producer:
         process exits with code 3 and says what it waited for.
     sz3_every : int, default=0
         Also compress every n-th encoded step with SZ3 at the PSNR reached, for the report.
+    sst_parameters : dict of str to str, optional
+        SST parameters of the data stream set over the XML (``QueueLimit``, ``QueueFullPolicy``,
+        ``NetworkInterface``; see :func:`stagelearn.staging.config.sst_parameters`);
+        ``NetworkInterface`` also applies to the model stream.
+    run_dir : str, optional
+        Where ``ledger/producer.p<rank>.jsonl`` goes (default: the folder above the stream's).
+    fallback_dir : str, optional
+        Where each rank writes its steps once staging is gone (default ``<run_dir>/fallback``).
+    fallback_encode : bool, default=True
+        Fallback steps coded with the last encoder (else raw float32).
+    peer_timeout_s : float, default=30
+        Staging is declared lost when it acknowledged no step for this long while this side's
+        queue is full (a staging that dies is seen at once, from its model stream).
+
+    Staging failure
+    ---------------
+    Staging acknowledges every step it has stored (``model/ack`` on the model stream). When its
+    model stream fails or ends before this side closes, or it stops acknowledging (above), all
+    ranks switch together, at a step boundary, to their fallback file: first the steps they
+    sent that staging never acknowledged (each rank keeps the raw blocks of its last
+    ``QueueLimit + 3`` steps for that), then every later step. The simulation keeps running.
 
     Attributes
     ----------
@@ -111,10 +147,15 @@ class Producer:
     steps_written : int
     streaming : bool
         True when the data IO's engine is SST (else it writes a file and no encoder comes).
+    staging_lost : bool
+        True once staging is gone and steps go to the fallback file.
+    stalls, stall_s : int, float
+        Steps that waited for staging (queue full with ``QueueFullPolicy=Block``) and the seconds waited.
     """
 
     def __init__(self, stream_path, *, comm, config_file, io_name="SimulationOutput", model_io_name="ModelUpdates",
-                 layout="auto", open_timeout_s=60.0, step_timeout_s=120.0, sz3_every=0):
+                 layout="auto", open_timeout_s=60.0, step_timeout_s=120.0, sz3_every=0, sst_parameters=None,
+                 run_dir=None, fallback_dir=None, fallback_encode=True, peer_timeout_s=30.0):
         self.comm = comm
         self.rank = comm.Get_rank()
         self.stream_path = str(stream_path)
@@ -127,6 +168,28 @@ class Producer:
         self.adios = make_adios(self.config_file, comm if self.layout == "shared" else None)
         self.io = declare_io(self.adios, io_name, self.config_file, self._ios)
         self.streaming = self.io.EngineType().lower() == "sst"
+        self._sst = dict(sst_parameters or {})
+        if self.streaming:
+            for key, value in self._sst.items():
+                self.io.SetParameter(key, str(value))
+        params = self.io.Parameters()
+        self.queue_limit = int(params.get("QueueLimit", "0") or 0)
+        self.queue_full_policy = params.get("QueueFullPolicy", "Block")
+        if self.streaming and self.queue_limit <= 0:
+            logger.warning("stream IO %s has no QueueLimit: the writer queue is unbounded while staging is slow", io_name)
+        if run_dir is None:
+            parent = os.path.dirname(os.path.abspath(self.stream_path))
+            run_dir = os.path.dirname(parent) if os.path.basename(parent) == "sst" else parent
+        self.run_dir = str(run_dir)
+        self.fallback_encode, self.peer_timeout_s = bool(fallback_encode), float(peer_timeout_s)
+        self._fallback = FallbackSink(fallback_dir or os.path.join(self.run_dir, "fallback"), self.rank)
+        self._ledger = None
+        self._unacked = collections.deque(maxlen=max(self.queue_limit, 1) + 3)  # (step, {name: raw block}) for replay
+        self.staging_lost = False
+        self.acked = -1
+        self._last_ack_change = time.monotonic()
+        self.stalls, self.stall_s = 0, 0.0
+        self._last_sent = self._last_step = -1
         self._defs = {}
         self._vars = {}
         self.engine = None
@@ -177,21 +240,34 @@ class Producer:
         if self.streaming and self.rank == 0:
             model_adios = make_adios(self.config_file, None)
             model_io = declare_io(model_adios, self.model_io_name, self.config_file, self._ios)
+            if "NetworkInterface" in self._sst:
+                model_io.SetParameter("NetworkInterface", self._sst["NetworkInterface"])
             self._model_adios = model_adios
             self._subscriber = ModelSubscriber(model_io, f"{self.stream_path}-model", self.open_timeout_s)
         if self.streaming:
             self.io.DefineAttribute("stagelearn/report_fields", list(REPORT_FIELDS))
         with deadline(self.open_timeout_s, f"staging to open stream {path} (timeouts.open_s)"):
             self.engine = self.io.Open(path, b.Mode.Write)
+        if self.streaming:
+            self._ledger = producer_part(self.run_dir, self.rank)
+            self._last_ack_change = time.monotonic()
         logger.info("producer rank %d opened %s (%s, layout %s)", self.rank, path, self.io.EngineType(), self.layout)
         return self
 
     # ----------------------------------------------------------------- steps
-    def poll_encoder(self):
-        """Take the newest encoder staging has published, if any (collective over ``comm``, never blocks).
+    def poll_encoder(self, *, wait_for_queue=False):
+        """Take the newest encoder staging has published, and its acknowledgements (collective over ``comm``).
 
-        Rank 0 polls the model stream and broadcasts what it got, so all ranks switch at the same
-        step boundary. :meth:`write` calls this at every step.
+        Rank 0 polls the model stream and broadcasts what it got, so all ranks switch encoder, and
+        to the fallback file when staging is lost, at the same step boundary. :meth:`write` calls
+        this at every step.
+
+        Parameters
+        ----------
+        wait_for_queue : bool
+            With ``QueueFullPolicy=Block``, wait (polling, interruptible) while more than
+            ``QueueLimit + 1`` sent steps are unacknowledged; counted as a stall. Past
+            ``peer_timeout_s`` without a new acknowledgement staging is declared lost.
 
         Returns
         -------
@@ -200,15 +276,20 @@ class Producer:
         """
         if not self.streaming:
             return False
-        frame = b""
+        frame, state = b"", {}
         if self._subscriber is not None:
-            try:
-                enc = self._subscriber.poll()
-            except ModelFormatError as exc:
-                logger.error("%s; keeping encoder version %s", exc, self.encoder.version if self.encoder else None)
-                enc = None
+            enc, state = self._poll_rank0(wait_for_queue)
             frame = enc.to_frame() if enc is not None else b""
+        state = json.loads(bcast_bytes(self.comm, json.dumps(state).encode() if self.rank == 0 else b"").decode() or "{}")
         frame = bcast_bytes(self.comm, frame)
+        self.acked = state.get("acked", self.acked)
+        if state.get("stall_s"):
+            self.stalls += 1
+            self.stall_s += state["stall_s"]
+        if state.get("lost") and not self.staging_lost:
+            self._switch_to_fallback(state["lost"])
+        if state.get("signal"):
+            raise Interrupted(state["signal"])
         if frame:
             self.encoder = Encoder.from_frame(frame)
             if self.encoder.encode_threads and any(m.kind == "ae" for m in self.encoder.variables.values()):
@@ -218,6 +299,78 @@ class Producer:
             logger.info("producer rank %d switches to encoder version %d", self.rank, self.encoder.version)
             return True
         return False
+
+    def _poll_rank0(self, wait_for_queue, *, until_step=None):
+        """Rank 0: read the model stream; optionally wait for the queue to drain (or, with ``until_step``,
+        for that step to be acknowledged). Returns ``(encoder or None, state dict)``."""
+        sub, newest = self._subscriber, None
+        t0 = time.monotonic()
+        waited = False
+        while True:
+            try:
+                enc = sub.poll() if not sub.ended else None
+            except ModelFormatError as exc:
+                logger.error("%s; keeping encoder version %s", exc, self.encoder.version if self.encoder else None)
+                enc = None
+            newest = enc or newest
+            if sub.acked != self.acked:
+                self.acked, self._last_ack_change = sub.acked, time.monotonic()
+            lost = self._lost_reason()
+            sent = self._last_sent
+            if until_step is not None:
+                pending = self.acked < until_step
+            else:
+                pending = wait_for_queue and self.queue_full_policy == "Block" and sent - self.acked > self.queue_limit + 1
+            if lost or not pending or self.staging_lost or signals.pending():
+                break
+            if time.monotonic() - self._last_ack_change > self.peer_timeout_s:
+                lost = (f"staging acknowledged no step for {self.peer_timeout_s:g} s (timeouts.peer_s) with steps "
+                        f"{self.acked + 1}..{sent} waiting")
+                break
+            waited = True
+            time.sleep(0.02)
+        stall = time.monotonic() - t0 if waited and until_step is None else 0.0
+        return newest, {"acked": self.acked, "lost": lost, "stall_s": stall, "signal": signals.pending()}
+
+    @property
+    def fallback_file(self):
+        """This rank's fallback file, or None while it holds no step."""
+        return self._fallback.path if self._fallback.steps else None
+
+    def _lost_reason(self):
+        sub = self._subscriber
+        if self.staging_lost or not sub.ended:
+            return None
+        return ("staging's model stream failed (staging died)" if sub.failed
+                else "staging closed its model stream before the simulation ended")
+
+    def _switch_to_fallback(self, reason):
+        """All ranks: staging is gone. Replay what it never acknowledged, then write to the fallback file."""
+        self.staging_lost = True
+        logger.error("producer rank %d: %s; steps go to %s from now on (acknowledged up to step %d)",
+                     self.rank, reason, self._fallback.path, self.acked)
+        for step, raw in self._unacked:
+            if step > self.acked:
+                blocks = [self._block_record(name, step, raw[name], None) for name in self._defs]
+                self._fallback.write_step(step, blocks)
+                self._ledger.add(step=step, rank=self.rank, to="fallback", file=self._fallback.path, encoder_version=0,
+                                 bytes=int(sum(r.nbytes for r in raw.values())), replayed=True)
+        self._unacked.clear()
+        self._chain = PredictionChain()  # the fallback file starts with a self-contained step
+        try:
+            with deadline(self.step_timeout_s, "closing the stream of a lost staging (timeouts.step_s)"):
+                self.engine.Close()
+        except Exception as exc:  # noqa: BLE001 - the stream is already broken; the fallback file matters now
+            logger.warning("closing the stream after staging was lost: %s", exc)
+        self.engine = None
+
+    def _block_record(self, name, step, raw, report):
+        shape, start, count = self._defs[name]
+        if report is None:
+            report = make_report(step=step, rank=self.rank, raw_bytes=raw.nbytes, sent_bytes=raw.nbytes, n=raw.size,
+                                 vmin=float(np.nanmin(raw)) if raw.size else 0.0,
+                                 vmax=float(np.nanmax(raw)) if raw.size else 0.0, local_psnr_db=math.inf)
+        return {"var": name, "raw": raw, "report": report, "shape": shape, "start": start, "count": count}
 
     def _check_fields(self, step, fields):
         missing, unknown = set(self._defs) - set(fields), set(fields) - set(self._defs)
@@ -270,92 +423,151 @@ class Producer:
         ------
         ValueError
             If a variable is missing, unknown, or has the wrong block shape.
+        Interrupted
+            When SIGINT/SIGTERM arrived (see :mod:`.signals`), on every rank, before this step.
         """
         b = bindings()
-        if self.engine is None:
+        if self.engine is None and not self.staging_lost:
             raise RuntimeError("Producer.open() must be called before write()")
         error, blocks = self._check_fields(step, fields)
         # agree before any collective: a bad block on one rank raises on every rank, no rank hangs
         if allreduce_flag(self.comm, error is not None):
             raise ValueError(error or f"step {step}: another producer rank passed invalid fields to write()")
-        self.poll_encoder()
-        encoder = self.encoder
-        sample_sz3 = encoder is not None and self.sz3_every > 0 and self._encoded_steps % self.sz3_every == 0
+        if self.streaming and not self.staging_lost:
+            self.poll_encoder(wait_for_queue=True)
+        else:
+            signals.check(self.comm)
+        encoder = self.encoder if (not self.staging_lost or self.fallback_encode) else None
+        sample_sz3 = encoder is not None and not self.staging_lost and self.sz3_every > 0 \
+            and self._encoded_steps % self.sz3_every == 0
         target_mse, spans = self._target_mse(blocks, encoder) if encoder is not None else ({}, {})
         if encoder is not None:
             self._chain.keyframe_every = encoder.keyframe_every
-        reports = {}
-        with deadline(self.step_timeout_s, f"staging to accept step {step} (timeouts.step_s)"):
-            self.engine.BeginStep()
-            for name, (shape, start, count) in self._defs.items():
-                block = blocks[name]
-                if not self.streaming:
-                    self.engine.Put(self._vars[name], block, b.Mode.Sync)
-                    continue
-                lo, hi = (float(block.min()), float(block.max())) if block.size else (0.0, 0.0)
-                model = encoder.variables.get(name) if encoder is not None else None
-                if model is None:
-                    self.engine.Put(self._vars[name], block, b.Mode.Sync)
-                    row = make_report(step=step, rank=self.rank, raw_bytes=block.nbytes, sent_bytes=block.nbytes,
-                                      n=block.size, vmin=lo, vmax=hi, local_psnr_db=math.inf)
-                else:
-                    scorer = None
-                    if encoder.anomaly is not None:
-                        scorer = AnomalyScorer(encoder.anomaly, name, spans[name], int(np.prod(model.tile_shape)),
-                                               math.sqrt(target_mse[name]),
-                                               self._trackers.setdefault(name, PersistenceTracker(encoder.anomaly["persistence_steps"])))
-                    bound = absolute_bound(encoder.error_bound, spans[name])
-                    prev_step, prev = self._chain.reference(name, block.shape)
-                    given = np.asarray(fields[name])  # float64 fields: the bound is verified against them
-                    eb = encode_block(given if given.dtype == np.float64 else block, model.codec(), model.tile_shape,
-                                      raw_fraction=encoder.raw_fraction, target_mse=target_mse[name],
-                                      tile_hook=scorer, prev=prev, abs_bound=bound,
-                                      header={"step": int(step), "variable": name, "rank": self.rank,
-                                              "encoder_version": encoder.version, "shape": list(shape),
-                                              "start": list(start), "count": list(count), "ref_step": prev_step})
-                    self._chain.record(name, step, eb.reconstruction)
-                    payload = np.frombuffer(eb.payload, dtype=np.uint8).copy()
-                    var = self._vars[payload_name(name)]
-                    var.SetSelection([[], [payload.size]])
-                    self.engine.Put(var, payload, b.Mode.Sync)
-                    anomaly_bytes = 0
-                    if scorer is not None:
-                        amap = scorer.map_array()
-                        v = self._vars[anomaly_name(name)]
-                        v.SetSelection([[], [amap.size]])
-                        self.engine.Put(v, amap, b.Mode.Sync)
-                        # side channel: the map, the histogram section, and raw tiles beyond the raw budget
-                        extra_tiles = max(0, eb.n_raw_tiles - int(math.floor(encoder.raw_fraction * eb.tile_sse.size)))
-                        anomaly_bytes = (amap.nbytes + len(scorer.sections()["err_hist"]) + 8
-                                         + extra_tiles * eb.raw_tiles.shape[1] * 4)
-                    stats = ErrorStats.from_arrays(fields[name], eb.reconstruction)  # vs the caller's own values
-                    if bound is not None:
-                        self._check_bound(step, name, stats, bound)
-                    local_psnr = psnr_from_mse(stats.mse, stats.data_range)
-                    sz3_bytes = sz3_sse = 0.0
-                    if sample_sz3 and math.isfinite(local_psnr):
-                        sz3_bytes, rec = sz3_at_psnr(block, local_psnr)
-                        d = (np.asarray(fields[name], dtype=np.float64) - rec).ravel()
-                        sz3_sse = float(d @ d)
-                    row = make_report(step=step, rank=self.rank, encoder_version=encoder.version,
-                                      raw_bytes=block.nbytes, sent_bytes=payload.size + (amap.nbytes if scorer else 0),
-                                      sse=stats.sse, n=block.size,
-                                      max_abs_error=stats.max_abs_error, vmin=stats.vmin, vmax=stats.vmax,
-                                      n_raw_tiles=eb.n_raw_tiles, sz3_bytes=sz3_bytes, sz3_sse=sz3_sse,
-                                      local_psnr_db=local_psnr, n_flagged=len(scorer.flagged) if scorer else 0,
-                                      anomaly_bytes=anomaly_bytes)
-                self.engine.Put(self._vars[report_name(name)], row, b.Mode.Sync)
-                reports[name] = row
-            self.engine.EndStep()
+        records = [self._encode(step, name, blocks[name], fields[name], encoder, target_mse, spans, sample_sz3)
+                   for name in self._defs] if self.streaming else []
+        if not self.streaming:  # BP5 in the XML: the simulation writes the file itself
+            with deadline(self.step_timeout_s, f"writing step {step} (timeouts.step_s)"):
+                self.engine.BeginStep()
+                for name in self._defs:
+                    self.engine.Put(self._vars[name], blocks[name], b.Mode.Sync)
+                self.engine.EndStep()
+        elif self.staging_lost:
+            self._fallback.write_step(step, records, encoder=encoder if any("payload" in r for r in records) else None)
+            self._ledger.add(step=step, rank=self.rank, to="fallback", file=self._fallback.path,
+                             encoder_version=encoder.version if encoder else 0, bytes=self._bytes(records),
+                             rss_mib=_rss_mib())
+        else:
+            self._send(step, records)
+            self._unacked.append((step, {name: blocks[name] for name in self._defs}))
         if encoder is not None:
             self._encoded_steps += 1
             self._chain.end_step()  # only once the step is written: the next step may predict from it
         self.steps_written += 1
-        return reports
+        self._last_step = step
+        return {r["var"]: r["report"] for r in records}
+
+    @staticmethod
+    def _bytes(records):
+        return int(sum(len(r["payload"]) if "payload" in r else r["raw"].nbytes for r in records))
+
+    def _send(self, step, records):
+        """Put one step on the stream; time beyond 0.1 s in ``EndStep`` counts as a stall (SST's Block)."""
+        b = bindings()
+        with deadline(self.step_timeout_s, f"staging to accept step {step} (timeouts.step_s)"):
+            self.engine.BeginStep()
+            for r in records:
+                name = r["var"]
+                if "payload" in r:
+                    payload = np.frombuffer(r["payload"], dtype=np.uint8).copy()
+                    var = self._vars[payload_name(name)]
+                    var.SetSelection([[], [payload.size]])
+                    self.engine.Put(var, payload, b.Mode.Sync)
+                    if r.get("amap") is not None:
+                        v = self._vars[anomaly_name(name)]
+                        v.SetSelection([[], [r["amap"].size]])
+                        self.engine.Put(v, r["amap"], b.Mode.Sync)
+                else:
+                    self.engine.Put(self._vars[name], r["raw"], b.Mode.Sync)
+                self.engine.Put(self._vars[report_name(name)], r["report"], b.Mode.Sync)
+            t = time.monotonic()
+            self.engine.EndStep()
+            blocked = time.monotonic() - t
+        if blocked > 0.1:
+            self.stalls += 1
+            self.stall_s += blocked
+        self._last_sent = step
+        self._ledger.add(step=step, rank=self.rank, to="stream", encoder_version=int(report_get(records[0]["report"],
+                         "encoder_version")) if records else 0, bytes=self._bytes(records), acked=self.acked,
+                         stall_s=round(blocked, 4) if blocked > 0.1 else 0.0, rss_mib=_rss_mib())
+
+    def _encode(self, step, name, block, given, encoder, target_mse, spans, sample_sz3):
+        """The record of one variable's block: raw (no encoder) or the coded payload, its report row and
+        anomaly map."""
+        shape, start, count = self._defs[name]
+        model = encoder.variables.get(name) if encoder is not None else None
+        if model is None:
+            lo, hi = (float(np.nanmin(block)), float(np.nanmax(block))) if block.size else (0.0, 0.0)
+            row = make_report(step=step, rank=self.rank, raw_bytes=block.nbytes, sent_bytes=block.nbytes,
+                              n=block.size, vmin=lo, vmax=hi, local_psnr_db=math.inf)
+            return {"var": name, "raw": block, "report": row, "shape": shape, "start": start, "count": count}
+        scorer = None
+        if encoder.anomaly is not None:
+            scorer = AnomalyScorer(encoder.anomaly, name, spans[name], int(np.prod(model.tile_shape)),
+                                   math.sqrt(target_mse[name]),
+                                   self._trackers.setdefault(name, PersistenceTracker(encoder.anomaly["persistence_steps"])))
+        bound = absolute_bound(encoder.error_bound, spans[name])
+        prev_step, prev = self._chain.reference(name, block.shape)
+        given = np.asarray(given)  # float64 fields: the bound is verified against them
+        eb = encode_block(given if given.dtype == np.float64 else block, model.codec(), model.tile_shape,
+                          raw_fraction=encoder.raw_fraction, target_mse=target_mse[name],
+                          tile_hook=scorer, prev=prev, abs_bound=bound,
+                          header={"step": int(step), "variable": name, "rank": self.rank,
+                                  "encoder_version": encoder.version, "shape": list(shape),
+                                  "start": list(start), "count": list(count), "ref_step": prev_step})
+        self._chain.record(name, step, eb.reconstruction)
+        amap, anomaly_bytes = None, 0
+        if scorer is not None:
+            amap = scorer.map_array()
+            # side channel: the map, the histogram section, and raw tiles beyond the raw budget
+            extra_tiles = max(0, eb.n_raw_tiles - int(math.floor(encoder.raw_fraction * eb.tile_sse.size)))
+            anomaly_bytes = amap.nbytes + len(scorer.sections()["err_hist"]) + 8 + extra_tiles * eb.raw_tiles.shape[1] * 4
+        stats = ErrorStats.from_arrays(given, eb.reconstruction)  # vs the caller's own values
+        if bound is not None:
+            self._check_bound(step, name, stats, bound)
+        local_psnr = psnr_from_mse(stats.mse, stats.data_range)
+        sz3_bytes = sz3_sse = 0.0
+        if sample_sz3 and math.isfinite(local_psnr):
+            sz3_bytes, rec = sz3_at_psnr(block, local_psnr)
+            d = (np.asarray(given, dtype=np.float64) - rec).ravel()
+            sz3_sse = float(d @ d)
+        row = make_report(step=step, rank=self.rank, encoder_version=encoder.version,
+                          raw_bytes=block.nbytes, sent_bytes=len(eb.payload) + (amap.nbytes if amap is not None else 0),
+                          sse=stats.sse, n=block.size,
+                          max_abs_error=stats.max_abs_error, vmin=stats.vmin, vmax=stats.vmax,
+                          n_raw_tiles=eb.n_raw_tiles, sz3_bytes=sz3_bytes, sz3_sse=sz3_sse,
+                          local_psnr_db=local_psnr, n_flagged=len(scorer.flagged) if scorer else 0,
+                          anomaly_bytes=anomaly_bytes)
+        return {"var": name, "payload": eb.payload, "amap": amap, "report": row, "shape": shape, "start": start,
+                "count": count}
 
     # ----------------------------------------------------------------- teardown
-    def close(self):
-        """Close the streams (collective). Staging sees the end of the stream."""
+    def close(self, status="clean"):
+        """Close the streams and the fallback file (collective). Staging sees the end of the stream.
+
+        First waits (at most ``peer_timeout_s`` without progress) until staging has acknowledged
+        the last step sent; steps it never acknowledged go to the fallback file. ``status`` is
+        recorded in the ledger's end line (``clean`` or ``interrupted``).
+        """
+        if self.streaming and self.engine is not None and not self.staging_lost:
+            state = {}
+            if self._subscriber is not None:
+                _, state = self._poll_rank0(False, until_step=self._last_sent)
+            state = json.loads(bcast_bytes(self.comm, json.dumps(state).encode() if self.rank == 0 else b"").decode() or "{}")
+            self.acked = state.get("acked", self.acked)
+            if state.get("lost"):
+                self._switch_to_fallback(state["lost"])
+            elif self.acked < self._last_sent:
+                self._switch_to_fallback(f"staging acknowledged only up to step {self.acked} of {self._last_sent}")
         if self.engine is not None:
             with deadline(self.step_timeout_s, "staging to release the last steps at close (timeouts.step_s)"):
                 self.engine.Close()
@@ -363,6 +575,13 @@ class Producer:
         if self._subscriber is not None:
             self._subscriber.close()
             self._subscriber = None
+        self._fallback.close()
+        if self._ledger is not None:
+            self._ledger.add(event="end", rank=self.rank, status=status, last_step=self._last_step,
+                             steps_written=self.steps_written, stalls=self.stalls, stall_s=round(self.stall_s, 3),
+                             fallback_steps=self._fallback.steps, staging_lost=self.staging_lost)
+            self._ledger.close()
+            self._ledger = None
 
     def __enter__(self):
         return self
@@ -370,6 +589,8 @@ class Producer:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is None:
             self.close()
-        # On an error other ranks may be inside a collective (EndStep, Close): leave the engines
-        # to the job abort instead of blocking in a collective Close here.
+        elif issubclass(exc_type, Interrupted):  # raised on every rank at the same step boundary
+            self.close(status="interrupted")
+        # On another error other ranks may be inside a collective (EndStep, Close): leave the
+        # engines to the job abort instead of blocking in a collective Close here.
         return False

@@ -9,7 +9,13 @@ Every staging rank runs :meth:`StagingService.run`. Per step:
    the same exact global basis);
 3. gather the blocks on rank 0, which writes them to the BP5 output and accounts their reports;
 4. after ``learner.warmup_steps`` steps, and then every ``learner.publish_every`` steps, rank 0
-   builds an :class:`~stagelearn.analytics.encoder.Encoder` and publishes it on the model stream.
+   builds an :class:`~stagelearn.analytics.encoder.Encoder` and publishes it on the model stream;
+   every stored step is acknowledged there (``model/ack``) and recorded in ``ledger/staging.jsonl``.
+
+When the producers go away without closing the stream, staging stores what it has, writes its
+checkpoint (:mod:`.checkpoint`), names the missing producer ranks and steps in
+``staging_summary.json`` and ends with :class:`~stagelearn.staging.errors.PeerLostError` (exit 4).
+SIGINT/SIGTERM end the loop at a step boundary the same way (exit 130/143).
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ from ..analytics.dpca import DistributedPCA
 from ..analytics.incremental_pca import IncrementalPCA
 from ..analytics.temporal import PredictionChain
 from ..analytics.tiling import tile_grid, to_tiles
+from . import checkpoint, signals
 from .adios import declare_io, make_adios
-from .errors import ConfigError
+from .config import sst_parameters
+from .errors import ConfigError, Interrupted, PeerLostError
+from .ledger import staging_part
 from .model_channel import ModelPublisher
 from .mpiutil import allreduce_flag, bcast_bytes, gather_bytes
 from .output import CompressedOutputWriter
@@ -138,6 +147,11 @@ class StagingService:
         self.encoder_sent = False  # same on all ranks: an encoder has been published
         self.stats_ready = False  # same on all ranks: rank 0 holds calibration_steps steps of histograms
         self.hist_steps = 0  # rank 0: steps whose error histograms were folded in
+        self.ledger_part = None  # rank 0: ledger/staging.jsonl
+        self.end_status = "clean"  # or producer_lost, interrupted
+        self.last_step = -1
+        self.version_base = 0  # encoder versions restored from a checkpoint
+        self._unstored_encoder = None
 
     # ----------------------------------------------------------------- helpers
     def _open(self):
@@ -147,23 +161,27 @@ class StagingService:
         stream = os.path.join(self.run_dir, "sst", "stream")
         layout = resolve_layout(cfg.adios2.layout)
         t = cfg.timeouts
+        params = sst_parameters(cfg)
         self.publisher = self.writer = None
         if self.in_transit:  # an unchanged ADIOS2 code: raw arrays in, nobody to push encoders to
             stream, layout = os.path.join(self.run_dir, cfg.staging.stream), "in_transit"
             self.reader = PlainStreamReader(xml, cfg.adios2.stream_io, stream, self.comm, ios, variables=self.variables,
-                                            open_timeout_s=t.open_s, step_timeout_s=t.step_s)
+                                            open_timeout_s=t.open_s, step_timeout_s=t.step_s, parameters=params)
         else:
             if self.rank == 0:  # the model channel first, as the producers do (one SST handshake at a time)
                 self._model_adios = make_adios(xml, None)
                 model_io = declare_io(self._model_adios, cfg.adios2.model_io, xml, ios)
+                if "NetworkInterface" in params:
+                    model_io.SetParameter("NetworkInterface", params["NetworkInterface"])
                 self.publisher = ModelPublisher(model_io, f"{stream}-model", cfg.timeouts.open_s)
             if layout == "shared":
                 self.reader = SharedStreamReader(xml, cfg.adios2.stream_io, stream, self.comm, ios,
-                                                 open_timeout_s=t.open_s, step_timeout_s=t.step_s)
+                                                 open_timeout_s=t.open_s, step_timeout_s=t.step_s, parameters=params)
             else:
                 self.reader = PerRankStreamReader(xml, cfg.adios2.stream_io, stream, cfg.simulation.ranks, self.comm, ios,
-                                                  open_timeout_s=t.open_s, step_timeout_s=t.step_s)
+                                                  open_timeout_s=t.open_s, step_timeout_s=t.step_s, parameters=params)
         if self.rank == 0:
+            self.ledger_part = staging_part(self.run_dir)
             self.writer = CompressedOutputWriter(xml, cfg.adios2.output_io, os.path.join(self.run_dir, "compressed.bp"))
             if cfg.anomaly.enabled:
                 self.anomaly_log = open(os.path.join(self.run_dir, "anomalies.csv"), "w")
@@ -420,6 +438,13 @@ class StagingService:
             t_wait = time.perf_counter()
             blocks = self.reader.read_step()
             t_busy = time.perf_counter()
+            worst = allreduce_flag(self.comm, {"interrupted": 2, "failed": 1}.get(self.reader.status, 0))
+            if worst == 2:
+                self.end_status = "interrupted"  # steps read but not stored are replayed by the producers
+                break
+            if worst == 1:  # a producer went away: stop on every rank (steps read by some ranks only are not stored)
+                self.end_status = "producer_lost"
+                break
             if not allreduce_flag(self.comm, blocks is not None):
                 break
             blocks = blocks or []
@@ -444,6 +469,9 @@ class StagingService:
                 self.encoder_calibrated = allreduce_flag(self.comm, self.rank == 0 and self.anomaly_calibrated)
             if self.pace is not None:
                 self.pace.update(self.comm, t_busy - t_wait, time.perf_counter() - t_busy)
+            every = self.cfg.staging.checkpoint_every
+            if every and self.steps_seen % every == 0:
+                self._checkpoint()
 
     def _record(self, parts, publish):
         """Rank 0: account the step, publish a new encoder if due, write the output step."""
@@ -457,7 +485,7 @@ class StagingService:
             self._record_anomalies(step, all_blocks)
         new = None
         if publish:
-            version = (self.encoder.version if self.encoder else 0) + 1
+            version = (self.encoder.version if self.encoder else self.version_base) + 1
             new = Encoder.from_learners(
                 {v: self.learners[v] for v in self.variables}, version=version, trained_until_step=step,
                 tile_shapes=self.tile_shapes, ranges=self.ranges, psnr_db=self.cfg.codec.psnr_db,
@@ -466,17 +494,96 @@ class StagingService:
             cc = self.cfg.codec
             new.keyframe_every, new.encode_threads = cc.keyframe_every, cc.encode_threads
             new.error_bound = cc.error_bound.as_dict() if cc.error_bound is not None else None
-            if self.publisher is not None:
-                self.publisher.publish(new)
             self.ledger.published.append((version, step))
             self.encoder = new
-        self.writer.write_step(step, all_blocks, encoder=new)
+        store, self._unstored_encoder = new or self._unstored_encoder, None
+        self.writer.write_step(step, all_blocks, encoder=store)
+        per_rank = {}
+        for b in all_blocks:
+            e = per_rank.setdefault((b.step, b.rank), [0, 0])
+            e[0] = max(e[0], int(report_get(b.report, "encoder_version")))
+            e[1] += int(report_get(b.report, "sent_bytes"))
+        for (s, r), (v, n) in sorted(per_rank.items()):
+            self.ledger_part.add(step=s, rank=r, encoder_version=v, bytes=n)
+        if all_blocks:
+            self.last_step = max(self.last_step, step)
+        if self.publisher is not None:  # acknowledge the stored step (and ship the new encoder)
+            self.publisher.publish(new, ack=min(b.step for b in all_blocks) if all_blocks else None)
         self._progress(step)
 
+    # ----------------------------------------------------------------- checkpoint, restart, loss
+    def _checkpoint(self):
+        """Rank 0 writes the learner checkpoint (the exact PCA state is identical on all ranks)."""
+        if self.rank != 0 or not checkpoint.supported(self.cfg.learner) or not self.learners:
+            return
+        checkpoint.save(os.path.join(self.run_dir, "checkpoint"), learners=self.learners, step=self.last_step,
+                        encoder_version=self.encoder.version if self.encoder else self.version_base,
+                        published=self.ledger.published, tile_shapes=self.tile_shapes, ranges=self.ranges)
+
+    def _restore(self):
+        """``staging.restart_from``: learners, value ranges and version numbering from a checkpoint
+        (every rank reads it); the restored model is published at once as the next version."""
+        if not checkpoint.supported(self.cfg.learner):
+            raise ConfigError(f"{self.cfg.source}: staging.restart_from needs learner.type pca with algorithm exact "
+                              "(the only learner checkpointed)")
+        state, learners = checkpoint.load(self.cfg.staging.restart_from, self.comm)
+        if self.variables is not None and set(self.variables) != set(learners):
+            raise ConfigError(f"{self.cfg.source}: staging.variables {self.variables} differ from the checkpoint's "
+                              f"{sorted(learners)}")
+        self.variables = sorted(learners)
+        self.learners, self.tile_shapes, self.ranges = learners, state["tile_shapes"], state["ranges"]
+        self.version_base = state["encoder_version"]
+        logger.info("staging rank %d restarted from %s (step %d, encoder version %d)", self.rank,
+                    self.cfg.staging.restart_from, state["step"], self.version_base)
+        if self.rank == 0:
+            version = self.version_base + 1
+            self.encoder = Encoder.from_learners(self.learners, version=version, trained_until_step=state["step"],
+                                                 tile_shapes=self.tile_shapes, ranges=self.ranges,
+                                                 psnr_db=self.cfg.codec.psnr_db, raw_fraction=self.cfg.codec.raw_fraction)
+            cc = self.cfg.codec
+            self.encoder.keyframe_every, self.encoder.encode_threads = cc.keyframe_every, cc.encode_threads
+            self.encoder.error_bound = cc.error_bound.as_dict() if cc.error_bound is not None else None
+            self.ledger.published.append((version, -1))
+            if self.publisher is not None:
+                self.publisher.publish(self.encoder)
+            self._unstored_encoder = self.encoder  # stored in compressed.bp with the first step
+        frame = bcast_bytes(self.comm, self.encoder.to_frame() if self.rank == 0 else b"")
+        self.encoder = Encoder.from_frame(frame)
+        self.last_publish = 0
+        self.encoder_sent = True
+
+    def _missing(self):
+        """Rank 0: producer ranks and steps never received, from the configured number of output steps."""
+        sim = self.cfg.simulation
+        expected = sim.steps // sim.plotgap + 1 if getattr(sim, "steps", None) else None
+        n = self.reader.n_producers or sim.ranks
+        last = {r: -1 for r in range(int(n))}
+        for step, entries in self.ledger.rows.items():
+            for rank, _ in entries:
+                last[rank] = max(last.get(rank, -1), step)
+        if expected is None:
+            expected = max(last.values()) + 1
+        ranks = sorted(r for r, s in last.items() if s < expected - 1)
+        if not ranks:
+            return None
+        first = min(last[r] for r in ranks) + 1
+        return {"ranks": ranks, "steps": [first, expected - 1], "n_steps": expected - first,
+                "last_step_by_rank": {str(r): last[r] for r in ranks}}
+
     def run(self):
-        """Run until the simulation closes its stream; return the summary dict on rank 0 (collective)."""
+        """Run until the simulation closes its stream; return the summary dict on rank 0 (collective).
+
+        Raises
+        ------
+        PeerLostError
+            After storing everything, when the producers went away without closing the stream.
+        Interrupted
+            After storing everything, on SIGINT/SIGTERM.
+        """
         t0 = time.time()
         self._open()
+        if self.cfg.staging.restart_from:
+            self._restore()
         try:
             self._loop()
         except BaseException:
@@ -485,18 +592,41 @@ class StagingService:
             logger.exception("staging rank %d failed", self.rank)
             self._close_local()
             raise
-        self.reader.close()
-        reference = self._save_reference() if self.in_transit else None
+        if allreduce_flag(self.comm, bool(self.reader.failed_producers)) and self.end_status == "clean":
+            self.end_status = "producer_lost"
+        try:
+            self.reader.close()
+        except Exception as exc:  # noqa: BLE001 - a broken stream may not close cleanly; the data is stored
+            logger.warning("closing the stream: %s", exc)
+        reference = self._save_reference() if self.in_transit and self.end_status == "clean" else None
+        self._checkpoint()
+        signum = signals.agreed(self.comm) if self.end_status == "interrupted" else 0
         self._close_local()
         if self.cfg.learner.type == "autoencoder" and self.comm.Get_size() > 1:
             from ..analytics.ae_training import destroy
 
             destroy()
-        if self.rank != 0:
-            return None
+        summary = self._summary(t0, reference) if self.rank == 0 else None
+        if self.end_status == "producer_lost":
+            missing = bcast_bytes(self.comm, json.dumps(summary.get("missing")).encode() if self.rank == 0 else b"")
+            raise PeerLostError(f"the simulation went away without closing its stream; missing: {missing.decode()} "
+                                f"(stored steps are in {self.run_dir}/compressed.bp, learner in checkpoint/)")
+        if signum:
+            raise Interrupted(signum)
+        return summary
+
+    def _summary(self, t0, reference):
         summary = self.ledger.summary(wall_s=time.time() - t0)
         summary["tiles_learned_rank0"] = self.tiles_learned
         summary["mode"] = self.cfg.staging.mode
+        summary["end"] = self.end_status
+        summary["blocks_per_step"] = self.reader.n_producers
+        if self.end_status != "clean":
+            summary["missing"] = self._missing()
+            if summary["missing"]:
+                m = summary["missing"]
+                logger.error("producer ranks %s: steps %d..%d (%d) not received (%s)", m["ranks"], m["steps"][0],
+                             m["steps"][1], m["n_steps"], self.end_status)
         if reference is not None:
             summary["reference"] = reference
         if self.cfg.learner.type == "autoencoder":
@@ -508,4 +638,7 @@ class StagingService:
             summary["training_loss"] = float(np.mean([t.loss_ for t in trainers])) if trainers else math.nan
         write_json(os.path.join(self.run_dir, "staging_summary.json"), summary)
         write_json(os.path.join(self.run_dir, "steps.json"), self.ledger.step_table())
+        self.ledger_part.add(event="end", status=self.end_status, last_step=self.last_step,
+                             missing=summary.get("missing"))
+        self.ledger_part.close()
         return summary

@@ -40,29 +40,48 @@ def simulation_main(cfg, comm, run_dir):
     comm.Barrier()
     sim = build_simulation(cfg.simulation, comm)
     dom = sim.domain
+    from .config import sst_parameters
+    from .errors import Interrupted
+
     producer = Producer(os.path.join(run_dir, "sst", "stream"), comm=comm, config_file=cfg.adios2.config_file,
                         io_name=cfg.adios2.stream_io, model_io_name=cfg.adios2.model_io, layout=cfg.adios2.layout,
                         open_timeout_s=cfg.timeouts.open_s, step_timeout_s=cfg.timeouts.step_s,
-                        sz3_every=cfg.metrics.sz3_every)
+                        sz3_every=cfg.metrics.sz3_every, sst_parameters=sst_parameters(cfg), run_dir=run_dir,
+                        fallback_dir=cfg.fallback.dir, fallback_encode=cfg.fallback.encode,
+                        peer_timeout_s=cfg.timeouts.peer_s)
     for var in sim.variables:
         producer.define_variable(var, dom.shape, dom.start, dom.count)
+    interrupted = None
     with producer:
         producer.open()
-        stats = run_simulation(sim, producer, steps=cfg.simulation.steps, plotgap=cfg.simulation.plotgap,
-                               events=cfg.simulation.events)
+        try:
+            stats = run_simulation(sim, producer, steps=cfg.simulation.steps, plotgap=cfg.simulation.plotgap,
+                                   events=cfg.simulation.events)
+        except Interrupted as exc:  # every rank, at the same step boundary: close cleanly, then report it
+            interrupted = exc
+            producer.close(status="interrupted")
+            stats = {"steps_written": producer.steps_written, "compute_s": None, "io_s": None}
         versions = producer.encoder.version if producer.encoder else 0
-    # the last output step, assembled once, lets `stagelearn run` check the decoded file end to end
-    var = sim.variables[0]
-    last = stats["steps_written"] - 1
-    ref = gather_field(comm, written_fields(sim, cfg.simulation.events, last)[var], dom.start, dom.count, dom.shape)
+    record = dict(stats, ranks=comm.Get_size(), layout=producer.layout, engine=producer.io.EngineType(),
+                  last_encoder_version=versions, reference=None, staging_lost=producer.staging_lost,
+                  stalls=producer.stalls, stall_s=producer.stall_s, queue_limit=producer.queue_limit,
+                  queue_full_policy=producer.queue_full_policy,
+                  fallback_file=producer.fallback_file,
+                  status="interrupted" if interrupted else "clean")
+    if interrupted is None:
+        # the last output step, assembled once, lets `stagelearn run` check the decoded file end to end
+        var = sim.variables[0]
+        last = stats["steps_written"] - 1
+        ref = gather_field(comm, written_fields(sim, cfg.simulation.events, last)[var], dom.start, dom.count, dom.shape)
+        record["reference"] = None if producer.staging_lost else {"variable": var, "step": last}
+        if comm.Get_rank() == 0:
+            np.save(os.path.join(run_dir, f"reference_{var}_step{last}.npy"), ref)
+            if cfg.simulation.events:
+                write_json(os.path.join(run_dir, "events.json"), ground_truth(cfg.simulation.events, dom.shape))
     if comm.Get_rank() == 0:
-        np.save(os.path.join(run_dir, f"reference_{var}_step{last}.npy"), ref)
-        if cfg.simulation.events:
-            write_json(os.path.join(run_dir, "events.json"), ground_truth(cfg.simulation.events, dom.shape))
-        write_json(os.path.join(run_dir, "producer.json"), dict(
-            stats, ranks=comm.Get_size(), layout=producer.layout, engine=producer.io.EngineType(),
-            last_encoder_version=versions, reference={"variable": var, "step": stats["steps_written"] - 1},
-            wall_s=time.time() - t0))
+        write_json(os.path.join(run_dir, "producer.json"), dict(record, wall_s=time.time() - t0))
+    if interrupted is not None:
+        raise interrupted
 
 
 def staging_main(cfg, comm, run_dir):

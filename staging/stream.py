@@ -8,17 +8,22 @@
 
 Both return, per step, a list of :class:`ReceivedBlock` read from the stream alone: variables,
 shapes and selections come from ADIOS2 metadata and payload headers, never from the
-simulation's Python objects.
+simulation's Python objects. ``read_step`` returns None when it stops; ``status`` then says why:
+``end`` (the writer closed the stream), ``failed`` (the writer went away without closing it;
+``failed_producers`` names whose stream, or holds -1 for the shared stream) or ``interrupted``
+(SIGINT/SIGTERM, see :mod:`.signals`).
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
+from . import signals
 from .adios import begin_step, bindings, declare_io, make_adios, open_reader
 from ..analytics.anomaly import parse_map, payload_histogram
 from ..analytics.codec import parse_payload
@@ -64,6 +69,26 @@ class ReceivedBlock:
     @property
     def step(self):
         return int(report_get(self.report, "step"))
+
+
+@contextmanager
+def _writer_failure(reader, producer):
+    """A writer that dies between ``BeginStep`` and the data (``Writer failed before returning data``)
+    ends the reader's stream as ``failed`` instead of raising."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "failed" not in str(exc).lower():
+            raise
+        logger.error("stream of producer %s failed while reading a step: %s", "(shared)" if producer < 0 else producer,
+                     " ".join(str(exc).split())[-160:])
+        reader.status = "failed"
+        reader.failed_producers.add(producer)
+
+
+def _set_parameters(io, parameters):
+    for key, value in (parameters or {}).items():
+        io.SetParameter(key, str(value))
 
 
 def _dims(text):
@@ -139,26 +164,34 @@ class SharedStreamReader:
     open_timeout_s, step_timeout_s : float
     """
 
-    def __init__(self, config_file, io_name, stream_path, comm, known_ios, *, open_timeout_s, step_timeout_s):
+    def __init__(self, config_file, io_name, stream_path, comm, known_ios, *, open_timeout_s, step_timeout_s,
+                 parameters=None):
         self.comm = comm
         self.adios = make_adios(config_file, comm)
         self.io = declare_io(self.adios, io_name, config_file, known_ios)
+        _set_parameters(self.io, parameters)
         self.path, self.step_timeout_s = stream_path, step_timeout_s
         self.engine = open_reader(self.io, stream_path, open_timeout_s, "simulation")
         self.n_producers = None
+        self.status, self.failed_producers = "ok", set()
 
     def read_step(self):
-        """Blocks of this rank for the next step, or None at the end of the stream (collective)."""
-        if begin_step(self.engine, self.step_timeout_s, f"stream {self.path}") == "end":
+        """Blocks of this rank for the next step, or None when the stream stops (collective; see ``status``)."""
+        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}",
+                                 interrupted=lambda: signals.agreed(self.comm))
+        if self.status == "failed":
+            self.failed_producers.add(-1)
+        if self.status != "ok":
             return None
         step = self.engine.CurrentStep()
         reports = [n for n in self.io.AvailableVariables() if n.endswith("/report")]
         n_blocks = len(self.engine.BlocksInfo(reports[0], step)) if reports else 0
         self.n_producers = n_blocks
         mine = set(assign_blocks(n_blocks, self.comm.Get_size(), self.comm.Get_rank()))
-        blocks = _read_blocks(self.engine, self.io, step, writer_ids=mine)
-        self.engine.EndStep()
-        return blocks
+        with _writer_failure(self, -1):
+            blocks = _read_blocks(self.engine, self.io, step, writer_ids=mine)
+            self.engine.EndStep()
+        return blocks if self.status == "ok" else None
 
     def close(self):
         self.engine.Close()
@@ -178,29 +211,45 @@ class PerRankStreamReader:
     open_timeout_s, step_timeout_s : float
     """
 
-    def __init__(self, config_file, io_name, stream_path, n_producers, comm, known_ios, *, open_timeout_s, step_timeout_s):
+    def __init__(self, config_file, io_name, stream_path, n_producers, comm, known_ios, *, open_timeout_s, step_timeout_s,
+                 parameters=None):
         self.step_timeout_s = step_timeout_s
         self.n_producers = n_producers
         self.streams = []
+        self.status, self.failed_producers = "ok", set()
         for p in assign_blocks(n_producers, comm.Get_size(), comm.Get_rank()):
             adios = make_adios(config_file, None)
             io = declare_io(adios, io_name, config_file, known_ios)
+            _set_parameters(io, parameters)
             path = rank_stream(stream_path, p)
             engine = open_reader(io, path, open_timeout_s, f"producer rank {p}")
-            self.streams.append({"adios": adios, "io": io, "engine": engine, "path": path, "ended": False})
+            self.streams.append({"adios": adios, "io": io, "engine": engine, "path": path, "ended": False, "producer": p})
 
     def read_step(self):
-        """Blocks of this rank's producers for the next step, or None once all streams ended."""
+        """Blocks of this rank's producers for the next step, or None once all streams stopped (see ``status``)."""
         blocks, any_open = [], False
         for s in self.streams:
             if s["ended"]:
                 continue
-            if begin_step(s["engine"], self.step_timeout_s, f"stream {s['path']}") == "end":
+            status = begin_step(s["engine"], self.step_timeout_s, f"stream {s['path']}", interrupted=signals.pending)
+            if status == "interrupted":
+                self.status = status
+                return None
+            if status != "ok":
                 s["ended"] = True
+                if status == "failed":
+                    self.failed_producers.add(s["producer"])
+                    self.status = "failed"
                 continue
-            any_open = True
-            blocks += _read_blocks(s["engine"], s["io"], s["engine"].CurrentStep())
-            s["engine"].EndStep()
+            with _writer_failure(self, s["producer"]):
+                got = _read_blocks(s["engine"], s["io"], s["engine"].CurrentStep())
+                s["engine"].EndStep()
+                blocks += got
+                any_open = True
+            if self.status == "failed":
+                s["ended"] = True
+        if not any_open and self.status == "ok":
+            self.status = "end"
         return blocks if any_open else None
 
     def close(self):
@@ -245,14 +294,16 @@ class PlainStreamReader:
     """
 
     def __init__(self, config_file, io_name, stream_path, comm, known_ios, *, variables=None, open_timeout_s,
-                 step_timeout_s):
+                 step_timeout_s, parameters=None):
         self.comm, self.variables = comm, variables
         self.adios = make_adios(config_file, comm)
         self.io = declare_io(self.adios, io_name, config_file, known_ios)
+        _set_parameters(self.io, parameters)
         self.path, self.step_timeout_s = stream_path, step_timeout_s
         self.engine = open_reader(self.io, stream_path, open_timeout_s, "the simulation (unchanged ADIOS2 code)")
         self.n_producers = None
         self._first_done = False
+        self.status, self.failed_producers = "ok", set()
 
     def _names(self, available):
         if self.variables is not None:
@@ -270,7 +321,11 @@ class PlainStreamReader:
         from .wire import make_report
 
         b = bindings()
-        if begin_step(self.engine, self.step_timeout_s, f"stream {self.path}") == "end":
+        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}",
+                                 interrupted=lambda: signals.agreed(self.comm))
+        if self.status == "failed":
+            self.failed_producers.add(-1)
+        if self.status != "ok":
             return None
         step = self.engine.CurrentStep()
         out, pending = [], []
@@ -301,11 +356,14 @@ class PlainStreamReader:
                 blk.raw = data
                 pending.append(blk)
                 out.append(blk)
-        if pending:
-            self.engine.PerformGets()
+        with _writer_failure(self, -1):
+            if pending:
+                self.engine.PerformGets()
+            self.engine.EndStep()
+        if self.status != "ok":
+            return None
         for blk in pending:
             blk.raw = blk.raw.astype(np.float32, copy=False)  # learned and coded as float32, as producers send
-        self.engine.EndStep()
         self._first_done = True
         return out
 

@@ -1,0 +1,176 @@
+"""The run ledger: where each (step, producer rank) went, so no output step vanishes without a record.
+
+Each process appends its own part while the run goes, one JSON line per event, flushed at once
+so a killed process leaves every line it wrote:
+
+- producer rank ``r``: ``ledger/producer.p<r>.jsonl``, one line per step it handled, ``to``
+  ``stream`` (sent over SST) or ``fallback`` (written to its fallback BP5 file), with the encoder
+  version and bytes; ``replayed`` lines for steps it had sent but staging never acknowledged;
+  a final ``end`` line (``clean`` or ``interrupted``);
+- staging rank 0: ``ledger/staging.jsonl``, one line per (step, producer rank) stored in
+  ``compressed.bp``, and a final ``end`` line.
+
+:func:`merge_ledger` joins the parts into ``ledger.jsonl`` with one line per (step, producer rank)
+of the steps the run was to produce, each with a ``status``: ``sent_raw``, ``sent_encoded``
+(stored in ``compressed.bp``), ``fallback`` (in a producer's fallback file), ``dropped`` (by the SST
+``QueueFullPolicy=Discard``) or ``lost`` (with a ``reason``). ``steps_lost`` in ``summary.json``
+counts the steps with any ``dropped`` or ``lost`` entry.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+LEDGER_DIR = "ledger"
+
+
+class LedgerPart:
+    """Append-only JSON-lines file of one process (line-buffered: each record reaches the OS at once).
+
+    Parameters
+    ----------
+    path : str
+    """
+
+    def __init__(self, path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path = path
+        self._f = open(path, "w", buffering=1, encoding="utf-8")
+
+    def add(self, **record):
+        """Append one record (a JSON object)."""
+        if self._f is not None:
+            self._f.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def close(self):
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def producer_part(run_dir, rank):
+    return LedgerPart(os.path.join(run_dir, LEDGER_DIR, f"producer.p{int(rank)}.jsonl"))
+
+
+def staging_part(run_dir):
+    return LedgerPart(os.path.join(run_dir, LEDGER_DIR, "staging.jsonl"))
+
+
+def _read(path):
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # a line cut by a killed process
+                logger.warning("%s:%d: unreadable ledger line skipped (cut by a killed process?)", path, n)
+    return out
+
+
+def clear(run_dir):
+    """Remove an earlier run's ledger parts and merged ledger."""
+    for path in glob.glob(os.path.join(run_dir, LEDGER_DIR, "*.jsonl")) + [os.path.join(run_dir, "ledger.jsonl")]:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block", in_transit=False):
+    """Join the ledger parts of ``run_dir`` into ``ledger.jsonl`` and count what went where.
+
+    Parameters
+    ----------
+    run_dir : str
+    expected_steps : int or None
+        Output steps the simulation was to write (None: the highest step any part names, plus one).
+    n_ranks : int
+        Producer ranks (in transit: blocks per step as staging saw them).
+    queue_full_policy : {"Block", "Discard"}
+        The stream's SST policy: with Discard, a step sent while staging kept running but never
+        received was dropped by the writer, not lost.
+    in_transit : bool
+        An unchanged code (no producer parts): what staging did not receive is reported lost.
+
+    Returns
+    -------
+    counts : dict
+        ``steps_expected``, ``steps_lost`` (steps with any dropped or lost entry), ``steps_dropped``,
+        ``steps_fallback``, ``entries`` per status, ``producer_end`` and ``staging_end`` (the parts'
+        end records, or None when a side stopped without one).
+    """
+    base = os.path.join(run_dir, LEDGER_DIR)
+    stored, staging_end = {}, None
+    path = os.path.join(base, "staging.jsonl")
+    for r in _read(path) if os.path.exists(path) else []:
+        if r.get("event") == "end":
+            staging_end = r
+        else:
+            stored[(r["step"], r["rank"])] = r
+    sent, fallback, ends, last = {}, {}, {}, {}
+    for path in sorted(glob.glob(os.path.join(base, "producer.p*.jsonl"))):
+        for r in _read(path):
+            rank = r["rank"]
+            if r.get("event") == "end":
+                ends[rank] = r
+                continue
+            last[rank] = max(last.get(rank, -1), r["step"])
+            (fallback if r["to"] == "fallback" else sent)[(r["step"], rank)] = r
+    if expected_steps is None:
+        keys = list(stored) + list(sent) + list(fallback)
+        expected_steps = max((s for s, _ in keys), default=-1) + 1
+    clean_end = {rank: e for rank, e in ends.items()}
+    staging_received_any = bool(stored)
+    lines, counts = [], {}
+    lost_steps, dropped_steps, fallback_steps = set(), set(), set()
+    for step in range(int(expected_steps)):
+        for rank in range(int(n_ranks)):
+            key = (step, rank)
+            entry = {"step": step, "rank": rank}
+            if key in stored:
+                s = stored[key]
+                v = int(s.get("encoder_version", 0))
+                entry.update(status="sent_encoded" if v else "sent_raw", encoder_version=v, file="compressed.bp",
+                             bytes=s.get("bytes"))
+                if key in fallback:
+                    entry["also_in"] = fallback[key]["file"]
+            elif key in fallback:
+                f = fallback[key]
+                entry.update(status="fallback", file=f["file"], encoder_version=f.get("encoder_version", 0),
+                             bytes=f.get("bytes"), replayed=bool(f.get("replayed", False)))
+                fallback_steps.add(step)
+            elif key in sent:
+                later = any(k[1] == rank and k[0] > step for k in stored)
+                if queue_full_policy == "Discard" and (later or (staging_end or {}).get("status") == "clean"):
+                    entry.update(status="dropped", reason="QueueFullPolicy=Discard: the SST writer dropped this step "
+                                                          "while the staging queue was full")
+                    dropped_steps.add(step)
+                else:
+                    entry.update(status="lost", reason="sent to the stream, but staging stopped before storing it")
+                    lost_steps.add(step)
+            elif in_transit:
+                entry.update(status="lost", reason="not received by staging (an unchanged code keeps no ledger)")
+                lost_steps.add(step)
+            else:
+                end = clean_end.get(rank)
+                if end is not None:
+                    why = f"the simulation ended ({end.get('status')}) after step {end.get('last_step')}"
+                elif rank in last:
+                    why = f"producer rank {rank} stopped without closing after step {last[rank]} (killed?)"
+                else:
+                    why = f"producer rank {rank} never wrote a step" + ("" if staging_received_any else
+                                                                       " (no ledger part: did it start?)")
+                entry.update(status="lost", reason=why)
+                lost_steps.add(step)
+            counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+            lines.append(entry)
+    with open(os.path.join(run_dir, "ledger.jsonl"), "w", encoding="utf-8") as f:
+        for entry in lines:
+            f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+    return {"steps_expected": int(expected_steps), "steps_lost": len(lost_steps | dropped_steps),
+            "steps_dropped": len(dropped_steps), "steps_fallback": len(fallback_steps), "entries": counts,
+            "producer_end": {str(k): v.get("status") for k, v in sorted(ends.items())} or None,
+            "staging_end": staging_end.get("status") if staging_end else None}

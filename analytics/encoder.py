@@ -24,6 +24,10 @@ FORMAT = "stagelearn.learned-coder/2"
 _FORMAT_V1 = "stagelearn.pca-transform-coder/1"  # PCA only, no temporal/bound policy: still readable
 _FRAME_MAGIC = b"SLE1"
 _ARRAYS = ("mean_", "components_")
+# Keys a spec may carry (see Encoder.spec); anything else is rejected, never ignored.
+_SPEC_KEYS = {"format", "version", "trained_until_step", "raw_fraction", "psnr_db", "anomaly", "keyframe_every",
+              "error_bound", "encode_threads", "variables"}
+_VARIABLE_KEYS = {"kind", "tile_shape", "data_min", "data_max", "autoencoder", "arrays"}
 
 
 class EncoderFormatError(ValueError):
@@ -198,13 +202,17 @@ class Encoder:
         Raises
         ------
         EncoderFormatError
-            On an unknown format or model kind, unexpected or missing array names, shapes or
+            On an unknown format, spec key or model kind, unexpected or missing array names, shapes or
             dtypes that differ from the spec, inconsistent tile shapes, non-finite values, or an
             autoencoder whose spec and weights do not rebuild.
         """
         if not isinstance(spec, dict) or spec.get("format") not in (FORMAT, _FORMAT_V1):
             raise EncoderFormatError(f"unknown encoder format {spec.get('format') if isinstance(spec, dict) else spec!r}; expected {FORMAT}")
         try:
+            unknown = set(spec) - _SPEC_KEYS
+            unknown |= {f"variables/{n}/{k}" for n, vs in spec["variables"].items() for k in set(vs) - _VARIABLE_KEYS}
+            if unknown:
+                raise EncoderFormatError(f"encoder spec has unknown keys {sorted(unknown)}")
             variables_spec = spec["variables"]
             expected = {f"{n}/{a}" for n, vs in variables_spec.items() for a in vs["arrays"]}
             unexpected, missing = set(arrays) - expected, expected - set(arrays)

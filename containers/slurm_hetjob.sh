@@ -2,7 +2,7 @@
 # stagelearn launch --scheduler slurm --mode hetjob: generated from examples/gray_scott.yaml
 # simulation: 4 ranks (gray_scott); staging: 2 ranks; run directory results/gray_scott
 # Submit from the directory the relative paths are relative to (sbatch starts the job there).
-# NOTE: the ADIOS2 XML of this run sets NetworkInterface=lo (loopback) for SimulationOutput, ModelUpdates: both sides must then share one node; for a multi-node job set the nodes' high-speed interface (e.g. hsn0, ib0) in a copy of the XML (containers/README.md)
+# NOTE: this run's SST streams use NetworkInterface=lo (loopback; adios2.network_interface, default lo): both sides must then share one node; for a multi-node job set adios2.network_interface to the nodes' high-speed interface (e.g. hsn0, ib0) in the run YAML (containers/README.md)
 # Heterogeneous job: component 0 = simulation, component 1 = staging.
 #SBATCH --job-name=stagelearn-gray_scott
 #SBATCH --time=00:35:00

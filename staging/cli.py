@@ -3,7 +3,8 @@
 Subcommands: ``run`` (both sides, two ``mpiexec`` jobs), ``sim`` and ``stage`` (one side, for
 sites that launch them separately), ``report`` (the summary of such a run), ``validate``,
 ``decode``, ``info``, ``schema``, ``launch`` (a SLURM script running ``sim`` and ``stage``), ``xml``
-(a simulation's adios2.xml for streaming to stagelearn, or a check of one).
+(a simulation's adios2.xml for streaming to stagelearn, a check of one, or ``--inspect`` of any
+ADIOS2 XML/YAML without a run YAML).
 
 Exit codes (the only place exceptions become exit codes):
 
@@ -15,7 +16,8 @@ Exit codes (the only place exceptions become exit codes):
 4     a peer went away mid-run (PeerLostError)
 5     a model update was malformed (ModelFormatError)
 6     ADIOS2 missing or lacking MPI (AdiosUnavailableError)
-130   interrupted (SIGINT)
+130   interrupted (SIGINT); the side stopped at a step boundary and closed its files
+143   terminated (SIGTERM); likewise
 ====  ==========================================================
 """
 
@@ -27,8 +29,8 @@ import logging
 import os
 import sys
 
-from .errors import (AdiosUnavailableError, ConfigError, ModelFormatError, PeerLostError, StagelearnError,
-                     StreamTimeoutError, UsageError)
+from .errors import (AdiosUnavailableError, ConfigError, Interrupted, ModelFormatError, PeerLostError,
+                     StagelearnError, StreamTimeoutError, UsageError)
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ def exit_code_for(exc):
     """Exit code of an exception (see the module docstring)."""
     if isinstance(exc, KeyboardInterrupt):
         return 130
+    if isinstance(exc, Interrupted):
+        return 128 + exc.signum
     for cls, code in EXIT_CODES:
         if isinstance(exc, cls):
             return code
@@ -138,16 +142,23 @@ def _launch(args):
 # --- `stagelearn xml`: the simulation's adios2.xml for streaming to stagelearn (generation/check in .xmlgen) ---
 def _add_xml_parser(sub):
     xp = sub.add_parser("xml", help="write the ADIOS2 XML a simulation needs to stream to stagelearn, or check one")
-    xp.add_argument("config")
+    xp.add_argument("config", nargs="?", help="run YAML (not with --inspect)")
     xp.add_argument("--io", help="the IO name the simulation's code declares (default: adios2.stream_io)")
     xp.add_argument("-o", "--output", help="write the XML here (default: stdout)")
     xp.add_argument("--check", metavar="EXISTING_XML", help="compare an existing ADIOS2 XML instead; exit 2 on any error")
+    xp.add_argument("--inspect", metavar="EXISTING_XML",
+                    help="list each IO's engine and parameters of any ADIOS2 XML/YAML and flag mistakes (no run YAML); "
+                         "exit 2 on any error")
 
 
 def _xml(args):
     from .config import load_config
     from .xmlgen import check, generate
 
+    if args.inspect:
+        return _xml_inspect(args)
+    if not args.config:
+        raise UsageError("xml: give the run YAML (or --inspect FILE to inspect an ADIOS2 XML without one)")
     cfg = load_config(args.config)
     if args.check:
         if args.output:
@@ -166,6 +177,24 @@ def _xml(args):
         return 0
     print(f"{args.output}: ADIOS2 XML for the simulation (stream IO {args.io or cfg.adios2.stream_io!r}); "
           "adapt NetworkInterface on a cluster", file=sys.stderr)
+    return 0
+
+
+def _xml_inspect(args):
+    """``xml --inspect FILE``: one line per IO, then the findings; ConfigError (exit 2) on any error."""
+    from .xmlgen import inspect
+
+    if args.config or args.check or args.output or args.io:
+        raise UsageError("xml: --inspect takes only the file (no run YAML, --check, --io or -o)")
+    summary, findings = inspect(args.inspect)
+    for line in summary:
+        print(line)
+    for finding in findings:
+        print(finding.format(args.inspect))
+    errors = sum(f.severity == "error" for f in findings)
+    if errors:
+        raise ConfigError(f"{args.inspect}: {errors} error(s), {len(findings) - errors} warning(s)")
+    print(f"{args.inspect}: OK ({len(summary)} IO(s), {len(findings)} warning(s))", file=sys.stderr)
     return 0
 # --- end `stagelearn xml` ---
 
@@ -214,8 +243,8 @@ def _run_side(args, side):
             logger.exception("%s failed", side)
         else:
             print(f"stagelearn {side}: error: {exc}", file=sys.stderr, flush=True)
-        if comm.Get_size() > 1:
-            comm.Abort(code)
+        if comm.Get_size() > 1 and not isinstance(exc, (Interrupted, PeerLostError)):
+            comm.Abort(code)  # Interrupted and PeerLostError are raised on every rank together
         return code
 
 
@@ -331,6 +360,9 @@ def main(argv=None):
         faulthandler.enable()  # a crash inside ADIOS2/MPI C code still prints the Python stack
         rank = os.environ.get("PMI_RANK", "0")
         _setup_logging(args.log_level, tag=f"[{args.command} {rank}] ")
+        from . import signals
+
+        signals.install()  # SIGINT/SIGTERM stop the side at the next step boundary (exit 130/143)
         return _run_side(args, args.command)
     _setup_logging(args.log_level)
     try:

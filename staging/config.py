@@ -223,9 +223,10 @@ def resolve_stream_params(cfg, source="<config>"):
     """Settle the stream's SST queue settings from the YAML and the XML (one value per key, never unbounded).
 
     A key set in both with different values is an error (say it in one place); unset in both, the
-    queue is 4 steps with ``Block``. In transit the simulation's own writer reads only its XML, so
-    the XML must bound its queue. The result is stored back in ``cfg.adios2``; staging and producers
-    apply it with ``IO.SetParameter``.
+    queue is 4 steps with ``Block`` on the loopback interface. The result is stored back in
+    ``cfg.adios2``; staging and producers apply it with ``IO.SetParameter``. (In transit the
+    simulation's own writer reads only its own XML: ``stagelearn xml --check`` warns when that
+    leaves its queue unbounded.)
 
     Raises
     ------
@@ -254,10 +255,6 @@ def resolve_stream_params(cfg, source="<config>"):
         if mine is not None and theirs is not None and str(mine) != str(theirs):
             raise ConfigError(f"{source}: adios2.{key}: {mine!r} differs from {sst_key}={theirs!r} in IO "
                               f"{cfg.adios2.stream_io} of {xml}; set it in one place")
-        if mine is None and theirs is None and cfg.staging.mode == "in_transit" and key == "queue_limit":
-            raise ConfigError(f"{xml}: IO {cfg.adios2.stream_io} has no QueueLimit: the simulation's SST writer would "
-                              "queue steps without bound while staging is slow; add "
-                              '<parameter key="QueueLimit" value="4"/> to its engine')
         if mine is None:
             setattr(cfg.adios2, key, theirs if theirs is not None else _DEFAULTS.get(key))
 

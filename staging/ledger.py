@@ -13,8 +13,9 @@ so a killed process leaves every line it wrote:
 :func:`merge_ledger` joins the parts into ``ledger.jsonl`` with one line per (step, producer rank)
 of the steps the run was to produce, each with a ``status``: ``sent_raw``, ``sent_encoded``
 (stored in ``compressed.bp``), ``fallback`` (in a producer's fallback file), ``dropped`` (by the SST
-``QueueFullPolicy=Discard``) or ``lost`` (with a ``reason``). ``steps_lost`` in ``summary.json``
-counts the steps with any ``dropped`` or ``lost`` entry.
+``QueueFullPolicy=Discard``), ``lost`` (with a ``reason``), or ``not_produced`` (the simulation was
+stopped by SIGINT/SIGTERM before it). ``steps_lost`` in ``summary.json`` counts the steps with any
+``dropped`` or ``lost`` entry.
 """
 
 from __future__ import annotations
@@ -156,8 +157,14 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
                 lost_steps.add(step)
             else:
                 end = clean_end.get(rank)
+                if end is not None and end.get("status") == "interrupted":
+                    entry.update(status="not_produced", reason=f"the simulation was interrupted after step "
+                                                              f"{end.get('last_step')} (SIGINT/SIGTERM)")
+                    counts["not_produced"] = counts.get("not_produced", 0) + 1
+                    lines.append(entry)
+                    continue
                 if end is not None:
-                    why = f"the simulation ended ({end.get('status')}) after step {end.get('last_step')}"
+                    why = f"the simulation ended after step {end.get('last_step')}"
                 elif rank in last:
                     why = f"producer rank {rank} stopped without closing after step {last[rank]} (killed?)"
                 else:

@@ -248,6 +248,7 @@ class Producer:
             self.io.DefineAttribute("stagelearn/report_fields", list(REPORT_FIELDS))
         with deadline(self.open_timeout_s, f"staging to open stream {path} (timeouts.open_s)"):
             self.engine = self.io.Open(path, b.Mode.Write)
+        signals.reclaim()
         if self.streaming:
             self._ledger = producer_part(self.run_dir, self.rank)
             self._last_ack_change = time.monotonic()

@@ -186,6 +186,7 @@ class StagingService:
             if cfg.anomaly.enabled:
                 self.anomaly_log = open(os.path.join(self.run_dir, "anomalies.csv"), "w")
                 self.anomaly_log.write("step,variable,rank,tile,origin,score,status\n")
+        signals.reclaim()
         logger.info("staging rank %d/%d reading %s (%s layout)", self.rank, self.comm.Get_size(), stream, layout)
 
     def _discover_variables(self, blocks):
@@ -438,7 +439,8 @@ class StagingService:
             t_wait = time.perf_counter()
             blocks = self.reader.read_step()
             t_busy = time.perf_counter()
-            worst = allreduce_flag(self.comm, {"interrupted": 2, "failed": 1}.get(self.reader.status, 0))
+            status = "interrupted" if signals.pending() else self.reader.status
+            worst = allreduce_flag(self.comm, {"interrupted": 2, "failed": 1}.get(status, 0))
             if worst == 2:
                 self.end_status = "interrupted"  # steps read but not stored are replayed by the producers
                 break

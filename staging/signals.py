@@ -16,6 +16,7 @@ import signal
 from .errors import Interrupted
 
 _pending = 0
+_installed = False
 
 
 def _handler(signum, frame):  # noqa: ARG001
@@ -26,9 +27,19 @@ def _handler(signum, frame):  # noqa: ARG001
 
 
 def install():
-    """Route SIGINT and SIGTERM to the flag (call once, from the CLI's main thread)."""
+    """Route SIGINT and SIGTERM to the flag (from the CLI's main thread)."""
+    global _installed
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _handler)
+    _installed = True
+
+
+def reclaim():
+    """Install the handlers again if :func:`install` was called: opening an SST engine replaces the
+    SIGINT handler with ADIOS2's own, which unlinks contact files and exits at once (call after
+    opening engines; stagelearn closes its engines itself)."""
+    if _installed:
+        install()
 
 
 def pending():

@@ -38,21 +38,12 @@ def walltime(run_s, margin_min=5):
 
 
 def sst_warnings(cfg):
-    """Warnings about the SST settings of ``cfg``'s ADIOS2 XML for a batch (multi-node) run."""
-    from .xmlconfig import read_ios
-
-    ios = read_ios(cfg.adios2.config_file)
-    loopback = []
-    for key in ("stream_io", "model_io"):
-        spec = ios.get(getattr(cfg.adios2, key))
-        if spec is not None and spec.type.lower() == "sst" and spec.parameters.get("NetworkInterface") == "lo":
-            loopback.append(getattr(cfg.adios2, key))
-    out = []
-    if loopback:
-        out.append(f"the ADIOS2 XML of this run sets NetworkInterface=lo (loopback) for {', '.join(loopback)}: both sides "
-                   "must then share one node; for a multi-node job set the nodes' high-speed interface (e.g. hsn0, ib0) "
-                   "in a copy of the XML (containers/README.md)")
-    return out
+    """Warnings about the SST settings of ``cfg`` for a batch (multi-node) run."""
+    if cfg.adios2.network_interface != "lo":
+        return []
+    return ["this run's SST streams use NetworkInterface=lo (loopback; adios2.network_interface, default lo): both "
+            "sides must then share one node; for a multi-node job set adios2.network_interface to the nodes' "
+            "high-speed interface (e.g. hsn0, ib0) in the run YAML (containers/README.md)"]
 
 
 def side_argv(side, config, run_dir, *, container=None, binds=(), log_level=None):

@@ -59,6 +59,10 @@ def disarm():
 
 
 def _serve(parent_pid):
+    # mpiexec passes Ctrl-C/SIGTERM to the whole process group: the guarded process handles them
+    # (stagelearn.staging.signals); the helper ends when the guarded process closes the pipe
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     deadline, message, buf = None, "", b""
     fd = sys.stdin.fileno()
     while True:

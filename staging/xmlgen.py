@@ -4,7 +4,9 @@ A simulation that already writes with ADIOS2 (and cannot be modified) joins stag
 switching its output IO to SST in its own ``adios2.xml``. :func:`generate` writes that document
 for a run YAML: the stream IO (the simulation's output, SST), the model IO (staging's push-back
 channel, SST) and the output IO (staging's compressed file, BP5), each parameter commented.
-:func:`check` compares an existing file against it and returns :class:`Finding` objects.
+:func:`check` compares an existing file against it and returns :class:`Finding` objects;
+:func:`inspect` needs no run YAML: it summarises any ADIOS2 XML/YAML per IO and flags mistakes
+(unknown or miscased SST keys, duplicate keys, an unbounded SST queue, ADIOS 1 files).
 
 Expected values come from the packaged ``xml_configs/stagelearn.xml`` (:data:`DEFAULTS`); where
 the run's ``adios2.config_file`` defines the stream or model IO with engine SST, its values for
@@ -19,6 +21,7 @@ library parses the XML; ADIOS2's YAML form (``.yaml``/``.yml``) is checked too, 
 
 from __future__ import annotations
 
+import difflib
 import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -31,23 +34,27 @@ from .errors import ConfigError
 DEFAULTS = {
     "stream": ("SST", {"RendezvousReaderCount": "1", "QueueLimit": "4", "QueueFullPolicy": "Block",
                        "DataTransport": "WAN", "NetworkInterface": "lo"}),
-    "model": ("SST", {"RendezvousReaderCount": "1", "QueueLimit": "4", "QueueFullPolicy": "Discard",
+    "model": ("SST", {"RendezvousReaderCount": "1", "QueueLimit": "16", "QueueFullPolicy": "Discard",
                       "DataTransport": "WAN", "NetworkInterface": "lo"}),
     "output": ("BP5", {}),
 }
 
-# SST parameter names (ADIOS2 2.x, sst_paramdef.h); SST matches them case-sensitively.
+# SST parameter names (ADIOS2 2.12.1, SST_FOREACH_PARAMETER_TYPE_4ARGS in toolkit/sst/sst_data.h);
+# SST matches them case-sensitively.
 SST_KEYS = (
     "RendezvousReaderCount", "QueueLimit", "QueueFullPolicy", "ReserveQueueLimit", "DataTransport",
     "WANDataTransport", "ControlTransport", "NetworkInterface", "ControlInterface", "DataInterface",
     "CPCommPattern", "CompressionMethod", "MarshalMethod", "RegistrationMethod", "StepDistributionMode",
     "FirstTimestepPrecious", "AlwaysProvideLatestTimestep", "OpenTimeoutSecs", "SpeculativePreloadMode",
-    "SpecAutoNodeThreshold", "ControlModule", "IsRowMajor", "verbose",
+    "SpecAutoNodeThreshold", "ControlModule", "IsRowMajor", "verbose", "ReaderShortCircuitReads", "StatsLevel",
+    "UseOneTimeAttributes", "RemoteGroup",
 )
 # SST's own defaults, used to tell "missing but harmless" from "missing and wrong".
 SST_DEFAULTS = {"RendezvousReaderCount": "1", "QueueLimit": "0", "QueueFullPolicy": "Block", "OpenTimeoutSecs": "60"}
 # Keys whose value is site-specific: a different value is a warning, not an error.
 SITE_KEYS = ("NetworkInterface", "OpenTimeoutSecs")
+# Children of <adios-config> in ADIOS 1.x files; ADIOS2 has <io> (its <transport> sits inside an <io>).
+ADIOS1_TAGS = ("adios-group", "method", "transport", "buffer", "analysis")
 
 _ROLE_KEY = {"stream": "stream_io", "model": "model_io", "output": "output_io"}
 
@@ -119,8 +126,14 @@ def expected_ios(cfg, *, io_name=None):
             for key, value in spec.parameters.items():
                 if key in SST_KEYS and key != "OpenTimeoutSecs":  # readers' timeouts come from the run YAML
                     params[key] = value
+        if role == "stream" and engine == "SST":  # queue and interface as settled from the run YAML (config.py)
+            from .config import sst_parameters
+
+            params.update(sst_parameters(cfg))
         if role == "model":
             params["OpenTimeoutSecs"] = _num(cfg.timeouts.open_s)
+            if cfg.adios2.network_interface:
+                params["NetworkInterface"] = cfg.adios2.network_interface
         out.append((role, name, engine, params))
     return out
 
@@ -216,8 +229,9 @@ class _IO:
 
 
 def _scan(data):
-    """Root tag and the IOs of a well-formed document, with element line numbers (pyexpat)."""
-    stack, ios, root = [], [], []
+    """Root tag, the IOs and the root's other children (tag to first line) of a well-formed
+    document, with element line numbers (pyexpat)."""
+    stack, ios, root, children = [], [], [], {}
     p = expat.ParserCreate()
 
     def start(tag, attrs):
@@ -225,6 +239,8 @@ def _scan(data):
         if not stack:
             root.append(tag)
         parent = stack[-1] if stack else None
+        if len(stack) == 1 and tag != "io":
+            children.setdefault(tag, line)
         if tag == "io" and len(stack) == 1:
             ios.append(_IO(attrs.get("name", ""), line, params=[]))
         elif tag == "engine" and parent == "io" and len(stack) == 2 and ios:
@@ -239,7 +255,7 @@ def _scan(data):
     p.StartElementHandler = start
     p.EndElementHandler = lambda tag: stack.pop()
     p.Parse(data, True)
-    return root[0], ios
+    return root[0], ios, children
 
 
 def _bounded_queue(key, value):
@@ -279,16 +295,84 @@ def check(cfg, path, *, io_name=None):
     ConfigError
         If the file cannot be read.
     """
+    found, yaml_form = _read(path)
+    if isinstance(found, Finding):
+        return [found]
+    return _compare(cfg, found, io_name, yaml_form=yaml_form)
+
+
+def inspect(path):
+    """Summarise and lint an existing ADIOS2 XML or YAML file; no run YAML needed.
+
+    Flags what ADIOS2 accepts silently but does not do: unknown SST keys, SST keys in the wrong
+    case (SST matches keys case-sensitively, BP4/BP5 do not), duplicate keys, SST IOs without a
+    finite ``QueueLimit``; and files it cannot use: malformed XML/YAML, ADIOS 1.x files.
+
+    Parameters
+    ----------
+    path : str or path
+        ``.yaml``/``.yml`` is read as ADIOS2's YAML form, anything else as XML.
+
+    Returns
+    -------
+    summary : list of str
+        One line per IO: ``IO <name>: engine <type>; <key>=<value>, ...`` (the first of duplicate keys).
+    findings : list of Finding
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read.
+    """
+    found, yaml_form = _read(path)
+    if isinstance(found, Finding):
+        return [], [found]
+    _, findings = _index_ios(found)
+    summary = []
+    for io in found:
+        first, linted = _lint_io(io, yaml_form=yaml_form, strict=SST_KEYS)
+        engine = io.engine or "BP5 (no engine given: ADIOS2's default, a BP file)"
+        params = ", ".join(f"{p.key}={p.value}" for p in first.values()) or "no parameters"
+        summary.append(f"IO {io.name}: engine {engine}; {params}")
+        findings += linted
+        if (io.engine or "").lower() == "sst":
+            findings += _queue_findings(io, first.get("QueueLimit"))
+    if not found:
+        decl = "- IO: name" if yaml_form else "<io name=...>"
+        findings.append(Finding("warning", "", "", f"no IO defined ({decl})", 1))
+    return summary, findings
+
+
+def _queue_findings(io, limit):
+    """An SST IO whose writer queue is unbounded (QueueLimit missing or 0) or unparsable."""
+    fix = "set QueueLimit to a few steps (e.g. 4) with QueueFullPolicy Block or Discard"
+    if limit is None:
+        return [Finding("warning", io.name, "QueueLimit", f"not set: SST's default 0 queues steps without limit, so a "
+                                                          f"writer whose reader falls behind grows its memory; {fix}",
+                        io.engine_line)]
+    try:
+        value = int(limit.value)
+    except (TypeError, ValueError):
+        return [Finding("error", io.name, "QueueLimit", f"{limit.value!r} is not an integer; {fix}", limit.line)]
+    if value <= 0:
+        return [Finding("warning", io.name, "QueueLimit", f"{limit.value}: the writer's queue is unbounded; {fix}",
+                        limit.line)]
+    return []
+
+
+def _read(path):
+    """The IOs of an ADIOS2 XML or YAML file and whether it is the YAML form.
+
+    Returns ``(ios, yaml_form)``; ``ios`` is a :class:`Finding` instead when the file is unusable
+    (malformed, another root element, an ADIOS 1.x file). Raises ConfigError if it cannot be read.
+    """
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ADIOS2 XML ({exc.strerror})") from None
     if str(path).lower().endswith((".yaml", ".yml")):
-        found = _scan_yaml(data)
-        if isinstance(found, Finding):
-            return [found]
-        return _compare(cfg, found, io_name, yaml_form=True)
+        return _scan_yaml(data), True
     parser = ET.XMLParser()
     try:
         parser.feed(data)
@@ -296,11 +380,18 @@ def check(cfg, path, *, io_name=None):
     except ET.ParseError as exc:
         line, col = exc.position
         msg = str(exc).split(":")[0]
-        return [Finding("error", "", "", f"malformed XML at column {col + 1} ({msg})", line)]
-    root, found = _scan(data)
+        return Finding("error", "", "", f"malformed XML at column {col + 1} ({msg})", line), False
+    root, found, children = _scan(data)
     if root != "adios-config":
-        return [Finding("error", "", "", f"the root element is <{root}>; ADIOS2 expects <adios-config>", 1)]
-    return _compare(cfg, found, io_name)
+        return Finding("error", "", "", f"the root element is <{root}>; ADIOS2 expects <adios-config>", 1), False
+    old = [tag for tag in children if tag in ADIOS1_TAGS]
+    if old:
+        tags = ", ".join(f"<{t}>" for t in old)
+        return Finding("error", "", "", f"an ADIOS 1.x configuration ({tags} under <adios-config>), which ADIOS2 "
+                                        "does not read: rewrite it for ADIOS2 with one <io name=...> per group, holding "
+                                        "an <engine type=...> with <parameter key=... value=.../> elements (the "
+                                        "method becomes the engine, e.g. BP5 or SST)", children[old[0]]), False
+    return found, False
 
 
 def _scan_yaml(data):
@@ -334,7 +425,8 @@ def _scan_yaml(data):
     return ios
 
 
-def _compare(cfg, found, io_name, *, yaml_form=False):
+def _index_ios(found):
+    """IOs by name, and findings for IOs without a name or defined twice."""
     findings = []
     by_name = {}
     for io in found:
@@ -345,6 +437,11 @@ def _compare(cfg, found, io_name, *, yaml_form=False):
                                     io.line))
         else:
             by_name[io.name] = io
+    return by_name, findings
+
+
+def _compare(cfg, found, io_name, *, yaml_form=False):
+    by_name, findings = _index_ios(found)
     for role, name, engine, params in expected_ios(cfg, io_name=io_name):
         io = by_name.get(name)
         if io is None:
@@ -365,20 +462,15 @@ def _compare(cfg, found, io_name, *, yaml_form=False):
     return findings
 
 
-def _check_io(role, io, engine, expected, *, yaml_form=False):
+def _lint_io(io, *, yaml_form, strict):
+    """Findings that need no expectations: several engines, duplicate keys and, on SST, unknown or
+    miscased keys (an error for the canonical keys in ``strict``, else a warning).
+
+    Returns ``(first, findings)``: ``first`` maps each key to its first :class:`_Param` (what ADIOS2 keeps).
+    """
     out = []
     if io.engines > 1:
         out.append(Finding("warning", io.name, "", f"{io.engines} <engine> elements; only the first is read", io.line))
-    actual = io.engine or "BP5"  # no <engine>: ADIOS2's default (a BP file)
-    if actual.lower() != engine.lower():
-        sev = "warning" if role == "output" and actual.lower() in ("bp3", "bp4", "bpfile", "file") else "error"
-        what = f"engine {actual}" if io.engine else "no <engine> (ADIOS2 then writes a BP file)"
-        out.append(Finding(sev, io.name, "", f"{what}; expected {engine}", io.engine_line or io.line))
-        return out  # the parameters of another engine are not comparable
-    if actual != engine:
-        out.append(Finding("warning", io.name, "", f"engine type {actual!r}: ADIOS2 accepts it (case-insensitive), "
-                                                   f"the canonical spelling is {engine!r}", io.engine_line))
-    sst = engine == "SST"
     first = {}
     for p in io.params:
         if p.key in first:
@@ -393,21 +485,39 @@ def _check_io(role, io, engine, expected, *, yaml_form=False):
                                + ("" if same else f" and ignores {p.value!r}"), p.line))
         else:
             first[p.key] = p
-    if not sst:
-        return out
+    if (io.engine or "").lower() != "sst":
+        return first, out
     known_lower = {k.lower(): k for k in SST_KEYS}
     for key, p in first.items():
         canon = known_lower.get(key.lower())
         if canon is None:
-            out.append(Finding("warning", io.name, key, "not an SST parameter; SST ignores it", p.line))
+            near = difflib.get_close_matches(key, SST_KEYS, n=1, cutoff=0.8)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            out.append(Finding("warning", io.name, key, f"not an SST parameter; SST ignores it{hint}", p.line))
         elif canon != key:
             if canon in first:
                 out.append(Finding("warning", io.name, key, f"SST matches keys case-sensitively: ignored "
                                                             f"(the {canon!r} on line {first[canon].line} applies)", p.line))
             else:
-                sev = "error" if canon in expected and canon not in SITE_KEYS else "warning"
+                sev = "error" if canon in strict else "warning"
                 out.append(Finding(sev, io.name, key, f"SST matches keys case-sensitively: {key!r} is ignored; "
                                                       f"write {canon!r}", p.line))
+    return first, out
+
+
+def _check_io(role, io, engine, expected, *, yaml_form=False):
+    actual = io.engine or "BP5"  # no <engine>: ADIOS2's default (a BP file)
+    first, out = _lint_io(io, yaml_form=yaml_form, strict=set(expected) - set(SITE_KEYS))
+    if actual.lower() != engine.lower():
+        sev = "warning" if role == "output" and actual.lower() in ("bp3", "bp4", "bpfile", "file") else "error"
+        what = f"engine {actual}" if io.engine else "no <engine> (ADIOS2 then writes a BP file)"
+        out.append(Finding(sev, io.name, "", f"{what}; expected {engine}", io.engine_line or io.line))
+        return out  # the parameters of another engine are not comparable
+    if actual != engine:
+        out.append(Finding("warning", io.name, "", f"engine type {actual!r}: ADIOS2 accepts it (case-insensitive), "
+                                                   f"the canonical spelling is {engine!r}", io.engine_line))
+    if engine != "SST":
+        return out
     for key, want in expected.items():
         p = first.get(key)
         if p is None:

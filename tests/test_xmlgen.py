@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from stagelearn.staging.config import load_config
-from stagelearn.staging.xmlgen import Finding, check, generate
+from stagelearn.staging.xmlgen import Finding, check, generate, inspect
 
 REPO = Path(__file__).resolve().parents[1]
 GRAY_SCOTT = REPO / "examples" / "gray_scott.yaml"
@@ -71,8 +71,11 @@ def test_generated_xml_has_explanations(cfg):
 
 def test_check_generated_is_clean(cfg, tmp_path):
     assert check(cfg, _write(tmp_path, generate(cfg))) == []
-    # the packaged stagelearn.xml is what staging itself reads: also clean but for OpenTimeoutSecs (set by code)
-    assert [f for f in check(cfg, cfg.adios2.config_file) if f.severity == "error"] == []
+    # the packaged stagelearn.xml is what staging itself reads: also clean but for the keys the code sets
+    # (OpenTimeoutSecs from timeouts, the stream's queue and interface from the YAML's adios2 section)
+    set_by_code = {"QueueLimit", "QueueFullPolicy", "NetworkInterface"}
+    assert [f for f in check(cfg, cfg.adios2.config_file)
+            if f.severity == "error" and not (f.io == "SimulationOutput" and f.key in set_by_code)] == []
 
 
 def _crafted(cfg, tmp_path, old, new, count=1):
@@ -195,7 +198,7 @@ YAML_CONFIG = """\
   Engine:
     Type: SST
     RendezvousReaderCount: 1
-    QueueLimit: 4
+    QueueLimit: 16
     QueueFullPolicy: Discard
     DataTransport: WAN
     NetworkInterface: lo
@@ -242,3 +245,158 @@ def test_shipped_in_transit_example_passes_the_check(stagelearn_cli):
     example = REPO / "examples" / "intransit"
     proc = stagelearn_cli("xml", example / "gray_scott.yaml", "--check", example / "adios2.xml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --- `stagelearn xml --inspect`: any ADIOS2 XML/YAML, no run YAML ---
+
+def _io_xml(engine, params, name="out"):
+    lines = ['<?xml version="1.0"?>', "<adios-config>", f'  <io name="{name}">', f'    <engine type="{engine}">']
+    lines += [f'      <parameter key="{k}" value="{v}"/>' for k, v in params]
+    return "\n".join(lines + ["    </engine>", "  </io>", "</adios-config>", ""])
+
+
+def _got(findings):
+    return [(f.severity, f.io, f.key, f.line) for f in findings]
+
+
+ADIOS1 = """\
+<?xml version="1.0"?>
+<adios-config host-language="C">
+  <adios-group name="temperature" coordination-communicator="comm">
+    <var name="NX" type="integer"/>
+    <var name="size" type="integer"/>
+    <var name="rank" type="integer"/>
+    <global-bounds dimensions="size,NX" offsets="rank,0">
+      <var name="temperature" gwrite="t" type="double" dimensions="1,NX"/>
+    </global-bounds>
+  </adios-group>
+  <method group="temperature" method="MPI"/>
+  <buffer size-MB="20" allocate-time="now"/>
+</adios-config>
+"""
+
+
+def test_inspect_adios1_file(cfg, tmp_path):
+    path = _write(tmp_path, ADIOS1, "adios1.xml")
+    summary, findings = inspect(path)
+    assert summary == [] and _got(findings) == [("error", "", "", 3)]
+    msg = findings[0].message
+    assert "ADIOS 1.x" in msg and "<adios-group>, <method>, <buffer>" in msg and "<io name=...>" in msg
+    assert "<engine type=...>" in msg
+    assert check(cfg, path) == findings  # the run check says the same
+
+
+def test_inspect_summary_and_clean_file(tmp_path):
+    path = _write(tmp_path, _io_xml("SST", [("QueueLimit", "4"), ("QueueFullPolicy", "Block")], "SimulationOutput"))
+    assert inspect(path) == (["IO SimulationOutput: engine SST; QueueLimit=4, QueueFullPolicy=Block"], [])
+    (summary, findings) = inspect(_write(tmp_path, generate(load_config(GRAY_SCOTT)), "generated.xml"))
+    assert len(summary) == 3 and summary[2] == "IO CompressedOutput: engine BP5; no parameters" and findings == []
+
+
+def test_inspect_unknown_sst_key(tmp_path):
+    path = _write(tmp_path, _io_xml("SST", [("QueueLimit", "4"), ("QueueLimt", "2"), ("NumAggregators", "1")]))
+    findings = inspect(path)[1]
+    assert _got(findings) == [("warning", "out", "QueueLimt", 6), ("warning", "out", "NumAggregators", 7)]
+    assert "not an SST parameter" in findings[0].message and "did you mean 'QueueLimit'?" in findings[0].message
+    assert "did you mean" not in findings[1].message
+    # the same keys on BP5 are BP5's business: not flagged
+    assert inspect(_write(tmp_path, _io_xml("BP5", [("QueueLimt", "2"), ("NumAggregators", "1")]), "bp5.xml"))[1] == []
+
+
+def test_inspect_key_case_sst_not_bp5(tmp_path):
+    sst = _write(tmp_path, _io_xml("SST", [("queuelimit", "4"), ("QueueFullPolicy", "Block")]))
+    findings = inspect(sst)[1]
+    # SST ignores the lower-case key, so the queue is also unbounded
+    assert _got(findings) == [("error", "out", "queuelimit", 5), ("warning", "out", "QueueLimit", 4)]
+    assert "case-sensitively" in findings[0].message and "write 'QueueLimit'" in findings[0].message
+    assert "not set" in findings[1].message and "unbounded" not in findings[0].message
+    bp5 = _write(tmp_path, _io_xml("BP5", [("numaggregators", "4"), ("asyncwrite", "false")]), "bp5.xml")
+    assert inspect(bp5) == (["IO out: engine BP5; numaggregators=4, asyncwrite=false"], [])
+
+
+def test_inspect_duplicate_key(tmp_path):
+    path = _write(tmp_path, _io_xml("SST", [("QueueLimit", "4"), ("QueueFullPolicy", "Block"), ("QueueLimit", "8"),
+                                            ("QueueFullPolicy", "Block")]))
+    summary, findings = inspect(path)
+    assert summary == ["IO out: engine SST; QueueLimit=4, QueueFullPolicy=Block"]  # ADIOS2 keeps the first
+    assert _got(findings) == [("error", "out", "QueueLimit", 7), ("warning", "out", "QueueFullPolicy", 8)]
+    assert "keeps the first (line 5, value '4') and ignores '8'" in findings[0].message
+    assert _adios(path).declare_io("out").parameters()["QueueLimit"] == "4"
+
+
+def test_inspect_malformed_xml_line_and_column(tmp_path):
+    text = _io_xml("SST", [("QueueLimit", "4"), ("QueueFullPolicy", "Block")]).replace('value="Block"', "value=Block")
+    path = _write(tmp_path, text)
+    assert inspect(path) == ([], [Finding("error", "", "", "malformed XML at column 46 (not well-formed (invalid token))", 6)])
+    assert text.splitlines()[5][45] == "B"  # 1-based column 46 of line 6
+
+
+def test_inspect_unbounded_sst_queue(tmp_path):
+    missing = _write(tmp_path, _io_xml("SST", [("QueueFullPolicy", "Block")]))
+    (f,) = inspect(missing)[1]
+    assert (f.severity, f.key, f.line) == ("warning", "QueueLimit", 4)  # the <engine> line
+    assert "SST's default 0 queues steps without limit" in f.message
+    (g,) = inspect(_write(tmp_path, _io_xml("SST", [("QueueLimit", "0")]), "zero.xml"))[1]
+    assert (g.severity, g.key, g.line) == ("warning", "QueueLimit", 5) and "unbounded" in g.message
+    (h,) = inspect(_write(tmp_path, _io_xml("SST", [("QueueLimit", "four")]), "bad.xml"))[1]
+    assert (h.severity, h.key) == ("error", "QueueLimit") and "not an integer" in h.message
+    assert inspect(_write(tmp_path, _io_xml("BP5", []), "bp5.xml"))[1] == []  # no queue on files
+
+
+def test_inspect_yaml_form(tmp_path):
+    path = _write(tmp_path, YAML_CONFIG, "adios2.yaml")
+    summary, findings = inspect(path)
+    assert summary[1] == ("IO ModelUpdates: engine SST; RendezvousReaderCount=1, QueueLimit=16, QueueFullPolicy=Discard, "
+                          "DataTransport=WAN, NetworkInterface=lo")
+    assert summary[2] == "IO CompressedOutput: engine BP5; no parameters" and findings == []
+    bad = YAML_CONFIG.replace("    QueueLimit: 4\n", "    queuelimit: 4\n", 1).replace("    Type: BP5\n", "    Type: BP5\n    aggregatortype: x\n")
+    bad = bad.replace("    DataTransport: WAN\n", "    DataTransport: WAN\n    DataTransport: RDMA\n", 1)
+    got = _got(inspect(_write(tmp_path, bad, "bad.yaml"))[1])
+    assert got == [("error", "SimulationOutput", "DataTransport", 8), ("error", "SimulationOutput", "queuelimit", 5),
+                   ("warning", "SimulationOutput", "QueueLimit", 3)]
+    (f,) = inspect(_write(tmp_path, "IO: x\n", "map.yaml"))[1]
+    assert f.severity == "error" and "a list of IOs" in f.message
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared ADIOS2 samples not present")
+def test_inspect_real_samples():
+    files = sorted(SAMPLES.glob("*.xml")) + sorted(SAMPLES.glob("*.yaml"))
+    assert len(files) >= 5
+    for path in files:
+        summary, findings = inspect(path)
+        assert summary and all(line.startswith("IO ") for line in summary), path
+        assert [f for f in findings if f.severity == "error"] == [], path
+    tnl = ("IO Output: engine SST; RendezvousReaderCount=1, QueueLimit=1, QueueFullPolicy=Block, DataTransport=WAN, "
+           "OpenTimeoutSecs=60.0")
+    assert inspect(SAMPLES / "TNL-LBM__adios2_sst.xml") == ([tnl], [])
+    summary, findings = inspect(SAMPLES / "flowgen__adios2.xml")
+    assert [s.split(";")[0] for s in summary] == ["IO writerIO: engine SST", "IO readerIO: engine SST"]
+    assert _got(findings) == [("warning", "writerIO", "QueueFullPolicy", 21), ("warning", "writerIO", "SubStreams", 25),
+                              ("warning", "readerIO", "SubStreams", 42), ("warning", "readerIO", "SubStreams", 41),
+                              ("warning", "readerIO", "QueueLimit", 38)]
+    summary, findings = inspect(SAMPLES / "ADIOS2__testing__adios2__yaml__config1.yaml")
+    first = ("IO Test IO 1: engine BPFile; Threads=1, ProfileUnits=Microseconds, MaxBufferSize=20Mb, "
+             "InitialBufferSize=1Mb, BufferGrowthFactor=2")
+    assert summary == [first, "IO Test IO 2: engine BPFile; no parameters"]
+
+
+def test_cli_xml_inspect(stagelearn_cli, tmp_path):
+    good = _write(tmp_path, _io_xml("SST", [("QueueLimit", "4"), ("QueueFullPolicy", "Block")], "SimulationOutput"))
+    proc = stagelearn_cli("xml", "--inspect", good, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == "IO SimulationOutput: engine SST; QueueLimit=4, QueueFullPolicy=Block\n"
+    warn = _write(tmp_path, _io_xml("SST", [("QueueFullPolicy", "Block")]), "warn.xml")
+    proc = stagelearn_cli("xml", "--inspect", warn, timeout=120)
+    assert proc.returncode == 0 and f"{warn}:4: warning: out/QueueLimit: not set" in proc.stdout
+    adios1 = _write(tmp_path, ADIOS1, "adios1.xml")
+    proc = stagelearn_cli("xml", "--inspect", adios1, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"{adios1}:3: error: an ADIOS 1.x configuration")
+    assert "1 error(s), 0 warning(s)" in proc.stderr
+    case = _write(tmp_path, _io_xml("SST", [("queueLimit", "4")]), "case.xml")
+    assert stagelearn_cli("xml", "--inspect", case, timeout=120).returncode == 2
+    assert stagelearn_cli("xml", "--inspect", tmp_path / "nope.xml", timeout=120).returncode == 2  # ConfigError
+    proc = stagelearn_cli("xml", GRAY_SCOTT, "--inspect", good, timeout=120)
+    assert proc.returncode == 2 and "--inspect takes only the file" in proc.stderr
+    proc = stagelearn_cli("xml", timeout=120)
+    assert proc.returncode == 2 and "give the run YAML" in proc.stderr

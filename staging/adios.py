@@ -145,7 +145,9 @@ def open_reader(io, path, open_timeout_s, what):
     """Open a stream for reading, waiting at most ``open_timeout_s`` for its writer.
 
     Sets SST's ``OpenTimeoutSecs`` (the wait for the writer's contact file) and bounds the
-    rest of the handshake with :func:`deadline`.
+    rest of the handshake with :func:`deadline`. A contact file left by a writer that crashed in
+    an earlier run (SST: "non-current SST contact file") is reported, removed, and the wait goes
+    on for the real writer with the time left (the writer may start before or after the reader).
 
     Raises
     ------
@@ -153,17 +155,29 @@ def open_reader(io, path, open_timeout_s, what):
         If no writer appeared in time (ADIOS2's own error is quoted).
     """
     b = bindings()
-    io.SetParameter("OpenTimeoutSecs", str(max(1, int(round(open_timeout_s)))))
-    try:
-        with deadline(open_timeout_s + 30, f"{what} to finish opening {path} (timeouts.open_s)"):
-            return io.Open(str(path), b.Mode.Read)
-    except (ValueError, RuntimeError) as exc:
-        text = str(exc)
-        if "contact" in text or "Timeout" in text or "timed out" in text:
-            raise StreamTimeoutError(
-                f"no {what} opened {path} within {open_timeout_s:g} s (timeouts.open_s); is it running, "
-                f"and does it use the same stream path and SST settings?") from None
-        raise
+    t_end = time.monotonic() + open_timeout_s
+    for attempt in range(2):
+        left = max(1.0, t_end - time.monotonic())
+        io.SetParameter("OpenTimeoutSecs", str(max(1, int(round(left)))))
+        try:
+            with deadline(left + 30, f"{what} to finish opening {path} (timeouts.open_s)"):
+                return io.Open(str(path), b.Mode.Read)
+        except (ValueError, RuntimeError) as exc:
+            text = str(exc)
+            if attempt == 0 and "did not find active Writer" in text and time.monotonic() < t_end:
+                logger.warning("%s.sst is a stale SST contact file: its writer is gone (an earlier run crashed?); "
+                               "removed it, waiting %.0f s more for %s", path, t_end - time.monotonic(), what)
+                try:
+                    os.remove(f"{path}.sst")
+                except FileNotFoundError:  # another reader rank removed it
+                    pass
+                continue
+            if "contact" in text or "Timeout" in text or "timed out" in text:
+                stale = " (its contact file was stale: the writer had gone)" if "did not find active Writer" in text else ""
+                raise StreamTimeoutError(
+                    f"no {what} opened {path} within {open_timeout_s:g} s (timeouts.open_s){stale}; is it running, "
+                    f"and does it use the same stream path and SST settings?") from None
+            raise
 
 
 @contextmanager

@@ -24,6 +24,7 @@ import glob
 import json
 import logging
 import os
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class LedgerPart:
     def add(self, **record):
         """Append one record (a JSON object)."""
         if self._f is not None:
+            record.setdefault("t", round(time.time(), 3))  # wall clock, for timing failures across processes
             self._f.write(json.dumps(record, separators=(",", ":")) + "\n")
 
     def close(self):
@@ -88,6 +90,7 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
     run_dir : str
     expected_steps : int or None
         Output steps the simulation was to write (None: the highest step any part names, plus one).
+        When every producer rank ended cleanly, its own last step decides instead.
     n_ranks : int
         Producer ranks (in transit: blocks per step as staging saw them).
     queue_full_policy : {"Block", "Discard"}
@@ -120,6 +123,8 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
                 continue
             last[rank] = max(last.get(rank, -1), r["step"])
             (fallback if r["to"] == "fallback" else sent)[(r["step"], rank)] = r
+    if len(ends) >= n_ranks and all(e.get("status") == "clean" for e in ends.values()):
+        expected_steps = max(int(e.get("last_step", -1)) for e in ends.values()) + 1  # the simulation said when it ended
     if expected_steps is None:
         keys = list(stored) + list(sent) + list(fallback)
         expected_steps = max((s for s, _ in keys), default=-1) + 1

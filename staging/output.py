@@ -286,10 +286,18 @@ class CompressedOutputReader:
             raise StagelearnError(f"{self.path}: step {step} of {var} was sent before any encoder: no latents")
         return np.concatenate(origins).astype(np.int64), np.concatenate(codes).astype(np.float32), np.concatenate(versions)
 
-    def read(self, step, var):
+    def read(self, step, var, *, partial=False):
         """Reconstruct the global field ``var`` at producer step ``step``.
 
         Steps coded with temporal prediction are decoded from the last step coded on its own.
+
+        Parameters
+        ----------
+        step : int
+        var : str
+        partial : bool, default=False
+            Return the blocks the file has, NaN elsewhere (a producer's fallback file holds its own
+            blocks only), instead of raising for an incomplete step.
 
         Returns
         -------
@@ -313,7 +321,9 @@ class CompressedOutputReader:
             covered[sel] = True
         if out is None:
             raise StagelearnError(f"{self.path}: step {step} has no data for {var}")
-        if not covered.all():
+        if partial:
+            out[~covered] = np.nan
+        elif not covered.all():
             raise StagelearnError(f"{self.path}: step {step} of {var} is incomplete: {int((~covered).sum())} of "
                                   f"{covered.size} values have no block (a producer's data for this step is missing)")
         return out

@@ -55,6 +55,12 @@ def _finite_extent(block):
     return [finite.min(), -finite.max()] if finite.size else [np.inf, np.inf]
 
 
+def _finite_range(block):
+    """``(min, max)`` over the finite values of a block (``(inf, -inf)`` when there are none)."""
+    lo, neg_hi = _finite_extent(block)
+    return float(lo), -float(neg_hi)
+
+
 def _rss_mib():
     """Resident set size of this process in MiB (Linux ``/proc``; None elsewhere)."""
     try:
@@ -121,7 +127,8 @@ class Producer:
     sst_parameters : dict of str to str, optional
         SST parameters of the data stream set over the XML (``QueueLimit``, ``QueueFullPolicy``,
         ``NetworkInterface``; see :func:`stagelearn.staging.config.sst_parameters`);
-        ``NetworkInterface`` also applies to the model stream.
+        ``NetworkInterface`` also applies to the model stream. Where neither sets them the queue
+        is ``QueueLimit=4`` with ``QueueFullPolicy=Block``.
     run_dir : str, optional
         Where ``ledger/producer.p<rank>.jsonl`` goes (default: the folder above the stream's).
     fallback_dir : str, optional
@@ -173,6 +180,10 @@ class Producer:
             for key, value in self._sst.items():
                 self.io.SetParameter(key, str(value))
         params = self.io.Parameters()
+        for key, value in (("QueueLimit", "4"), ("QueueFullPolicy", "Block")):  # never an unbounded queue by default
+            if self.streaming and key not in params and key not in self._sst:
+                self.io.SetParameter(key, value)
+                params[key] = value
         self.queue_limit = int(params.get("QueueLimit", "0") or 0)
         self.queue_full_policy = params.get("QueueFullPolicy", "Block")
         if self.streaming and self.queue_limit <= 0:
@@ -205,15 +216,19 @@ class Producer:
     def define_variable(self, name, shape, start, count):
         """Declare a field: global ``shape``, this rank's ``start`` and ``count`` (cells).
 
+        ``count`` may hold zeros: a rank that owns no cells of the field still takes part in every
+        step (it sends an empty block and its report row).
+
         Raises
         ------
         ValueError
-            If the name contains ``/`` or the selection lies outside the shape.
+            If the name contains ``/``, or the selection is negative or lies outside the shape.
         """
         if "/" in name or not name:
             raise ValueError(f"variable name {name!r} must be non-empty and must not contain '/'")
         shape, start, count = (tuple(int(x) for x in v) for v in (shape, start, count))
-        if not (len(shape) == len(start) == len(count)) or any(s < 0 or s + c > n for s, c, n in zip(start, count, shape)):
+        if not (len(shape) == len(start) == len(count)) or any(s < 0 or c < 0 or s + c > n
+                                                                 for s, c, n in zip(start, count, shape)):
             raise ValueError(f"variable {name}: start {start} + count {count} does not fit in shape {shape}")
         self._defs[name] = (shape, start, count)
         dummy = np.zeros(1, dtype=WIRE_DTYPE)
@@ -366,26 +381,53 @@ class Producer:
         self.engine = None
 
     def _block_record(self, name, step, raw, report):
-        shape, start, count = self._defs[name]
+        shape, start, _ = self._defs[name]
         if report is None:
+            lo, hi = _finite_range(raw)
             report = make_report(step=step, rank=self.rank, raw_bytes=raw.nbytes, sent_bytes=raw.nbytes, n=raw.size,
-                                 vmin=float(np.nanmin(raw)) if raw.size else 0.0,
-                                 vmax=float(np.nanmax(raw)) if raw.size else 0.0, local_psnr_db=math.inf)
-        return {"var": name, "raw": raw, "report": report, "shape": shape, "start": start, "count": count}
+                                 vmin=lo, vmax=hi, local_psnr_db=math.inf)
+        return {"var": name, "raw": raw, "report": report, "shape": shape, "start": start, "count": raw.shape}
 
     def _check_fields(self, step, fields):
-        missing, unknown = set(self._defs) - set(fields), set(fields) - set(self._defs)
-        if missing or unknown:
-            return f"step {step}: missing variables {sorted(missing)}, undefined variables {sorted(unknown)}", {}
-        blocks = {}
+        """Check this rank's ``fields`` for ``step`` (local, no communication).
+
+        Returns
+        -------
+        error : str or None
+            What is wrong, naming the step, this rank, the variable and the fix.
+        given : dict of str to ndarray
+            Each defined variable's block as passed; an empty block (``(0,) + count[1:]``) where this
+            rank has none this step (None, or the name left out).
+        blocks : dict of str to ndarray
+            The same as C-ordered float32 copies: what travels, and what is kept for replay (a copy,
+            so the simulation may reuse its arrays once ``write`` returns).
+        """
+        where = f"step {step}, producer rank {self.rank}"
+        unknown = sorted(set(fields) - set(self._defs))
+        if unknown:
+            return (f"{where}: undefined variables {unknown} (defined: {sorted(self._defs)}); call define_variable "
+                    "for every variable before open()"), {}, {}
+        given, blocks, absent = {}, {}, []
         for name, (shape, start, count) in self._defs.items():
-            arr = np.asarray(fields[name])
-            if arr.shape != count:
-                return f"step {step}: variable {name} has block shape {arr.shape}, defined count is {count}", {}
-            if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
-                return f"step {step}: variable {name} has dtype {arr.dtype}; pass a numeric array", {}
-            blocks[name] = np.ascontiguousarray(arr, dtype=WIRE_DTYPE)
-        return None, blocks
+            if fields.get(name) is None:
+                absent.append(name)
+                arr = np.zeros((0,) + count[1:], dtype=WIRE_DTYPE)
+            else:
+                arr = np.asarray(fields[name])
+                if arr.dtype.kind == "c":
+                    return (f"{where}: variable {name} is complex ({arr.dtype}); only real values can be streamed: "
+                            "write the real and imaginary parts as two variables"), {}, {}
+                if arr.dtype.kind not in "fiu":
+                    return (f"{where}: variable {name} has dtype {arr.dtype}; pass a real numeric array (floating "
+                            "point or integer, sent as float32)"), {}, {}
+                if arr.shape != count:
+                    return (f"{where}: variable {name} has block shape {arr.shape}, expected {count} (the count given "
+                            "to define_variable, fixed for the whole run; pass None for a step without a block)"), {}, {}
+            given[name] = arr
+            blocks[name] = np.array(arr, dtype=WIRE_DTYPE, order="C")
+        if absent:
+            logger.info("%s: no block of %s (None or left out): sending an empty block", where, absent)
+        return None, given, blocks
 
     def _target_mse(self, blocks, encoder):
         """MSE per value allowed by the PSNR target and this step's global range, per variable (collective)."""
@@ -411,9 +453,16 @@ class Producer:
         ----------
         step : int
             Output step index (increasing).
-        fields : dict of str to ndarray
-            This rank's block of each defined variable, shape ``count`` (any float dtype,
-            C or Fortran order; copied as float32).
+        fields : dict of str to ndarray or None
+            This rank's block of each defined variable, of shape ``count``: any real dtype
+            (floating point or integer; it travels as float32, so integers are exact up to 2**24),
+            any memory order or strides (C or Fortran order, slices, transposed views: copied).
+            NaN and Inf are allowed: the tiles holding them are sent raw (exact) and kept out of
+            the learner. A defined variable that is None or left out has no block from this rank
+            in this step: the rank sends an empty block (its report row says ``n = 0``), staging
+            stores the step with the blocks it has, and decoding that step of the variable raises
+            an error naming the cells without data. Left out on every rank, the variable is absent
+            from the step (no values stored; the other variables are written as usual).
 
         Returns
         -------
@@ -423,17 +472,21 @@ class Producer:
         Raises
         ------
         ValueError
-            If a variable is missing, unknown, or has the wrong block shape.
+            If a name was never defined, or a block has another shape than its ``count`` or a
+            complex or non-numeric dtype. Raised on every rank with the first bad rank's message,
+            before anything of the step is sent.
         Interrupted
             When SIGINT/SIGTERM arrived (see :mod:`.signals`), on every rank, before this step.
         """
         b = bindings()
         if self.engine is None and not self.staging_lost:
             raise RuntimeError("Producer.open() must be called before write()")
-        error, blocks = self._check_fields(step, fields)
-        # agree before any collective: a bad block on one rank raises on every rank, no rank hangs
-        if allreduce_flag(self.comm, error is not None):
-            raise ValueError(error or f"step {step}: another producer rank passed invalid fields to write()")
+        error, given, blocks = self._check_fields(step, fields)
+        # agree before any collective: the first bad rank's error is raised on every rank, no rank hangs
+        size = self.comm.Get_size()
+        first = allreduce_flag(self.comm, self.rank if error is not None else size, op="min")
+        if first < size:
+            raise ValueError(bcast_bytes(self.comm, (error or "").encode(), root=first).decode())
         if self.streaming and not self.staging_lost:
             self.poll_encoder(wait_for_queue=True)
         else:
@@ -444,13 +497,14 @@ class Producer:
         target_mse, spans = self._target_mse(blocks, encoder) if encoder is not None else ({}, {})
         if encoder is not None:
             self._chain.keyframe_every = encoder.keyframe_every
-        records = [self._encode(step, name, blocks[name], fields[name], encoder, target_mse, spans, sample_sz3)
+        records = [self._encode(step, name, blocks[name], given[name], encoder, target_mse, spans, sample_sz3)
                    for name in self._defs] if self.streaming else []
         if not self.streaming:  # BP5 in the XML: the simulation writes the file itself
             with deadline(self.step_timeout_s, f"writing step {step} (timeouts.step_s)"):
                 self.engine.BeginStep()
                 for name in self._defs:
-                    self.engine.Put(self._vars[name], blocks[name], b.Mode.Sync)
+                    if blocks[name].size:  # an empty block (no cells, or no block this step) writes nothing
+                        self.engine.Put(self._vars[name], blocks[name], b.Mode.Sync)
                 self.engine.EndStep()
         elif self.staging_lost:
             self._fallback.write_step(step, records, encoder=encoder if any("payload" in r for r in records) else None)
@@ -488,7 +542,9 @@ class Producer:
                         v.SetSelection([[], [r["amap"].size]])
                         self.engine.Put(v, r["amap"], b.Mode.Sync)
                 else:
-                    self.engine.Put(self._vars[name], r["raw"], b.Mode.Sync)
+                    var = self._vars[name]
+                    var.SetSelection([list(r["start"]), list(r["raw"].shape)])  # empty: this rank has no block
+                    self.engine.Put(var, r["raw"], b.Mode.Sync)
                 self.engine.Put(self._vars[report_name(name)], r["report"], b.Mode.Sync)
             t = time.monotonic()
             self.engine.EndStep()
@@ -504,10 +560,11 @@ class Producer:
     def _encode(self, step, name, block, given, encoder, target_mse, spans, sample_sz3):
         """The record of one variable's block: raw (no encoder) or the coded payload, its report row and
         anomaly map."""
-        shape, start, count = self._defs[name]
+        shape, start, _ = self._defs[name]
+        count = block.shape  # the defined count, or empty when this rank has no block this step
         model = encoder.variables.get(name) if encoder is not None else None
         if model is None:
-            lo, hi = (float(np.nanmin(block)), float(np.nanmax(block))) if block.size else (0.0, 0.0)
+            lo, hi = _finite_range(block)
             row = make_report(step=step, rank=self.rank, raw_bytes=block.nbytes, sent_bytes=block.nbytes,
                               n=block.size, vmin=lo, vmax=hi, local_psnr_db=math.inf)
             return {"var": name, "raw": block, "report": row, "shape": shape, "start": start, "count": count}

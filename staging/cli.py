@@ -89,6 +89,8 @@ def _parser():
     d.add_argument("--step", type=int, help="producer output step (default: list steps)")
     d.add_argument("--var", help="variable (default: list variables)")
     d.add_argument("-o", "--output", help="write .npy or .bp (default: print statistics); .npz with --latents")
+    d.add_argument("--partial", action="store_true",
+                   help="decode the blocks the file has, NaN elsewhere (a producer's fallback/producer.p<rank>.bp)")
     d.add_argument("--latents", action="store_true",
                    help="export per-tile latent codes of --var (at --step, or every coded step) to the .npz given by -o")
     sub.add_parser("info", help="versions of Python, MPI, ADIOS2, torch")
@@ -261,7 +263,7 @@ def _decode(args):
     if args.step is None:
         print(f"{args.file}: variables {reader.fields()}, steps {reader.steps[0]}..{reader.steps[-1]} ({len(reader.steps)})")
         return 0
-    field = reader.read(args.step, args.var)
+    field = reader.read(args.step, args.var, partial=args.partial)
     if args.output:
         if args.output.endswith(".npy"):
             np.save(args.output, field)
@@ -280,7 +282,7 @@ def _decode(args):
             eng.Close()
         else:
             raise UsageError(f"--output {args.output}: use a .npy or .bp file name")
-    print(f"{args.var} step {args.step}: shape {field.shape}, min {field.min():.6g}, max {field.max():.6g}, mean {field.mean():.6g}"
+    print(f"{args.var} step {args.step}: shape {field.shape}, min {np.nanmin(field):.6g}, max {np.nanmax(field):.6g}, mean {np.nanmean(field):.6g}"
           + (f" -> {args.output}" if args.output else ""))
     return 0
 

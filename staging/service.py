@@ -135,6 +135,7 @@ class StagingService:
         self.steps_seen = 0
         self.last_publish = None
         self.tiles_learned = 0
+        self.nonfinite_tiles = {}  # variable -> tiles with NaN/Inf kept out of the learner, all ranks (rank 0 reports)
         self.in_transit = cfg.staging.mode == "in_transit"
         self._chain, self._last_raw = PredictionChain(), []  # in transit: staging encodes, so it holds these
         self._warmup_tiles = {}  # autoencoder: tiles of the warm-up steps, until the trainer exists
@@ -220,7 +221,12 @@ class StagingService:
                     self.learners[v] = DistributedPCA(lc.n_components, algorithm=lc.algorithm, comm=self.comm)
 
     def _learn(self, blocks):
-        for var in self.variables:
+        """Feed each variable's raw tiles of this step to its learner (collective). Tiles with NaN or
+        Inf are kept out and counted over all ranks (``nonfinite_tiles`` in the summary)."""
+        from mpi4py import MPI
+
+        nonfinite = np.zeros(len(self.variables), dtype=np.int64)
+        for i, var in enumerate(self.variables):
             d = int(np.prod(self.tile_shapes[var]))
             parts = [raw_tiles_of(b, self.tile_shapes[var]) for b in blocks if b.var == var]
             sources = np.concatenate([np.full(p.shape[0], b.rank) for p, b in zip(parts, (b for b in blocks if b.var == var))]) \
@@ -228,13 +234,18 @@ class StagingService:
             tiles = np.concatenate(parts) if parts else np.zeros((0, d), dtype=np.float32)
             finite = np.all(np.isfinite(tiles), axis=1)
             if not finite.all():
-                logger.warning("%s: %d tiles with NaN/Inf kept out of the learner", var, int((~finite).sum()))
+                nonfinite[i] = int((~finite).sum())
+                logger.warning("step %d: %s: %d tiles with NaN/Inf kept out of the learner (staging rank %d)",
+                               blocks[0].step, var, nonfinite[i], self.rank)
                 tiles, sources = tiles[finite], sources[finite]
             if self.cfg.learner.type == "autoencoder":
                 self._train_autoencoder(var, tiles, sources)
             else:
                 self.learners[var].partial_fit(tiles)
             self.tiles_learned += tiles.shape[0]
+        self.comm.Allreduce(MPI.IN_PLACE, nonfinite, op=MPI.SUM)
+        for var, n in zip(self.variables, nonfinite):
+            self.nonfinite_tiles[var] = self.nonfinite_tiles.get(var, 0) + int(n)
 
     def _train_autoencoder(self, var, tiles, sources):
         """Feed the autoencoder of ``var`` (collective). Its normalisation (offset, scale) comes from
@@ -596,10 +607,8 @@ class StagingService:
             raise
         if allreduce_flag(self.comm, bool(self.reader.failed_producers)) and self.end_status == "clean":
             self.end_status = "producer_lost"
-        try:
+        if self.end_status != "producer_lost":  # a stream whose writer died is left to the process exit
             self.reader.close()
-        except Exception as exc:  # noqa: BLE001 - a broken stream may not close cleanly; the data is stored
-            logger.warning("closing the stream: %s", exc)
         reference = self._save_reference() if self.in_transit and self.end_status == "clean" else None
         self._checkpoint()
         signum = signals.agreed(self.comm) if self.end_status == "interrupted" else 0
@@ -620,6 +629,7 @@ class StagingService:
     def _summary(self, t0, reference):
         summary = self.ledger.summary(wall_s=time.time() - t0)
         summary["tiles_learned_rank0"] = self.tiles_learned
+        summary["nonfinite_tiles"] = dict(self.nonfinite_tiles)
         summary["mode"] = self.cfg.staging.mode
         summary["end"] = self.end_status
         summary["blocks_per_step"] = self.reader.n_producers

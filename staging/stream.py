@@ -86,6 +86,17 @@ def _writer_failure(reader, producer):
         reader.failed_producers.add(producer)
 
 
+def _any_failed(reader):
+    """Collective: True on every rank of ``reader.comm`` when the read failed on any (writer gone)."""
+    from .mpiutil import allreduce_flag
+
+    if allreduce_flag(reader.comm, reader.status == "failed"):
+        reader.status = "failed"
+        reader.failed_producers.add(-1)
+        return True
+    return False
+
+
 def _set_parameters(io, parameters):
     for key, value in (parameters or {}).items():
         io.SetParameter(key, str(value))
@@ -190,8 +201,10 @@ class SharedStreamReader:
         mine = set(assign_blocks(n_blocks, self.comm.Get_size(), self.comm.Get_rank()))
         with _writer_failure(self, -1):
             blocks = _read_blocks(self.engine, self.io, step, writer_ids=mine)
-            self.engine.EndStep()
-        return blocks if self.status == "ok" else None
+        if _any_failed(self):  # the ranks that read a live writer's block must not wait in EndStep alone
+            return None
+        self.engine.EndStep()
+        return blocks
 
     def close(self):
         self.engine.Close()
@@ -359,9 +372,9 @@ class PlainStreamReader:
         with _writer_failure(self, -1):
             if pending:
                 self.engine.PerformGets()
-            self.engine.EndStep()
-        if self.status != "ok":
+        if _any_failed(self):
             return None
+        self.engine.EndStep()
         for blk in pending:
             blk.raw = blk.raw.astype(np.float32, copy=False)  # learned and coded as float32, as producers send
         self._first_done = True

@@ -26,7 +26,7 @@ HEAT = {"type": "heat2d", "ranks": 2, "nx": 64, "ny": 64, "steps": 300, "plotgap
 
 
 def heat_config(tmp_path, name, **overrides):
-    base = {"simulation": dict(HEAT), "learner": {"warmup_steps": 3, "publish_every": 10, "n_components": 4},
+    base = {"simulation": dict(HEAT), "learner": {"warmup_steps": 3, "publish_every": 10},
             "metrics": {"sz3_every": 0}, "timeouts": {"open_s": 30, "step_s": 60, "run_s": 240}}
     for key, value in overrides.items():
         if isinstance(value, dict) and key in base and "type" not in value:
@@ -126,9 +126,9 @@ def test_staging_killed_producers_write_fallback_files(tmp_path):
     assert len(entries) == 151 * 2 and {(e["step"], e["rank"]) for e in entries} == {(s, r) for s in range(151) for r in (0, 1)}
     status = [e["status"] for e in entries]
     assert "lost" not in status and "dropped" not in status
-    assert status.count("fallback") >= 2 * 100 and status.count("sent_encoded") > 0
+    assert status.count("fallback") >= 2 * 50 and status.count("sent_encoded") > 0
     summary = json.load(open(run_dir / "summary.json"))
-    assert summary["steps_lost"] == 0 and summary["steps_fallback"] >= 100
+    assert summary["steps_lost"] == 0 and summary["steps_fallback"] >= 50
     for rank in (0, 1):
         lines = [r for r in part(run_dir, f"producer.p{rank}.jsonl") if r.get("to") == "fallback"]
         assert lines[0]["t"] - t_kill < 30, "staging loss noticed too late"
@@ -151,7 +151,7 @@ def test_staging_killed_producers_write_fallback_files(tmp_path):
         else:
             span = float(want.max() - want.min())
             mse = float(np.mean((got[mine] - want[mine]) ** 2))
-            assert 10 * np.log10(span ** 2 / mse) > 38.0
+            assert 10 * np.log10(span ** 2 / mse) >= 39.9  # codec.psnr_db 40 over the step's global range
 
 
 @pytest.mark.timeout(300)
@@ -189,7 +189,7 @@ def _slow_staging(tmp_path, name, policy, *, pauses=2, pause_s=3.0):
     """1001 small steps while the staging ranks are stopped (SIGSTOP) ``pauses`` times."""
     path = heat_config(tmp_path, name, simulation={**HEAT, "nx": 32, "ny": 32, "steps": 1000, "plotgap": 1},
                        staging={"ranks": 1}, adios2={"queue_limit": 3, "queue_full_policy": policy},
-                       learner={"warmup_steps": 3, "publish_every": 200, "n_components": 4})
+                       learner={"warmup_steps": 3, "publish_every": 200})
     run_dir = tmp_path / "results" / name
     proc = start_run(tmp_path, path)
     for k in range(pauses):
@@ -329,8 +329,8 @@ def test_checkpoint_restart_continues_versions_with_the_same_basis(tmp_path, sta
     with np.load(ckpt / "learner.npz", allow_pickle=False) as saved:
         components, mean = saved["T/components_"], saved["T/mean_"]
     enc = CompressedOutputReader(str(tmp_path / "results" / "after" / "compressed.bp")).encoder(versions[0])
-    np.testing.assert_array_equal(enc.variables["T"].components, components.astype(np.float32))
-    np.testing.assert_array_equal(enc.variables["T"].mean, mean.astype(np.float32))
+    np.testing.assert_array_equal(enc.variables["T"].components_, components.astype(np.float32))
+    np.testing.assert_array_equal(enc.variables["T"].mean_, mean.astype(np.float32))
 
 
 @pytest.mark.timeout(300)

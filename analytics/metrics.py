@@ -95,7 +95,8 @@ class ErrorStats:
             diff = orig - rec
         else:
             same = (orig == rec) | (np.isnan(orig) & np.isnan(rec))
-            diff = np.where(finite, orig - rec, np.where(same, 0.0, np.nan))
+            with np.errstate(invalid="ignore"):  # inf - inf where the tile travelled raw: counted as exact below
+                diff = np.where(finite, orig - rec, np.where(same, 0.0, np.nan))
         vals = orig[finite] if not finite.all() else orig
         return cls(
             sse=float(np.dot(diff.ravel(), diff.ravel())),

@@ -339,6 +339,11 @@ class Producer:
                 pending = wait_for_queue and self.queue_full_policy == "Block" and sent - self.acked > self.queue_limit + 1
             if lost or not pending or self.staging_lost or signals.pending():
                 break
+            # with Discard, steps SST dropped are never acknowledged: at close, a quiet staging has
+            # stored all it will (the rest is replayed to the fallback file)
+            if until_step is not None and self.queue_full_policy == "Discard" \
+                    and time.monotonic() - self._last_ack_change > min(2.0, self.peer_timeout_s):
+                break
             if time.monotonic() - self._last_ack_change > self.peer_timeout_s:
                 lost = (f"staging acknowledged no step for {self.peer_timeout_s:g} s (timeouts.peer_s) with steps "
                         f"{self.acked + 1}..{sent} waiting")

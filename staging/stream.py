@@ -102,6 +102,14 @@ def _set_parameters(io, parameters):
         io.SetParameter(key, str(value))
 
 
+def _interruptible(parameters, check):
+    """``check`` for :func:`begin_step`'s one-second slices, or None for one uninterrupted wait: with
+    ``QueueFullPolicy=Discard`` a reader repeatedly timing out in ``BeginStep`` while the writer discards
+    steps crashed inside ADIOS2 2.12.1 SST (SIGSEGV), so it waits in one piece (a signal then takes
+    effect when the next step or the end of the stream arrives)."""
+    return None if (parameters or {}).get("QueueFullPolicy") == "Discard" else check
+
+
 def _dims(text):
     return tuple(int(x) for x in text.split(",")) if text else ()
 
@@ -185,11 +193,11 @@ class SharedStreamReader:
         self.engine = open_reader(self.io, stream_path, open_timeout_s, "simulation")
         self.n_producers = None
         self.status, self.failed_producers = "ok", set()
+        self._interrupted = _interruptible(parameters, lambda: signals.agreed(self.comm))
 
     def read_step(self):
         """Blocks of this rank for the next step, or None when the stream stops (collective; see ``status``)."""
-        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}",
-                                 interrupted=lambda: signals.agreed(self.comm))
+        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}", interrupted=self._interrupted)
         if self.status == "failed":
             self.failed_producers.add(-1)
         if self.status != "ok":
@@ -230,6 +238,7 @@ class PerRankStreamReader:
         self.n_producers = n_producers
         self.streams = []
         self.status, self.failed_producers = "ok", set()
+        self._interrupted = _interruptible(parameters, signals.pending)
         for p in assign_blocks(n_producers, comm.Get_size(), comm.Get_rank()):
             adios = make_adios(config_file, None)
             io = declare_io(adios, io_name, config_file, known_ios)
@@ -244,7 +253,7 @@ class PerRankStreamReader:
         for s in self.streams:
             if s["ended"]:
                 continue
-            status = begin_step(s["engine"], self.step_timeout_s, f"stream {s['path']}", interrupted=signals.pending)
+            status = begin_step(s["engine"], self.step_timeout_s, f"stream {s['path']}", interrupted=self._interrupted)
             if status == "interrupted":
                 self.status = status
                 return None
@@ -317,6 +326,7 @@ class PlainStreamReader:
         self.n_producers = None
         self._first_done = False
         self.status, self.failed_producers = "ok", set()
+        self._interrupted = _interruptible(parameters, lambda: signals.agreed(self.comm))
 
     def _names(self, available):
         if self.variables is not None:
@@ -334,8 +344,7 @@ class PlainStreamReader:
         from .wire import make_report
 
         b = bindings()
-        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}",
-                                 interrupted=lambda: signals.agreed(self.comm))
+        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}", interrupted=self._interrupted)
         if self.status == "failed":
             self.failed_producers.add(-1)
         if self.status != "ok":

@@ -372,8 +372,11 @@ def main(argv=None):
             from .config import load_config
 
             cfg = load_config(args.config)
+            a = cfg.adios2
+            queue = (f"; stream queue {a.queue_limit} steps, {a.queue_full_policy}, interface {a.network_interface}"
+                     if a.queue_limit is not None else "")
             print(f"{args.config}: OK (simulation {cfg.simulation.type} x {cfg.simulation.ranks} ranks, "
-                  f"staging x {cfg.staging.ranks} ranks, ADIOS2 XML {cfg.adios2.config_file})")
+                  f"staging x {cfg.staging.ranks} ranks, ADIOS2 XML {cfg.adios2.config_file}{queue})")
             return 0
         if args.command == "schema":
             from .config import RunConfig

@@ -1,16 +1,23 @@
 """Learner checkpoints: staging's state as named arrays plus a JSON file, so a new staging job can go on.
 
-``<run_dir>/checkpoint/`` holds ``learner.npz`` (float64 arrays, one set per variable:
-``<X>/mean_``, ``<X>/components_``, ``<X>/scatter`` and the other fitted attributes of
-:class:`~stagelearn.analytics.incremental_pca.IncrementalPCA`; loaded with ``allow_pickle=False``)
-and ``state.json`` (format, last step stored, encoder version, tile shapes, value ranges, sample
-counts). Each file is written to a temporary name and renamed; ``state.json`` goes last and names
-the step the arrays belong to, so a crash mid-write leaves the previous checkpoint readable.
+``<run_dir>/checkpoint/`` holds, from staging rank 0, ``learner.npz`` and ``state.json`` (format,
+last step stored, steps learned, encoder version, publications, tile shapes, value ranges, the
+learners' scalars and autoencoder specs), and from every rank ``r`` ``rank<r>.npz`` (autoencoder
+only: its replay buffer and Adam state). Arrays per variable ``X``:
 
-Restarting (``staging.restart_from``) rebuilds the learners bit for bit: the restarted basis is the
-checkpointed one, and the next encoder version is the checkpointed one plus one. Only the exact
-PCA learner (``learner.type: pca``, ``algorithm: exact``) is checkpointed; its whole state is its
-running mean and scatter matrix (no replay buffer).
+- exact PCA (:class:`~stagelearn.analytics.incremental_pca.IncrementalPCA`, the same on every rank):
+  ``X/mean_``, ``X/scatter`` (the running scatter matrix: the whole state), ``X/components_`` and
+  the other fitted attributes, float64;
+- autoencoder (:class:`~stagelearn.analytics.ae_training.AETrainer`): ``X/ae/<parameter>`` (float32,
+  :func:`~stagelearn.analytics.autoencoder.named_arrays`); per rank ``X/buffer/{tiles,sources,steps}``
+  and ``X/opt/<i>/{exp_avg,exp_avg_sq,step}``.
+
+Files are loaded with ``allow_pickle=False``. Each is written under a temporary name and renamed;
+``state.json`` goes last, and every file carries the number of steps learned, so a checkpoint cut by
+a crash mid-write is refused rather than mixed. Restarting (``staging.restart_from``) rebuilds the
+learners: the PCA state and the autoencoder weights bit for bit, buffers and optimizer moments per
+rank (with the same number of staging ranks; otherwise buffers start empty). The replay buffers'
+random generators and the reservoir's acceptance history restart (``n_seen_`` is kept).
 """
 
 from __future__ import annotations
@@ -26,48 +33,80 @@ from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "stagelearn.checkpoint/1"
+FORMAT = "stagelearn.checkpoint/2"
 _ARRAYS = ("mean_", "components_", "explained_variance_", "explained_variance_ratio_", "singular_values_", "var_")
 _SCALARS = ("n_samples_seen_", "n_features_in_", "n_components_", "noise_variance_")
 
 
 def supported(learner_cfg):
-    """True when the configured learner can be checkpointed (exact incremental PCA)."""
-    return learner_cfg.type == "pca" and learner_cfg.algorithm == "exact"
+    """True when the configured learner can be checkpointed (exact incremental PCA, or the autoencoder)."""
+    return learner_cfg.type == "autoencoder" or (learner_cfg.type == "pca" and learner_cfg.algorithm == "exact")
 
 
-def save(directory, *, learners, step, encoder_version, published, tile_shapes, ranges):
-    """Write a checkpoint (call on one rank: the exact PCA state is the same on every rank).
+def _write_npz(path, arrays):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    return x
+
+
+def save(directory, *, learners, step, encoder_version, published, tile_shapes, ranges, rank=0, seen=0):
+    """Write this rank's part of a checkpoint (no communication; every staging rank calls it).
 
     Parameters
     ----------
     directory : str
-    learners : dict of str to IncrementalPCA
-        Fitted learners (unfitted ones are skipped).
+    learners : dict of str to IncrementalPCA or AETrainer
+        Unfitted (None or not yet fitted) learners are skipped.
     step : int
-        Last output step learned.
+        Last output step stored (rank 0's count).
     encoder_version : int
         Last published encoder version (0: none yet).
     published : list of (int, int)
         ``(version, step)`` of each publication.
     tile_shapes : dict of str to tuple of int
     ranges : dict of str to (float, float)
+        Value ranges (rank 0 accounts them).
+    rank : int
+        This staging rank: rank 0 writes the model and ``state.json``, every rank its ``rank<r>.npz``.
+    seen : int
+        Steps learned (the same on every rank), to match the files of one checkpoint.
     """
     os.makedirs(directory, exist_ok=True)
-    arrays, scalars = {"step": np.array([int(step)])}, {}
+    model, mine, scalars = {"seen": np.array([int(seen)])}, {"seen": np.array([int(seen)])}, {}
     for var, est in learners.items():
-        if not hasattr(est, "components_"):
+        if est is None:
             continue
-        for name in _ARRAYS:
-            arrays[f"{var}/{name}"] = np.asarray(getattr(est, name), dtype=np.float64)
-        arrays[f"{var}/scatter"] = np.asarray(est._scatter, dtype=np.float64)
-        scalars[var] = {name: getattr(est, name) for name in _SCALARS}
-        scalars[var].update(n_components=est.n_components, forgetting_factor=est.forgetting_factor)
-    tmp = os.path.join(directory, "learner.npz.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, os.path.join(directory, "learner.npz"))
-    state = {"format": FORMAT, "step": int(step), "encoder_version": int(encoder_version),
+        if hasattr(est, "_scatter"):
+            for name in _ARRAYS:
+                model[f"{var}/{name}"] = np.asarray(getattr(est, name), dtype=np.float64)
+            model[f"{var}/scatter"] = np.asarray(est._scatter, dtype=np.float64)
+            scalars[var] = {"kind": "pca", **{name: getattr(est, name) for name in _SCALARS},
+                            "n_components": est.n_components, "forgetting_factor": est.forgetting_factor}
+        elif hasattr(est, "net_"):
+            from ..analytics.autoencoder import named_arrays
+
+            model.update({f"{var}/ae/{k}": v for k, v in named_arrays(est.model).items()})
+            scalars[var] = {"kind": "ae", "spec": est.spec.to_dict(), "n_samples_seen_": est.n_samples_seen_,
+                            "n_iter_": est.n_iter_}
+            mine.update(_trainer_state(var, est))
+    if rank == 0:
+        _write_npz(os.path.join(directory, "learner.npz"), model)
+    if len(mine) > 1:
+        _write_npz(os.path.join(directory, f"rank{int(rank)}.npz"), mine)
+    if rank != 0:
+        return
+    state = {"format": FORMAT, "step": int(step), "seen": int(seen), "encoder_version": int(encoder_version),
              "published": [list(p) for p in published], "tile_shapes": {k: list(v) for k, v in tile_shapes.items()},
              "ranges": {k: [float(a), float(b)] for k, (a, b) in ranges.items()}, "learners": _jsonable(scalars)}
     tmp = os.path.join(directory, "state.json.tmp")
@@ -77,29 +116,41 @@ def save(directory, *, learners, step, encoder_version, published, tile_shapes, 
     logger.info("checkpoint at step %d (encoder version %d) in %s", step, encoder_version, directory)
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    return x
+def _trainer_state(var, trainer):
+    """One rank's replay buffer and Adam moments of an autoencoder trainer, as named arrays."""
+    out = {}
+    buf = trainer.buffer
+    if buf is not None and buf.n_features_in_ is not None:
+        out[f"{var}/buffer/tiles"], out[f"{var}/buffer/sources"] = buf.tiles(), buf.sources()
+        out[f"{var}/buffer/steps"] = buf.steps()
+        out[f"{var}/buffer/counts"] = np.array([buf.n_seen_, buf.n_rejected_], dtype=np.int64)
+    for i, st in trainer._opt.state_dict()["state"].items():
+        for key, value in st.items():
+            out[f"{var}/opt/{i}/{key}"] = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+    return out
 
 
-def load(directory, comm):
-    """Read a checkpoint and rebuild its learners over ``comm``.
+def load(directory, comm, make_trainer=None):
+    """Read a checkpoint and rebuild its learners over ``comm`` (collective when it holds autoencoders).
+
+    Parameters
+    ----------
+    directory : str
+    comm : mpi4py.MPI.Comm
+        The staging ranks.
+    make_trainer : callable, optional
+        ``make_trainer(spec) -> AETrainer`` (collective), for autoencoder checkpoints.
 
     Returns
     -------
     state : dict
         ``state.json`` with tuples for tile shapes and ranges.
-    learners : dict of str to IncrementalPCA
+    learners : dict of str to IncrementalPCA or AETrainer
 
     Raises
     ------
     ConfigError
-        If the directory holds no checkpoint, an unknown format, or arrays from another step.
+        If the directory holds no checkpoint, an unknown format, or files of different steps.
     """
     state_path, npz_path = os.path.join(directory, "state.json"), os.path.join(directory, "learner.npz")
     if not (os.path.exists(state_path) and os.path.exists(npz_path)):
@@ -112,20 +163,58 @@ def load(directory, comm):
             raise ConfigError(f"{state_path}: unreadable checkpoint state ({exc})") from None
     if state.get("format") != FORMAT:
         raise ConfigError(f"{state_path}: checkpoint format {state.get('format')!r}, expected {FORMAT!r}")
-    with np.load(npz_path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    if int(arrays["step"][0]) != state["step"]:
-        raise ConfigError(f"{directory}: learner.npz is of step {int(arrays['step'][0])} but state.json of step "
-                          f"{state['step']} (a write was cut short); use an intact checkpoint")
+    arrays = _read_npz(npz_path, state["seen"])
+    mine_path = os.path.join(directory, f"rank{comm.Get_rank()}.npz")
+    mine = _read_npz(mine_path, state["seen"]) if os.path.exists(mine_path) else None
     learners = {}
-    for var, sc in state["learners"].items():
-        est = IncrementalPCA(sc["n_components"], forgetting_factor=sc["forgetting_factor"], comm=comm)
-        for name in _ARRAYS:
-            setattr(est, name, arrays[f"{var}/{name}"])
-        est._scatter = arrays[f"{var}/scatter"]
-        for name in _SCALARS:
-            setattr(est, name, sc[name])
+    for var, sc in sorted(state["learners"].items()):
+        if sc["kind"] == "pca":
+            est = IncrementalPCA(sc["n_components"], forgetting_factor=sc["forgetting_factor"], comm=comm)
+            for name in _ARRAYS:
+                setattr(est, name, arrays[f"{var}/{name}"])
+            est._scatter = arrays[f"{var}/scatter"]
+            for name in _SCALARS:
+                setattr(est, name, sc[name])
+        else:
+            est = _load_trainer(var, sc, arrays, mine, make_trainer, mine_path)
         learners[var] = est
     state["tile_shapes"] = {k: tuple(v) for k, v in state["tile_shapes"].items()}
     state["ranges"] = {k: tuple(v) for k, v in state["ranges"].items()}
     return state, learners
+
+
+def _read_npz(path, seen):
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    if int(arrays["seen"][0]) != seen:
+        raise ConfigError(f"{path} is of another checkpoint ({int(arrays['seen'][0])} steps learned, state.json says "
+                          f"{seen}; a write was cut short); use an intact checkpoint")
+    return arrays
+
+
+def _load_trainer(var, sc, arrays, mine, make_trainer, mine_path):
+    import torch
+
+    from ..analytics.autoencoder import from_arrays
+
+    if make_trainer is None:
+        raise ConfigError("an autoencoder checkpoint needs make_trainer to rebuild its trainer")
+    trainer = make_trainer(sc["spec"])
+    prefix = f"{var}/ae/"
+    weights = from_arrays(sc["spec"], {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+    trainer.net_.load_state_dict(weights.state_dict())
+    trainer.n_samples_seen_, trainer.n_iter_ = sc["n_samples_seen_"], sc["n_iter_"]
+    if mine is None:
+        logger.warning("%s: no %s (a different number of staging ranks?): this rank starts with an empty replay "
+                       "buffer and fresh optimizer moments", var, os.path.basename(mine_path))
+        return trainer
+    if f"{var}/buffer/tiles" in mine and trainer.buffer is not None:
+        trainer.buffer.add(mine[f"{var}/buffer/tiles"], mine[f"{var}/buffer/sources"], mine[f"{var}/buffer/steps"])
+        trainer.buffer.n_seen_, trainer.buffer.n_rejected_ = (int(x) for x in mine[f"{var}/buffer/counts"])
+    opt = trainer._opt.state_dict()
+    for i in range(len(opt["param_groups"][0]["params"])):
+        keys = {k.rsplit("/", 1)[1]: v for k, v in mine.items() if k.startswith(f"{var}/opt/{i}/")}
+        if keys:
+            opt["state"][i] = {k: torch.as_tensor(v) for k, v in keys.items()}
+    trainer._opt.load_state_dict(opt)
+    return trainer

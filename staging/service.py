@@ -266,8 +266,19 @@ class StagingService:
 
     def _autoencoder_trainer(self, var, tiles):
         """A distributed trainer for ``var`` normalised by ``tiles`` over all ranks (collective)."""
-        from ..analytics.ae_training import AETrainer
         from ..analytics.autoencoder import spec_from_data
+
+        ac = self.cfg.learner.autoencoder
+        # convolutions run over the tile's axes longer than one (a 5-D velocity-space tile (1, 1, 1, nv, nmu)
+        # is a 2-D image); the flattened features are the same either way
+        conv_shape = tuple(t for t in self.tile_shapes[var] if t > 1) or (1,)
+        spec = spec_from_data(tiles, conv_shape, channels=tuple(ac.channels), latent_dim=ac.latent_dim,
+                              latent_bits=ac.latent_bits, comm=self.comm)
+        return self.make_trainer(spec)
+
+    def make_trainer(self, spec):
+        """A distributed autoencoder trainer for ``spec`` with the configured replay buffer (collective)."""
+        from ..analytics.ae_training import AETrainer
         from ..analytics.replay import make_buffer
 
         ac, rc = self.cfg.learner.autoencoder, self.cfg.learner.replay
@@ -275,11 +286,6 @@ class StagingService:
             import torch
 
             torch.set_num_threads(ac.threads)
-        # convolutions run over the tile's axes longer than one (a 5-D velocity-space tile (1, 1, 1, nv, nmu)
-        # is a 2-D image); the flattened features are the same either way
-        conv_shape = tuple(t for t in self.tile_shapes[var] if t > 1) or (1,)
-        spec = spec_from_data(tiles, conv_shape, channels=tuple(ac.channels), latent_dim=ac.latent_dim,
-                              latent_bits=ac.latent_bits, comm=self.comm)
         kw = {"time_bins": rc.time_bins} if rc.kind == "stratified" else {}
         buffer = make_buffer(rc.kind, rc.max_mib, seed=self.rank, **kw)
         return AETrainer(spec, comm=self.comm, mode=ac.mode, sync_every=ac.sync_every, lr=ac.lr, batch_size=ac.batch_size,
@@ -526,20 +532,26 @@ class StagingService:
 
     # ----------------------------------------------------------------- checkpoint, restart, loss
     def _checkpoint(self):
-        """Rank 0 writes the learner checkpoint (the exact PCA state is identical on all ranks)."""
-        if self.rank != 0 or not checkpoint.supported(self.cfg.learner) or not self.learners:
+        """Write the learner checkpoint: the model from rank 0 (identical on all ranks after each step),
+        each rank's replay buffer and optimizer state (autoencoder) from that rank. No collective."""
+        if not checkpoint.supported(self.cfg.learner) or not self.learners:
             return
+        ranges = self.ranges if self.rank == 0 else {}  # value ranges are accounted on rank 0
         checkpoint.save(os.path.join(self.run_dir, "checkpoint"), learners=self.learners, step=self.last_step,
                         encoder_version=self.encoder.version if self.encoder else self.version_base,
-                        published=self.ledger.published, tile_shapes=self.tile_shapes, ranges=self.ranges)
+                        published=self.ledger.published, tile_shapes=self.tile_shapes, ranges=ranges, rank=self.rank,
+                        seen=self.steps_seen)
 
     def _restore(self):
         """``staging.restart_from``: learners, value ranges and version numbering from a checkpoint
         (every rank reads it); the restored model is published at once as the next version."""
         if not checkpoint.supported(self.cfg.learner):
-            raise ConfigError(f"{self.cfg.source}: staging.restart_from needs learner.type pca with algorithm exact "
-                              "(the only learner checkpointed)")
-        state, learners = checkpoint.load(self.cfg.staging.restart_from, self.comm)
+            raise ConfigError(f"{self.cfg.source}: staging.restart_from needs learner.type autoencoder, or pca with "
+                              "algorithm exact (the learners that are checkpointed)")
+        state, learners = checkpoint.load(self.cfg.staging.restart_from, self.comm, make_trainer=self.make_trainer)
+        if not learners:
+            raise ConfigError(f"{self.cfg.staging.restart_from}: the checkpoint holds no trained learner yet "
+                              "(written before the end of the warm-up)")
         if self.variables is not None and set(self.variables) != set(learners):
             raise ConfigError(f"{self.cfg.source}: staging.variables {self.variables} differ from the checkpoint's "
                               f"{sorted(learners)}")

@@ -333,3 +333,34 @@ def test_sigterm_to_staging_only_producers_carry_on(tmp_path):
     assert producer["status"] == "clean" and producer["staging_lost"] and producer["steps_written"] == 151
     summary = json.load(open(run_dir / "summary.json"))
     assert summary["steps_lost"] == 0 and summary["steps_fallback"] > 50
+
+
+@pytest.mark.timeout(500)
+def test_autoencoder_checkpoint_restart(tmp_path, stagelearn_cli):
+    """The autoencoder's weights, replay buffers and optimizer moments are checkpointed per staging rank;
+    a restarted staging publishes the same weights as the next version at once."""
+    ae = {"type": "autoencoder", "warmup_steps": 2, "publish_every": 5,
+          "autoencoder": {"channels": [4, 8], "latent_dim": 4, "iterations_per_step": 3, "batch_size": 64},
+          "replay": {"kind": "reservoir", "max_mib": 1}}
+    sim = {**HEAT, "nx": 32, "ny": 32, "steps": 30}
+    first = heat_config(tmp_path, "ae_before", simulation=sim, learner=ae)
+    proc = stagelearn_cli("run", first, "--no-progress", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = tmp_path / "results" / "ae_before" / "checkpoint"
+    state = json.load(open(ckpt / "state.json"))
+    assert state["learners"]["T"]["kind"] == "ae" and state["step"] == 15
+    for rank in (0, 1):  # each rank's buffer and Adam moments
+        with np.load(ckpt / f"rank{rank}.npz", allow_pickle=False) as part_:
+            assert part_["T/buffer/tiles"].shape[1] == 64 and len(part_["T/buffer/tiles"]) > 0
+            assert any(k.startswith("T/opt/0/") for k in part_.files)
+    second = heat_config(tmp_path, "ae_after", simulation=sim, learner=ae,
+                         staging={"ranks": 2, "restart_from": str(ckpt)})
+    proc = stagelearn_cli("run", second, "--no-progress", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.load(open(tmp_path / "results" / "ae_after" / "summary.json"))
+    first_version = summary["published"][0]["version"]
+    assert first_version == state["encoder_version"] + 1
+    enc = CompressedOutputReader(str(tmp_path / "results" / "ae_after" / "compressed.bp")).encoder(first_version)
+    with np.load(ckpt / "learner.npz", allow_pickle=False) as saved:
+        for name, arr in enc.variables["T"].ae_arrays.items():
+            np.testing.assert_array_equal(arr, saved[f"T/ae/{name}"])

@@ -130,6 +130,38 @@ def _trainer_state(var, trainer):
     return out
 
 
+def check(directory, learner_cfg, source="<config>"):
+    """Check, before anything starts, that ``directory`` holds a readable checkpoint for ``learner_cfg``.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``staging.restart_from`` and what is wrong.
+    """
+    if not supported(learner_cfg):
+        raise ConfigError(f"{source}: staging.restart_from: learner.algorithm {learner_cfg.algorithm!r} is not "
+                          "checkpointed (only the exact PCA and the autoencoder are); remove restart_from")
+    state_path = os.path.join(directory, "state.json")
+    if not (os.path.exists(state_path) and os.path.exists(os.path.join(directory, "learner.npz"))):
+        raise ConfigError(f"{source}: staging.restart_from: {directory} holds no checkpoint (state.json + "
+                          "learner.npz); point it at <earlier run>/checkpoint")
+    try:
+        with open(state_path, encoding="utf-8") as f:
+            state = json.load(f)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: staging.restart_from: {state_path} is unreadable ({exc})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(f"{source}: staging.restart_from: {state_path} is not a {FORMAT} checkpoint")
+    kinds = {v.get("kind") for v in state.get("learners", {}).values()}
+    want = "ae" if learner_cfg.type == "autoencoder" else "pca"
+    if not kinds:
+        raise ConfigError(f"{source}: staging.restart_from: {directory} holds no trained learner yet (written before "
+                          "the end of the warm-up)")
+    if kinds != {want}:
+        raise ConfigError(f"{source}: staging.restart_from: the checkpoint holds a {sorted(kinds)} learner, the run "
+                          f"configures learner.type {learner_cfg.type!r}")
+
+
 def load(directory, comm, make_trainer=None):
     """Read a checkpoint and rebuild its learners over ``comm`` (collective when it holds autoencoders).
 

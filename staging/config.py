@@ -208,7 +208,10 @@ def load_config(path):
     if cfg.simulation.type == "external":  # script and config files named relative to the YAML, like the XML
         cfg.simulation.command = [_resolve_file_arg(a, base, cfg.staging.stream) for a in cfg.simulation.command]
     if cfg.staging.restart_from:
+        from .checkpoint import check
+
         cfg.staging.restart_from = os.path.normpath(os.path.join(base, cfg.staging.restart_from))
+        check(cfg.staging.restart_from, cfg.learner, path)
     check_ios(cfg, path)
     resolve_stream_params(cfg, path)
     return cfg

@@ -96,6 +96,9 @@ def launch(args):
     fallback = cfg.fallback.dir or os.path.join(run_dir, "fallback")
     if os.path.isdir(fallback):
         shutil.rmtree(fallback)
+    ckpt = os.path.join(run_dir, "checkpoint")  # an earlier run's, unless this run restarts from it
+    if os.path.isdir(ckpt) and os.path.abspath(cfg.staging.restart_from or "") != os.path.abspath(ckpt):
+        shutil.rmtree(ckpt)
     for stale in sorted(os.listdir(sst_dir)):  # contact files of an earlier run would point readers at dead writers
         if stale.endswith(".sst"):
             remove_stale_contact_file(os.path.join(sst_dir, stale[: -len(".sst")]))
@@ -116,15 +119,21 @@ def launch(args):
         procs[side] = subprocess.Popen(cmd, stdout=logs[side], stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
                                        cwd=run_dir if external else None)
     total = cfg.simulation.steps // cfg.simulation.plotgap + 1
-    codes = _wait(procs, cfg, run_dir, total, show=not args.no_progress)
-    for f in logs.values():
-        f.close()
+    try:
+        codes = _wait(procs, cfg, run_dir, total, show=not args.no_progress)
+    except StreamTimeoutError:
+        partial_summary(cfg, run_dir, time.time() - t0)  # what the ledger parts say so far
+        raise
+    finally:
+        for f in logs.values():
+            f.close()
     wall = time.time() - t0
     signum = codes.pop("_signal", 0)
     first = codes.pop("_first_failure", None)
     failed = {s: c for s, c in codes.items() if c != 0}
     for side, code in failed.items():
-        tail = open(os.path.join(run_dir, f"{side}.log")).read().strip().splitlines()[-8:]
+        with open(os.path.join(run_dir, f"{side}.log"), errors="replace") as f:
+            tail = f.read().strip().splitlines()[-8:]
         print(f"stagelearn run: {side} side exited with code {code}; last lines of {run_dir}/{side}.log:", file=sys.stderr)
         print("\n".join("  " + t for t in tail), file=sys.stderr)
     if not streaming:
@@ -155,6 +164,10 @@ def _wait(procs, cfg, run_dir, total, show):
     codes, deadline = {}, time.time() + cfg.timeouts.run_s
     progress = os.path.join(run_dir, "progress.json")
     received = 0
+    # once the simulation has ended, staging has this long to store what is queued and finish (a hung
+    # staging would otherwise hold the run until run_s)
+    grace = max(cfg.timeouts.peer_s, cfg.timeouts.step_s) + 10.0
+    sim_done = None
     got = []
     old = {sig: signal.signal(sig, lambda signum, frame: got.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -184,6 +197,15 @@ def _wait(procs, cfg, run_dir, total, show):
                     bar.update(received - bar.n)
                 except (ValueError, KeyError, OSError):
                     pass
+            if "sim" in codes and sim_done is None:
+                sim_done = time.time()
+            if sim_done is not None and "stage" in procs and "stage" not in codes and time.time() > sim_done + grace:
+                logger.error("staging did not finish within %.0f s after the simulation ended; stopping it", grace)
+                print(f"stagelearn run: staging did not finish within {grace:.0f} s after the simulation ended "
+                      "(hung?); stopped", file=sys.stderr)
+                _stop(procs["stage"])
+                codes["stage"] = procs["stage"].returncode
+                codes.setdefault("_first_failure", "stage")
             if time.time() > deadline:
                 for p in procs.values():
                     _stop(p)
@@ -205,16 +227,21 @@ def merge_run_ledger(cfg, run_dir):
     n_ranks = sim.ranks
     if in_transit:  # blocks per step as staging saw them
         path = os.path.join(run_dir, "staging_summary.json")
-        n_ranks = json.load(open(path)).get("blocks_per_step", sim.ranks) if os.path.exists(path) else sim.ranks
+        n_ranks = _read_json(path).get("blocks_per_step", sim.ranks) if os.path.exists(path) else sim.ranks
     return merge_ledger(run_dir, expected_steps=expected, n_ranks=n_ranks,
                         queue_full_policy=cfg.adios2.queue_full_policy or "Block", in_transit=in_transit)
+
+
+def _read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def partial_summary(cfg, run_dir, wall):
     """``summary.json`` of a run whose staging side died before writing its summary: the ledger's account."""
     counts = merge_run_ledger(cfg, run_dir)
     path = os.path.join(run_dir, "producer.json")
-    producer = json.load(open(path)) if os.path.exists(path) else {}
+    producer = _read_json(path) if os.path.exists(path) else {}
     summary = {"complete": False, "steps_written": producer.get("steps_written"), "wall_s": wall,
                "staging_ranks": cfg.staging.ranks, "learner": cfg.learner.type,
                "stalls": producer.get("stalls"), "stall_s": producer.get("stall_s"), **_ledger_fields(counts)}
@@ -286,9 +313,13 @@ def finish(cfg, run_dir, wall):
     ref = producer.get("reference")
     ref_path = os.path.join(run_dir, f"reference_{ref['variable']}_step{ref['step']}.npy") if ref else ""
     original = reconstruction = None
-    if os.path.exists(ref_path):
+    reader = CompressedOutputReader(os.path.join(run_dir, "compressed.bp")) if os.path.exists(ref_path) else None
+    if reader is not None and ref["step"] not in reader.steps:  # dropped (Discard) or in a fallback file
+        summary["decoded_check"] = {"variable": ref["variable"], "step": ref["step"],
+                                    "skipped": "the step is not in compressed.bp (see ledger.jsonl)"}
+        reader.close()
+    elif reader is not None:
         original = np.load(ref_path)
-        reader = CompressedOutputReader(os.path.join(run_dir, "compressed.bp"))
         try:
             reconstruction = reader.read(ref["step"], ref["variable"])
         finally:
@@ -319,7 +350,7 @@ def print_table(table):
 
 
 def print_summary(s, run_dir):
-    print(f"\nsteps written {s['steps_written']}, received {s['steps_received']}, lost {s['steps_lost']}; "
+    print(f"\nsteps written {_fmt(s['steps_written'], 'd')}, received {s['steps_received']}, lost {s['steps_lost']}; "
           f"encoder versions {s['encoder_versions']}; wall {s['wall_s']:.1f} s")
     print(f"after the first encoder ({s['encoded_steps']} steps): compression ratio {_fmt(s['compression_ratio'], '.2f')}, "
           f"PSNR {_fmt(s['psnr_db'], '.2f')} dB (min {_fmt(s['min_psnr_db'], '.2f')}), max abs error {_fmt(s['max_abs_error'], '.3g')}")
@@ -328,5 +359,9 @@ def print_summary(s, run_dir):
               f"(PSNR {s['sz3_psnr_db']:.2f} dB) vs ours {s['compression_ratio_same_blocks']:.2f} on the same blocks")
     if "decoded_check" in s:
         d = s["decoded_check"]
-        print(f"decoded {d['variable']} at step {d['step']} from compressed.bp: PSNR {_fmt(d['psnr_db'], '.2f')} dB against the raw field")
+        if "skipped" in d:
+            print(f"no end-to-end check of {d['variable']} at step {d['step']}: {d['skipped']}")
+        else:
+            print(f"decoded {d['variable']} at step {d['step']} from compressed.bp: PSNR {_fmt(d['psnr_db'], '.2f')} dB "
+                  "against the raw field")
     print(f"results: {run_dir}/summary.json, summary.png, compressed.bp")

@@ -13,8 +13,8 @@ so a killed process leaves every line it wrote:
 :func:`merge_ledger` joins the parts into ``ledger.jsonl`` with one line per (step, producer rank)
 of the steps the run was to produce, each with a ``status``: ``sent_raw``, ``sent_encoded``
 (stored in ``compressed.bp``), ``fallback`` (in a producer's fallback file), ``dropped`` (by the SST
-``QueueFullPolicy=Discard``), ``lost`` (with a ``reason``), or ``not_produced`` (the simulation was
-stopped by SIGINT/SIGTERM before it). ``steps_lost`` in ``summary.json`` counts the steps with any
+``QueueFullPolicy=Discard``), ``lost`` (with a ``reason``), or ``not_produced`` (the simulation
+closed its stream before that step, e.g. interrupted by SIGINT/SIGTERM, or never opened it). ``steps_lost`` in ``summary.json`` counts the steps with any
 ``dropped`` or ``lost`` entry.
 """
 
@@ -118,6 +118,8 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
     for path in sorted(glob.glob(os.path.join(base, "producer.p*.jsonl"))):
         for r in _read(path):
             rank = r["rank"]
+            if rank >= n_ranks:  # a part left by an earlier run with more producer ranks
+                break
             if r.get("event") == "end":
                 ends[rank] = r
                 continue
@@ -129,7 +131,6 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
         keys = list(stored) + list(sent) + list(fallback)
         expected_steps = max((s for s, _ in keys), default=-1) + 1
     clean_end = {rank: e for rank, e in ends.items()}
-    staging_received_any = bool(stored)
     lines, counts = [], {}
     lost_steps, dropped_steps, fallback_steps = set(), set(), set()
     for step in range(int(expected_steps)):
@@ -155,26 +156,30 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
                                                           "while the staging queue was full")
                     dropped_steps.add(step)
                 else:
-                    entry.update(status="lost", reason="sent to the stream, but staging stopped before storing it")
+                    why = ("sent to the stream, but the simulation went away before staging received all of the step"
+                           if (staging_end or {}).get("status") == "producer_lost" else
+                           "sent to the stream, but staging stopped before storing it")
+                    entry.update(status="lost", reason=why)
                     lost_steps.add(step)
             elif in_transit:
                 entry.update(status="lost", reason="not received by staging (an unchanged code keeps no ledger)")
                 lost_steps.add(step)
             else:
                 end = clean_end.get(rank)
-                if end is not None and end.get("status") == "interrupted":
-                    entry.update(status="not_produced", reason=f"the simulation was interrupted after step "
-                                                              f"{end.get('last_step')} (SIGINT/SIGTERM)")
+                if end is not None:  # the simulation closed its stream before this step
+                    how = "was interrupted (SIGINT/SIGTERM)" if end.get("status") == "interrupted" else "ended"
+                    entry.update(status="not_produced", reason=f"the simulation {how} after step {end.get('last_step')}")
                     counts["not_produced"] = counts.get("not_produced", 0) + 1
                     lines.append(entry)
                     continue
-                if end is not None:
-                    why = f"the simulation ended after step {end.get('last_step')}"
-                elif rank in last:
+                if rank in last:
                     why = f"producer rank {rank} stopped without closing after step {last[rank]} (killed?)"
-                else:
-                    why = f"producer rank {rank} never wrote a step" + ("" if staging_received_any else
-                                                                       " (no ledger part: did it start?)")
+                else:  # no ledger part: the producer never opened its stream
+                    entry.update(status="not_produced", reason=f"producer rank {rank} never opened its stream (the "
+                                                              "run stopped before; see sim.log)")
+                    counts["not_produced"] = counts.get("not_produced", 0) + 1
+                    lines.append(entry)
+                    continue
                 entry.update(status="lost", reason=why)
                 lost_steps.add(step)
             counts[entry["status"]] = counts.get(entry["status"], 0) + 1

@@ -325,7 +325,8 @@ class CompressedOutputReader:
             out[~covered] = np.nan
         elif not covered.all():
             raise StagelearnError(f"{self.path}: step {step} of {var} is incomplete: {int((~covered).sum())} of "
-                                  f"{covered.size} values have no block (a producer's data for this step is missing)")
+                                  f"{covered.size} values have no block (a producer's data for this step is missing; "
+                                  "`stagelearn decode --partial` decodes what is there, NaN elsewhere)")
         return out
 
     def _payload(self, step, var, i):

@@ -197,6 +197,7 @@ class Producer:
         self._ledger = None
         self._unacked = collections.deque(maxlen=max(self.queue_limit, 1) + 3)  # (step, {name: raw block}) for replay
         self.staging_lost = False
+        self._abandoned = None  # the stream engine of a lost staging (never closed, see _switch_to_fallback)
         self.acked = -1
         self._last_ack_change = time.monotonic()
         self.stalls, self.stall_s = 0, 0.0
@@ -281,8 +282,9 @@ class Producer:
         Parameters
         ----------
         wait_for_queue : bool
-            With ``QueueFullPolicy=Block``, wait (polling, interruptible) while more than
-            ``QueueLimit + 1`` sent steps are unacknowledged; counted as a stall. Past
+            With ``QueueFullPolicy=Block``, wait (polling, interruptible) while writing the next step
+            would leave more than ``QueueLimit`` steps unacknowledged (so SST's own ``EndStep`` never
+            blocks: acknowledgements come after SST releases a step); counted as a stall. Past
             ``peer_timeout_s`` without a new acknowledgement staging is declared lost.
 
         Returns
@@ -336,8 +338,10 @@ class Producer:
             if until_step is not None:
                 pending = self.acked < until_step
             else:
-                pending = wait_for_queue and self.queue_full_policy == "Block" and sent - self.acked > self.queue_limit + 1
-            if lost or not pending or self.staging_lost or signals.pending():
+                # the next step would make more than queue_limit steps unacknowledged: wait here, where
+                # signals and timeouts work, instead of inside SST's EndStep (which holds the GIL)
+                pending = wait_for_queue and self.queue_full_policy == "Block" and sent + 1 - self.acked > self.queue_limit
+            if lost or not pending or self.staging_lost or (signals.pending() and until_step is None):
                 break
             # with Discard, steps SST dropped are never acknowledged: at close, a quiet staging has
             # stored all it will (the rest is replayed to the fallback file)
@@ -368,22 +372,25 @@ class Producer:
     def _switch_to_fallback(self, reason):
         """All ranks: staging is gone. Replay what it never acknowledged, then write to the fallback file."""
         self.staging_lost = True
-        logger.error("producer rank %d: %s; steps go to %s from now on (acknowledged up to step %d)",
-                     self.rank, reason, self._fallback.path, self.acked)
-        for step, raw in self._unacked:
-            if step > self.acked:
-                blocks = [self._block_record(name, step, raw[name], None) for name in self._defs]
-                self._fallback.write_step(step, blocks)
-                self._ledger.add(step=step, rank=self.rank, to="fallback", file=self._fallback.path, encoder_version=0,
-                                 bytes=int(sum(r.nbytes for r in raw.values())), replayed=True)
-        self._unacked.clear()
+        logger.error("producer rank %d: %s; steps go to %s from now on", self.rank, reason, self._fallback.path)
+        self._replay_unacked(reason)
         self._chain = PredictionChain()  # the fallback file starts with a self-contained step
-        try:
-            with deadline(self.step_timeout_s, "closing the stream of a lost staging (timeouts.step_s)"):
-                self.engine.Close()
-        except Exception as exc:  # noqa: BLE001 - the stream is already broken; the fallback file matters now
-            logger.warning("closing the stream after staging was lost: %s", exc)
-        self.engine = None
+        # not closed: SST's writer Close waits for its readers to release their queued steps, forever
+        # for a staging that hangs; the engine is dropped at exit ("Destroyed without a prior Close()")
+        self._abandoned, self.engine = self.engine, None
+
+    def _replay_unacked(self, reason):
+        """Write the steps sent but never acknowledged by staging (raw, from the replay buffer) to the fallback file."""
+        replay = [(step, raw) for step, raw in self._unacked if step > self.acked]
+        if replay:
+            logger.warning("producer rank %d: %s; steps %d..%d go to %s as well", self.rank, reason, replay[0][0],
+                           replay[-1][0], self._fallback.path)
+        for step, raw in replay:
+            blocks = [self._block_record(name, step, raw[name], None) for name in self._defs]
+            self._fallback.write_step(step, blocks)
+            self._ledger.add(step=step, rank=self.rank, to="fallback", file=self._fallback.path, encoder_version=0,
+                             bytes=int(sum(r.nbytes for r in raw.values())), replayed=True)
+        self._unacked.clear()
 
     def _block_record(self, name, step, raw, report):
         shape, start, _ = self._defs[name]
@@ -618,8 +625,10 @@ class Producer:
         """Close the streams and the fallback file (collective). Staging sees the end of the stream.
 
         First waits (at most ``peer_timeout_s`` without progress) until staging has acknowledged
-        the last step sent; steps it never acknowledged go to the fallback file. ``status`` is
-        recorded in the ledger's end line (``clean`` or ``interrupted``).
+        the last step sent; steps it never acknowledged go to the fallback file. The fallback file
+        and the ledger are complete before the stream is closed (SST's ``Close`` waits for staging to
+        release its queued steps). ``status`` is recorded in the ledger's end line (``clean`` or
+        ``interrupted``).
         """
         if self.streaming and self.engine is not None and not self.staging_lost:
             state = {}
@@ -629,15 +638,8 @@ class Producer:
             self.acked = state.get("acked", self.acked)
             if state.get("lost"):
                 self._switch_to_fallback(state["lost"])
-            elif self.acked < self._last_sent:
-                self._switch_to_fallback(f"staging acknowledged only up to step {self.acked} of {self._last_sent}")
-        if self.engine is not None:
-            with deadline(self.step_timeout_s, "staging to release the last steps at close (timeouts.step_s)"):
-                self.engine.Close()
-            self.engine = None
-        if self._subscriber is not None:
-            self._subscriber.close()
-            self._subscriber = None
+            elif self.acked < self._last_sent:  # staging is there but did not store them all (yet)
+                self._replay_unacked(f"at close staging had acknowledged up to step {self.acked} of {self._last_sent}")
         self._fallback.close()
         if self._ledger is not None:
             self._ledger.add(event="end", rank=self.rank, status=status, last_step=self._last_step,
@@ -645,6 +647,13 @@ class Producer:
                              fallback_steps=self._fallback.steps, staging_lost=self.staging_lost)
             self._ledger.close()
             self._ledger = None
+        if self.engine is not None:
+            with deadline(self.step_timeout_s, "staging to release the last steps at close (timeouts.step_s)"):
+                self.engine.Close()
+            self.engine = None
+        if self._subscriber is not None:
+            self._subscriber.close()
+            self._subscriber = None
 
     def __enter__(self):
         return self

@@ -10,21 +10,20 @@ Both return, per step, a list of :class:`ReceivedBlock` read from the stream alo
 shapes and selections come from ADIOS2 metadata and payload headers, never from the
 simulation's Python objects. ``read_step`` returns None when it stops; ``status`` then says why:
 ``end`` (the writer closed the stream), ``failed`` (the writer went away without closing it;
-``failed_producers`` names whose stream, or holds -1 for the shared stream) or ``interrupted``
-(SIGINT/SIGTERM, see :mod:`.signals`).
+``failed_producers`` names whose stream, or holds -1 for the shared stream).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from . import signals
-from .adios import begin_step, bindings, declare_io, make_adios, open_reader
+from .adios import begin_step, bindings, deadline, declare_io, make_adios, open_reader
 from ..analytics.anomaly import parse_map, payload_histogram
 from ..analytics.codec import parse_payload
 from .wire import (REPORT_FIELDS, anomaly_name, assign_blocks, field_names, payload_name, rank_stream, report_get,
@@ -80,8 +79,9 @@ def _writer_failure(reader, producer):
     except RuntimeError as exc:
         if "failed" not in str(exc).lower():
             raise
+        text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))  # ADIOS2 colours its messages
         logger.error("stream of producer %s failed while reading a step: %s", "(shared)" if producer < 0 else producer,
-                     " ".join(str(exc).split())[-160:])
+                     text[-160:])
         reader.status = "failed"
         reader.failed_producers.add(producer)
 
@@ -100,14 +100,6 @@ def _any_failed(reader):
 def _set_parameters(io, parameters):
     for key, value in (parameters or {}).items():
         io.SetParameter(key, str(value))
-
-
-def _interruptible(parameters, check):
-    """``check`` for :func:`begin_step`'s one-second slices, or None for one uninterrupted wait: with
-    ``QueueFullPolicy=Discard`` a reader repeatedly timing out in ``BeginStep`` while the writer discards
-    steps crashed inside ADIOS2 2.12.1 SST (SIGSEGV), so it waits in one piece (a signal then takes
-    effect when the next step or the end of the stream arrives)."""
-    return None if (parameters or {}).get("QueueFullPolicy") == "Discard" else check
 
 
 def _dims(text):
@@ -193,11 +185,10 @@ class SharedStreamReader:
         self.engine = open_reader(self.io, stream_path, open_timeout_s, "simulation")
         self.n_producers = None
         self.status, self.failed_producers = "ok", set()
-        self._interrupted = _interruptible(parameters, lambda: signals.agreed(self.comm))
 
     def read_step(self):
         """Blocks of this rank for the next step, or None when the stream stops (collective; see ``status``)."""
-        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}", interrupted=self._interrupted)
+        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}")
         if self.status == "failed":
             self.failed_producers.add(-1)
         if self.status != "ok":
@@ -207,7 +198,7 @@ class SharedStreamReader:
         n_blocks = len(self.engine.BlocksInfo(reports[0], step)) if reports else 0
         self.n_producers = n_blocks
         mine = set(assign_blocks(n_blocks, self.comm.Get_size(), self.comm.Get_rank()))
-        with _writer_failure(self, -1):
+        with _writer_failure(self, -1), deadline(self.step_timeout_s, f"the data of a step on {self.path} (timeouts.step_s)"):
             blocks = _read_blocks(self.engine, self.io, step, writer_ids=mine)
         if _any_failed(self):  # the ranks that read a live writer's block must not wait in EndStep alone
             return None
@@ -238,7 +229,6 @@ class PerRankStreamReader:
         self.n_producers = n_producers
         self.streams = []
         self.status, self.failed_producers = "ok", set()
-        self._interrupted = _interruptible(parameters, signals.pending)
         for p in assign_blocks(n_producers, comm.Get_size(), comm.Get_rank()):
             adios = make_adios(config_file, None)
             io = declare_io(adios, io_name, config_file, known_ios)
@@ -253,17 +243,15 @@ class PerRankStreamReader:
         for s in self.streams:
             if s["ended"]:
                 continue
-            status = begin_step(s["engine"], self.step_timeout_s, f"stream {s['path']}", interrupted=self._interrupted)
-            if status == "interrupted":
-                self.status = status
-                return None
+            status = begin_step(s["engine"], self.step_timeout_s, f"stream {s['path']}")
             if status != "ok":
                 s["ended"] = True
                 if status == "failed":
                     self.failed_producers.add(s["producer"])
                     self.status = "failed"
                 continue
-            with _writer_failure(self, s["producer"]):
+            with _writer_failure(self, s["producer"]), \
+                    deadline(self.step_timeout_s, f"the data of a step on {s['path']} (timeouts.step_s)"):
                 got = _read_blocks(s["engine"], s["io"], s["engine"].CurrentStep())
                 s["engine"].EndStep()
                 blocks += got
@@ -326,7 +314,6 @@ class PlainStreamReader:
         self.n_producers = None
         self._first_done = False
         self.status, self.failed_producers = "ok", set()
-        self._interrupted = _interruptible(parameters, lambda: signals.agreed(self.comm))
 
     def _names(self, available):
         if self.variables is not None:
@@ -344,7 +331,7 @@ class PlainStreamReader:
         from .wire import make_report
 
         b = bindings()
-        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}", interrupted=self._interrupted)
+        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}")
         if self.status == "failed":
             self.failed_producers.add(-1)
         if self.status != "ok":
@@ -378,7 +365,7 @@ class PlainStreamReader:
                 blk.raw = data
                 pending.append(blk)
                 out.append(blk)
-        with _writer_failure(self, -1):
+        with _writer_failure(self, -1), deadline(self.step_timeout_s, f"the data of a step on {self.path} (timeouts.step_s)"):
             if pending:
                 self.engine.PerformGets()
         if _any_failed(self):

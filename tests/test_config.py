@@ -1,5 +1,7 @@
 """Run YAML validation: unknown keys, wrong types and missing IOs give exit code 2 and one clear line."""
 
+import json
+
 import pytest
 import yaml
 
@@ -120,3 +122,29 @@ def test_external_command_resolves_only_script_and_config_files(tmp_path):
                     "staging: {mode: in_transit, stream: sim.bp}\n")
     cmd = load_config(path).simulation.command
     assert cmd == ["python", str(tmp_path / "writer.py"), str(tmp_path / "adios2.xml"), "sim.bp", "14", "."]
+
+
+def test_restart_from_is_checked_before_anything_starts(tmp_path):
+    """staging.restart_from: a missing, unreadable or mismatched checkpoint is a config error (exit 2 at
+    `validate`), not a failure after the streams are open."""
+    from stagelearn.staging.config import load_config
+    from stagelearn.staging.errors import ConfigError
+
+    ckpt = tmp_path / "ckpt"
+    path = tmp_path / "run.yaml"
+    path.write_text("staging: {restart_from: ckpt}\n")
+    with pytest.raises(ConfigError, match="restart_from: .*holds no checkpoint"):
+        load_config(path)
+    ckpt.mkdir()
+    (ckpt / "learner.npz").write_bytes(b"")
+    (ckpt / "state.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="state.json is unreadable"):
+        load_config(path)
+    (ckpt / "state.json").write_text(json.dumps({"format": "stagelearn.checkpoint/2", "learners": {"U": {"kind": "pca"}}}))
+    assert load_config(path).staging.restart_from == str(ckpt)
+    path.write_text("staging: {restart_from: ckpt}\nlearner: {type: autoencoder}\n")
+    with pytest.raises(ConfigError, match="holds a \\['pca'\\] learner"):
+        load_config(path)
+    path.write_text("staging: {restart_from: ckpt}\nlearner: {algorithm: oja, n_components: 4}\n")
+    with pytest.raises(ConfigError, match="not checkpointed"):
+        load_config(path)

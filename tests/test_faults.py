@@ -141,6 +141,39 @@ def test_producer_killed_staging_checkpoints_and_reports(tmp_path):
     assert json.load(open(run_dir / "summary.json"))["steps_lost"] == 150 - last
 
 
+@pytest.mark.timeout(300)
+def test_hung_staging_is_declared_lost_after_peer_timeout(tmp_path):
+    """Staging stopped (SIGSTOP: alive, not reading) for longer than timeouts.peer_s with Block: the
+    producers never block inside SST, declare staging lost after peer_s and finish their run with
+    fallback files; `stagelearn run` then stops the hung staging job instead of waiting for run_s, and
+    still writes the ledger and the summary; nothing is lost."""
+    path = heat_config(tmp_path, "hung", timeouts={"open_s": 30, "step_s": 15, "run_s": 240, "peer_s": 5})
+    run_dir = tmp_path / "results" / "hung"
+    proc = start_run(tmp_path, path)
+    wait_progress(run_dir, 20, proc)
+    stopped = rank_pids("stage", path)
+    t_stop = time.time()
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        code, out, err = finish(proc, timeout=150)
+    finally:
+        for pid in stopped:  # orphaned by the stopped mpiexec
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert code != 0 and "staging did not finish within 25 s after the simulation ended" in err, err[-2000:]
+    assert time.time() - t_stop < 100  # not run_s
+    producer = json.load(open(run_dir / "producer.json"))
+    assert producer["status"] == "clean" and producer["staging_lost"] and producer["steps_written"] == 151
+    first = min(r["t"] for r in part(run_dir, "producer.p0.jsonl") if r.get("to") == "fallback")
+    assert 3.0 <= first - t_stop < 20.0  # peer_s after the last acknowledgement (just before the stop)
+    entries = ledger(run_dir)
+    assert {e["status"] for e in entries} <= {"sent_raw", "sent_encoded", "fallback"}
+    assert json.load(open(run_dir / "summary.json"))["steps_lost"] == 0
+
+
 def _slow_staging(tmp_path, name, policy, *, at=(150, 450), pause_s=3.0):
     """1001 small steps; the staging ranks are stopped (SIGSTOP) for ``pause_s`` once they stored each of ``at`` steps."""
     path = heat_config(tmp_path, name, simulation={**HEAT, "nx": 32, "ny": 32, "steps": 1000, "plotgap": 1},
@@ -305,7 +338,7 @@ def test_signal_to_run_stops_both_sides_cleanly(tmp_path, sig):
     assert code == 128 + int(sig), (code, err[-2000:])
     assert time.time() - t0 < 20
     for side in ("sim", "stage"):
-        assert f"interrupted by {signal.Signals(sig).name}" in open(run_dir / f"{side}.log").read()
+        assert f"interrupted by {signal.Signals(sig).name}" in (run_dir / f"{side}.log").read_text(errors="replace")
     summary = json.load(open(run_dir / "summary.json"))
     assert summary["staging_end"] == "interrupted" and set(summary["producer_end"].values()) == {"interrupted"}
     entries = ledger(run_dir)

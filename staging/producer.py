@@ -48,6 +48,8 @@ from .xmlconfig import read_ios
 
 logger = logging.getLogger(__name__)
 
+STALL_S = 0.05  # a wait for staging longer than this (for an acknowledgement, or inside EndStep) is a stall
+
 
 def _finite_extent(block):
     """``[min, -max]`` over the finite values of a block (``[inf, inf]`` when there are none)."""
@@ -355,6 +357,7 @@ class Producer:
             waited = True
             time.sleep(0.02)
         stall = time.monotonic() - t0 if waited and until_step is None else 0.0
+        stall = stall if stall > STALL_S else 0.0
         return newest, {"acked": self.acked, "lost": lost, "stall_s": stall, "signal": signals.pending()}
 
     @property
@@ -538,7 +541,7 @@ class Producer:
         return int(sum(len(r["payload"]) if "payload" in r else r["raw"].nbytes for r in records))
 
     def _send(self, step, records):
-        """Put one step on the stream; time beyond 0.1 s in ``EndStep`` counts as a stall (SST's Block)."""
+        """Put one step on the stream; time beyond ``STALL_S`` in ``EndStep`` counts as a stall (SST's Block)."""
         b = bindings()
         with deadline(self.step_timeout_s, f"staging to accept step {step} (timeouts.step_s)"):
             self.engine.BeginStep()
@@ -561,13 +564,13 @@ class Producer:
             t = time.monotonic()
             self.engine.EndStep()
             blocked = time.monotonic() - t
-        if blocked > 0.1:
+        if blocked > STALL_S:
             self.stalls += 1
             self.stall_s += blocked
         self._last_sent = step
         self._ledger.add(step=step, rank=self.rank, to="stream", encoder_version=int(report_get(records[0]["report"],
                          "encoder_version")) if records else 0, bytes=self._bytes(records), acked=self.acked,
-                         stall_s=round(blocked, 4) if blocked > 0.1 else 0.0, rss_mib=_rss_mib())
+                         stall_s=round(blocked, 4) if blocked > STALL_S else 0.0, rss_mib=_rss_mib())
 
     def _encode(self, step, name, block, given, encoder, target_mse, spans, sample_sz3):
         """The record of one variable's block: raw (no encoder) or the coded payload, its report row and

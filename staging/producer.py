@@ -57,7 +57,7 @@ def _finite_extent(block):
     return [finite.min(), -finite.max()] if finite.size else [np.inf, np.inf]
 
 
-def _finite_range(block):
+def finite_range(block):
     """``(min, max)`` over the finite values of a block (``(inf, -inf)`` when there are none)."""
     lo, neg_hi = _finite_extent(block)
     return float(lo), -float(neg_hi)
@@ -398,7 +398,7 @@ class Producer:
     def _block_record(self, name, step, raw, report):
         shape, start, _ = self._defs[name]
         if report is None:
-            lo, hi = _finite_range(raw)
+            lo, hi = finite_range(raw)
             report = make_report(step=step, rank=self.rank, raw_bytes=raw.nbytes, sent_bytes=raw.nbytes, n=raw.size,
                                  vmin=lo, vmax=hi, local_psnr_db=math.inf)
         return {"var": name, "raw": raw, "report": report, "shape": shape, "start": start, "count": raw.shape}
@@ -579,7 +579,7 @@ class Producer:
         count = block.shape  # the defined count, or empty when this rank has no block this step
         model = encoder.variables.get(name) if encoder is not None else None
         if model is None:
-            lo, hi = _finite_range(block)
+            lo, hi = finite_range(block)
             row = make_report(step=step, rank=self.rank, raw_bytes=block.nbytes, sent_bytes=block.nbytes,
                               n=block.size, vmin=lo, vmax=hi, local_psnr_db=math.inf)
             return {"var": name, "raw": block, "report": row, "shape": shape, "start": start, "count": count}

@@ -299,16 +299,16 @@ class StagingService:
         from ..analytics.codec import encode_block
         from ..analytics.correction import absolute_bound
         from ..analytics.metrics import psnr_from_mse
-        from .producer import step_targets
+        from .producer import finite_range, step_targets
 
         ref = self.variables[0]
         self._last_raw = [(b.start, b.count, b.shape, b.raw) for b in blocks if b.var == ref]  # kept, not copied
         enc = self.encoder
         if enc is None:
-            for b in blocks:
+            for b in blocks:  # the range of the finite values (NaN/Inf cells travel losslessly)
+                lo, hi = finite_range(b.raw)
                 b.report = make_report(step=b.step, rank=b.rank, raw_bytes=b.raw.nbytes, sent_bytes=b.raw.nbytes,
-                                       n=b.raw.size, vmin=float(np.nanmin(b.raw)) if b.raw.size else 0.0,
-                                       vmax=float(np.nanmax(b.raw)) if b.raw.size else 0.0, local_psnr_db=math.inf)
+                                       n=b.raw.size, vmin=lo, vmax=hi, local_psnr_db=math.inf)
             return
         targets, spans = step_targets(self.comm, {v: [b.raw for b in blocks if b.var == v] for v in self.variables},
                                       enc.psnr_db)

@@ -252,9 +252,12 @@ def resolve_stream_params(cfg, source="<config>"):
                 raise ConfigError(f"{xml}: IO {cfg.adios2.stream_io}: QueueLimit={theirs} means an unbounded queue (the "
                                   "writer's memory grows while staging is slow); set 4, or remove it and set "
                                   f"adios2.queue_limit in {source}")
-        if theirs is not None and key == "queue_full_policy" and theirs not in ("Block", "Discard"):
-            raise ConfigError(f"{xml}: IO {cfg.adios2.stream_io}: QueueFullPolicy={theirs!r}; SST accepts Block or "
-                              "Discard (case-sensitive)")
+        if theirs is not None and key == "queue_full_policy":
+            canonical = {"block": "Block", "discard": "Discard"}.get(theirs.lower())  # SST reads the value in any case
+            if canonical is None:
+                raise ConfigError(f"{xml}: IO {cfg.adios2.stream_io}: QueueFullPolicy={theirs!r}; SST accepts Block or "
+                                  "Discard")
+            theirs = canonical
         if mine is not None and theirs is not None and str(mine) != str(theirs):
             raise ConfigError(f"{source}: adios2.{key}: {mine!r} differs from {sst_key}={theirs!r} in IO "
                               f"{cfg.adios2.stream_io} of {xml}; set it in one place")

@@ -258,8 +258,6 @@ def _ledger_fields(counts):
 
 def report(cfg, run_dir):
     """``stagelearn report``: the summary of a run whose two sides were launched separately."""
-    import json
-
     path = os.path.join(run_dir, "producer.json")
     in_transit = cfg.staging.mode == "in_transit"
     if not (os.path.exists(path) or in_transit) or not os.path.exists(os.path.join(run_dir, "staging_summary.json")):
@@ -273,8 +271,6 @@ def report(cfg, run_dir):
 def _producer_record(cfg, run_dir, summary):
     """``producer.json`` of a stagelearn producer; for an unchanged code (in transit) what staging saw:
     the steps it received (the code's own count is unknown here) and the reference it saved."""
-    import json
-
     path = os.path.join(run_dir, "producer.json")
     if os.path.exists(path) and cfg.staging.mode != "in_transit":  # in transit, one left by an earlier run is stale
         with open(path) as f:
@@ -289,8 +285,6 @@ def _producer_record(cfg, run_dir, summary):
 
 def finish(cfg, run_dir, wall):
     """Merge the sides' records into ``summary.json``, print the table, draw the plot."""
-    import json
-
     from ..analytics.metrics import psnr as psnr_fn
     from ..analytics.plotting import plot_run
     from .output import CompressedOutputReader

@@ -130,7 +130,6 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
     if expected_steps is None:
         keys = list(stored) + list(sent) + list(fallback)
         expected_steps = max((s for s, _ in keys), default=-1) + 1
-    clean_end = {rank: e for rank, e in ends.items()}
     lines, counts = [], {}
     lost_steps, dropped_steps, fallback_steps = set(), set(), set()
     for step in range(int(expected_steps)):
@@ -165,7 +164,7 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
                 entry.update(status="lost", reason="not received by staging (an unchanged code keeps no ledger)")
                 lost_steps.add(step)
             else:
-                end = clean_end.get(rank)
+                end = ends.get(rank)
                 if end is not None:  # the simulation closed its stream before this step
                     how = "was interrupted (SIGINT/SIGTERM)" if end.get("status") == "interrupted" else "ended"
                     entry.update(status="not_produced", reason=f"the simulation {how} after step {end.get('last_step')}")

@@ -300,7 +300,7 @@ class Producer:
         if self._subscriber is not None:
             enc, state = self._poll_rank0(wait_for_queue)
             frame = enc.to_frame() if enc is not None else b""
-        state = json.loads(bcast_bytes(self.comm, json.dumps(state).encode() if self.rank == 0 else b"").decode() or "{}")
+        state = self._bcast_state(state)
         frame = bcast_bytes(self.comm, frame)
         self.acked = state.get("acked", self.acked)
         if state.get("stall_s"):
@@ -319,6 +319,10 @@ class Producer:
             logger.info("producer rank %d switches to encoder version %d", self.rank, self.encoder.version)
             return True
         return False
+
+    def _bcast_state(self, state):
+        """Rank 0's view of staging (acknowledged step, lost, stall, signal) on every rank (collective)."""
+        return json.loads(bcast_bytes(self.comm, json.dumps(state).encode() if self.rank == 0 else b"").decode() or "{}")
 
     def _poll_rank0(self, wait_for_queue, *, until_step=None):
         """Rank 0: read the model stream; optionally wait for the queue to drain (or, with ``until_step``,
@@ -637,7 +641,7 @@ class Producer:
             state = {}
             if self._subscriber is not None:
                 _, state = self._poll_rank0(False, until_step=self._last_sent)
-            state = json.loads(bcast_bytes(self.comm, json.dumps(state).encode() if self.rank == 0 else b"").decode() or "{}")
+            state = self._bcast_state(state)
             self.acked = state.get("acked", self.acked)
             if state.get("lost"):
                 self._switch_to_fallback(state["lost"])

@@ -492,6 +492,17 @@ class StagingService:
             if every and self.steps_seen % every == 0:
                 self._checkpoint()
 
+    def _build_encoder(self, version, step):
+        """Rank 0: the encoder of the current learners with the run's codec policy (and anomaly statistics)."""
+        enc = Encoder.from_learners({v: self.learners[v] for v in self.variables}, version=version,
+                                    trained_until_step=step, tile_shapes=self.tile_shapes, ranges=self.ranges,
+                                    psnr_db=self.cfg.codec.psnr_db, raw_fraction=self.cfg.codec.raw_fraction)
+        enc.anomaly = self._anomaly_policy()
+        cc = self.cfg.codec
+        enc.keyframe_every, enc.encode_threads = cc.keyframe_every, cc.encode_threads
+        enc.error_bound = cc.error_bound.as_dict() if cc.error_bound is not None else None
+        return enc
+
     def _record(self, parts, publish):
         """Rank 0: account the step, publish a new encoder if due, write the output step."""
         all_blocks = [b for p in parts for b in _unpack_blocks(p)]
@@ -505,14 +516,7 @@ class StagingService:
         new = None
         if publish:
             version = (self.encoder.version if self.encoder else self.version_base) + 1
-            new = Encoder.from_learners(
-                {v: self.learners[v] for v in self.variables}, version=version, trained_until_step=step,
-                tile_shapes=self.tile_shapes, ranges=self.ranges, psnr_db=self.cfg.codec.psnr_db,
-                raw_fraction=self.cfg.codec.raw_fraction)
-            new.anomaly = self._anomaly_policy()
-            cc = self.cfg.codec
-            new.keyframe_every, new.encode_threads = cc.keyframe_every, cc.encode_threads
-            new.error_bound = cc.error_bound.as_dict() if cc.error_bound is not None else None
+            new = self._build_encoder(version, step)
             self.ledger.published.append((version, step))
             self.encoder = new
         store, self._unstored_encoder = new or self._unstored_encoder, None
@@ -562,12 +566,7 @@ class StagingService:
                     self.cfg.staging.restart_from, state["step"], self.version_base)
         if self.rank == 0:
             version = self.version_base + 1
-            self.encoder = Encoder.from_learners(self.learners, version=version, trained_until_step=state["step"],
-                                                 tile_shapes=self.tile_shapes, ranges=self.ranges,
-                                                 psnr_db=self.cfg.codec.psnr_db, raw_fraction=self.cfg.codec.raw_fraction)
-            cc = self.cfg.codec
-            self.encoder.keyframe_every, self.encoder.encode_threads = cc.keyframe_every, cc.encode_threads
-            self.encoder.error_bound = cc.error_bound.as_dict() if cc.error_bound is not None else None
+            self.encoder = self._build_encoder(version, state["step"])
             self.ledger.published.append((version, -1))
             if self.publisher is not None:
                 self.publisher.publish(self.encoder)

@@ -161,7 +161,48 @@ def _read_blocks(engine, io, step, writer_ids=None):
     return out
 
 
-class SharedStreamReader:
+class _CohortReader:
+    """One SST reader cohort over the staging communicator: open, begin and end steps, close
+    (collective calls). Subclasses read the blocks of a step between :meth:`_begin` and :meth:`_end_step`."""
+
+    peer = "the writer"  # for messages
+
+    def __init__(self, config_file, io_name, stream_path, comm, known_ios, *, open_timeout_s, step_timeout_s,
+                 parameters=None):
+        self.comm = comm
+        self.adios = make_adios(config_file, comm)
+        self.io = declare_io(self.adios, io_name, config_file, known_ios)
+        _set_parameters(self.io, parameters)
+        self.path, self.step_timeout_s = stream_path, step_timeout_s
+        self.engine = open_reader(self.io, stream_path, open_timeout_s, self.peer)
+        self.n_producers = None
+        self.status, self.failed_producers = "ok", set()
+
+    def _begin(self):
+        """``BeginStep``; True when a step is there, else ``status`` says why."""
+        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}")
+        if self.status == "failed":
+            self.failed_producers.add(-1)
+        return self.status == "ok"
+
+    @contextmanager
+    def _reading(self):
+        """Around the reads of a step: a writer failure ends the stream, a silent writer the process (step_s)."""
+        with _writer_failure(self, -1), deadline(self.step_timeout_s, f"the data of a step on {self.path} (timeouts.step_s)"):
+            yield
+
+    def _end_step(self):
+        """``EndStep`` unless the read failed on any rank (then nobody waits in it alone); True when done."""
+        if _any_failed(self):
+            return False
+        self.engine.EndStep()
+        return True
+
+    def close(self):
+        self.engine.Close()
+
+
+class SharedStreamReader(_CohortReader):
     """One SST reader cohort over the staging communicator (collective calls).
 
     Parameters
@@ -175,38 +216,20 @@ class SharedStreamReader:
     open_timeout_s, step_timeout_s : float
     """
 
-    def __init__(self, config_file, io_name, stream_path, comm, known_ios, *, open_timeout_s, step_timeout_s,
-                 parameters=None):
-        self.comm = comm
-        self.adios = make_adios(config_file, comm)
-        self.io = declare_io(self.adios, io_name, config_file, known_ios)
-        _set_parameters(self.io, parameters)
-        self.path, self.step_timeout_s = stream_path, step_timeout_s
-        self.engine = open_reader(self.io, stream_path, open_timeout_s, "simulation")
-        self.n_producers = None
-        self.status, self.failed_producers = "ok", set()
+    peer = "simulation"
 
     def read_step(self):
         """Blocks of this rank for the next step, or None when the stream stops (collective; see ``status``)."""
-        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}")
-        if self.status == "failed":
-            self.failed_producers.add(-1)
-        if self.status != "ok":
+        if not self._begin():
             return None
         step = self.engine.CurrentStep()
         reports = [n for n in self.io.AvailableVariables() if n.endswith("/report")]
         n_blocks = len(self.engine.BlocksInfo(reports[0], step)) if reports else 0
         self.n_producers = n_blocks
         mine = set(assign_blocks(n_blocks, self.comm.Get_size(), self.comm.Get_rank()))
-        with _writer_failure(self, -1), deadline(self.step_timeout_s, f"the data of a step on {self.path} (timeouts.step_s)"):
+        with self._reading():
             blocks = _read_blocks(self.engine, self.io, step, writer_ids=mine)
-        if _any_failed(self):  # the ranks that read a live writer's block must not wait in EndStep alone
-            return None
-        self.engine.EndStep()
-        return blocks
-
-    def close(self):
-        self.engine.Close()
+        return blocks if self._end_step() else None
 
 
 class PerRankStreamReader:
@@ -281,7 +304,7 @@ def _numpy_type(adios_type, var):
     return dtype
 
 
-class PlainStreamReader:
+class PlainStreamReader(_CohortReader):
     """An unchanged ADIOS2 code's stream (in-transit mode): raw arrays only, one reader cohort.
 
     The simulation writes its variables with the plain ADIOS2 API (global arrays with
@@ -303,17 +326,12 @@ class PlainStreamReader:
     open_timeout_s, step_timeout_s : float
     """
 
-    def __init__(self, config_file, io_name, stream_path, comm, known_ios, *, variables=None, open_timeout_s,
-                 step_timeout_s, parameters=None):
-        self.comm, self.variables = comm, variables
-        self.adios = make_adios(config_file, comm)
-        self.io = declare_io(self.adios, io_name, config_file, known_ios)
-        _set_parameters(self.io, parameters)
-        self.path, self.step_timeout_s = stream_path, step_timeout_s
-        self.engine = open_reader(self.io, stream_path, open_timeout_s, "the simulation (unchanged ADIOS2 code)")
-        self.n_producers = None
+    peer = "the simulation (unchanged ADIOS2 code)"
+
+    def __init__(self, config_file, io_name, stream_path, comm, known_ios, *, variables=None, **kwargs):
+        super().__init__(config_file, io_name, stream_path, comm, known_ios, **kwargs)
+        self.variables = variables
         self._first_done = False
-        self.status, self.failed_producers = "ok", set()
 
     def _names(self, available):
         if self.variables is not None:
@@ -331,10 +349,7 @@ class PlainStreamReader:
         from .wire import make_report
 
         b = bindings()
-        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}")
-        if self.status == "failed":
-            self.failed_producers.add(-1)
-        if self.status != "ok":
+        if not self._begin():
             return None
         step = self.engine.CurrentStep()
         out, pending = [], []
@@ -365,16 +380,12 @@ class PlainStreamReader:
                 blk.raw = data
                 pending.append(blk)
                 out.append(blk)
-        with _writer_failure(self, -1), deadline(self.step_timeout_s, f"the data of a step on {self.path} (timeouts.step_s)"):
+        with self._reading():
             if pending:
                 self.engine.PerformGets()
-        if _any_failed(self):
+        if not self._end_step():
             return None
-        self.engine.EndStep()
         for blk in pending:
             blk.raw = blk.raw.astype(np.float32, copy=False)  # learned and coded as float32, as producers send
         self._first_done = True
         return out
-
-    def close(self):
-        self.engine.Close()

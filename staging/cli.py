@@ -246,6 +246,9 @@ def _run_side(args, side):
         else:
             print(f"stagelearn {side}: error: {exc}", file=sys.stderr, flush=True)
         if comm.Get_size() > 1 and not isinstance(exc, (Interrupted, PeerLostError)):
+            import time
+
+            time.sleep(0.3)  # let mpiexec forward the message before the abort tears the job down
             comm.Abort(code)  # Interrupted and PeerLostError are raised on every rank together
         return code
 

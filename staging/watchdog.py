@@ -82,6 +82,7 @@ def _serve(parent_pid):
                     deadline = None
         elif deadline is not None and time.monotonic() >= deadline:
             print(f"stagelearn: {message}", file=sys.stderr, flush=True)
+            time.sleep(0.3)  # let mpiexec forward the line before the rank (and with it the job) ends
             try:
                 os.kill(parent_pid, signal.SIGQUIT)
             except ProcessLookupError:

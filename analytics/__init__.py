@@ -3,12 +3,13 @@
 Public names
 ------------
 IncrementalPCA
-    Distributed incremental PCA with an exact global basis on every rank.
+    Distributed incremental PCA with an exact global basis on every rank (one of the learners of
+    :mod:`.learners`, which also holds the factory ``make_learner``).
 TransformCodec
     Transform coding of tiles: projection on a basis, uniform quantization, zstd.
 """
 
-from .incremental_pca import IncrementalPCA
-from .codec import TransformCodec
+from .transform import TransformCodec
+from .learners.incremental_pca import IncrementalPCA
 
 __all__ = ["IncrementalPCA", "TransformCodec"]

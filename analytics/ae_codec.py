@@ -3,7 +3,7 @@
 The autoencoder predicts each tile from its latent code (integers with one float32 scale per
 tile, :mod:`.autoencoder`); the residual between the tile and that prediction is quantized in the
 value domain with the step the error target allows and range coded (the identity transform of
-:class:`~stagelearn.analytics.codec.TransformCodec`). The autoencoder thus plays the role of a
+:class:`~stagelearn.analytics.transform.TransformCodec`). The autoencoder thus plays the role of a
 learned predictor, as in AE-SZ (Liu et al., "Exploring autoencoder-based error-bounded compression
 for scientific data", IEEE Cluster 2021), and the error target holds whatever the network's
 quality. :func:`~stagelearn.analytics.codec.encode_block` drives it; the payload's sections
@@ -16,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from .codec import IdentityCodec, TransformCodec
+from .ae_fixed import FixedPointDecoder
+from .entropy import unpack_codes
+from .transform import IdentityCodec
 
 
 class AECodec:
@@ -42,13 +44,15 @@ class AECodec:
         self.quant_step = float(quant_step)
         self.fill_tile = np.full(self.n_features, offset, dtype=np.float32)
         self._residual = IdentityCodec(self.n_features, self.quant_step, zstd_level=zstd_level)
+        self._decode = FixedPointDecoder(model)  # the prediction both sides reconstruct: same bits everywhere
 
     def residual_codec(self):
         """Value-domain quantizer of the residuals (:class:`~stagelearn.analytics.codec.IdentityCodec`)."""
         return self._residual
 
     def intra_reference(self, tiles):
-        """Autoencoder reconstruction of each tile from its quantized latent code.
+        """Autoencoder reconstruction of each tile from its quantized latent code (choosing the codes
+        may use any kernel; the reconstruction is :class:`~stagelearn.analytics.ae_fixed.FixedPointDecoder`'s).
 
         Parameters
         ----------
@@ -62,7 +66,7 @@ class AECodec:
             scales (ndarray of shape (n_tiles,), float32).
         """
         codes, scales = self.model.encode_latents(tiles)
-        return self.model.decode_latents(codes, scales), (codes, scales)
+        return self._decode(codes, scales), (codes, scales)
 
     def side_sections(self, state, intra):
         """Latent codes and scales of the tiles predicted by the autoencoder.
@@ -110,9 +114,9 @@ class AECodec:
         k = int(header["latent_dim"])
         if k != self.model.spec.latent_dim:
             raise ValueError(f"payload latent_dim {k} differs from the model's {self.model.spec.latent_dim}")
-        codes = TransformCodec.unpack(sections["latents"], n_intra, k)
+        codes = unpack_codes(sections["latents"], n_intra, k)
         raw = zstandard.ZstdDecompressor().decompress(bytes(sections["scales"]), max_output_size=4 * n_intra + 64)
         scales = np.frombuffer(raw, dtype=np.float32).copy()
         if scales.size != n_intra or not np.all(np.isfinite(scales)) or (scales < 0).any():
             raise ValueError(f"payload latent scales: {scales.size} for {n_intra} tiles, or not finite and non-negative")
-        return self.model.decode_latents(codes, scales)
+        return self._decode(codes, scales)

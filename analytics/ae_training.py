@@ -33,8 +33,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .autoencoder import TileAutoencoder, validate_spec
-from .comm_ledger import CommLedger
+from .autoencoder import TileAutoencoder, named_arrays, validate_spec
+from .comm_counter import CommCounter
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +156,10 @@ class AETrainer:
     net_ : TileAutoencoder
         The model being trained, on ``device_``.
     device_ : torch.device
-    ledger : CommLedger
-        Payload bytes and rounds of this rank, counted as in :mod:`.comm_ledger`
+    optimizer_ : torch.optim.Adam
+        The optimizer (its moments are this rank's: checkpoints save them per rank).
+    counter : CommCounter
+        Payload bytes and rounds of this rank, counted as in :mod:`.comm_counter`
         (also when ``comm`` has one rank and nothing is sent).
     n_samples_seen_ : int
         Tiles passed to ``partial_fit`` on all ranks.
@@ -179,6 +181,9 @@ class AETrainer:
     ``(size - 1) * 4 * P`` bytes counted at rank 0).
     """
 
+    kind = "ae"  # the learner protocol of :mod:`.learners` (an Encoder takes it as is)
+
+
     def __init__(self, spec, *, comm=None, mode="ddp", sync_every=8, lr=1e-3, batch_size=256,
                  iterations_per_step=20, device="auto", seed=0, buffer=None, backend="gloo", timeout_s=60,
                  host="127.0.0.1"):
@@ -193,7 +198,7 @@ class AETrainer:
         self.mode, self.sync_every, self.lr = mode, int(sync_every), float(lr)
         self.batch_size, self.iterations_per_step = int(batch_size), int(iterations_per_step)
         self.device, self.seed, self.buffer = device, seed, buffer
-        self.ledger = CommLedger(self.comm)
+        self.counter = CommCounter(self.comm)
         self._rank, self._size = self.comm.Get_rank(), self.comm.Get_size()
         if self._size > 1:
             init_process_group_from_mpi(self.comm, timeout_s=timeout_s, backend=backend, host=host)
@@ -213,23 +218,27 @@ class AETrainer:
         flat = torch.nn.utils.parameters_to_vector(self.net_.parameters()).detach()
         if self._size > 1:
             dist.broadcast(flat, src=0)
-        self.ledger.bytes_sent += flat.numel() * 4 * (self._size - 1) if self._rank == 0 else 0
-        self.ledger.rounds += 1
+        self.counter.bytes_sent += flat.numel() * 4 * (self._size - 1) if self._rank == 0 else 0
+        self.counter.rounds += 1
         torch.nn.utils.vector_to_parameters(flat, self.net_.parameters())
-        self._opt = torch.optim.Adam(self.net_.parameters(), lr=self.lr)
+        self.optimizer_ = torch.optim.Adam(self.net_.parameters(), lr=self.lr)
         self._rng = np.random.default_rng([seed, self._rank])
         self.n_samples_seen_, self.n_iter_, self.loss_, self._calls = 0, 0, math.nan, 0
 
     # ------------------------------------------------------------------ accounting
     @property
     def bytes_communicated(self):
-        """Payload bytes this rank sent (``ledger.bytes_sent``)."""
-        return self.ledger.bytes_sent
+        """Payload bytes this rank sent (``counter.bytes_sent``)."""
+        return self.counter.bytes_sent
 
     @property
     def rounds(self):
-        """Communication rounds (``ledger.rounds``)."""
-        return self.ledger.rounds
+        """Communication rounds (``counter.rounds``)."""
+        return self.counter.rounds
+
+    def model_arrays(self):
+        """The arrays an encoder carries (:func:`~.autoencoder.named_arrays`, float32)."""
+        return named_arrays(self.model)
 
     @property
     def model(self):
@@ -237,11 +246,11 @@ class AETrainer:
         return self.net_ if self.device_.type == "cpu" else copy.deepcopy(self.net_).cpu()
 
     def _allreduce(self, flat):
-        """Sum a 1-D float32 tensor over ranks, in place; counted in ``ledger``."""
+        """Sum a 1-D float32 tensor over ranks, in place; counted in ``counter``."""
         if self._size > 1:
             dist.all_reduce(flat)
-        self.ledger.bytes_sent += flat.numel() * flat.element_size()
-        self.ledger.rounds += 1
+        self.counter.bytes_sent += flat.numel() * flat.element_size()
+        self.counter.rounds += 1
         return flat
 
     # ------------------------------------------------------------------ training
@@ -256,7 +265,7 @@ class AETrainer:
         elif not np.all(np.isfinite(tiles)):
             error = "tiles contain NaN or Inf; remove or flag those tiles before partial_fit"
         n = tiles.shape[0] if error is None else 0
-        total = self.ledger.allreduce(np.array([n, error is not None]))
+        total = self.counter.allreduce(np.array([n, error is not None]))
         if total[1]:
             raise ValueError(error or "another rank passed an invalid batch to partial_fit")
         return int(total[0])
@@ -314,7 +323,7 @@ class AETrainer:
         if self.mode == "ddp":
             for _ in range(T):
                 batch = self._minibatch(tiles)
-                self._opt.zero_grad(set_to_none=True)
+                self.optimizer_.zero_grad(set_to_none=True)
                 sse = torch.zeros((), device=self.device_)
                 if len(batch):
                     sse = self._sse(batch)
@@ -325,16 +334,16 @@ class AETrainer:
                 n_seen, sse_total = n_seen + n_batch, sse_total + flat[-1].item()
                 if n_batch > 0:
                     self._set_grads(flat[:-2] / (n_batch * d))
-                    self._opt.step()
+                    self.optimizer_.step()
         else:
             weight, sse_local = 0, 0.0
             for it in range(1, T + 1):
                 batch = self._minibatch(tiles)
                 if len(batch):
-                    self._opt.zero_grad(set_to_none=True)
+                    self.optimizer_.zero_grad(set_to_none=True)
                     sse = self._sse(batch)
                     (sse / (len(batch) * d)).backward()
-                    self._opt.step()
+                    self.optimizer_.step()
                     weight, sse_local = weight + len(batch), sse_local + sse.item()
                 if it % self.sync_every == 0 or it == T:
                     n, s = self._average(weight, sse_local)

@@ -6,7 +6,8 @@ from typing import Annotated, List, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN or inf is never a meaningful setting here
+# NaN or inf is never a meaningful setting here; frozen: a loaded configuration is a value
+_STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
 class AutoencoderConfig(BaseModel):
@@ -122,7 +123,7 @@ class CodecConfig(BaseModel):
 class AnomalyConfig(BaseModel):
     """``anomaly:`` section: flag tiles the current encoder reconstructs unusually badly."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(False, description="Score tiles, send flagged ones raw, list them in anomalies.csv.")
     method: Literal["threshold", "topk"] = Field("threshold", description="Flag scores above `threshold`, or the `top_k` per block.")

@@ -4,7 +4,7 @@ Every algorithm finds the ``k`` leading eigenvectors of the global covariance
 ``C = sum_r A_r``, where rank ``r`` holds only ``A_r = S_r / (n - 1)``, its scatter about the
 *global* mean (one all-reduce of ``n_r`` and the local sums gives that mean, so between-rank mean
 differences are part of ``C``). They differ in what they communicate, counted by one
-:class:`~stagelearn.analytics.comm_ledger.CommLedger` (payload bytes and rounds):
+:class:`~stagelearn.analytics.comm_counter.CommCounter` (payload bytes and rounds):
 
 =============  ==========================================  ========================================
 algorithm      one round                                   reference
@@ -23,8 +23,8 @@ algorithm      one round                                   reference
 =============  ==========================================  ========================================
 
 :func:`solve` runs one algorithm for one problem with a stopping rule and records the subspace
-error after every round; :class:`DistributedPCA` wraps them as a streaming estimator with the
-scikit-learn API.
+error after every round; :class:`~stagelearn.analytics.learners.distributed_pca.DistributedPCA`
+wraps them as a streaming estimator with the scikit-learn API.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import math
 
 import numpy as np
 
-from .comm_ledger import CommLedger
+from .comm_counter import CommCounter
 
 ALGORITHMS = ("exact", "oneshot", "subspace", "oja", "iag", "gossip", "warm_ritz")
 
@@ -58,13 +58,13 @@ def top_eigvecs(A, k):
     return V[:, ::-1][:, :k], w[::-1][:k]
 
 
-def local_problem(X, ledger):
+def local_problem(X, counter):
     """This rank's share ``A_r`` of the global covariance, from its samples (one all-reduce).
 
     Parameters
     ----------
     X : ndarray of shape (n_samples, n_features)
-    ledger : CommLedger
+    counter : CommCounter
 
     Returns
     -------
@@ -76,7 +76,7 @@ def local_problem(X, ledger):
         Global sample count.
     """
     X = np.asarray(X, dtype=np.float64)
-    s = ledger.allreduce(np.concatenate([[X.shape[0]], X.sum(axis=0)]))
+    s = counter.allreduce(np.concatenate([[X.shape[0]], X.sum(axis=0)]))
     n, mean = s[0], s[1:] / max(s[0], 1)
     Xc = X - mean
     return Xc.T @ Xc / max(n - 1, 1), mean, int(n)
@@ -133,16 +133,16 @@ def mixing_second_eigenvalue(graph):
 class Solve:
     """State and history of one run: ``V`` (this rank's basis), ``history`` of (rounds, bytes, sin theta)."""
 
-    def __init__(self, ledger, reference=None):
-        self.ledger, self.reference = ledger, reference
+    def __init__(self, counter, reference=None):
+        self.counter, self.reference = counter, reference
         self.history = []
 
     def record(self, V):
         if self.reference is not None:
-            self.history.append((self.ledger.rounds, self.ledger.bytes_sent, sin_theta(V, self.reference)))
+            self.history.append((self.counter.rounds, self.counter.bytes_sent, sin_theta(V, self.reference)))
 
 
-def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, reference=None, ledger=None,
+def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, reference=None, counter=None,
           seed=0, oja_local_steps=4, gossip_steps=4, graph=None, guard=None):
     """Run one distributed PCA algorithm on the local shares ``A_r`` (collective over ``comm``).
 
@@ -165,7 +165,7 @@ def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, referen
         an error bound.
     reference : ndarray of shape (d, k), optional
         The exact basis; when given, the error is recorded after every round.
-    ledger : CommLedger, optional
+    counter : CommCounter, optional
     graph : list of list of int, optional
         Neighbours of every rank for ``gossip`` (default: ring).
     guard : ndarray of shape (d, 1), optional
@@ -178,26 +178,26 @@ def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, referen
     info : dict
         ``rounds``, ``bytes_sent`` (this rank), ``history``, ``guard`` (for the next ``warm_ritz``).
     """
-    ledger = ledger or CommLedger(comm)
+    counter = counter or CommCounter(comm)
     d = A_r.shape[0]
     p = comm.Get_size()
-    run = Solve(ledger, reference)
+    run = Solve(counter, reference)
     if V0 is None:
         V0 = orthonormal(np.random.default_rng(seed).normal(size=(d, k)))
     info = {}
     if algorithm == "exact":
-        V, _ = top_eigvecs(ledger.allreduce(A_r), k)
+        V, _ = top_eigvecs(counter.allreduce(A_r), k)
         run.record(V)
     elif algorithm == "oneshot":
         Vr, _ = top_eigvecs(A_r, k)
-        bases = ledger.allgather(Vr)
+        bases = counter.allgather(Vr)
         V, _ = top_eigvecs(sum(B @ B.T for B in bases) / p, k)
         run.record(V)
     else:
         step = {"subspace": _subspace, "oja": _oja, "iag": _iag, "gossip": _gossip, "warm_ritz": _warm_ritz}[algorithm]
-        V = step(A_r, V0, k, comm, ledger, run, tol=tol, max_rounds=max_rounds, oja_local_steps=oja_local_steps,
+        V = step(A_r, V0, k, comm, counter, run, tol=tol, max_rounds=max_rounds, oja_local_steps=oja_local_steps,
                  gossip_steps=gossip_steps, graph=graph, guard=guard, info=info)
-    info.update(rounds=ledger.rounds, bytes_sent=ledger.bytes_sent, history=run.history)
+    info.update(rounds=counter.rounds, bytes_sent=counter.bytes_sent, history=run.history)
     return V, info
 
 
@@ -221,11 +221,11 @@ def _iterate(update, V, comm, run, tol, max_rounds):
     return V
 
 
-def _subspace(A_r, V, k, comm, ledger, run, *, tol, max_rounds, **_):
-    return _iterate(lambda V: orthonormal(ledger.allreduce(A_r @ V)), V, comm, run, tol, max_rounds)
+def _subspace(A_r, V, k, comm, counter, run, *, tol, max_rounds, **_):
+    return _iterate(lambda V: orthonormal(counter.allreduce(A_r @ V)), V, comm, run, tol, max_rounds)
 
 
-def _oja(A_r, V, k, comm, ledger, run, *, tol, max_rounds, oja_local_steps, **_):
+def _oja(A_r, V, k, comm, counter, run, *, tol, max_rounds, oja_local_steps, **_):
     """Local Oja/power steps on p * A_r (a local estimate of C), averaged every H steps."""
     p = comm.Get_size()
     scale = 1.0 / max(np.linalg.norm(A_r * p, 2), 1e-300)
@@ -234,12 +234,12 @@ def _oja(A_r, V, k, comm, ledger, run, *, tol, max_rounds, oja_local_steps, **_)
         W = V
         for _ in range(oja_local_steps):
             W = orthonormal(W + scale * p * (A_r @ W))
-        return orthonormal(ledger.allreduce(W) / p)
+        return orthonormal(counter.allreduce(W) / p)
 
     return _iterate(update, V, comm, run, tol, max_rounds)
 
 
-def _iag(A_r, V, k, comm, ledger, run, *, tol, max_rounds, **_):
+def _iag(A_r, V, k, comm, counter, run, *, tol, max_rounds, **_):
     """Incremental aggregated Riemannian gradient ascent on the Stiefel manifold.
 
     Each rank stores its last gradient ``g_r = A_r V_{t_r}``; the aggregate ``G = sum_r g_r`` is
@@ -249,11 +249,11 @@ def _iag(A_r, V, k, comm, ledger, run, *, tol, max_rounds, **_):
     """
     p, r = comm.Get_size(), comm.Get_rank()
     g = A_r @ V
-    G = ledger.allreduce(g)  # initial full aggregation
+    G = counter.allreduce(g)  # initial full aggregation
     rounds_since_check = 0
     for t in range(max_rounds):
         i = t % p
-        delta = ledger.bcast((A_r @ V - g) if r == i else np.zeros_like(g), root=i)
+        delta = counter.bcast((A_r @ V - g) if r == i else np.zeros_like(g), root=i)
         if r == i:
             g = g + delta
         G = G + delta
@@ -268,7 +268,7 @@ def _iag(A_r, V, k, comm, ledger, run, *, tol, max_rounds, **_):
     return V
 
 
-def _gossip(A_r, V, k, comm, ledger, run, *, tol, max_rounds, gossip_steps, graph, **_):
+def _gossip(A_r, V, k, comm, counter, run, *, tol, max_rounds, gossip_steps, graph, **_):
     """Decentralised power iteration with gradient tracking and Chebyshev-accelerated gossip (DeEPCA)."""
     p, r = comm.Get_size(), comm.Get_rank()
     graph = graph or ring_graph(p)
@@ -280,7 +280,7 @@ def _gossip(A_r, V, k, comm, ledger, run, *, tol, max_rounds, gossip_steps, grap
     def mix(S):
         prev, cur = S, S
         for _ in range(gossip_steps):
-            got = ledger.neighbours(cur, nbrs) if nbrs else {}
+            got = counter.neighbours(cur, nbrs) if nbrs else {}
             wcur = weights[r] * cur + sum(weights[j] * got[j] for j in nbrs)
             prev, cur = cur, (1 + eta) * wcur - eta * prev
         return cur
@@ -301,7 +301,7 @@ def _gossip(A_r, V, k, comm, ledger, run, *, tol, max_rounds, gossip_steps, grap
     return V
 
 
-def _warm_ritz(A_r, V, k, comm, ledger, run, *, tol, max_rounds, info, guard=None, **_):
+def _warm_ritz(A_r, V, k, comm, counter, run, *, tol, max_rounds, info, guard=None, **_):
     """Warm-started subspace tracking with an a-posteriori stopping estimate: ours.
 
     Each round is one all-reduce of ``A_r X`` for ``X = [V, g]`` (``k`` columns plus one guard
@@ -317,7 +317,7 @@ def _warm_ritz(A_r, V, k, comm, ledger, run, *, tol, max_rounds, info, guard=Non
     g = guard if guard is not None and guard.shape == (d, 1) else np.random.default_rng(4321).normal(size=(d, 1))
     X = orthonormal(np.hstack([V, g]))
     for _ in range(max_rounds):
-        W = ledger.allreduce(A_r @ X, dtype=np.float32)
+        W = counter.allreduce(A_r @ X, dtype=np.float32)
         w, Q = np.linalg.eigh(X.T @ W)
         Q, w = Q[:, ::-1], w[::-1]
         X, W = X @ Q, W @ Q
@@ -331,112 +331,3 @@ def _warm_ritz(A_r, V, k, comm, ledger, run, *, tol, max_rounds, info, guard=Non
             break
     info["guard"] = X[:, k:]
     return X[:, :k]
-
-
-# ----------------------------------------------------------------------------- estimator
-class DistributedPCA:
-    """Streaming PCA over ranks with a selectable distributed algorithm (scikit-learn API).
-
-    ``partial_fit`` folds this rank's batch into its local statistics and runs the algorithm,
-    warm-started from the current basis, until the basis moves less than ``tol / 10``.
-
-    Parameters
-    ----------
-    n_components : int
-    algorithm : str, default="warm_ritz"
-        One of :data:`ALGORITHMS`.
-    tol : float, default=1e-3
-    max_rounds : int, default=50
-        Per ``partial_fit``.
-    comm : mpi4py.MPI.Comm or None
-        ``partial_fit`` is collective over it; None means ``MPI.COMM_SELF``.
-    graph : list of list of int, optional
-        Neighbours per rank for ``gossip`` (e.g. the simulation's decomposition adjacency).
-
-    Attributes
-    ----------
-    components_ : ndarray of shape (n_components, n_features)
-    explained_variance_, explained_variance_ratio_ : ndarray of shape (n_components,)
-    mean_ : ndarray of shape (n_features,)
-    n_samples_seen_ : int
-    n_components_ : int
-    bytes_sent_ : int
-        Payload bytes this rank sent so far (:class:`CommLedger`).
-    rounds_ : int
-    """
-
-    def __init__(self, n_components, *, algorithm="warm_ritz", tol=1e-3, max_rounds=50, comm=None, graph=None):
-        self.n_components = n_components
-        self.algorithm = algorithm
-        self.tol = tol
-        self.max_rounds = max_rounds
-        self.comm = comm
-        self.graph = graph
-
-    def partial_fit(self, X, y=None):
-        """Update with this rank's batch (collective). Returns ``self``.
-
-        Raises
-        ------
-        ValueError
-            On an unknown algorithm or a batch whose feature count differs from earlier ones.
-        """
-        from mpi4py import MPI
-
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"algorithm={self.algorithm!r}; choose one of {ALGORITHMS}")
-        comm = self.comm or MPI.COMM_SELF
-        if not hasattr(self, "_ledger"):
-            self._ledger = CommLedger(comm)
-        X = np.asarray(X, dtype=np.float64)
-        d = X.shape[1]
-        k = int(self.n_components)
-        if not 1 <= k <= d - (1 if self.algorithm == "warm_ritz" else 0):
-            raise ValueError(f"n_components={k} must be in [1, {d - (self.algorithm == 'warm_ritz')}] for algorithm "
-                             f"{self.algorithm!r} with {d} features (warm_ritz needs one spare direction)")
-        # local sufficient statistics about the local mean (pairwise update, no raw moments);
-        # the global mean and count travel in one all-reduce
-        if not hasattr(self, "_n"):
-            self._n, self._mean, self._scatter = 0, np.zeros(d), np.zeros((d, d))
-        if d != self._mean.size:
-            raise ValueError(f"Number of input features has changed from {self._mean.size} to {d} between calls to partial_fit")
-        nb = X.shape[0]
-        if nb:
-            mb = X.mean(axis=0)
-            Xc = X - mb
-            delta = mb - self._mean
-            tot_n = self._n + nb
-            self._scatter += Xc.T @ Xc + np.outer(delta, delta) * (self._n * nb / tot_n)
-            self._mean = self._mean + delta * (nb / tot_n)
-            self._n = tot_n
-        tot = self._ledger.allreduce(np.concatenate([[self._n], self._n * self._mean]))
-        n, mean = tot[0], tot[1:] / max(tot[0], 1)
-        if n < 2:
-            return self
-        # this rank's scatter about the global mean, scaled so that the shares sum to the covariance
-        shift = self._mean - mean
-        A_r = (self._scatter + self._n * np.outer(shift, shift)) / (n - 1)
-        V0 = self.components_.T if hasattr(self, "components_") else None
-        V, info = solve(self.algorithm, A_r, k, comm, V0=V0, tol=self.tol, max_rounds=self.max_rounds,
-                        ledger=self._ledger, graph=self.graph, guard=getattr(self, "_guard", None))
-        self._guard = info.get("guard", getattr(self, "_guard", None))
-        total_var = self._ledger.allreduce(np.array([np.trace(A_r)]))[0]
-        lam = np.diag(V.T @ self._ledger.allreduce(A_r @ V))
-        order = np.argsort(lam)[::-1]
-        self.components_ = V[:, order].T
-        self.explained_variance_ = lam[order]
-        self.explained_variance_ratio_ = lam[order] / total_var if total_var > 0 else np.zeros(k)
-        self.mean_ = mean
-        self.n_samples_seen_ = int(n)
-        self.n_components_ = k
-        self.n_features_in_ = d
-        self.bytes_sent_, self.rounds_ = self._ledger.bytes_sent, self._ledger.rounds
-        return self
-
-    def transform(self, X):
-        """Project on the components: ndarray of shape (n_samples, n_components)."""
-        return (np.asarray(X) - self.mean_) @ self.components_.T
-
-    def inverse_transform(self, X):
-        """Back to feature space: ndarray of shape (n_samples, n_features)."""
-        return np.asarray(X) @ self.components_ + self.mean_

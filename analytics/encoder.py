@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .codec import TransformCodec
+from .transform import TransformCodec
 from .framing import pack_frame, unpack_frame
 
 FORMAT = "stagelearn.learned-coder/2"
@@ -135,8 +135,9 @@ class Encoder:
 
         Parameters
         ----------
-        learners : dict of str to IncrementalPCA, DistributedPCA or AETrainer
-            PCA learners give ``mean_`` and ``components_``; trainers give ``spec`` and ``model``.
+        learners : dict of str to learner
+            Any learner of :mod:`stagelearn.analytics.learners` (or an ``AETrainer``): its ``kind``
+            (``"pca"`` or ``"ae"``) and ``model_arrays()``; autoencoders also give ``spec``.
         version, trained_until_step : int
         tile_shapes : dict of str to tuple of int
         ranges : dict of str to (float, float)
@@ -148,14 +149,13 @@ class Encoder:
         variables = {}
         for name, est in learners.items():
             lo, hi = ranges[name]
-            if hasattr(est, "components_"):
+            arrays = est.model_arrays()
+            if est.kind == "pca":
                 variables[name] = VariableModel(tuple(tile_shapes[name]), float(lo), float(hi), "pca",
-                                                est.mean_.astype(np.float32), est.components_.astype(np.float32))
+                                                arrays["mean_"], arrays["components_"])
             else:
-                from .autoencoder import named_arrays
-
                 variables[name] = VariableModel(tuple(tile_shapes[name]), float(lo), float(hi), "ae",
-                                                autoencoder=est.spec.to_dict(), ae_arrays=named_arrays(est.model))
+                                                autoencoder=est.spec.to_dict(), ae_arrays=arrays)
         return cls(int(version), int(trained_until_step), float(raw_fraction), float(psnr_db), variables)
 
     # ------------------------------------------------------------- named arrays + spec

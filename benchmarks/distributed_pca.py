@@ -101,7 +101,7 @@ def quality(comm, A, V, U, mean, held):
 def worker(out):
     from mpi4py import MPI
 
-    from stagelearn.analytics.comm_ledger import CommLedger
+    from stagelearn.analytics.comm_counter import CommCounter
     from stagelearn.analytics.dpca import grid_graph, local_problem, orthonormal, ring_graph, solve
 
     comm = MPI.COMM_WORLD
@@ -112,7 +112,7 @@ def worker(out):
         state = {label: {"V": None, "guard": None} for label, *_ in VARIANTS}
         for t in range(T):
             X, held = data(comm, h, t)
-            A, mean, _ = local_problem(X, CommLedger(comm))
+            A, mean, _ = local_problem(X, CommCounter(comm))
             U, _ = solve("exact", A, K, comm)
             for label, alg, warm, graph in VARIANTS:
                 st = state[label]
@@ -121,7 +121,7 @@ def worker(out):
                 comm.Barrier()
                 t0 = time.perf_counter()
                 V, info = solve(alg, A, K, comm, V0=V0, tol=TOL / 10, max_rounds=max_rounds, reference=U,
-                                graph=graphs.get(graph), guard=st["guard"], ledger=CommLedger(comm))
+                                graph=graphs.get(graph), guard=st["guard"], counter=CommCounter(comm))
                 wall = np.array([time.perf_counter() - t0])
                 comm.Allreduce(MPI.IN_PLACE, wall, op=MPI.MAX)
                 st["V"], st["guard"] = V, info.get("guard", st["guard"])

@@ -10,7 +10,7 @@ from .events import Event
 
 
 class _MockBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     ranks: int = Field(4, ge=1, description="Producer MPI ranks (M).")
     steps: int = Field(2000, ge=1, description="Simulation time steps.")
@@ -65,7 +65,7 @@ class GyrokineticConfig(_MockBase):
 class ExternalSimConfig(BaseModel):
     """An existing simulation code, run unchanged (in-transit mode: it writes with ADIOS2 itself)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["external"] = "external"
     ranks: int = Field(1, ge=1, description="MPI ranks of the simulation (M).")

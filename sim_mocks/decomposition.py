@@ -13,6 +13,10 @@ import numpy as np
 def balanced_split(n, parts, index):
     """Start and count of part ``index`` when ``n`` items are split into ``parts`` (first ones larger).
 
+    The one balanced split of the project: grid axes over simulation ranks here, producer blocks
+    over staging ranks in :func:`stagelearn.staging.wire.assign_blocks` (staging may import this
+    pure function; ``sim_mocks`` never imports ``staging``).
+
     Returns
     -------
     start, count : int

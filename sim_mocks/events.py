@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class Event(BaseModel):
     """One injected event (a list of these is ``simulation.events`` in the run YAML)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["hotspot", "perturbation", "spike"]
     step: int = Field(..., ge=0, description="Output step at which the event starts.")

@@ -77,6 +77,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .decomposition import balanced_split
+
 
 # ----------------------------------------------------------------------------- velocity space
 def uniform_weights(n, h):
@@ -307,8 +309,6 @@ class PhaseSpaceDomain:
 
     def __init__(self, shape, comm, *, dims=None):
         from mpi4py import MPI
-
-        from .decomposition import balanced_split
 
         self.shape = tuple(int(s) for s in shape)
         if len(self.shape) != 5:

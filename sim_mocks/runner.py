@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
+
 from .config import GrayScottConfig, GyrokineticConfig, Heat2DConfig
 from .events import apply_state_events, written_fields
 from .gray_scott import GrayScott3D
+from .gyrokinetic import GyrokineticMock5D
 from .heat2d import AdvectionDiffusion2D
 
 logger = logging.getLogger(__name__)
@@ -23,8 +26,6 @@ def build_simulation(sim_cfg, comm):
                                     amplitude=sim_cfg.amplitude, sigma=sim_cfg.sigma, omega=sim_cfg.omega,
                                     decay=sim_cfg.decay, dt=sim_cfg.dt, comm=comm)
     if isinstance(sim_cfg, GyrokineticConfig):
-        from .gyrokinetic import GyrokineticMock5D
-
         return GyrokineticMock5D(sim_cfg.n_r, sim_cfg.n_theta, sim_cfg.n_phi, sim_cfg.n_vpar, sim_cfg.n_mu, comm=comm,
                                  noise=sim_cfg.noise, dt=sim_cfg.dt, seed=sim_cfg.seed)
     raise TypeError(f"unknown simulation config {type(sim_cfg).__name__}")
@@ -66,8 +67,6 @@ def gather_field(comm, block, start, count, shape, root=0):
     -------
     field : ndarray of ``shape`` (float32) on ``root``, None elsewhere.
     """
-    import numpy as np
-
     from mpi4py import MPI
 
     block = np.ascontiguousarray(block, dtype=np.float32)

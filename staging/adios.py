@@ -1,7 +1,19 @@
-"""The one place that imports ADIOS2: loading, IO declaration, timed steps and a watchdog.
+"""The one module that imports ADIOS2: loading, IO declaration, timed steps and a watchdog.
 
-Uses the ADIOS2 Python bindings (``adios2.bindings``: ``ADIOS``, ``IO``, ``Engine``,
-``Variable``), which mirror the C++ API names used throughout the ADIOS2 documentation.
+Every other module gets the bindings from :func:`bindings` (``adios2.bindings``: ``ADIOS``,
+``IO``, ``Engine``, ``Variable``, ``StepStatus``, which mirror the C++ API names used throughout
+the ADIOS2 documentation) and never imports ``adios2`` itself
+(:func:`adios2_version` for the version string).
+
+Engines (``Open``, ``BeginStep``, ``Put``/``Get``, ``EndStep``, ``Close``) are called only here
+and in the modules that own one end of a stream or file:
+
+- :mod:`.stream`: the staging side's stream readers;
+- :mod:`.stream_writer`: the producers' stream writer;
+- :mod:`.model_channel`: the encoder/acknowledgement channel (both ends);
+- :mod:`.output_writer` and :mod:`.output_reader`: the compressed output file.
+
+:func:`begin_step` returns ADIOS2's ``StepStatus``; readers turn it into their ``status``.
 """
 
 from __future__ import annotations
@@ -34,6 +46,14 @@ def bindings():
             f"cannot import adios2 ({exc}); run `make setup` (builds ADIOS2 with MPI) or `pip install adios2`"
         ) from None
     return b
+
+
+def adios2_version():
+    """Version string of the installed ADIOS2 Python package (``adios2.__version__``)."""
+    bindings()
+    import adios2
+
+    return str(adios2.__version__)
 
 
 def built_with_mpi():
@@ -107,25 +127,22 @@ def begin_step(engine, timeout_s, what):
 
     Returns
     -------
-    status : {"ok", "end", "failed"}
-        ``"end"`` when the writer closed the stream, ``"failed"`` when it went away without
-        closing it (SST reports a dead writer as ``OtherError``).
+    status : adios2.bindings.StepStatus
+        ``OK`` when a step is there, ``EndOfStream`` when the writer closed the stream,
+        ``OtherError`` when it went away without closing it (SST reports a dead writer so; logged).
 
     Raises
     ------
     StreamTimeoutError
-        If no step arrived within ``timeout_s`` seconds.
+        If no step arrived within ``timeout_s`` seconds (``NotReady``).
     """
     b = bindings()
     status = engine.BeginStep(b.StepMode.Read, float(timeout_s))
-    if status == b.StepStatus.OK:
-        return "ok"
-    if status == b.StepStatus.EndOfStream:
-        return "end"
     if status == b.StepStatus.NotReady:
         raise StreamTimeoutError(f"no step on {what} within {timeout_s:g} s (timeouts.step_s); is the writer alive?")
-    logger.error("BeginStep on %s: %s (the writer went away without closing the stream)", what, status)
-    return "failed"
+    if status not in (b.StepStatus.OK, b.StepStatus.EndOfStream):
+        logger.error("BeginStep on %s: %s (the writer went away without closing the stream)", what, status)
+    return status
 
 
 def open_reader(io, path, open_timeout_s, what):

@@ -3,14 +3,17 @@
 ``<run_dir>/checkpoint/`` holds, from staging rank 0, ``learner.npz`` and ``state.json`` (format,
 last step stored, steps learned, encoder version, publications, tile shapes, value ranges, the
 learners' scalars and autoencoder specs), and from every rank ``r`` ``rank<r>.npz`` (autoencoder
-only: its replay buffer and Adam state). Arrays per variable ``X``:
+only: its replay buffer and Adam state). Each learner's part is its ``get_state()`` (``meta`` in
+``state.json``, ``arrays`` in ``learner.npz``, ``rank_arrays`` in ``rank<r>.npz``, every name
+prefixed by ``X/``) and is given back with ``set_state``; this module knows no learner class.
+Arrays per variable ``X``:
 
-- exact PCA (:class:`~stagelearn.analytics.incremental_pca.IncrementalPCA`, the same on every rank):
+- exact PCA (:class:`~stagelearn.analytics.learners.incremental_pca.IncrementalPCA`, the same on every rank):
   ``X/mean_``, ``X/scatter`` (the running scatter matrix: the whole state), ``X/components_`` and
   the other fitted attributes, float64;
-- autoencoder (:class:`~stagelearn.analytics.ae_training.AETrainer`): ``X/ae/<parameter>`` (float32,
+- autoencoder (:class:`~stagelearn.analytics.learners.autoencoder.AutoencoderLearner`): ``X/ae/<parameter>`` (float32,
   :func:`~stagelearn.analytics.autoencoder.named_arrays`); per rank ``X/buffer/{tiles,sources,steps}``
-  and ``X/opt/<i>/{exp_avg,exp_avg_sq,step}``.
+  and ``X/opt/<i>/{exp_avg,exp_avg_sq,step}`` (and ``X/buffer/counts``).
 
 Files are loaded with ``allow_pickle=False``. Each is written under a temporary name and renamed;
 ``state.json`` goes last, and every file carries the number of steps learned, so a checkpoint cut by
@@ -28,19 +31,17 @@ import os
 
 import numpy as np
 
-from ..analytics.incremental_pca import IncrementalPCA
+from ..analytics.learners import checkpointable, learner_kind
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "stagelearn.checkpoint/2"
-_ARRAYS = ("mean_", "components_", "explained_variance_", "explained_variance_ratio_", "singular_values_", "var_")
-_SCALARS = ("n_samples_seen_", "n_features_in_", "n_components_", "noise_variance_")
 
 
 def supported(learner_cfg):
     """True when the configured learner can be checkpointed (exact incremental PCA, or the autoencoder)."""
-    return learner_cfg.type == "autoencoder" or (learner_cfg.type == "pca" and learner_cfg.algorithm == "exact")
+    return checkpointable(learner_cfg)
 
 
 def _write_npz(path, arrays):
@@ -66,8 +67,9 @@ def save(directory, *, learners, step, encoder_version, published, tile_shapes, 
     Parameters
     ----------
     directory : str
-    learners : dict of str to IncrementalPCA or AETrainer
-        Unfitted (None or not yet fitted) learners are skipped.
+    learners : dict of str to learner
+        Learners of the protocol of :mod:`stagelearn.analytics.learners`; those not ``ready``
+        (or None) are skipped.
     step : int
         Last output step stored (rank 0's count).
     encoder_version : int
@@ -85,21 +87,12 @@ def save(directory, *, learners, step, encoder_version, published, tile_shapes, 
     os.makedirs(directory, exist_ok=True)
     model, mine, scalars = {"seen": np.array([int(seen)])}, {"seen": np.array([int(seen)])}, {}
     for var, est in learners.items():
-        if est is None:
+        if est is None or not est.ready:
             continue
-        if hasattr(est, "_scatter"):
-            for name in _ARRAYS:
-                model[f"{var}/{name}"] = np.asarray(getattr(est, name), dtype=np.float64)
-            model[f"{var}/scatter"] = np.asarray(est._scatter, dtype=np.float64)
-            scalars[var] = {"kind": "pca", **{name: getattr(est, name) for name in _SCALARS},
-                            "n_components": est.n_components, "forgetting_factor": est.forgetting_factor}
-        elif hasattr(est, "net_"):
-            from ..analytics.autoencoder import named_arrays
-
-            model.update({f"{var}/ae/{k}": v for k, v in named_arrays(est.model).items()})
-            scalars[var] = {"kind": "ae", "spec": est.spec.to_dict(), "n_samples_seen_": est.n_samples_seen_,
-                            "n_iter_": est.n_iter_}
-            mine.update(_trainer_state(var, est))
+        state = est.get_state()
+        scalars[var] = state["meta"]
+        model.update({f"{var}/{k}": v for k, v in state["arrays"].items()})
+        mine.update({f"{var}/{k}": v for k, v in state["rank_arrays"].items()})
     if rank == 0:
         _write_npz(os.path.join(directory, "learner.npz"), model)
     if len(mine) > 1:
@@ -114,20 +107,6 @@ def save(directory, *, learners, step, encoder_version, published, tile_shapes, 
         json.dump(state, f, indent=1)
     os.replace(tmp, os.path.join(directory, "state.json"))
     logger.info("checkpoint at step %d (encoder version %d) in %s", step, encoder_version, directory)
-
-
-def _trainer_state(var, trainer):
-    """One rank's replay buffer and Adam moments of an autoencoder trainer, as named arrays."""
-    out = {}
-    buf = trainer.buffer
-    if buf is not None and buf.n_features_in_ is not None:
-        out[f"{var}/buffer/tiles"], out[f"{var}/buffer/sources"] = buf.tiles(), buf.sources()
-        out[f"{var}/buffer/steps"] = buf.steps()
-        out[f"{var}/buffer/counts"] = np.array([buf.n_seen_, buf.n_rejected_], dtype=np.int64)
-    for i, st in trainer._opt.state_dict()["state"].items():
-        for key, value in st.items():
-            out[f"{var}/opt/{i}/{key}"] = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
-    return out
 
 
 def check(directory, learner_cfg, source="<config>"):
@@ -153,7 +132,7 @@ def check(directory, learner_cfg, source="<config>"):
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{source}: staging.restart_from: {state_path} is not a {FORMAT} checkpoint")
     kinds = {v.get("kind") for v in state.get("learners", {}).values()}
-    want = "ae" if learner_cfg.type == "autoencoder" else "pca"
+    want = learner_kind(learner_cfg)
     if not kinds:
         raise ConfigError(f"{source}: staging.restart_from: {directory} holds no trained learner yet (written before "
                           "the end of the warm-up)")
@@ -162,7 +141,7 @@ def check(directory, learner_cfg, source="<config>"):
                           f"configures learner.type {learner_cfg.type!r}")
 
 
-def load(directory, comm, make_trainer=None):
+def load(directory, comm, make_learner):
     """Read a checkpoint and rebuild its learners over ``comm`` (collective when it holds autoencoders).
 
     Parameters
@@ -170,14 +149,15 @@ def load(directory, comm, make_trainer=None):
     directory : str
     comm : mpi4py.MPI.Comm
         The staging ranks.
-    make_trainer : callable, optional
-        ``make_trainer(spec) -> AETrainer`` (collective), for autoencoder checkpoints.
+    make_learner : callable
+        ``make_learner(var, tile_shape)``: a fresh learner of the run's configuration, which
+        ``set_state`` then fills (collectively, for the autoencoder).
 
     Returns
     -------
     state : dict
         ``state.json`` with tuples for tile shapes and ranges.
-    learners : dict of str to IncrementalPCA or AETrainer
+    learners : dict of str to learner
 
     Raises
     ------
@@ -199,17 +179,15 @@ def load(directory, comm, make_trainer=None):
     mine_path = os.path.join(directory, f"rank{comm.Get_rank()}.npz")
     mine = _read_npz(mine_path, state["seen"]) if os.path.exists(mine_path) else None
     learners = {}
-    for var, sc in sorted(state["learners"].items()):
-        if sc["kind"] == "pca":
-            est = IncrementalPCA(sc["n_components"], forgetting_factor=sc["forgetting_factor"], comm=comm)
-            for name in _ARRAYS:
-                setattr(est, name, arrays[f"{var}/{name}"])
-            est._scatter = arrays[f"{var}/scatter"]
-            for name in _SCALARS:
-                setattr(est, name, sc[name])
-        else:
-            est = _load_trainer(var, sc, arrays, mine, make_trainer, mine_path)
-        learners[var] = est
+    for var, meta in sorted(state["learners"].items()):
+        prefix = f"{var}/"
+        own = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+        rank_arrays = None if mine is None else {k[len(prefix):]: v for k, v in mine.items() if k.startswith(prefix)}
+        est = make_learner(var, tuple(state["tile_shapes"][var]))
+        if est.kind != meta["kind"]:
+            raise ConfigError(f"{state_path}: variable {var} holds a {meta['kind']!r} learner, the run trains "
+                              f"{est.kind!r}")
+        learners[var] = est.set_state({"meta": meta, "arrays": own, "rank_arrays": rank_arrays})
     state["tile_shapes"] = {k: tuple(v) for k, v in state["tile_shapes"].items()}
     state["ranges"] = {k: tuple(v) for k, v in state["ranges"].items()}
     return state, learners
@@ -222,31 +200,3 @@ def _read_npz(path, seen):
         raise ConfigError(f"{path} is of another checkpoint ({int(arrays['seen'][0])} steps learned, state.json says "
                           f"{seen}; a write was cut short); use an intact checkpoint")
     return arrays
-
-
-def _load_trainer(var, sc, arrays, mine, make_trainer, mine_path):
-    import torch
-
-    from ..analytics.autoencoder import from_arrays
-
-    if make_trainer is None:
-        raise ConfigError("an autoencoder checkpoint needs make_trainer to rebuild its trainer")
-    trainer = make_trainer(sc["spec"])
-    prefix = f"{var}/ae/"
-    weights = from_arrays(sc["spec"], {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
-    trainer.net_.load_state_dict(weights.state_dict())
-    trainer.n_samples_seen_, trainer.n_iter_ = sc["n_samples_seen_"], sc["n_iter_"]
-    if mine is None:
-        logger.warning("%s: no %s (a different number of staging ranks?): this rank starts with an empty replay "
-                       "buffer and fresh optimizer moments", var, os.path.basename(mine_path))
-        return trainer
-    if f"{var}/buffer/tiles" in mine and trainer.buffer is not None:
-        trainer.buffer.add(mine[f"{var}/buffer/tiles"], mine[f"{var}/buffer/sources"], mine[f"{var}/buffer/steps"])
-        trainer.buffer.n_seen_, trainer.buffer.n_rejected_ = (int(x) for x in mine[f"{var}/buffer/counts"])
-    opt = trainer._opt.state_dict()
-    for i in range(len(opt["param_groups"][0]["params"])):
-        keys = {k.rsplit("/", 1)[1]: v for k, v in mine.items() if k.startswith(f"{var}/opt/{i}/")}
-        if keys:
-            opt["state"][i] = {k: torch.as_tensor(v) for k, v in keys.items()}
-    trainer._opt.load_state_dict(opt)
-    return trainer

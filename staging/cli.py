@@ -57,6 +57,12 @@ def exit_code_for(exc):
     return 1
 
 
+def _print_error(command, exc):
+    """``stagelearn COMMAND: error: ...`` on stderr, one line per problem of a ConfigError listing several."""
+    for problem in getattr(exc, "problems", None) or (exc,):
+        print(f"stagelearn {command}: error: {problem}", file=sys.stderr, flush=True)
+
+
 def _setup_logging(level, tag=""):
     fmt = f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s" if tag else "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, datefmt="%H:%M:%S", stream=sys.stderr)
@@ -141,7 +147,7 @@ def _launch(args):
 # --- end `stagelearn launch` ---
 
 
-# --- `stagelearn xml`: the simulation's adios2.xml for streaming to stagelearn (generation/check in .xmlgen) ---
+# --- `stagelearn xml`: the simulation's adios2.xml for streaming to stagelearn (.xmlgen), a check of one (.xmllint) ---
 def _add_xml_parser(sub):
     xp = sub.add_parser("xml", help="write the ADIOS2 XML a simulation needs to stream to stagelearn, or check one")
     xp.add_argument("config", nargs="?", help="run YAML (not with --inspect)")
@@ -155,7 +161,8 @@ def _add_xml_parser(sub):
 
 def _xml(args):
     from .config import load_config
-    from .xmlgen import check, generate
+    from .xmlgen import generate
+    from .xmllint import check
 
     if args.inspect:
         return _xml_inspect(args)
@@ -184,7 +191,7 @@ def _xml(args):
 
 def _xml_inspect(args):
     """``xml --inspect FILE``: one line per IO, then the findings; ConfigError (exit 2) on any error."""
-    from .xmlgen import inspect
+    from .xmllint import inspect
 
     if args.config or args.check or args.output or args.io:
         raise UsageError("xml: --inspect takes only the file (no run YAML, --check, --io or -o)")
@@ -244,7 +251,7 @@ def _run_side(args, side):
         if code == 1:
             logger.exception("%s failed", side)
         else:
-            print(f"stagelearn {side}: error: {exc}", file=sys.stderr, flush=True)
+            _print_error(side, exc)
         if comm.Get_size() > 1 and not isinstance(exc, (Interrupted, PeerLostError)):
             import time
 
@@ -256,7 +263,7 @@ def _run_side(args, side):
 def _decode(args):
     import numpy as np
 
-    from .output import CompressedOutputReader
+    from .output_reader import CompressedOutputReader
 
     if args.latents:
         return _export_latents(args)
@@ -271,18 +278,9 @@ def _decode(args):
         if args.output.endswith(".npy"):
             np.save(args.output, field)
         elif args.output.endswith(".bp"):
-            from .adios import bindings
+            from .output_writer import write_field_bp
 
-            b = bindings()
-            ad = b.ADIOS()
-            io = ad.DeclareIO("decoded")
-            io.SetEngine("BP5")
-            var = io.DefineVariable(args.var, field, list(field.shape), [0] * field.ndim, list(field.shape))
-            eng = io.Open(args.output, b.Mode.Write)
-            eng.BeginStep()
-            eng.Put(var, field, b.Mode.Sync)
-            eng.EndStep()
-            eng.Close()
+            write_field_bp(args.output, args.var, field)
         else:
             raise UsageError(f"--output {args.output}: use a .npy or .bp file name")
     print(f"{args.var} step {args.step}: shape {field.shape}, min {np.nanmin(field):.6g}, max {np.nanmax(field):.6g}, mean {np.nanmean(field):.6g}"
@@ -292,33 +290,11 @@ def _decode(args):
 
 def _export_latents(args):
     """``decode --latents``: per-tile codes and tile positions, one row per (step, tile), to .npz."""
-    import numpy as np
-
-    from .output import CompressedOutputReader
+    from .latents_export import export_latents
 
     if not args.var or not args.output or not args.output.endswith(".npz"):
         raise UsageError("decode --latents: give --var and -o FILE.npz")
-    reader = CompressedOutputReader(args.file)
-    steps = [args.step] if args.step is not None else reader.steps
-    rows = {"step": [], "origin": [], "latents": [], "encoder_version": []}
-    for step in steps:
-        try:
-            origin, latents, version = reader.latents(step, args.var)
-        except StagelearnError:
-            if args.step is not None:
-                raise
-            continue  # warm-up steps before the first encoder
-        rows["step"].append(np.full(len(origin), step))
-        rows["origin"].append(origin)
-        rows["latents"].append(latents)
-        rows["encoder_version"].append(version)
-    if not rows["step"]:
-        raise StagelearnError(f"{args.file}: no coded steps of {args.var}")
-    arrays = {k: np.concatenate(v) for k, v in rows.items()}
-    np.savez(args.output, **arrays)  # plain .npy members; load with np.load(..., allow_pickle=False)
-    versions = sorted(set(arrays["encoder_version"].tolist()))
-    print(f"{args.var}: {len(arrays['step'])} tiles x {arrays['latents'].shape[1]} latents from {len(rows['step'])} steps "
-          f"-> {args.output} (encoder versions {versions}: each has its own basis; compare latents within one version)")
+    print(export_latents(args.file, args.var, args.output, args.step))
     return 0
 
 
@@ -339,11 +315,9 @@ def _info():
     except ImportError as exc:
         lines.append(f"mpi4py: not available ({exc})")
     try:
-        from .adios import bindings
+        from .adios import adios2_version, built_with_mpi
 
-        import adios2
-
-        lines.append(f"adios2 {adios2.__version__}; built with MPI: {bool(bindings().is_built_with_mpi)}")
+        lines.append(f"adios2 {adios2_version()}; built with MPI: {built_with_mpi()}")
     except (ImportError, StagelearnError) as exc:
         lines.append(f"adios2: not available ({exc})")
     try:
@@ -400,7 +374,7 @@ def main(argv=None):
             return launch(args)
         if args.command == "report":
             from .config import load_config
-            from .launcher import report
+            from .report import report
 
             cfg = load_config(args.config)
             return report(cfg, args.run_dir or str(cfg.run_dir))
@@ -409,6 +383,6 @@ def main(argv=None):
         if code == 1 and not isinstance(exc, StagelearnError):  # unexpected: keep the traceback
             logger.exception("stagelearn %s failed", args.command)
         else:
-            print(f"stagelearn {args.command}: error: {exc}", file=sys.stderr)
+            _print_error(args.command, exc)
         return code
     return 2

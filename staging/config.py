@@ -2,8 +2,11 @@
 
 ``load_config(path)`` reads the file with ``yaml.safe_load``, validates it (unknown keys are
 errors), resolves paths relative to the YAML file, and checks that the IO names exist in the
-ADIOS2 XML. Every problem raises :class:`~stagelearn.staging.errors.ConfigError` with one line
-naming the file, the key path, the bad value and the fix.
+ADIOS2 XML. Problems raise :class:`~stagelearn.staging.errors.ConfigError`, listing every one
+found at that stage, each naming the file, the key path, the bad value and the fix.
+
+The models are frozen: a loaded configuration is a value. Derive a changed one with
+``cfg.model_copy(update={...})`` (as :func:`load_config` does for resolved paths).
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from ..analytics.config import AnomalyConfig, CodecConfig, LearnerConfig
 from ..sim_mocks.config import ExternalSimConfig, GrayScottConfig, GyrokineticConfig, Heat2DConfig
+from . import checkpoint
 from .errors import ConfigError
+from .wire import SST_QUEUE_DEFAULTS
 from .xmlconfig import read_ios
+
+_FROZEN = ConfigDict(extra="forbid", frozen=True)
 
 
 def default_xml():
@@ -30,7 +37,7 @@ def default_xml():
 class Adios2Config(BaseModel):
     """``adios2:`` section: XML file, IO names and stream layout."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _FROZEN
 
     config_file: Optional[str] = Field(None, description="ADIOS2 XML, relative to the YAML; default: packaged stagelearn.xml.")
     stream_io: str = Field("SimulationOutput", description="IO of the simulation's output stream.")
@@ -55,7 +62,7 @@ class Adios2Config(BaseModel):
 class StagingConfig(BaseModel):
     """``staging:`` section."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _FROZEN
 
     ranks: int = Field(2, ge=1, description="Staging MPI ranks (N).")
     variables: Optional[List[str]] = Field(None, description="Variables to learn; default: all found on the stream.")
@@ -79,7 +86,7 @@ class StagingConfig(BaseModel):
 class FallbackConfig(BaseModel):
     """``fallback:`` section: where producers write when staging is gone."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _FROZEN
 
     dir: Optional[str] = Field(None, description="Directory for the per-rank fallback BP5 files (node-local disk on a "
                                "cluster); default <run_dir>/fallback.")
@@ -90,7 +97,7 @@ class FallbackConfig(BaseModel):
 class MetricsConfig(BaseModel):
     """``metrics:`` section."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _FROZEN
 
     sz3_every: int = Field(
         5, ge=0, description="Producers also compress every n-th encoded step with SZ3 at the PSNR reached (0: never)."
@@ -100,7 +107,7 @@ class MetricsConfig(BaseModel):
 class TimeoutConfig(BaseModel):
     """``timeouts:`` section (seconds). Every blocking wait uses one of these."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _FROZEN
 
     open_s: float = Field(60.0, gt=0, description="Waiting for the other side to open a stream.")
     step_s: float = Field(120.0, gt=0, description="Waiting for one step (reader BeginStep, writer EndStep).")
@@ -112,7 +119,7 @@ class TimeoutConfig(BaseModel):
 class RunConfig(BaseModel):
     """A whole run: simulation, staging, learner, codec, anomaly, ADIOS2, metrics, timeouts."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = _FROZEN
 
     run_name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = Field("results", description="Results go to <output_dir>/<run_name>/ (relative to the cwd).")
@@ -174,13 +181,15 @@ def load_config(path):
     Returns
     -------
     config : RunConfig
-        With ``adios2.config_file`` resolved to an existing path.
+        Frozen; ``source`` is ``path``, ``adios2.config_file`` is resolved to an existing path and
+        the stream's SST queue settings are settled (:func:`resolve_stream_params`).
 
     Raises
     ------
     ConfigError
         On a missing file, invalid YAML, an unknown key, a wrong type or value, or an IO name
-        missing from the ADIOS2 XML.
+        missing from the ADIOS2 XML. Every validation error of the file is listed (``problems``),
+        each naming the file and the key.
     """
     path = str(path)
     try:
@@ -199,70 +208,96 @@ def load_config(path):
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        raise ConfigError(_format_error(path, errors[0]) + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else "")) from None
-    cfg.source = path
+        raise ConfigError.from_problems([_format_error(path, err) for err in exc.errors()], path) from None
     base = os.path.dirname(os.path.abspath(path))
     xml = cfg.adios2.config_file
-    cfg.adios2.config_file = os.path.normpath(os.path.join(base, xml)) if xml else default_xml()
+    update = {"source": path, "adios2": _updated(cfg.adios2, config_file=os.path.normpath(os.path.join(base, xml))
+                                                  if xml else default_xml())}
     if cfg.simulation.type == "external":  # script and config files named relative to the YAML, like the XML
-        cfg.simulation.command = [_resolve_file_arg(a, base, cfg.staging.stream) for a in cfg.simulation.command]
+        update["simulation"] = _updated(cfg.simulation, command=[_resolve_file_arg(a, base, cfg.staging.stream)
+                                                                 for a in cfg.simulation.command])
     if cfg.staging.restart_from:
-        from .checkpoint import check
-
-        cfg.staging.restart_from = os.path.normpath(os.path.join(base, cfg.staging.restart_from))
-        check(cfg.staging.restart_from, cfg.learner, path)
+        restart = os.path.normpath(os.path.join(base, cfg.staging.restart_from))
+        checkpoint.check(restart, cfg.learner, path)
+        update["staging"] = _updated(cfg.staging, restart_from=restart)
+    cfg = cfg.model_copy(update=update)
     check_ios(cfg, path)
-    resolve_stream_params(cfg, path)
-    return cfg
+    return resolve_stream_params(cfg, path)
+
+
+def _updated(model, **values):
+    """A copy of the frozen ``model`` with ``values`` (already valid) in place of its own."""
+    return model.model_copy(update=values)
 
 
 _QUEUE_KEYS = (("queue_limit", "QueueLimit"), ("queue_full_policy", "QueueFullPolicy"),
                ("network_interface", "NetworkInterface"))
-_DEFAULTS = {"queue_limit": 4, "queue_full_policy": "Block", "network_interface": "lo"}
+_DEFAULTS = {"queue_limit": SST_QUEUE_DEFAULTS["QueueLimit"], "queue_full_policy": SST_QUEUE_DEFAULTS["QueueFullPolicy"],
+             "network_interface": "lo"}
 
 
 def resolve_stream_params(cfg, source="<config>"):
     """Settle the stream's SST queue settings from the YAML and the XML (one value per key, never unbounded).
 
     A key set in both with different values is an error (say it in one place); unset in both, the
-    queue is 4 steps with ``Block`` on the loopback interface. The result is stored back in
-    ``cfg.adios2``; staging and producers apply it with ``IO.SetParameter``. (In transit the
+    queue is :data:`~stagelearn.staging.wire.SST_QUEUE_DEFAULTS` (4 steps, ``Block``) on the loopback
+    interface. Staging and producers apply the result with ``IO.SetParameter``. (In transit the
     simulation's own writer reads only its own XML: ``stagelearn xml --check`` warns when that
     leaves its queue unbounded.)
+
+    Parameters
+    ----------
+    cfg : RunConfig
+        With ``adios2.config_file`` resolved.
+    source : str
+        The run YAML, for messages.
+
+    Returns
+    -------
+    cfg : RunConfig
+        ``cfg`` itself when the stream IO is not SST, else a copy whose ``adios2`` section holds
+        the settled ``queue_limit``, ``queue_full_policy`` and ``network_interface``.
 
     Raises
     ------
     ConfigError
+        Listing every conflicting or invalid key.
     """
     ios = read_ios(cfg.adios2.config_file)
     io = ios.get(cfg.adios2.stream_io)
     if io is None or io.type.lower() != "sst":
-        return
+        return cfg
     xml = cfg.adios2.config_file
+    settled, problems = {}, []
     for key, sst_key in _QUEUE_KEYS:
         mine, theirs = getattr(cfg.adios2, key), io.parameters.get(sst_key)
         if theirs is not None and key == "queue_limit":
             try:
                 theirs = int(theirs)
             except ValueError:
-                raise ConfigError(f"{xml}: IO {cfg.adios2.stream_io}: QueueLimit={io.parameters[sst_key]!r} is not an "
-                                  "integer; use e.g. 4") from None
+                problems.append(f"{xml}: IO {cfg.adios2.stream_io}: QueueLimit={io.parameters[sst_key]!r} is not an "
+                                "integer; use e.g. 4")
+                continue
             if theirs <= 0:
-                raise ConfigError(f"{xml}: IO {cfg.adios2.stream_io}: QueueLimit={theirs} means an unbounded queue (the "
-                                  "writer's memory grows while staging is slow); set 4, or remove it and set "
-                                  f"adios2.queue_limit in {source}")
+                problems.append(f"{xml}: IO {cfg.adios2.stream_io}: QueueLimit={theirs} means an unbounded queue (the "
+                                "writer's memory grows while staging is slow); set 4, or remove it and set "
+                                f"adios2.queue_limit in {source}")
+                continue
         if theirs is not None and key == "queue_full_policy":
             canonical = {"block": "Block", "discard": "Discard"}.get(theirs.lower())  # SST reads the value in any case
             if canonical is None:
-                raise ConfigError(f"{xml}: IO {cfg.adios2.stream_io}: QueueFullPolicy={theirs!r}; SST accepts Block or "
-                                  "Discard")
+                problems.append(f"{xml}: IO {cfg.adios2.stream_io}: QueueFullPolicy={theirs!r}; SST accepts Block or "
+                                "Discard")
+                continue
             theirs = canonical
         if mine is not None and theirs is not None and str(mine) != str(theirs):
-            raise ConfigError(f"{source}: adios2.{key}: {mine!r} differs from {sst_key}={theirs!r} in IO "
-                              f"{cfg.adios2.stream_io} of {xml}; set it in one place")
-        if mine is None:
-            setattr(cfg.adios2, key, theirs if theirs is not None else _DEFAULTS.get(key))
+            problems.append(f"{source}: adios2.{key}: {mine!r} differs from {sst_key}={theirs!r} in IO "
+                            f"{cfg.adios2.stream_io} of {xml}; set it in one place")
+        elif mine is None:
+            settled[key] = theirs if theirs is not None else _DEFAULTS.get(key)
+    if problems:
+        raise ConfigError.from_problems(problems, source)
+    return cfg.model_copy(update={"adios2": _updated(cfg.adios2, **settled)})
 
 
 def sst_parameters(cfg):
@@ -286,13 +321,23 @@ def _resolve_file_arg(arg, base, stream):
 
 
 def check_ios(cfg, source="<config>"):
-    """Check that the configured IO names exist in the ADIOS2 XML (raises ConfigError)."""
+    """Check that the configured IO names exist in the ADIOS2 XML.
+
+    Returns
+    -------
+    ios : dict of str to EngineSpec
+        The XML's IOs (:func:`~stagelearn.staging.xmlconfig.read_ios`).
+
+    Raises
+    ------
+    ConfigError
+        Naming every IO missing from the XML.
+    """
     ios = read_ios(cfg.adios2.config_file)
-    for key in ("stream_io", "model_io", "output_io"):
-        name = getattr(cfg.adios2, key)
-        if name not in ios:
-            raise ConfigError(
-                f"{source}: adios2.{key}: IO {name!r} is not defined in {cfg.adios2.config_file} "
+    problems = [f"{source}: adios2.{key}: IO {name!r} is not defined in {cfg.adios2.config_file} "
                 f"(it defines {sorted(ios)}); fix the name or add <io name=\"{name}\"> to the XML"
-            )
+                for key, name in ((k, getattr(cfg.adios2, k)) for k in ("stream_io", "model_io", "output_io"))
+                if name not in ios]
+    if problems:
+        raise ConfigError.from_problems(problems, source)
     return ios

@@ -1,12 +1,36 @@
 """Exceptions raised by stagelearn. The CLI (:mod:`.cli`) maps them to exit codes, in one place."""
 
+import signal
+
 
 class StagelearnError(Exception):
     """Base class of stagelearn's own errors."""
 
 
 class ConfigError(StagelearnError, ValueError):
-    """A run YAML or ADIOS2 XML is invalid. The message names the file, the key and the fix."""
+    """A run YAML or ADIOS2 XML is invalid. The message names the file, the key and the fix.
+
+    Several problems found at once (see :meth:`from_problems`) are all in the one-line message and,
+    one per item, in ``problems``.
+
+    Attributes
+    ----------
+    problems : tuple of str
+        Each problem on its own (file, key, value and fix); ``(message,)`` for a single one.
+    """
+
+    def __init__(self, message, problems=None):
+        super().__init__(message)
+        self.problems = tuple(problems) if problems else (str(message),)
+
+    @classmethod
+    def from_problems(cls, problems, source):
+        """One error holding every problem in ``problems`` (non-empty list of one-line str) of file ``source``."""
+        problems = list(problems)
+        if len(problems) == 1:
+            return cls(problems[0])
+        listed = " ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        return cls(f"{source}: {len(problems)} errors: {listed}", problems)
 
 
 class UsageError(StagelearnError, ValueError):
@@ -39,7 +63,5 @@ class Interrupted(StagelearnError):
     """
 
     def __init__(self, signum, message=None):
-        import signal
-
         self.signum = int(signum)
         super().__init__(message or f"interrupted by {signal.Signals(self.signum).name}")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 
-from .output import CompressedOutputWriter
-from .stream import ReceivedBlock
+from .block import ReceivedBlock
+from .output_writer import CompressedOutputWriter
 
 logger = logging.getLogger(__name__)
 
 
 def fallback_path(directory, rank):
+    """The fallback file of producer ``rank`` in ``directory``: ``<directory>/producer.p<rank>.bp``."""
     return os.path.join(directory, f"producer.p{int(rank)}.bp")
 
 
@@ -38,6 +39,11 @@ class FallbackSink:
         self._writer = None
         self._stored_versions = set()
         self.steps = 0
+
+    @property
+    def file(self):
+        """:attr:`path` once the file holds a step, else None."""
+        return self.path if self.steps else None
 
     def write_step(self, step, blocks, encoder=None):
         """Write one step.
@@ -64,6 +70,7 @@ class FallbackSink:
         self.steps += 1
 
     def close(self):
+        """Close the file (if it was opened); a step written later would start a new file."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None

@@ -5,7 +5,7 @@ side); they find each other through the SST contact files in ``<run_dir>/sst/``.
 shows progress and enforces ``timeouts.run_s``. When one side fails mid-run the other handles it
 (producers write to their fallback files, staging stores what it has and names what is missing);
 only a failure before the first step stops the other side at once. SIGINT/SIGTERM are passed on to
-both sides, which stop at a step boundary. At the end the launcher merges the sides' ledger parts
+both sides, which stop at a step boundary. At the end :mod:`.report` merges the sides' ledger parts
 into ``ledger.jsonl`` and their records into ``summary.json``, prints the per-step table and draws
 the plot.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -22,14 +21,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+from tqdm import tqdm
 
 from .adios import remove_stale_contact_file
 from .config import load_config
-from .errors import ConfigError, Interrupted, StreamTimeoutError, UsageError
+from .errors import ConfigError, Interrupted, StreamTimeoutError
 from .ledger import clear as clear_ledger
-from .ledger import merge_ledger
-from .results import write_json
+from .report import finish, partial_summary
 from .sides import prepare_run_dir
 from .xmlconfig import read_ios
 
@@ -81,10 +79,8 @@ def _stop(proc, grace=5.0):
 def launch(args):
     """Run both sides; returns the exit code (0, or the failing side's code)."""
     cfg = load_config(args.config)
-    if args.output_dir:
-        cfg.output_dir = args.output_dir
-    if args.run_name:
-        cfg.run_name = args.run_name
+    overrides = {"output_dir": args.output_dir, "run_name": args.run_name}
+    cfg = cfg.model_copy(update={k: v for k, v in overrides.items() if v})  # the config is frozen
     run_dir = str(cfg.run_dir)
     if os.path.exists(os.path.join(run_dir, "compressed.bp")):
         shutil.rmtree(os.path.join(run_dir, "compressed.bp"))
@@ -158,8 +154,6 @@ def _wait(procs, cfg, run_dir, total, show):
     """Wait for both sides. A side that fails before any step was stored stops the other (it would
     wait for its peer until its open timeout); later the other side copes by itself. SIGINT/SIGTERM
     are passed on to both sides (recorded as ``codes["_signal"]``)."""
-    from tqdm import tqdm
-
     bar = tqdm(total=total, unit="step", desc="steps received", disable=not show or None)
     codes, deadline = {}, time.time() + cfg.timeouts.run_s
     progress = os.path.join(run_dir, "progress.json")
@@ -217,145 +211,3 @@ def _wait(procs, cfg, run_dir, total, show):
             signal.signal(sig, handler)
         bar.close()
     return codes
-
-
-def merge_run_ledger(cfg, run_dir):
-    """``ledger.jsonl`` of the run from the sides' parts (see :mod:`.ledger`); returns its counts."""
-    sim = cfg.simulation
-    in_transit = cfg.staging.mode == "in_transit"
-    expected = sim.steps // sim.plotgap + 1 if getattr(sim, "steps", None) else None
-    n_ranks = sim.ranks
-    if in_transit:  # blocks per step as staging saw them
-        path = os.path.join(run_dir, "staging_summary.json")
-        n_ranks = _read_json(path).get("blocks_per_step", sim.ranks) if os.path.exists(path) else sim.ranks
-    return merge_ledger(run_dir, expected_steps=expected, n_ranks=n_ranks,
-                        queue_full_policy=cfg.adios2.queue_full_policy or "Block", in_transit=in_transit)
-
-
-def _read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def partial_summary(cfg, run_dir, wall):
-    """``summary.json`` of a run whose staging side died before writing its summary: the ledger's account."""
-    counts = merge_run_ledger(cfg, run_dir)
-    path = os.path.join(run_dir, "producer.json")
-    producer = _read_json(path) if os.path.exists(path) else {}
-    summary = {"complete": False, "steps_written": producer.get("steps_written"), "wall_s": wall,
-               "staging_ranks": cfg.staging.ranks, "learner": cfg.learner.type,
-               "stalls": producer.get("stalls"), "stall_s": producer.get("stall_s"), **_ledger_fields(counts)}
-    write_json(os.path.join(run_dir, "summary.json"), summary)
-    print(f"\nstaging ended without a summary; ledger: {counts['entries']}; steps lost {counts['steps_lost']}, "
-          f"in fallback files {counts['steps_fallback']}; see {run_dir}/ledger.jsonl")
-
-
-def _ledger_fields(counts):
-    return {"steps_expected": counts["steps_expected"], "steps_lost": counts["steps_lost"],
-            "steps_dropped": counts["steps_dropped"], "steps_fallback": counts["steps_fallback"],
-            "ledger": counts["entries"], "staging_end": counts["staging_end"], "producer_end": counts["producer_end"]}
-
-
-def report(cfg, run_dir):
-    """``stagelearn report``: the summary of a run whose two sides were launched separately."""
-    path = os.path.join(run_dir, "producer.json")
-    in_transit = cfg.staging.mode == "in_transit"
-    if not (os.path.exists(path) or in_transit) or not os.path.exists(os.path.join(run_dir, "staging_summary.json")):
-        raise UsageError(f"{run_dir}: no finished run here (producer.json and staging_summary.json are written "
-                         "when `stagelearn sim` and `stagelearn stage` end); check --run-dir / output_dir")
-    with open(path if os.path.exists(path) else os.path.join(run_dir, "staging_summary.json")) as f:
-        wall = json.load(f)["wall_s"]
-    return finish(cfg, run_dir, wall)
-
-
-def _producer_record(cfg, run_dir, summary):
-    """``producer.json`` of a stagelearn producer; for an unchanged code (in transit) what staging saw:
-    the steps it received (the code's own count is unknown here) and the reference it saved."""
-    path = os.path.join(run_dir, "producer.json")
-    if os.path.exists(path) and cfg.staging.mode != "in_transit":  # in transit, one left by an earlier run is stale
-        with open(path) as f:
-            return json.load(f)
-    if cfg.staging.mode != "in_transit":  # the simulation stopped without its record
-        return {"steps_written": None, "layout": cfg.adios2.layout, "compute_s": None, "io_s": None, "reference": None}
-    sim = cfg.simulation
-    declared = sim.steps // sim.plotgap + 1 if sim.type == "external" and sim.steps else None  # from the YAML
-    return {"steps_written": declared if sim.type == "external" else summary["steps_received"],
-            "layout": "in_transit", "compute_s": None, "io_s": None, "reference": summary.get("reference")}
-
-
-def finish(cfg, run_dir, wall):
-    """Merge the sides' records into ``summary.json``, print the table, draw the plot."""
-    from ..analytics.metrics import psnr as psnr_fn
-    from ..analytics.plotting import plot_run
-    from .output import CompressedOutputReader
-
-    with open(os.path.join(run_dir, "staging_summary.json")) as f:
-        summary = json.load(f)
-    producer = _producer_record(cfg, run_dir, summary)
-    with open(os.path.join(run_dir, "steps.json")) as f:
-        table = json.load(f)
-    summary["steps_written"] = producer["steps_written"]
-    summary.update(_ledger_fields(merge_run_ledger(cfg, run_dir)))  # steps_lost: steps with a dropped or lost entry
-    summary["stalls"], summary["stall_s"] = producer.get("stalls"), producer.get("stall_s")
-    summary["wall_s"] = wall
-    summary["simulation"] = {"type": cfg.simulation.type, "ranks": cfg.simulation.ranks, "layout": producer["layout"],
-                             "compute_s": producer["compute_s"], "io_s": producer["io_s"]}
-    summary["staging_ranks"] = cfg.staging.ranks
-    summary["psnr_target_db"] = cfg.codec.psnr_db
-    summary["learner"] = cfg.learner.type
-    # end-to-end check: decode the last step from the file and compare with the producers' raw field
-    ref = producer.get("reference")
-    ref_path = os.path.join(run_dir, f"reference_{ref['variable']}_step{ref['step']}.npy") if ref else ""
-    original = reconstruction = None
-    reader = CompressedOutputReader(os.path.join(run_dir, "compressed.bp")) if os.path.exists(ref_path) else None
-    if reader is not None and ref["step"] not in reader.steps:  # dropped (Discard) or in a fallback file
-        summary["decoded_check"] = {"variable": ref["variable"], "step": ref["step"],
-                                    "skipped": "the step is not in compressed.bp (see ledger.jsonl)"}
-        reader.close()
-    elif reader is not None:
-        original = np.load(ref_path)
-        try:
-            reconstruction = reader.read(ref["step"], ref["variable"])
-        finally:
-            reader.close()
-        summary["decoded_check"] = {"variable": ref["variable"], "step": ref["step"],
-                                    "psnr_db": psnr_fn(original, reconstruction),
-                                    "max_abs_error": float(np.max(np.abs(original - reconstruction)))}
-    write_json(os.path.join(run_dir, "summary.json"), summary)
-    plot_run(table, os.path.join(run_dir, "summary.png"), original=original, reconstruction=reconstruction,
-             title=f"{cfg.run_name}: {cfg.simulation.type}, {cfg.simulation.ranks} producers -> {cfg.staging.ranks} staging ranks")
-    print_table(table)
-    print_summary(summary, run_dir)
-    return 0
-
-
-def _fmt(x, spec):
-    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
-    if x is None or isinstance(x, str) or (isinstance(x, float) and math.isinf(x)):
-        return format("-" if x is None or x == "inf" or isinstance(x, float) else x, f">{width}" if width else "")
-    return format(x, spec)
-
-
-def print_table(table):
-    print(f"{'step':>5} {'enc':>4} {'raw bytes':>11} {'sent bytes':>11} {'ratio':>7} {'PSNR dB':>8} {'max err':>9}")
-    for r in table:
-        print(f"{r['step']:>5} {r['encoder_version']:>4} {r['raw_bytes']:>11} {r['sent_bytes']:>11} "
-              f"{_fmt(r['compression_ratio'], '7.2f')} {_fmt(r['psnr_db'], '8.2f')} {_fmt(r['max_abs_error'], '9.2e')}")
-
-
-def print_summary(s, run_dir):
-    print(f"\nsteps written {_fmt(s['steps_written'], 'd')}, received {s['steps_received']}, lost {s['steps_lost']}; "
-          f"encoder versions {s['encoder_versions']}; wall {s['wall_s']:.1f} s")
-    print(f"after the first encoder ({s['encoded_steps']} steps): compression ratio {_fmt(s['compression_ratio'], '.2f')}, "
-          f"PSNR {_fmt(s['psnr_db'], '.2f')} dB (min {_fmt(s['min_psnr_db'], '.2f')}), max abs error {_fmt(s['max_abs_error'], '.3g')}")
-    if s.get("sz3_compression_ratio"):
-        print(f"SZ3 at the same PSNR on {s['sz3_steps']} sampled steps: ratio {s['sz3_compression_ratio']:.2f} "
-              f"(PSNR {s['sz3_psnr_db']:.2f} dB) vs ours {s['compression_ratio_same_blocks']:.2f} on the same blocks")
-    if "decoded_check" in s:
-        d = s["decoded_check"]
-        if "skipped" in d:
-            print(f"no end-to-end check of {d['variable']} at step {d['step']}: {d['skipped']}")
-        else:
-            print(f"decoded {d['variable']} at step {d['step']} from compressed.bp: PSNR {_fmt(d['psnr_db'], '.2f')} dB "
-                  "against the raw field")
-    print(f"results: {run_dir}/summary.json, summary.png, compressed.bp")

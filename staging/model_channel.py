@@ -28,7 +28,7 @@ import logging
 import numpy as np
 
 from ..analytics.encoder import Encoder, EncoderFormatError, spec_from_bytes, spec_to_bytes
-from .adios import bindings, deadline, open_reader, remove_stale_contact_file
+from .adios import bindings, deadline, declare_io, make_adios, open_reader, remove_stale_contact_file
 from .errors import ModelFormatError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,32 @@ TRAINED_VAR = "model/trained_until_step"
 ACK_VAR = "model/ack"
 SCALAR_VARS = (VERSION_VAR, TRAINED_VAR)
 PREFIX = "model/"
+
+
+def open_model_io(config_file, io_name, known_ios, sst_parameters=None):
+    """The model stream's ADIOS object and IO, over ``COMM_SELF`` (both sides open it the same way).
+
+    Parameters
+    ----------
+    config_file : str
+        ADIOS2 XML defining ``io_name``.
+    io_name : str
+        The model IO (``adios2.model_io`` in the run YAML).
+    known_ios : dict
+        The XML's IOs (:func:`stagelearn.staging.xmlconfig.read_ios`).
+    sst_parameters : dict, optional
+        The data stream's SST parameters; only ``NetworkInterface`` applies to the model stream.
+
+    Returns
+    -------
+    adios, io
+        Keep ``adios`` alive as long as the engine opened on ``io``.
+    """
+    adios = make_adios(config_file, None)
+    io = declare_io(adios, io_name, config_file, known_ios)
+    if sst_parameters and "NetworkInterface" in sst_parameters:
+        io.SetParameter("NetworkInterface", str(sst_parameters["NetworkInterface"]))
+    return adios, io
 
 
 class ModelPublisher:

@@ -45,3 +45,24 @@ def allreduce_flag(comm, flag, op="max"):
     buf = np.array([int(flag)], dtype=np.int64)
     comm.Allreduce(MPI.IN_PLACE, buf, op={"max": MPI.MAX, "min": MPI.MIN, "sum": MPI.SUM}[op])
     return int(buf[0])
+
+
+def raise_first_error(comm, error):
+    """Raise, on every rank, the error of the lowest rank that has one (collective over ``comm``).
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+    error : str or None
+        This rank's error message, or None.
+
+    Raises
+    ------
+    ValueError
+        With the first bad rank's message, on every rank, when any rank passed an error; all ranks
+        agree before raising, so none is left waiting in a later collective.
+    """
+    size = comm.Get_size()
+    first = allreduce_flag(comm, comm.Get_rank() if error is not None else size, op="min")
+    if first < size:
+        raise ValueError(bcast_bytes(comm, (error or "").encode(), root=first).decode())

@@ -8,8 +8,13 @@ import time
 
 import numpy as np
 
+from ..sim_mocks.events import ground_truth, written_fields
+from ..sim_mocks.runner import build_simulation, gather_field, run_simulation
+from .config import sst_parameters
+from .errors import Interrupted, UsageError
 from .producer import Producer
 from .results import write_json
+from .service import StagingService
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +30,7 @@ def prepare_run_dir(run_dir):
 
 def simulation_main(cfg, comm, run_dir):
     """Producer side: run the configured mock simulation through a :class:`Producer` (collective)."""
-    from ..sim_mocks.events import ground_truth, written_fields
-    from ..sim_mocks.runner import build_simulation, gather_field, run_simulation
-
     if cfg.simulation.type == "external":
-        from .errors import UsageError
-
         raise UsageError(f"{cfg.source}: simulation.type external is an unchanged code: start it yourself "
                          f"(`mpiexec -n {cfg.simulation.ranks} {' '.join(cfg.simulation.command)}` in the run directory) "
                          "or let `stagelearn run` start it; `stagelearn sim` runs the mock simulations")
@@ -40,9 +40,6 @@ def simulation_main(cfg, comm, run_dir):
     comm.Barrier()
     sim = build_simulation(cfg.simulation, comm)
     dom = sim.domain
-    from .config import sst_parameters
-    from .errors import Interrupted
-
     producer = Producer(os.path.join(run_dir, "sst", "stream"), comm=comm, config_file=cfg.adios2.config_file,
                         io_name=cfg.adios2.stream_io, model_io_name=cfg.adios2.model_io, layout=cfg.adios2.layout,
                         open_timeout_s=cfg.timeouts.open_s, step_timeout_s=cfg.timeouts.step_s,
@@ -62,7 +59,7 @@ def simulation_main(cfg, comm, run_dir):
             producer.close(status="interrupted")
             stats = {"steps_written": producer.steps_written, "compute_s": None, "io_s": None}
         versions = producer.encoder.version if producer.encoder else 0
-    record = dict(stats, ranks=comm.Get_size(), layout=producer.layout, engine=producer.io.EngineType(),
+    record = dict(stats, ranks=comm.Get_size(), layout=producer.layout, engine=producer.engine_type,
                   last_encoder_version=versions, reference=None, staging_lost=producer.staging_lost,
                   stalls=producer.stalls, stall_s=producer.stall_s, queue_limit=producer.queue_limit,
                   queue_full_policy=producer.queue_full_policy,
@@ -86,8 +83,6 @@ def simulation_main(cfg, comm, run_dir):
 
 def staging_main(cfg, comm, run_dir):
     """Staging side: :class:`~stagelearn.staging.service.StagingService` until the stream ends (collective)."""
-    from .service import StagingService
-
     if comm.Get_rank() == 0:
         prepare_run_dir(run_dir)
     comm.Barrier()

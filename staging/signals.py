@@ -14,6 +14,7 @@ import os
 import signal
 
 from .errors import Interrupted
+from .mpiutil import allreduce_flag
 
 _pending = 0
 _installed = False
@@ -49,8 +50,6 @@ def pending():
 
 def agreed(comm):
     """The signal any rank of ``comm`` received (collective; 0 when none)."""
-    from .mpiutil import allreduce_flag
-
     return allreduce_flag(comm, _pending)
 
 

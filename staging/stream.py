@@ -5,12 +5,15 @@
   :func:`~stagelearn.staging.wire.assign_blocks` (``SetBlockSelection``).
 - :class:`PerRankStreamReader`: each producer rank is its own SST writer
   (``<stream>.p<rank>``); each staging rank opens the streams of its assigned producers.
+- :class:`PlainStreamReader`: an unchanged ADIOS2 code's stream (in-transit mode).
 
-Both return, per step, a list of :class:`ReceivedBlock` read from the stream alone: variables,
-shapes and selections come from ADIOS2 metadata and payload headers, never from the
-simulation's Python objects. ``read_step`` returns None when it stops; ``status`` then says why:
-``end`` (the writer closed the stream), ``failed`` (the writer went away without closing it;
-``failed_producers`` names whose stream, or holds -1 for the shared stream).
+All return, per step, a list of :class:`~stagelearn.staging.block.ReceivedBlock` read from the
+stream alone: variables, shapes and selections come from ADIOS2 metadata and payload headers,
+never from the simulation's Python objects. Payloads stay bytes (this module imports no codec;
+:attr:`~stagelearn.staging.block.ReceivedBlock.parsed` parses each once, later). ``read_step``
+returns None when it stops; ``status`` then says why: ``end`` (the writer closed the stream,
+ADIOS2 ``StepStatus.EndOfStream``), ``failed`` (the writer went away without closing it,
+``StepStatus.OtherError``; ``failed_producers`` names whose stream, or holds -1 for the shared stream).
 """
 
 from __future__ import annotations
@@ -18,56 +21,36 @@ from __future__ import annotations
 import logging
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
+from ..analytics.anomaly import parse_map
 from .adios import begin_step, bindings, deadline, declare_io, make_adios, open_reader
-from ..analytics.anomaly import parse_map, payload_histogram
-from ..analytics.codec import parse_payload
-from .wire import (REPORT_FIELDS, anomaly_name, assign_blocks, field_names, payload_name, rank_stream, report_get,
-                   report_name)
+from .block import ReceivedBlock
+from .errors import ConfigError, StagelearnError
+from .mpiutil import allreduce_flag
+from .wire import (REPORT_FIELDS, anomaly_name, assign_blocks, field_names, make_report, payload_name, rank_stream,
+                   report_get, report_name)
+
+# ReceivedBlock (staging/block.py) stays importable from here: the readers return it
+__all__ = ["ReceivedBlock", "SharedStreamReader", "PerRankStreamReader", "PlainStreamReader", "reader_status"]
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class ReceivedBlock:
-    """One producer block of one variable in one step.
+def reader_status(step_status):
+    """A reader's ``status`` after ``BeginStep``: ``"ok"``, ``"end"`` or ``"failed"``.
 
-    Attributes
+    Parameters
     ----------
-    var : str
-    rank : int
-        Producer (writer) rank.
-    report : ndarray of shape (len(REPORT_FIELDS),)
-    raw : ndarray or None
-        The float32 block when sent raw.
-    payload : bytes or None
-        The coded block otherwise.
-    anomaly : ndarray of shape (n, 4) or None
-        Anomaly map rows ``(tile, score, flagged, persistent)`` when the encoder scores tiles.
-    err_hist : ndarray or None
-        Histogram of the block's tile log-errors (same condition).
-    shape, start, count : tuple of int or None
-        Global shape and selection (for raw blocks; payload headers carry their own).
+    step_status : adios2.bindings.StepStatus
+        As returned by :func:`~stagelearn.staging.adios.begin_step` (``OK``, ``EndOfStream``,
+        ``OtherError``; ``NotReady`` raised there already).
     """
-
-    var: str
-    rank: int
-    report: np.ndarray
-    raw: Optional[np.ndarray] = None
-    payload: Optional[bytes] = None
-    anomaly: Optional[np.ndarray] = None
-    err_hist: Optional[np.ndarray] = None
-    shape: Optional[tuple] = None
-    start: Optional[tuple] = None
-    count: Optional[tuple] = None
-
-    @property
-    def step(self):
-        return int(report_get(self.report, "step"))
+    b = bindings()
+    if step_status == b.StepStatus.OK:
+        return "ok"
+    return "end" if step_status == b.StepStatus.EndOfStream else "failed"
 
 
 @contextmanager
@@ -88,8 +71,6 @@ def _writer_failure(reader, producer):
 
 def _any_failed(reader):
     """Collective: True on every rank of ``reader.comm`` when the read failed on any (writer gone)."""
-    from .mpiutil import allreduce_flag
-
     if allreduce_flag(reader.comm, reader.status == "failed"):
         reader.status = "failed"
         reader.failed_producers.add(-1)
@@ -151,7 +132,6 @@ def _read_blocks(engine, io, step, writer_ids=None):
                 blk.payload = buf.tobytes()
                 if anomaly_name(var) in available:
                     blk.anomaly = parse_map(_get_block(engine, io, anomaly_name(var), bid))
-                    blk.err_hist = payload_histogram(parse_payload(blk.payload)[1])
             else:
                 logger.error("step %d: writer %d reported %s but sent neither raw data nor payload", step, writer, var)
                 continue
@@ -180,7 +160,7 @@ class _CohortReader:
 
     def _begin(self):
         """``BeginStep``; True when a step is there, else ``status`` says why."""
-        self.status = begin_step(self.engine, self.step_timeout_s, f"stream {self.path}")
+        self.status = reader_status(begin_step(self.engine, self.step_timeout_s, f"stream {self.path}"))
         if self.status == "failed":
             self.failed_producers.add(-1)
         return self.status == "ok"
@@ -266,7 +246,7 @@ class PerRankStreamReader:
         for s in self.streams:
             if s["ended"]:
                 continue
-            status = begin_step(s["engine"], self.step_timeout_s, f"stream {s['path']}")
+            status = reader_status(begin_step(s["engine"], self.step_timeout_s, f"stream {s['path']}"))
             if status != "ok":
                 s["ended"] = True
                 if status == "failed":
@@ -298,8 +278,6 @@ def _numpy_type(adios_type, var):
     except TypeError:
         dtype = None
     if dtype is None or dtype.kind not in "fiu":
-        from .errors import ConfigError
-
         raise ConfigError(f"staging.variables: {var} has ADIOS2 type {adios_type}; only numeric arrays can be learned")
     return dtype
 
@@ -337,8 +315,6 @@ class PlainStreamReader(_CohortReader):
         if self.variables is not None:
             missing = [v for v in self.variables if v not in available]
             if missing and not self._first_done:  # a listed variable must exist; later it may skip steps
-                from .errors import ConfigError
-
                 raise ConfigError(f"staging.variables: {missing} not on stream {self.path} (it has {sorted(available)})")
             return [v for v in self.variables if v in available]
         return sorted(n for n, info in available.items()
@@ -346,8 +322,6 @@ class PlainStreamReader(_CohortReader):
 
     def read_step(self):
         """This rank's blocks of the next step, or None at the end of the stream (collective)."""
-        from .wire import make_report
-
         b = bindings()
         if not self._begin():
             return None
@@ -360,8 +334,6 @@ class PlainStreamReader(_CohortReader):
             shape = tuple(int(x) for x in v.Shape())
             counts = [_dims(bi["Count"]) for bi in infos]
             if not shape and len({c[1:] for c in counts}) > 1:
-                from .errors import StagelearnError
-
                 raise StagelearnError(f"step {step}: local array {var} has blocks {counts} with different trailing "
                                       "dimensions; they cannot be laid side by side (write it as a global array)")
             if not shape:  # local array: blocks side by side along axis 0

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..sim_mocks.decomposition import balanced_split
+from .adios import built_with_mpi
+
 #: Columns of ``X/report`` (also written as the stream attribute ``stagelearn/report_fields``).
 REPORT_FIELDS = (
     "step", "rank", "encoder_version", "raw_bytes", "sent_bytes", "sse", "n", "max_abs_error",
@@ -27,6 +30,10 @@ REPORT_FIELDS = (
 _COL = {name: i for i, name in enumerate(REPORT_FIELDS)}
 
 WIRE_DTYPE = np.float32  # fields travel (and raw sizes are counted) as float32
+
+#: The data stream's SST queue where neither the run YAML nor the XML sets it: never unbounded.
+#: The one place these defaults live (config, producers and the XML generator read them here).
+SST_QUEUE_DEFAULTS = {"QueueLimit": 4, "QueueFullPolicy": "Block"}
 
 
 def payload_name(var):
@@ -67,8 +74,6 @@ def report_get(row, name):
 def resolve_layout(layout):
     """``"auto"`` -> ``"shared"`` with an MPI build of ADIOS2, else ``"per_rank"``."""
     if layout == "auto":
-        from .adios import built_with_mpi
-
         return "shared" if built_with_mpi() else "per_rank"
     return layout
 
@@ -82,7 +87,8 @@ def assign_blocks(n_blocks, n_readers, reader):
     """M-to-N assignment: the producer blocks that staging rank ``reader`` reads.
 
     Contiguous, balanced split of writer ranks ``0..n_blocks-1`` over ``n_readers`` staging
-    ranks (the first ``n_blocks % n_readers`` ranks take one more). Contiguous ranges keep
+    ranks (the first ``n_blocks % n_readers`` ranks take one more): the simulations' own
+    :func:`~stagelearn.sim_mocks.decomposition.balanced_split` of a grid axis. Contiguous ranges keep
     neighbouring subdomains together, so each staging rank sees a spatially coherent - and
     therefore non-i.i.d. - part of the domain; with ``n_readers > n_blocks`` some ranks read
     nothing but still take part in learning collectives.
@@ -91,6 +97,5 @@ def assign_blocks(n_blocks, n_readers, reader):
     -------
     blocks : range
     """
-    base, rem = divmod(n_blocks, n_readers)
-    start = reader * base + min(reader, rem)
-    return range(start, start + base + (1 if reader < rem else 0))
+    start, count = balanced_split(n_blocks, n_readers, reader)
+    return range(start, start + count)

@@ -8,10 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from mpi4py import MPI
 
 from stagelearn.analytics.ae_training import AETrainer
 from stagelearn.analytics.autoencoder import (AEFormatError, AESpec, TileAutoencoder, from_arrays, named_arrays,
                                               quantize_latents, spec_from_data, ste_quantize, validate_spec)
+from stagelearn.analytics.config import LearnerConfig
+from stagelearn.analytics.learners import make_learner
 from stagelearn.analytics.tiling import to_tiles
 
 
@@ -241,3 +244,38 @@ def test_process_group_on_one_rank(mpirun):
         print("ok")
     """)
     assert "ok" in proc.stdout
+
+
+def test_autoencoder_learner_holds_warmup_tiles_then_trains_and_round_trips_its_state():
+    """The learner holds the warm-up steps' tiles, normalises by all of them, then trains; its
+    state (weights, replay buffer, Adam moments) rebuilds an identical learner."""
+    cfg = LearnerConfig(type="autoencoder", warmup_steps=2,
+                        autoencoder={"channels": [4], "iterations_per_step": 2, "device": "cpu", "threads": 0},
+                        replay={"kind": "reservoir", "max_mib": 1})
+    est = make_learner(cfg, (4, 4), MPI.COMM_SELF)
+    assert est.kind == "ae" and not est.ready and est.training_stats() is None
+    first = to_tiles(smooth_field((16, 16)), (4, 4))
+    second = first + 2.0
+    est.partial_fit(first, sources=np.zeros(len(first), dtype=np.int64), step=0)
+    assert not est.ready
+    est.partial_fit(second, sources=np.ones(len(second), dtype=np.int64), step=1)
+    assert est.ready and est.params_finite()
+    both = np.concatenate([first, second]).astype(np.float64)
+    assert est.spec.offset == pytest.approx(both.mean()) and est.spec.scale == pytest.approx(both.std())
+    assert est.trainer.n_samples_seen_ == len(both) and est.trainer.n_iter_ == 4
+    assert set(est.training_stats()) == {"bytes", "rounds", "iterations", "loss"}
+    with pytest.raises(ValueError, match="learner.type pca"):
+        est.n_components_explaining(0.9)
+    state = est.get_state()
+    assert json.loads(json.dumps(state["meta"])) == state["meta"]
+    assert {"buffer/tiles", "buffer/sources", "buffer/steps", "buffer/counts"} <= set(state["rank_arrays"])
+    other = make_learner(cfg, (4, 4), MPI.COMM_SELF).set_state(state)
+    for k, v in est.model_arrays().items():
+        np.testing.assert_array_equal(v, other.model_arrays()[k])
+    np.testing.assert_array_equal(est.trainer.buffer.tiles(), other.trainer.buffer.tiles())
+    np.testing.assert_array_equal(est.trainer.buffer.steps(), other.trainer.buffer.steps())
+    again = other.get_state()["rank_arrays"]
+    for k, v in state["rank_arrays"].items():
+        np.testing.assert_array_equal(v, again[k])
+    fresh = make_learner(cfg, (4, 4), MPI.COMM_SELF).set_state({**state, "rank_arrays": None})
+    assert len(fresh.trainer.buffer) == 0 and fresh.ready

@@ -291,7 +291,7 @@ def test_rank_without_a_block_in_some_steps(tmp_path):
         rows = reader.reports(step, "T")
         assert [int(report_get(r, "rank")) for r in rows] == [0, 1]
         assert report_get(rows[1], "n") == 0 and report_get(rows[1], "raw_bytes") == 0  # staging accounts the rank
-        block, header = reader._decoded(step, "T", 0)  # rank 0's half is there and meets the target
+        block, header = reader.decoded_block(step, "T", 0)  # rank 0's half is there and meets the target
         exact, _ = passed_field(run_dir, "T", step)
         assert header["count"] == [16, N] and header["start"] == [0, 0]
         if version(reader, step, "T") == 0:

@@ -148,3 +148,66 @@ def test_restart_from_is_checked_before_anything_starts(tmp_path):
     path.write_text("staging: {restart_from: ckpt}\nlearner: {algorithm: oja, n_components: 4}\n")
     with pytest.raises(ConfigError, match="not checkpointed"):
         load_config(path)
+
+
+def test_every_validation_error_is_listed(tmp_path, stagelearn_cli):
+    """Every invalid key of the file is reported (not only the first), each naming the file and the key;
+    the message stays one line, `validate` prints one line per problem."""
+    data = example()
+    data["adios2"]["config_file"] = str(REPO / "xml_configs" / "stagelearn.xml")
+    data["simulation"]["L"] = "big"
+    data["learner"]["publish_evry"] = 3
+    data["timeouts"] = {"open_s": -1}
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    exc = err.value
+    keys = ["simulation.L", "learner.publish_evry", "timeouts.open_s"]
+    assert len(exc.problems) == 3 and "\n" not in str(exc) and f"{path}: 3 errors" in str(exc)
+    for key, words, problem in zip(keys, ["valid integer", "Extra inputs", "greater than"], exc.problems):
+        assert problem.startswith(f"{path}: {key}: ") and words in problem
+        assert problem in str(exc)
+    proc = stagelearn_cli("validate", path, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 3
+    assert all(str(path) in line and key in line for key, line in zip(keys, lines))
+
+
+def test_every_missing_io_is_listed(tmp_path):
+    data = example()
+    data["adios2"] = {"config_file": str(REPO / "xml_configs" / "stagelearn.xml"), "model_io": "Weights",
+                      "output_io": "Out"}
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, data))
+    assert [p.split(": ")[1] for p in err.value.problems] == ["adios2.model_io", "adios2.output_io"]
+
+
+def test_config_is_frozen(tmp_path):
+    """A loaded configuration is a value: sections cannot be changed in place, copies can."""
+    from pydantic import ValidationError
+
+    cfg = load_config(EXAMPLE)
+    for section, key, value in ((cfg, "run_name", "x"), (cfg.adios2, "queue_limit", 8), (cfg.learner, "type", "pca"),
+                                (cfg.simulation, "ranks", 2), (cfg.codec, "psnr_db", 30.0)):
+        with pytest.raises(ValidationError, match="frozen"):
+            setattr(section, key, value)
+    other = cfg.model_copy(update={"run_name": "other"})
+    assert other.run_dir.name == "other" and cfg.run_name != "other" and other.source == cfg.source
+
+
+def test_stream_queue_defaults_live_in_wire(tmp_path):
+    """Neither the YAML nor the XML sets the stream's queue: wire.SST_QUEUE_DEFAULTS applies, and the
+    generated XML says the same."""
+    from stagelearn.staging.wire import SST_QUEUE_DEFAULTS
+    from stagelearn.staging.xmlgen import DEFAULTS
+
+    xml = tmp_path / "plain.xml"
+    xml.write_text('<?xml version="1.0"?>\n<adios-config>\n'
+                   + "".join(f'  <io name="{n}"><engine type="{e}"/></io>\n' for n, e in
+                             (("SimulationOutput", "SST"), ("ModelUpdates", "SST"), ("CompressedOutput", "BP5")))
+                   + "</adios-config>\n")
+    cfg = load_config(write(tmp_path, {"adios2": {"config_file": str(xml)}}))
+    assert (cfg.adios2.queue_limit, cfg.adios2.queue_full_policy) == (SST_QUEUE_DEFAULTS["QueueLimit"],
+                                                                      SST_QUEUE_DEFAULTS["QueueFullPolicy"])
+    stream = DEFAULTS["stream"][1]
+    assert {k: stream[k] for k in SST_QUEUE_DEFAULTS} == {k: str(v) for k, v in SST_QUEUE_DEFAULTS.items()}

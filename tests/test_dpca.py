@@ -3,7 +3,7 @@
 import pytest
 from mpi4py import MPI
 
-from stagelearn.analytics.comm_ledger import CommLedger
+from stagelearn.analytics.comm_counter import CommCounter
 from stagelearn.analytics.dpca import grid_graph, local_problem, ring_graph, solve
 from stagelearn.analytics.synthetic import sample
 
@@ -15,10 +15,10 @@ def test_byte_accounting_matches_a_hand_count():
     """Subspace iteration on 1 rank: (d + 1) floats for the mean, then d x k floats per round."""
     d, k = 8, 2
     X = sample(0, 1, 200, d, k, heterogeneity=0.0)
-    ledger = CommLedger(MPI.COMM_SELF)
-    A, _, _ = local_problem(X, ledger)
-    assert ledger.bytes_sent == (d + 1) * 8 and ledger.rounds == 1
-    _, info = solve("subspace", A, k, MPI.COMM_SELF, ledger=ledger, max_rounds=5, tol=0.0)
+    counter = CommCounter(MPI.COMM_SELF)
+    A, _, _ = local_problem(X, counter)
+    assert counter.bytes_sent == (d + 1) * 8 and counter.rounds == 1
+    _, info = solve("subspace", A, k, MPI.COMM_SELF, counter=counter, max_rounds=5, tol=0.0)
     assert info["rounds"] == 1 + 5 and info["bytes_sent"] == (d + 1) * 8 + 5 * d * k * 8
 
 
@@ -36,13 +36,13 @@ def test_every_algorithm_converges_on_iid_data(mpirun, n_ranks):
     proc = mpirun(n_ranks, f"""
         import numpy as np
         from mpi4py import MPI
-        from stagelearn.analytics.comm_ledger import CommLedger
+        from stagelearn.analytics.comm_counter import CommCounter
         from stagelearn.analytics.dpca import ALGORITHMS, grid_graph, local_problem, sin_theta, solve
         from stagelearn.analytics.synthetic import sample
         comm = MPI.COMM_WORLD
         d, k = 16, 3
         X = sample(comm.rank, comm.size, 4000, d, k, heterogeneity=0.0)
-        A, _, _ = local_problem(X, CommLedger(comm))
+        A, _, _ = local_problem(X, CommCounter(comm))
         U, _ = solve("exact", A, k, comm)
         rounds = {ROUNDS!r}
         for alg in ALGORITHMS:
@@ -66,7 +66,8 @@ def test_streaming_estimator_tracks_exact_pca(mpirun):
         import numpy as np
         from mpi4py import MPI
         from stagelearn.analytics import IncrementalPCA
-        from stagelearn.analytics.dpca import DistributedPCA, sin_theta
+        from stagelearn.analytics.dpca import sin_theta
+        from stagelearn.analytics.learners import DistributedPCA
         from stagelearn.analytics.synthetic import sample
         comm = MPI.COMM_WORLD
         est = DistributedPCA(3, algorithm="warm_ritz", comm=comm, tol=1e-4)

@@ -140,3 +140,21 @@ def test_bad_batch_on_one_rank_raises_on_all(mpirun):
             print("rank", comm.rank, "raised:", exc)
     """)
     assert proc.stdout.count("raised:") == 2
+
+
+def test_state_round_trip_continues_bit_for_bit():
+    """get_state/set_state (what checkpoints store) rebuild a learner that goes on exactly as the original."""
+    X = _data(3)
+    a = IncrementalPCA(n_components=4, forgetting_factor=0.95).partial_fit(X[:300])
+    state = a.get_state()
+    assert state["rank_arrays"] == {} and state["meta"]["kind"] == "pca"
+    b = IncrementalPCA().set_state(state)
+    assert (b.n_components, b.forgetting_factor) == (4, 0.95)
+    a.partial_fit(X[300:])
+    b.partial_fit(X[300:])
+    for name in ("mean_", "components_", "explained_variance_", "singular_values_", "var_"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    with pytest.raises(ValueError, match="not fitted"):
+        IncrementalPCA().get_state()
+    with pytest.raises(ValueError, match="'ae' state"):
+        IncrementalPCA().set_state({"meta": {"kind": "ae"}, "arrays": {}})

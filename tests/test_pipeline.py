@@ -192,7 +192,7 @@ def test_temporal_prediction_and_error_bound_end_to_end(tmp_path, stagelearn_cli
     reader = CompressedOutputReader(run_dir / "compressed.bp")
     decoded = reader.read(ref["step"], ref["variable"])
     last = ref["step"]
-    n_inter = [reader._decoded(t, ref["variable"], i)[1]["n_inter"] for t in range(last - 3, last + 1) for i in range(2)]
+    n_inter = [reader.decoded_block(t, ref["variable"], i)[1]["n_inter"] for t in range(last - 3, last + 1) for i in range(2)]
     for step in reader.steps:  # the bound is relative to each step's global range; producers verified it
         rows = reader.reports(step, ref["variable"])
         if report_get(rows[0], "encoder_version") >= 1:

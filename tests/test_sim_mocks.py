@@ -60,3 +60,18 @@ def test_unstable_time_step_is_rejected():
     with pytest.raises(ValueError, match="unstable"):
         AdvectionDiffusion2D(8, 8, kappa=1.0, velocity=(0.0, 0.0), amplitude=1, sigma=1, omega=0, decay=0, dt=1.0,
                              comm=MPI.COMM_SELF)
+
+
+def test_balanced_split_is_the_one_split():
+    """Contiguous parts covering 0..n-1, the first n % parts one larger; staging's M-to-N block
+    assignment is the same split (staging/wire.py uses sim_mocks.decomposition.balanced_split)."""
+    from stagelearn.sim_mocks.decomposition import balanced_split
+    from stagelearn.staging.wire import assign_blocks
+
+    for n in range(0, 13):
+        for parts in range(1, 6):
+            got = [balanced_split(n, parts, i) for i in range(parts)]
+            assert [s for s, _ in got] == [sum(c for _, c in got[:i]) for i in range(parts)]
+            assert sum(c for _, c in got) == n and max(c for _, c in got) - min(c for _, c in got) <= 1
+            assert all(got[i][1] >= got[i + 1][1] for i in range(parts - 1))
+            assert [assign_blocks(n, parts, i) for i in range(parts)] == [range(s, s + c) for s, c in got]

@@ -38,7 +38,7 @@ class StagelearnTracker(TrackerBase):
         self.producer, self.name, self.step = producer, name, 0
 
     def initialize(self, field, info=None):
-        if self.producer.engine is None:  # first solve: declare the field, wait (bounded) for staging
+        if not self.producer.is_open:  # first solve: declare the field, wait (bounded) for staging
             self.producer.define_variable(self.name, field.data.shape, [0] * field.data.ndim, field.data.shape)
             self.producer.open()
         return super().initialize(field, info)
@@ -113,7 +113,7 @@ def main(argv=None):
     last = tracker.step - 1
     np.save(os.path.join(args.run_dir, f"reference_c_step{last}.npy"), producer.last["c"])
     record = {"steps_written": producer.steps_written, "compute_s": solve_s - producer.io_s, "io_s": producer.io_s,
-              "ranks": comm.Get_size(), "layout": producer.layout, "engine": producer.io.EngineType(),
+              "ranks": comm.Get_size(), "layout": producer.layout, "engine": producer.engine_type,
               "last_encoder_version": version, "reference": {"variable": "c", "step": last},
               "simulation": f"py-pde {pde.__version__} AllenCahnPDE {n}x{n}", "wall_s": time.time() - t0}
     with open(os.path.join(args.run_dir, "producer.json"), "w") as f:

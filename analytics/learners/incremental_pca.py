@@ -15,7 +15,12 @@ import logging
 
 import numpy as np
 
+from .base import PCAModel
+
 logger = logging.getLogger(__name__)
+
+_ARRAYS = ("mean_", "components_", "explained_variance_", "explained_variance_ratio_", "singular_values_", "var_")
+_SCALARS = ("n_samples_seen_", "n_features_in_", "n_components_", "noise_variance_")
 
 
 def _default_comm(comm):
@@ -26,7 +31,7 @@ def _default_comm(comm):
     return MPI.COMM_SELF
 
 
-class IncrementalPCA:
+class IncrementalPCA(PCAModel):
     """Incremental PCA over data partitioned across MPI ranks.
 
     Follows the scikit-learn estimator API (``partial_fit`` returns ``self``; fitted
@@ -89,7 +94,7 @@ class IncrementalPCA:
         self.comm = comm
 
     # ------------------------------------------------------------------ fitting
-    def partial_fit(self, X, y=None):
+    def partial_fit(self, X, y=None, *, sources=None, step=None):
         """Update the model with one batch per rank (collective over ``comm``).
 
         Parameters
@@ -99,6 +104,8 @@ class IncrementalPCA:
             ``(0, n_features)``).
         y : Ignored
             Not used, present for API consistency by convention.
+        sources, step : Ignored
+            Not used (the learner protocol passes them to every learner).
 
         Returns
         -------
@@ -200,72 +207,86 @@ class IncrementalPCA:
         return self.fit(X).transform(X)
 
     def _update_basis(self):
-        denom = max(self.n_samples_seen_ - 1, 1)
-        cov = self._scatter / denom
-        eigval, eigvec = np.linalg.eigh(cov)
-        order = np.argsort(eigval)[::-1]
-        eigval = np.clip(eigval[order], 0.0, None)
-        eigvec = eigvec[:, order].T  # rows are components
-        # deterministic signs: largest-|.| entry of each component positive (sklearn svd_flip)
-        idx = np.argmax(np.abs(eigvec), axis=1)
-        signs = np.sign(eigvec[np.arange(eigvec.shape[0]), idx])
-        signs[signs == 0] = 1.0
-        eigvec *= signs[:, None]
-        k = self.n_components_
-        total_var = float(np.trace(cov))
-        self.components_ = eigvec[:k]
-        self.explained_variance_ = eigval[:k]
-        self.explained_variance_ratio_ = eigval[:k] / total_var if total_var > 0 else np.zeros(k)
-        self.singular_values_ = np.sqrt(eigval[:k] * denom)
-        self.noise_variance_ = float(eigval[k:].mean()) if k < eigval.size else 0.0
-        self.var_ = np.diag(self._scatter) / max(self.n_samples_seen_, 1)
-
-    # ------------------------------------------------------------------ transform
-    def _check_fitted(self):
-        if not hasattr(self, "components_"):
-            raise ValueError("This IncrementalPCA instance is not fitted yet: call partial_fit first")
-
-    def transform(self, X):
-        """Project samples on the components (local, no communication).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        X_new : ndarray of shape (n_samples, n_components)
-        """
-        self._check_fitted()
-        X = np.asarray(X)
-        return (X - self.mean_) @ self.components_.T
-
-    def inverse_transform(self, X):
-        """Map component scores back to feature space (local, no communication).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_components)
-
-        Returns
-        -------
-        X_original : ndarray of shape (n_samples, n_features)
-        """
-        self._check_fitted()
-        return np.asarray(X) @ self.components_ + self.mean_
+        for name, value in _basis(self._scatter, self.n_samples_seen_, self.n_components_).items():
+            setattr(self, name, value)
 
     # ------------------------------------------------------------------ state
     def get_state(self):
-        """Return the learner state as named float64 arrays (for checkpoints, no pickle).
+        """The whole learner state, for checkpoints (no pickle; local, no communication).
 
         Returns
         -------
-        state : dict of str to ndarray
-            ``mean_``, ``scatter_`` and ``n_samples_seen_`` (shape ``(1,)``).
+        state : dict
+            ``meta`` (JSON-able: ``kind``, ``n_components``, ``forgetting_factor`` and the fitted
+            scalars), ``arrays`` (float64: the fitted arrays and ``scatter``, the running scatter
+            matrix of shape (n_features, n_features)) and ``rank_arrays`` (empty: every rank holds
+            the same state).
+
+        Raises
+        ------
+        ValueError
+            If the estimator is not fitted.
         """
         self._check_fitted()
-        return {
-            "mean_": self.mean_.copy(),
-            "scatter_": self._scatter.copy(),
-            "n_samples_seen_": np.array([float(self.n_samples_seen_)]),
-        }
+        arrays = {name: np.asarray(getattr(self, name), dtype=np.float64) for name in _ARRAYS}
+        arrays["scatter"] = np.asarray(self._scatter, dtype=np.float64)
+        meta = {"kind": self.kind, **{name: _plain(getattr(self, name)) for name in _SCALARS},
+                "n_components": self.n_components, "forgetting_factor": self.forgetting_factor}
+        return {"meta": meta, "arrays": arrays, "rank_arrays": {}}
+
+    def set_state(self, state):
+        """Restore a state of :meth:`get_state` (bit for bit; local, no communication).
+
+        Parameters
+        ----------
+        state : dict
+            ``meta`` and ``arrays`` as :meth:`get_state` returns them (``rank_arrays`` is ignored).
+
+        Returns
+        -------
+        self : object
+
+        Raises
+        ------
+        ValueError
+            If the state is not a PCA state or misses an array.
+        """
+        meta, arrays = state["meta"], state["arrays"]
+        if meta.get("kind") != self.kind:
+            raise ValueError(f"IncrementalPCA.set_state: a {meta.get('kind')!r} state, expected {self.kind!r}")
+        missing = [k for k in (*_ARRAYS, "scatter") if k not in arrays]
+        if missing:
+            raise ValueError(f"IncrementalPCA.set_state: state lacks arrays {missing}")
+        self.n_components, self.forgetting_factor = meta["n_components"], meta["forgetting_factor"]
+        for name in _ARRAYS:
+            setattr(self, name, arrays[name])
+        self._scatter = arrays["scatter"]
+        for name in _SCALARS:
+            setattr(self, name, meta[name])
+        return self
+
+
+def _plain(x):
+    """A numpy scalar as the Python number JSON can hold."""
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _basis(scatter, n_samples_seen, k):
+    """The fitted attributes (``components_``, ``explained_variance_``, ...) of a scatter matrix."""
+    denom = max(n_samples_seen - 1, 1)
+    cov = scatter / denom
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    eigval = np.clip(eigval[order], 0.0, None)
+    eigvec = eigvec[:, order].T  # rows are components
+    # deterministic signs: largest-|.| entry of each component positive (sklearn svd_flip)
+    idx = np.argmax(np.abs(eigvec), axis=1)
+    signs = np.sign(eigvec[np.arange(eigvec.shape[0]), idx])
+    signs[signs == 0] = 1.0
+    eigvec *= signs[:, None]
+    total_var = float(np.trace(cov))
+    return {"components_": eigvec[:k], "explained_variance_": eigval[:k],
+            "explained_variance_ratio_": eigval[:k] / total_var if total_var > 0 else np.zeros(k),
+            "singular_values_": np.sqrt(eigval[:k] * denom),
+            "noise_variance_": float(eigval[k:].mean()) if k < eigval.size else 0.0,
+            "var_": np.diag(scatter) / max(n_samples_seen, 1)}

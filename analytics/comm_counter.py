@@ -1,6 +1,6 @@
 """Counting what distributed learners communicate: bytes sent and communication rounds.
 
-Every algorithm in :mod:`.dpca` talks through one :class:`CommLedger`, so their costs are
+Every algorithm in :mod:`.dpca` talks through one :class:`CommCounter`, so their costs are
 counted the same way:
 
 - ``allreduce(x)``: each rank contributes ``x.nbytes``; one round;
@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 
-class CommLedger:
+class CommCounter:
     """Communication through ``comm`` with byte and round accounting.
 
     Parameters

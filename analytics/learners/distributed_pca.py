@@ -1,0 +1,143 @@
+"""Streaming distributed PCA with a selectable algorithm of :mod:`stagelearn.analytics.dpca`.
+
+:class:`DistributedPCA` folds each rank's batch into local statistics and runs one of the
+algorithms of :data:`~stagelearn.analytics.dpca.ALGORITHMS`, warm-started from its current basis;
+``partial_fit`` is collective over ``comm``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..comm_counter import CommCounter
+from ..dpca import ALGORITHMS, solve
+from .base import PCAModel
+
+
+class DistributedPCA(PCAModel):
+    """Streaming PCA over ranks with a selectable distributed algorithm (scikit-learn API).
+
+    ``partial_fit`` folds this rank's batch into its local statistics and runs the algorithm,
+    warm-started from the current basis, until the basis moves less than ``tol / 10``.
+
+    Parameters
+    ----------
+    n_components : int
+    algorithm : str, default="warm_ritz"
+        One of :data:`ALGORITHMS`.
+    tol : float, default=1e-3
+    max_rounds : int, default=50
+        Per ``partial_fit``.
+    comm : mpi4py.MPI.Comm or None
+        ``partial_fit`` is collective over it; None means ``MPI.COMM_SELF``.
+    graph : list of list of int, optional
+        Neighbours per rank for ``gossip`` (e.g. the simulation's decomposition adjacency).
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features)
+    explained_variance_, explained_variance_ratio_ : ndarray of shape (n_components,)
+    mean_ : ndarray of shape (n_features,)
+    n_samples_seen_ : int
+    n_components_ : int
+    bytes_sent_ : int
+        Payload bytes this rank sent so far (:class:`CommCounter`).
+    rounds_ : int
+    """
+
+    def __init__(self, n_components, *, algorithm="warm_ritz", tol=1e-3, max_rounds=50, comm=None, graph=None):
+        self.n_components = n_components
+        self.algorithm = algorithm
+        self.tol = tol
+        self.max_rounds = max_rounds
+        self.comm = comm
+        self.graph = graph
+
+    def partial_fit(self, X, y=None, *, sources=None, step=None):
+        """Update with this rank's batch (collective). Returns ``self``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            This rank's batch (``n_samples`` may be 0).
+        y, sources, step : Ignored
+            Not used (API consistency with scikit-learn and the learner protocol).
+
+        Raises
+        ------
+        ValueError
+            On an unknown algorithm or a batch whose feature count differs from earlier ones.
+        """
+        from mpi4py import MPI
+
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm={self.algorithm!r}; choose one of {ALGORITHMS}")
+        comm = self.comm or MPI.COMM_SELF
+        if not hasattr(self, "_counter"):
+            self._counter = CommCounter(comm)
+        X = np.asarray(X, dtype=np.float64)
+        d = X.shape[1]
+        k = int(self.n_components)
+        if not 1 <= k <= d - (1 if self.algorithm == "warm_ritz" else 0):
+            raise ValueError(f"n_components={k} must be in [1, {d - (self.algorithm == 'warm_ritz')}] for algorithm "
+                             f"{self.algorithm!r} with {d} features (warm_ritz needs one spare direction)")
+        # local sufficient statistics about the local mean (pairwise update, no raw moments);
+        # the global mean and count travel in one all-reduce
+        if not hasattr(self, "_n"):
+            self._n, self._mean, self._scatter = 0, np.zeros(d), np.zeros((d, d))
+        if d != self._mean.size:
+            raise ValueError(f"Number of input features has changed from {self._mean.size} to {d} between calls to partial_fit")
+        nb = X.shape[0]
+        if nb:
+            mb = X.mean(axis=0)
+            Xc = X - mb
+            delta = mb - self._mean
+            tot_n = self._n + nb
+            self._scatter += Xc.T @ Xc + np.outer(delta, delta) * (self._n * nb / tot_n)
+            self._mean = self._mean + delta * (nb / tot_n)
+            self._n = tot_n
+        tot = self._counter.allreduce(np.concatenate([[self._n], self._n * self._mean]))
+        n, mean = tot[0], tot[1:] / max(tot[0], 1)
+        if n < 2:
+            return self
+        # this rank's scatter about the global mean, scaled so that the shares sum to the covariance
+        shift = self._mean - mean
+        A_r = (self._scatter + self._n * np.outer(shift, shift)) / (n - 1)
+        V0 = self.components_.T if hasattr(self, "components_") else None
+        V, info = solve(self.algorithm, A_r, k, comm, V0=V0, tol=self.tol, max_rounds=self.max_rounds,
+                        counter=self._counter, graph=self.graph, guard=getattr(self, "_guard", None))
+        self._guard = info.get("guard", getattr(self, "_guard", None))
+        total_var = self._counter.allreduce(np.array([np.trace(A_r)]))[0]
+        lam = np.diag(V.T @ self._counter.allreduce(A_r @ V))
+        order = np.argsort(lam)[::-1]
+        self.components_ = V[:, order].T
+        self.explained_variance_ = lam[order]
+        self.explained_variance_ratio_ = lam[order] / total_var if total_var > 0 else np.zeros(k)
+        self.mean_ = mean
+        self.n_samples_seen_ = int(n)
+        self.n_components_ = k
+        self.n_features_in_ = d
+        self.bytes_sent_, self.rounds_ = self._counter.bytes_sent, self._counter.rounds
+        return self
+
+    # ------------------------------------------------------------------ state
+    def get_state(self):
+        """Not supported: the iterative algorithms are not checkpointed (use ``algorithm="exact"``).
+
+        Raises
+        ------
+        NotImplementedError
+            Always.
+        """
+        raise NotImplementedError(f"DistributedPCA (algorithm {self.algorithm!r}) is not checkpointed; "
+                                  "only the exact IncrementalPCA and the autoencoder are")
+
+    def set_state(self, state):
+        """Not supported (see :meth:`get_state`).
+
+        Raises
+        ------
+        NotImplementedError
+            Always.
+        """
+        self.get_state()

@@ -1,0 +1,74 @@
+"""The one place that maps ``learner:`` settings to a learner class.
+
+Callers (staging's :class:`~stagelearn.staging.learning.LearnerSet`, checkpoints) ask these
+functions instead of looking at ``learner.type`` or ``learner.algorithm`` themselves.
+"""
+
+from __future__ import annotations
+
+from .distributed_pca import DistributedPCA
+from .incremental_pca import IncrementalPCA
+
+
+def learner_kind(learner_cfg):
+    """``"ae"`` or ``"pca"``: the model family ``learner_cfg`` trains (checkpoints and encoders use it).
+
+    Parameters
+    ----------
+    learner_cfg : LearnerConfig
+
+    Returns
+    -------
+    str
+    """
+    return "ae" if learner_cfg.type == "autoencoder" else "pca"
+
+
+def checkpointable(learner_cfg):
+    """True when the configured learner has a checkpoint state (exact incremental PCA, or the autoencoder)."""
+    return learner_cfg.type == "autoencoder" or learner_cfg.algorithm == "exact"
+
+
+def training_budget(learner_cfg):
+    """Iterations per step and whether staging adapts them, for learners trained iteratively.
+
+    Returns
+    -------
+    (int, bool) or None
+        ``(iterations_per_step, adaptive)`` for the autoencoder; None for PCA (a step is one update).
+    """
+    if learner_cfg.type != "autoencoder":
+        return None
+    ac = learner_cfg.autoencoder
+    return ac.iterations_per_step, ac.adaptive_iterations
+
+
+def make_learner(learner_cfg, tile_shape, comm, *, seed_rank=None):
+    """A fresh learner for one variable (no communication; its ``partial_fit`` is collective over ``comm``).
+
+    Parameters
+    ----------
+    learner_cfg : LearnerConfig
+        ``learner:`` section.
+    tile_shape : tuple of int
+        The variable's tile shape.
+    comm : mpi4py.MPI.Comm
+        The ranks that learn together.
+    seed_rank : int, optional
+        Seeds per-rank randomness (the autoencoder's replay buffer); default ``comm.Get_rank()``.
+
+    Returns
+    -------
+    IncrementalPCA, DistributedPCA or AutoencoderLearner
+        An object of the learner protocol (:mod:`stagelearn.analytics.learners`).
+    """
+    lc = learner_cfg
+    if lc.type == "autoencoder":
+        from .autoencoder import AutoencoderLearner  # imports torch: only for autoencoder runs
+
+        return AutoencoderLearner(tile_shape, comm=comm, ae_cfg=lc.autoencoder, replay_cfg=lc.replay,
+                                  warmup_steps=lc.warmup_steps,
+                                  seed_rank=comm.Get_rank() if seed_rank is None else seed_rank)
+    if lc.algorithm == "exact":
+        return IncrementalPCA(lc.n_components, forgetting_factor=lc.forgetting_factor, comm=comm)
+    return DistributedPCA(lc.n_components, algorithm=lc.algorithm, comm=comm)

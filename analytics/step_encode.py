@@ -1,0 +1,229 @@
+"""Encode one variable's block in one output step: the one encode path of producers and in-transit staging.
+
+A step is coded in two moves. First, collectively over the ranks that hold the step's blocks,
+:func:`step_targets` turns the encoder's PSNR target into the MSE each block may have (from the
+global value range of the step). Then each rank codes each of its blocks with
+:func:`encode_step_block`: the variable's model (PCA or autoencoder,
+:class:`~stagelearn.analytics.encoder.VariableModel`), temporal prediction from a
+:class:`~stagelearn.analytics.temporal.PredictionChain`, an optional pointwise error bound, and
+on the producer side an optional anomaly scorer and an SZ3 comparison sample. The result,
+:class:`BlockCode`, holds the payload and the numbers of the block's report row (the row itself
+is built on the staging side, :mod:`stagelearn.staging.block_report`).
+
+In situ (producers) the caller passes its own values (``reference``, float64 allowed), against
+which the error is measured; in transit (staging) the float32 block is the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .baselines import sz3_at_psnr
+from .codec import encode_block
+from .metrics import ErrorStats, psnr_from_mse
+
+logger = logging.getLogger(__name__)
+
+
+def finite_extent(block):
+    """``[min, -max]`` over the finite values of a block (``[inf, inf]`` when there are none).
+
+    The sign of the maximum lets one MIN reduction combine both ends over ranks.
+    """
+    finite = block[np.isfinite(block)] if not np.all(np.isfinite(block)) else block
+    return [finite.min(), -finite.max()] if finite.size else [np.inf, np.inf]
+
+
+def finite_range(block):
+    """``(min, max)`` over the finite values of a block (``(inf, -inf)`` when there are none).
+
+    Parameters
+    ----------
+    block : ndarray
+        Any shape and real dtype.
+
+    Returns
+    -------
+    lo, hi : float
+    """
+    lo, neg_hi = finite_extent(block)
+    return float(lo), -float(neg_hi)
+
+
+def step_targets(comm, blocks, psnr_db):
+    """MSE per value allowed by a PSNR target and the step's global value range (collective over ``comm``).
+
+    Every block meeting this MSE makes the global field meet the target.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm
+        The ranks holding the step's blocks; all pass the same variable names in the same order.
+    blocks : dict of str to list of ndarray
+        This rank's blocks of each variable (possibly none).
+    psnr_db : float
+
+    Returns
+    -------
+    targets, spans : dict of str to float
+        Target MSE and global range of finite values (1.0 for a constant field) per variable.
+    """
+    from mpi4py import MPI
+
+    names = list(blocks)
+    ext = np.array([np.min([finite_extent(b) for b in blocks[n]] or [[np.inf, np.inf]], axis=0) for n in names],
+                   dtype=np.float64).reshape(-1)
+    comm.Allreduce(MPI.IN_PLACE, ext, op=MPI.MIN)
+    targets, spans = {}, {}
+    for i, n in enumerate(names):
+        span = -ext[2 * i + 1] - ext[2 * i]
+        spans[n] = span if span > 0 else 1.0
+        targets[n] = spans[n] ** 2 * 10.0 ** (-psnr_db / 10.0)
+    return targets, spans
+
+
+@dataclass
+class BlockCode:
+    """What :func:`encode_step_block` made of one block.
+
+    Attributes
+    ----------
+    payload : bytes
+        The block's self-describing payload (:func:`~stagelearn.analytics.codec.encode_block`).
+    reconstruction : ndarray of float32
+        What the decoder reconstructs (same shape as the block).
+    stats : ErrorStats
+        Error of ``reconstruction`` against the reference values.
+    n_raw_tiles : int
+    local_psnr_db : float
+        PSNR of the block against its own value range.
+    amap : ndarray of float32 or None
+        The anomaly map (the ``X/anomaly`` variable) when a scorer was given.
+    n_flagged : int
+        Tiles the scorer flagged.
+    anomaly_bytes : int
+        Bytes spent on anomalies (map, histogram section, raw tiles beyond the raw budget).
+    sz3_bytes, sz3_sse : float
+        SZ3's size and squared error at ``local_psnr_db`` when sampled, else 0.
+    """
+
+    payload: bytes
+    reconstruction: np.ndarray
+    stats: ErrorStats
+    n_raw_tiles: int
+    local_psnr_db: float
+    amap: np.ndarray = None
+    n_flagged: int = 0
+    anomaly_bytes: int = 0
+    sz3_bytes: float = 0.0
+    sz3_sse: float = 0.0
+
+    @property
+    def sent_bytes(self):
+        """Bytes on the stream: the payload and the anomaly map."""
+        return len(self.payload) + (self.amap.nbytes if self.amap is not None else 0)
+
+
+def encode_step_block(block, model, *, step, chain, chain_key, target_mse, abs_bound=None, raw_fraction=0.02,
+                      header=None, reference=None, scorer=None, sample_sz3=False):
+    """Code one variable's block of one step with the variable's model.
+
+    Parameters
+    ----------
+    block : ndarray of float32, shape (n_0, ..., n_{d-1})
+        The block as it travels (C order).
+    model : VariableModel
+        The encoder's model of the variable (codec and tile shape).
+    step : int
+        Output step (recorded in ``chain``).
+    chain : PredictionChain
+        Previous reconstructions; the block's reference is taken from it and its reconstruction
+        recorded in it (the caller calls ``chain.end_step()`` once the step is written).
+    chain_key : hashable
+        The block's key in ``chain`` (the variable on a producer rank; ``(variable, rank)`` in transit).
+    target_mse : float
+        MSE per value the block may have (:func:`step_targets`).
+    abs_bound : float, optional
+        Pointwise error bound in field units.
+    raw_fraction : float, default=0.02
+        The encoder's raw tile budget.
+    header : dict, optional
+        Payload header fields (step, variable, rank, encoder version, shape, start, count);
+        ``ref_step`` is added from ``chain``.
+    reference : ndarray of shape (n_0, ..., n_{d-1}), optional
+        The caller's own values (any real dtype): the error is measured against them, and float64
+        values are what is coded and verified against the bound. Default: ``block``.
+    scorer : AnomalyScorer, optional
+        PCA only: scores the tiles, flags anomalies (sent raw) and fills the anomaly map.
+    sample_sz3 : bool, default=False
+        Also compress the block with SZ3 at the PSNR reached (for the report).
+
+    Returns
+    -------
+    BlockCode
+
+    Raises
+    ------
+    ValueError
+        As :func:`~stagelearn.analytics.codec.encode_block` (tile shape, scorer on a non-PCA model).
+    """
+    given = block if reference is None else np.asarray(reference)
+    source = given if given.dtype == np.float64 else block
+    prev_step, prev = chain.reference(chain_key, block.shape)
+    eb = encode_block(source, model.codec(), model.tile_shape, raw_fraction=raw_fraction, target_mse=target_mse,
+                      tile_hook=scorer, prev=prev, abs_bound=abs_bound, header=dict(header or {}, ref_step=prev_step))
+    chain.record(chain_key, step, eb.reconstruction)
+    stats = eb.stats if given is source else ErrorStats.from_arrays(given, eb.reconstruction)
+    code = BlockCode(payload=eb.payload, reconstruction=eb.reconstruction, stats=stats, n_raw_tiles=eb.n_raw_tiles,
+                     local_psnr_db=psnr_from_mse(stats.mse, stats.data_range))
+    if scorer is not None:
+        code.amap = scorer.map_array()
+        code.n_flagged = len(scorer.flagged)
+        # side channel: the map, the histogram section, and raw tiles beyond the raw budget
+        extra_tiles = max(0, eb.n_raw_tiles - int(math.floor(raw_fraction * eb.tile_sse.size)))
+        code.anomaly_bytes = (code.amap.nbytes + len(scorer.sections()["err_hist"]) + 8
+                              + extra_tiles * eb.raw_tiles.shape[1] * 4)
+    if sample_sz3 and math.isfinite(code.local_psnr_db):
+        code.sz3_bytes, rec = sz3_at_psnr(block, code.local_psnr_db)
+        d = (np.asarray(given, dtype=np.float64) - rec).ravel()
+        code.sz3_sse = float(d @ d)
+    return code
+
+
+def check_bound(step, name, stats, bound, warned):
+    """Log when the error bound does not hold against the caller's values.
+
+    :func:`~stagelearn.analytics.codec.encode_block` verified it on the coded values; float64
+    inputs also carry float32 rounding (half an ulp).
+
+    Parameters
+    ----------
+    step : int
+    name : str
+        The variable.
+    stats : ErrorStats
+        Error against the caller's values (:attr:`BlockCode.stats`).
+    bound : float
+        Absolute bound in field units.
+    warned : set of str
+        Variables already warned about a bound below float32 resolution (updated).
+
+    Returns
+    -------
+    held : bool
+        False when the maximum error exceeds the bound (logged as an error).
+    """
+    magnitude = max(abs(stats.vmin), abs(stats.vmax)) if math.isfinite(stats.vmin) else 0.0
+    ulp = float(np.spacing(np.float32(magnitude)))
+    if bound < ulp and name not in warned:
+        warned.add(name)
+        logger.warning("%s: error bound %.3g is below float32 resolution (%.3g at |x| = %.3g); values are sent "
+                       "as float32, so it cannot hold for float64 inputs", name, bound, ulp, magnitude)
+    if math.isfinite(stats.max_abs_error) and stats.max_abs_error > bound + 0.5 * ulp:
+        logger.error("step %d: %s max error %.3g exceeds the bound %.3g", step, name, stats.max_abs_error, bound)
+        return False
+    return True

@@ -1,0 +1,224 @@
+"""A staging run's learners, one per variable: feeding them, checking them, saving them.
+
+:class:`LearnerSet` holds what ``staging/service.py`` used to keep about learning. API::
+
+    ls = LearnerSet(cfg.learner, comm, seed_rank=comm.Get_rank())
+    ls.add("T", (4, 4, 4))                    # a learner for variable T (no communication)
+    ls.learn("T", tiles, sources, step_index)  # collective: every rank, every variable, every step
+    ls.pace_update(wait_s, busy_s)            # collective when the learner is paced (autoencoder)
+    ls.models_finite()                        # False (and logged on rank 0) if a model diverged
+    ls.nonfinite_variables()                  # variables whose model is missing or non-finite
+    ls.anomaly_components(0.999)              # {var: PCA components explaining that fraction}
+    ls.save(directory, step=..., encoder_version=..., published=..., ranges=..., seen=...)
+    state = ls.restore(directory)             # collective; learners and tile shapes from a checkpoint
+    ls.training_summary()                     # the training_* entries of staging_summary.json
+    ls.close()                                # at the end of the run (collective-free)
+
+Attributes: ``learners`` (dict variable -> learner of the protocol of
+:mod:`stagelearn.analytics.learners`; give it to ``Encoder.from_learners``), ``tile_shapes``
+(dict variable -> tuple), ``variables`` (names in the order added), ``tiles_learned`` (tiles this
+rank fed), ``nonfinite_tiles`` (dict variable -> tiles with NaN/Inf kept out, summed over all
+ranks), ``pace`` (:class:`~.pacing.TrainingPace` or None), ``checkpointable`` (bool).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from ..analytics.learners import checkpointable, make_learner, training_budget
+from . import checkpoint
+from .pacing import TrainingPace
+
+logger = logging.getLogger(__name__)
+
+
+class LearnerSet:
+    """The learners of one staging run, one per variable (collective over ``comm`` where noted).
+
+    Parameters
+    ----------
+    learner_cfg : LearnerConfig
+        ``learner:`` section.
+    comm : mpi4py.MPI.Comm
+        The staging ranks; they learn together.
+    seed_rank : int, optional
+        Seeds per-rank randomness (replay buffers); default ``comm.Get_rank()``.
+    """
+
+    def __init__(self, learner_cfg, comm, *, seed_rank=None):
+        self.cfg, self.comm = learner_cfg, comm
+        self.rank = comm.Get_rank()
+        self.seed_rank = self.rank if seed_rank is None else int(seed_rank)
+        self.learners, self.tile_shapes, self.variables = {}, {}, []
+        self.tiles_learned, self.nonfinite_tiles = 0, {}
+        budget = training_budget(learner_cfg)
+        self.pace = TrainingPace(budget[0], adaptive=budget[1]) if budget else None
+        self.checkpointable = checkpointable(learner_cfg)
+
+    def add(self, var, tile_shape):
+        """Create the learner of ``var`` for tiles of ``tile_shape`` (no communication).
+
+        Parameters
+        ----------
+        var : str
+        tile_shape : tuple of int
+        """
+        self.tile_shapes[var] = tuple(int(t) for t in tile_shape)
+        self.learners[var] = make_learner(self.cfg, self.tile_shapes[var], self.comm, seed_rank=self.seed_rank)
+        if var not in self.variables:
+            self.variables.append(var)
+
+    def learn(self, var, tiles, sources, step_index, *, step=None):
+        """Feed this rank's raw tiles of ``var`` for one step to its learner (collective over ``comm``).
+
+        Tiles with NaN or Inf are kept out; their number, summed over ranks, is added to
+        ``nonfinite_tiles[var]``.
+
+        Parameters
+        ----------
+        var : str
+        tiles : ndarray of shape (n_tiles, prod(tile_shape))
+            ``n_tiles`` may be 0.
+        sources : ndarray of shape (n_tiles,)
+            Producer rank of each tile.
+        step_index : int
+            Steps learned before this one (0 for the first).
+        step : int, optional
+            The output step, for the log.
+
+        Returns
+        -------
+        int
+            Tiles kept out on this rank.
+        """
+        from mpi4py import MPI  # mpi4py only where a real communicator is used
+
+        tiles = np.asarray(tiles)
+        sources = np.asarray(sources)
+        finite = np.all(np.isfinite(tiles), axis=1)
+        bad = int((~finite).sum())
+        if bad:
+            logger.warning("step %d: %s: %d tiles with NaN/Inf kept out of the learner (staging rank %d)",
+                           step_index if step is None else step, var, bad, self.rank)
+            tiles, sources = tiles[finite], sources[finite]
+        est = self.learners[var]
+        if self.pace is not None:
+            est.iterations_per_step = self.pace.iterations
+        est.partial_fit(tiles, sources=sources, step=step_index)
+        self.tiles_learned += tiles.shape[0]
+        total = np.array([bad], dtype=np.int64)
+        self.comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
+        self.nonfinite_tiles[var] = self.nonfinite_tiles.get(var, 0) + int(total[0])
+        return bad
+
+    def pace_update(self, wait_s, busy_s):
+        """Record a step's timing and set the next step's training iterations (collective when paced).
+
+        Parameters
+        ----------
+        wait_s, busy_s : float
+            Seconds this rank waited for the step, then spent on it.
+        """
+        if self.pace is not None:
+            self.pace.update(self.comm, wait_s, busy_s)
+
+    # ----------------------------------------------------------------- checks
+    def nonfinite_variables(self):
+        """Variables whose model does not exist yet or has non-finite parameters (local; the same on
+        all ranks, training being collective).
+
+        Returns
+        -------
+        list of str
+        """
+        return [v for v, est in self.learners.items() if not (est.ready and est.params_finite())]
+
+    def models_finite(self):
+        """True when every model exists and is finite; rank 0 logs the others (a diverged model is not published)."""
+        bad = self.nonfinite_variables()
+        if bad and self.rank == 0:
+            logger.error("not publishing an encoder: the model of %s has non-finite parameters (training diverged? "
+                         "lower learner.autoencoder.lr)", bad)
+        return not bad
+
+    def anomaly_components(self, fraction):
+        """Per variable, the PCA components explaining ``fraction`` of the variance (anomaly scoring).
+
+        Raises
+        ------
+        ValueError
+            With a learner that has no components (the autoencoder).
+        """
+        return {v: est.n_components_explaining(fraction) for v, est in self.learners.items()}
+
+    # ----------------------------------------------------------------- checkpoint
+    def save(self, directory, *, step, encoder_version, published, ranges, seen):
+        """Write this rank's part of a checkpoint (no communication); nothing when not checkpointable.
+
+        Parameters
+        ----------
+        directory : str
+            ``<run_dir>/checkpoint``.
+        step : int
+            Last output step stored.
+        encoder_version : int
+            Last published encoder version (0: none yet).
+        published : list of (int, int)
+            ``(version, step)`` of each publication.
+        ranges : dict of str to (float, float)
+            Value ranges (rank 0 accounts them; ``{}`` on the other ranks).
+        seen : int
+            Steps learned (the same on every rank).
+        """
+        if not self.checkpointable or not self.learners:
+            return
+        checkpoint.save(directory, learners=self.learners, step=step, encoder_version=encoder_version,
+                        published=published, tile_shapes=self.tile_shapes, ranges=ranges, rank=self.rank, seen=seen)
+
+    def restore(self, directory):
+        """Replace the learners by a checkpoint's (collective over ``comm`` for the autoencoder).
+
+        Returns
+        -------
+        state : dict
+            :func:`.checkpoint.load`'s state (``step``, ``encoder_version``, ``tile_shapes``, ``ranges``, ...).
+
+        Raises
+        ------
+        ConfigError
+            See :func:`.checkpoint.load`.
+        """
+        state, learners = checkpoint.load(directory, self.comm, make_learner=self._fresh)
+        self.learners, self.tile_shapes = learners, dict(state["tile_shapes"])
+        self.variables = sorted(learners)
+        return state
+
+    def _fresh(self, var, tile_shape):
+        return make_learner(self.cfg, tuple(tile_shape), self.comm, seed_rank=self.seed_rank)
+
+    # ----------------------------------------------------------------- summary, end
+    def training_summary(self):
+        """``training_*`` entries of the staging summary (paced learners only; ``{}`` for PCA).
+
+        Returns
+        -------
+        dict
+            ``training_bytes_rank0``, ``training_rounds_rank0``, ``training_iterations``,
+            ``training_iterations_per_step_mean``, ``training_loss``.
+        """
+        if self.pace is None:
+            return {}
+        stats = [s for s in (est.training_stats() for est in self.learners.values()) if s is not None]
+        return {"training_bytes_rank0": int(sum(s["bytes"] for s in stats)),
+                "training_rounds_rank0": int(sum(s["rounds"] for s in stats)),
+                "training_iterations": int(sum(s["iterations"] for s in stats)),
+                "training_iterations_per_step_mean": float(np.mean(self.pace.history)) if self.pace.history else 0.0,
+                "training_loss": float(np.mean([s["loss"] for s in stats])) if stats else math.nan}
+
+    def close(self):
+        """Release the learners' communication resources (torch process groups); no MPI collective."""
+        for est in self.learners.values():
+            est.close()

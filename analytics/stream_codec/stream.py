@@ -1,0 +1,170 @@
+"""Stateful stream encoder/decoder: closed-loop temporal prediction, fitted blend, rate control.
+
+A :class:`StreamEncoder` encodes one variable's frames in time order. Each frame is predicted by
+multilevel interpolation blended with the previous *reconstructed* frame (the decoder has it), with
+per-level blend weights fitted by least squares from the statistics gathered while encoding the
+previous frame (or set from outside with :meth:`StreamEncoder.set_weights`, e.g. fitted in staging
+from statistics merged over ranks: they merge by addition). The error target is met on the
+producer, against the caller's own values:
+
+- ``psnr``: the step is predicted from the last frame's ratio of measured MSE to ``step^2 / 12``;
+  if the measured PSNR misses the target the frame is re-encoded with a smaller step;
+- ``abs``: every value within ``target`` (step ``2 target``, checked pointwise; misses stored exactly);
+- ``step``: a fixed finest-level quantization step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .frame import decode_frame, encode_frame
+from .interpolation import as_3d_shape, fit_weights, n_levels
+
+MODES = ("psnr", "abs", "step")
+MIN_MSE_FACTOR = 0.1  # the step is at most 3.2 sqrt(12 target MSE)
+
+
+def validate_target(mode, target):
+    """Check an error target.
+
+    Raises
+    ------
+    ValueError
+        Unknown mode, or a target that is not a positive finite number.
+    """
+    if mode not in MODES:
+        raise ValueError(f"stream codec: error mode {mode!r} (expected one of {', '.join(MODES)})")
+    if not isinstance(target, (int, float)) or isinstance(target, bool) or not math.isfinite(target) or target <= 0:
+        raise ValueError(f"stream codec: {mode} target must be a positive finite number, got {target!r}")
+
+
+class StreamEncoder:
+    """Encode a variable's frames in time order (closed loop).
+
+    Parameters
+    ----------
+    mode : {"psnr", "abs", "step"}
+    target : float
+        PSNR in dB (over each frame's own value range, as :func:`stagelearn.analytics.metrics.psnr`),
+        absolute pointwise bound, or quantization step.
+    temporal : bool, default=True
+        Predict from the previous reconstructed frame.
+    keyframe_every : int, default=0
+        Encode every n-th frame without temporal prediction (0: only the first).
+    alpha, beta : float
+        Level-wise steps (:func:`stagelearn.analytics.stream_codec.frame.level_steps`).
+    fit : bool, default=True
+        Refit the blend weights from each frame's statistics (False: keep the default or set weights).
+
+    Attributes
+    ----------
+    prev : ndarray or None
+        The last frame's reconstruction (what the decoder holds).
+    weights : ndarray of shape (L, 3) or None
+        Blend weights for the next frame (None: the default ``(1, 1, -1)``).
+    statistics : ndarray of shape (L, 13) or None
+        The last temporal frame's least-squares statistics (they add over ranks and blocks).
+    frames, encodes : int
+        Frames encoded, and encoder passes spent on them (re-encodes included).
+
+    Raises
+    ------
+    ValueError
+        On a bad mode or target.
+    """
+
+    def __init__(self, mode="psnr", target=50.0, *, temporal=True, keyframe_every=0, alpha=1.5, beta=4.0,
+                 fit=True, max_retries=4):
+        validate_target(mode, target)
+        self.mode, self.target = mode, float(target)
+        self.temporal, self.keyframe_every = bool(temporal), int(keyframe_every)
+        self.alpha, self.beta, self.fit, self.max_retries = float(alpha), float(beta), bool(fit), int(max_retries)
+        self.prev = None
+        self.weights = None
+        self.statistics = None
+        self.frames = 0
+        self.margin = 0.97  # aim this much below the step the last frame's error model predicts (fewer re-encodes)
+        self.encodes = 0
+        self._mse_factor = {False: 1.0, True: 1.0}  # measured MSE / (step^2 / 12), per prediction kind
+
+    def set_weights(self, weights):
+        """Use these blend weights (shape ``(L, 3)``) from the next frame on, e.g. fitted in staging."""
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+
+    def encode(self, x):
+        """Encode the next frame.
+
+        Parameters
+        ----------
+        x : ndarray, float32 or float64
+            Same shape and dtype on every call.
+
+        Returns
+        -------
+        frame : EncodedFrame
+            ``frame.payload`` to send; ``frame.reconstruction`` is what the decoder will produce.
+        """
+        x = np.ascontiguousarray(x)
+        key = not self.temporal or self.prev is None or (self.keyframe_every > 0 and
+                                                         self.frames % self.keyframe_every == 0)
+        prev = None if key else self.prev
+        kwargs = {"prev": prev, "weights": None if key else self.weights, "alpha": self.alpha, "beta": self.beta}
+        if self.mode == "step":
+            frame = encode_frame(x, self.target, **kwargs)
+        elif self.mode == "abs":
+            frame = encode_frame(x, 2.0 * self.target, eb_abs=self.target, **kwargs)
+        else:
+            frame = self._encode_psnr(x, prev is not None, kwargs)
+        self.prev = frame.reconstruction
+        self.frames += 1
+        if prev is not None and self.fit:
+            self.statistics = frame.stats
+            levels = n_levels(as_3d_shape(x.shape))
+            if frame.stats.shape[0] == max(levels, 1) and np.any(frame.stats[:, 0] > 0):
+                self.weights = fit_weights(frame.stats)
+        return frame
+
+    def _encode_psnr(self, x, temporal, kwargs):
+        span = float(np.float64(x.max()) - np.float64(x.min())) if x.size else 0.0
+        if not math.isfinite(span):
+            raise ValueError("stream codec: PSNR target on a frame with non-finite values; use mode='abs'")
+        if span == 0.0:  # constant frame: exact
+            return encode_frame(x, 1.0, eb_abs=np.finfo(np.float64).tiny, **kwargs)
+        target_mse = span ** 2 * 10.0 ** (-self.target / 10.0)
+        step = self.margin * math.sqrt(12.0 * target_mse / self._mse_factor[temporal])
+        for _ in range(self.max_retries + 1):
+            frame = encode_frame(x, step, **kwargs)
+            self.encodes += 1
+            mse = frame.sse / x.size
+            if mse > 0:
+                # floored: where most codes are 0 the error is the prediction's and the model says little;
+                # a step far above sqrt(12 target) lets the reconstruction lag behind the field
+                self._mse_factor[temporal] = max(mse / (step ** 2 / 12.0), MIN_MSE_FACTOR)
+            if mse <= target_mse:
+                self.margin = min(0.99, self.margin * 1.002)
+                return frame
+            self.margin = max(0.85, self.margin * 0.97)  # missed: aim lower from now on
+            step *= 0.98 * math.sqrt(target_mse / mse)
+        # the target is met by a pointwise bound (every value within sqrt(target_mse))
+        return encode_frame(x, 2.0 * math.sqrt(target_mse), eb_abs=math.sqrt(target_mse), **kwargs)
+
+
+class StreamDecoder:
+    """Decode a variable's frames in time order (keeps the previous reconstruction)."""
+
+    def __init__(self):
+        self.prev = None
+
+    def decode(self, payload, *, verify=True):
+        """Decode the next frame (bit for bit the producer's reconstruction).
+
+        Raises
+        ------
+        StreamFormatError
+            On a corrupt payload or a frame whose previous frame this decoder did not see.
+        """
+        rec = decode_frame(payload, self.prev, verify=verify)
+        self.prev = rec
+        return rec

@@ -1,0 +1,390 @@
+"""Rate-distortion on frame streams: our codecs against SZ3, SPERR and ZFP, every byte counted.
+
+    python benchmarks/rate_distortion.py            # 32 frames per dataset (tens of minutes on one core)
+    python benchmarks/rate_distortion.py --quick    # small grids, 8 frames, 3 settings (a few minutes)
+    python benchmarks/rate_distortion.py --datasets gray_scott heat2d --methods sz3 stream
+    python benchmarks/rate_distortion.py --speed ...        # also time the codecs interleaved (speed.csv)
+    python benchmarks/rate_distortion.py --merge DIR1 DIR2  # summary of several runs' --out folders
+
+For each dataset (``benchmarks/rd_datasets.py``) the frames go, in time order, through each method
+at several quality settings; per setting the row gives the stream's PSNR (mean squared range over mean
+MSE, each frame's own range), the ratio (raw float32 bytes over every byte sent: payloads, headers, side
+information, models) and the single-thread encode and decode MB/s (of raw data). Methods:
+
+- ``sz3``: pysz per frame (PSNR mode); ``sz3_closed_loop``: SZ3 on the difference to the previous
+  *decompressed* frame (the first frame alone), PSNR target converted to the difference's range;
+- ``sperr`` / ``sperr_closed_loop``: the same with SPERR (numcodecs-wasm-sperr, PSNR mode);
+- ``zfp``: zfpy fixed accuracy;
+- ``ours`` / ``ours_frozen``: the product's PCA transform codec streamed as a run does: the first
+  ``WARMUP`` frames raw (zstd), an IncrementalPCA learned online from the frames, published every
+  ``PUBLISH_EVERY`` frames (``ours_frozen``: the first model only), each publication's float32
+  mean and components counted, ``encode_block`` with temporal prediction from the previous
+  reconstruction and the demo's ``raw_fraction`` 0.01;
+- ``stream`` / ``stream_frozen`` / ``stream_intra``: :mod:`stagelearn.analytics.stream_codec`
+  (interpolation + temporal prediction with blend weights refitted every frame / fitted once on
+  the first frame pair / no temporal prediction).
+
+Fields of more than three axes are given to every method as the same 3-D view (leading axes
+merged), so that SZ3 and SPERR code one volume. Writes ``results/rate_distortion/summary.csv``
+(``dataset, method, psnr_db, ratio, encode_mb_s, decode_mb_s, setting``) and ``summary.md`` (ratios
+interpolated log-linearly at 40, 50 and 60 dB; ``*`` marks an extrapolation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rd_datasets import DATASETS  # noqa: E402
+from rd_report import TARGETS, read_csv, write_speed, write_summary  # noqa: E402
+
+from stagelearn.analytics import IncrementalPCA, TransformCodec  # noqa: E402
+from stagelearn.analytics.codec import decode_block, encode_block  # noqa: E402
+from stagelearn.analytics.stream_codec import StreamDecoder, StreamEncoder  # noqa: E402
+from stagelearn.analytics.stream_codec.interpolation import as_3d_shape  # noqa: E402
+from stagelearn.analytics.tiling import to_tiles  # noqa: E402
+
+try:
+    from stagelearn.analytics.payload import encode_raw_block
+except ImportError:  # older layout
+    from stagelearn.analytics.codec import encode_raw_block
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(REPO, "results", "rate_distortion")
+WARMUP, PUBLISH_EVERY = 2, 10
+TILES = {2: (8, 8), 3: (4, 4, 4)}
+METHODS = ("sz3", "sz3_closed_loop", "sperr", "sperr_closed_loop", "zfp", "ours", "ours_frozen", "stream",
+           "stream_frozen", "stream_intra")
+
+
+def stream_psnr(frames, recs):
+    """PSNR of a stream: ``10 log10(mean of range^2 / mean of MSE)`` over its frames (each frame's own range)."""
+    spans, mses = [], []
+    for x, rec in zip(frames, recs):
+        x = x.astype(np.float64)
+        spans.append(float(x.max() - x.min()) ** 2)
+        mses.append(float(np.mean((x - rec.astype(np.float64)) ** 2)))
+    return math.inf if sum(mses) == 0 else 10 * math.log10(sum(spans) / sum(mses))
+
+
+class Timer:
+    """Per-frame encode and decode times; the rate uses the median frame (robust to a busy machine)."""
+
+    def __init__(self):
+        self.enc, self.dec = [], []
+
+    def mb_s(self, frames):
+        mb = sum(x.nbytes for x in frames) / 1e6 / len(frames)
+        return mb / max(float(np.median(self.enc or [0])), 1e-12), mb / max(float(np.median(self.dec or [0])), 1e-12)
+
+
+# ----------------------------------------------------------------------------- per-frame baselines
+def _sz3(x, psnr_db):
+    import pysz
+
+    cfg = pysz.szConfig()
+    cfg.errorBoundMode = pysz.szErrorBoundMode.PSNR
+    cfg.psnrErrorBound = float(psnr_db)
+    return lambda: pysz.sz.compress(np.ascontiguousarray(x), cfg)[0], \
+        lambda c: pysz.sz.decompress(c, x.dtype, x.shape)[0]
+
+
+def _sperr(x, psnr_db):
+    from numcodecs_wasm_sperr import Sperr
+
+    codec = Sperr(mode="psnr", psnr=float(psnr_db))
+    return lambda: codec.encode(np.ascontiguousarray(x)), \
+        lambda c: np.asarray(codec.decode(c)).reshape(x.shape)
+
+
+def _zfp(x, tolerance):
+    import zfpy
+
+    return lambda: zfpy.compress_numpy(np.ascontiguousarray(x), tolerance=tolerance), zfpy.decompress_numpy
+
+
+def _nbytes(c):
+    return c.nbytes if isinstance(c, np.ndarray) else len(c)
+
+
+def run_per_frame(frames, make, setting, closed_loop, timer):
+    """A per-frame compressor, optionally in closed loop on the difference to the previous decoded frame."""
+    total, recs, prev = 0, [], None
+    for x in frames:
+        if closed_loop and prev is not None:
+            d = (x - prev).astype(np.float32)
+            span_x, span_d = float(x.max() - x.min()), float(d.max() - d.min())
+            if span_d == 0:
+                d_rec, n = d, 8
+            else:
+                p = setting - 20 * math.log10(span_x / span_d) if span_x > 0 else setting
+                enc, dec = make(d, p)
+                t = time.perf_counter(); c = enc(); timer.enc.append(time.perf_counter() - t)
+                t = time.perf_counter(); d_rec = dec(c); timer.dec.append(time.perf_counter() - t)
+                n = _nbytes(c)
+            rec = (prev + d_rec).astype(np.float32)
+        else:
+            enc, dec = make(x, setting)
+            t = time.perf_counter(); c = enc(); timer.enc.append(time.perf_counter() - t)
+            t = time.perf_counter(); rec = np.asarray(dec(c), dtype=np.float32).reshape(x.shape)
+            timer.dec.append(time.perf_counter() - t)
+            n = _nbytes(c)
+        total += n
+        recs.append(rec)
+        prev = rec
+    return total, recs
+
+
+def run_zfp(frames, setting, timer):
+    out, recs = 0, []
+    for x in frames:
+        tol = float(x.max() - x.min()) * 10 ** (-setting / 20) * 1.5
+        enc, dec = _zfp(x, max(tol, 1e-30))
+        t = time.perf_counter(); c = enc(); timer.enc.append(time.perf_counter() - t)
+        t = time.perf_counter(); recs.append(dec(c)); timer.dec.append(time.perf_counter() - t)
+        out += len(c)
+    return out, recs
+
+
+# ----------------------------------------------------------------------------- the product's PCA codec
+def run_ours(frames, setting, timer, frozen):
+    """The PCA transform codec as a run streams it (raw warm-up frames, online model, temporal prediction)."""
+    tile = TILES[frames[0].ndim]
+    est, codec, total, recs, prev = IncrementalPCA(), None, 0, [], None
+    for i, x in enumerate(frames):
+        if i >= WARMUP and (codec is None or (not frozen and (i - WARMUP) % PUBLISH_EVERY == 0)):
+            codec = TransformCodec(est.mean_, est.components_, 1.0)  # staging publishes a model
+            total += 4 * (est.mean_.size + est.components_.size)  # its float32 mean and basis
+        if codec is None:
+            t = time.perf_counter(); payload = encode_raw_block(x); timer.enc.append(time.perf_counter() - t)
+            t = time.perf_counter(); rec = decode_block(payload)[0]; timer.dec.append(time.perf_counter() - t)
+        else:
+            target = float(x.max() - x.min()) ** 2 * 10 ** (-setting / 10)
+            t = time.perf_counter()
+            eb = encode_block(x, codec, tile, raw_fraction=0.01, target_mse=target, prev=prev)
+            timer.enc.append(time.perf_counter() - t)
+            payload = eb.payload
+            t = time.perf_counter(); rec = decode_block(payload, codec, prev=prev)[0]
+            timer.dec.append(time.perf_counter() - t)
+        if codec is None or not frozen:
+            est.partial_fit(to_tiles(x, tile))  # staging learns from the stream
+        total += len(payload)
+        recs.append(np.asarray(rec, dtype=np.float32).reshape(x.shape))
+        prev = recs[-1]
+    return total, recs
+
+
+# ----------------------------------------------------------------------------- the new stream codec
+def run_stream(frames, setting, timer, temporal=True, refit=True):
+    enc = StreamEncoder("psnr", setting, temporal=temporal, fit=True)
+    dec = StreamDecoder()
+    total, recs = 0, []
+    for i, x in enumerate(frames):
+        if not refit and i >= 2:
+            enc.fit = False  # keep the weights fitted on the first frame pair
+        t = time.perf_counter(); fr = enc.encode(x); timer.enc.append(time.perf_counter() - t)
+        t = time.perf_counter(); rec = dec.decode(fr.payload); timer.dec.append(time.perf_counter() - t)
+        if not np.array_equal(rec.view(np.uint32), fr.reconstruction.view(np.uint32)):
+            raise AssertionError("stream codec: decoder differs from the producer's reconstruction")
+        total += len(fr.payload)
+        recs.append(rec)
+    return total, recs
+
+
+def run_method(method, frames, setting):
+    timer = Timer()
+    if method == "sz3":
+        total, recs = run_per_frame(frames, _sz3, setting, False, timer)
+    elif method == "sz3_closed_loop":
+        total, recs = run_per_frame(frames, _sz3, setting, True, timer)
+    elif method == "sperr":
+        total, recs = run_per_frame(frames, _sperr, setting, False, timer)
+    elif method == "sperr_closed_loop":
+        total, recs = run_per_frame(frames, _sperr, setting, True, timer)
+    elif method == "zfp":
+        total, recs = run_zfp(frames, setting, timer)
+    elif method in ("ours", "ours_frozen"):
+        total, recs = run_ours(frames, setting, timer, frozen=method == "ours_frozen")
+    elif method == "stream":
+        total, recs = run_stream(frames, setting, timer)
+    elif method == "stream_frozen":
+        total, recs = run_stream(frames, setting, timer, refit=False)
+    elif method == "stream_intra":
+        total, recs = run_stream(frames, setting, timer, temporal=False)
+    else:
+        raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
+    raw = sum(x.nbytes for x in frames)
+    enc, dec = timer.mb_s(frames)
+    return {"psnr_db": stream_psnr(frames, recs), "ratio": raw / total, "encode_mb_s": enc, "decode_mb_s": dec}
+
+
+def sweep(ds, method, frames, settings, extra=2):
+    """Run ``method`` at each setting, then up to ``extra`` settings 10 dB beyond either end while the
+    measured PSNRs do not bracket 40 and 60 dB (a baseline's PSNR mode can overshoot by 15 dB)."""
+    out = []
+
+    def one(s):
+        r = run_method(method, frames, s)
+        out.append({"dataset": ds, "method": method, "setting": s, **r})
+        print(f"  {method:18s} setting {s:4.0f}: PSNR {r['psnr_db']:6.2f} ratio {r['ratio']:8.2f} "
+              f"enc {r['encode_mb_s']:7.1f} MB/s dec {r['decode_mb_s']:7.1f} MB/s", flush=True)
+
+    for s in settings:
+        one(s)
+    lo, hi = min(settings), max(settings)
+    for _ in range(extra):
+        if min(r["psnr_db"] for r in out) > TARGETS[0] - 1:
+            lo -= 10
+            one(lo)
+    for _ in range(extra):
+        if max(r["psnr_db"] for r in out) < TARGETS[-1] + 1:
+            hi += 10
+            one(hi)
+    return out
+
+
+def speed_pass(ds, frames, setting=50.0, n=6, repeat=3):
+    """Single-thread MB/s with the methods interleaved frame by frame (min of ``repeat`` runs per frame).
+
+    A busy machine slows every method alike when they alternate this closely; the main sweep's
+    per-method timings, taken minutes apart, are not comparable on a shared machine.
+    """
+    import copy
+
+    import pysz
+    import zfpy
+
+    first = max(1, min(max(WARMUP + 1, len(frames) // 2 - n // 2), len(frames) - 1))
+    chosen = range(first, min(len(frames), first + n))
+    stream, intra = StreamEncoder("psnr", setting), StreamEncoder("psnr", setting, temporal=False)
+    est = IncrementalPCA().partial_fit(to_tiles(frames[0], TILES[frames[0].ndim]))
+    codec = TransformCodec(est.mean_, est.components_, 1.0)
+    cfg = pysz.szConfig()
+    cfg.errorBoundMode = pysz.szErrorBoundMode.PSNR
+    cfg.psnrErrorBound = float(setting)
+    times = {}
+    for i, x in enumerate(frames[:chosen.stop]):
+        if i not in chosen:
+            stream.encode(x)
+            intra.encode(x)
+            continue
+        target = float(x.max() - x.min()) ** 2 * 10 ** (-setting / 10)
+        tol = float(x.max() - x.min()) * 10 ** (-setting / 20) * 1.5
+        prev_x = frames[i - 1]
+        state = {"stream": stream, "stream_intra": intra}
+        for _ in range(repeat):
+            for m in ("sz3", "zfp", "ours", "stream", "stream_intra"):
+                if m == "sz3":
+                    t = time.perf_counter(); c = pysz.sz.compress(x, cfg)[0]; te = time.perf_counter() - t
+                    t = time.perf_counter(); pysz.sz.decompress(c, x.dtype, x.shape); td = time.perf_counter() - t
+                elif m == "zfp":
+                    t = time.perf_counter(); c = zfpy.compress_numpy(x, tolerance=tol); te = time.perf_counter() - t
+                    t = time.perf_counter(); zfpy.decompress_numpy(c); td = time.perf_counter() - t
+                elif m == "ours":
+                    t = time.perf_counter()
+                    c = encode_block(x, codec, TILES[x.ndim], raw_fraction=0.01, target_mse=target, prev=prev_x).payload
+                    te = time.perf_counter() - t
+                    t = time.perf_counter(); decode_block(c, codec, prev=prev_x); td = time.perf_counter() - t
+                else:
+                    enc = copy.deepcopy(state[m])
+                    t = time.perf_counter(); fr = enc.encode(x); te = time.perf_counter() - t
+                    dec = StreamDecoder()
+                    dec.prev = state[m].prev
+                    t = time.perf_counter(); dec.decode(fr.payload); td = time.perf_counter() - t
+                old = times.setdefault((m, i), [np.inf, np.inf])
+                old[0], old[1] = min(old[0], te), min(old[1], td)
+        stream.encode(x)
+        intra.encode(x)
+    mb = frames[0].nbytes / 1e6
+    rows = []
+    for m in ("sz3", "zfp", "ours", "stream", "stream_intra"):
+        te = sum(times[(m, i)][0] for i in chosen)
+        td = sum(times[(m, i)][1] for i in chosen)
+        rows.append({"dataset": ds, "method": m, "encode_mb_s": mb * len(chosen) / te,
+                     "decode_mb_s": mb * len(chosen) / td, "frames": len(chosen), "setting": setting})
+        print(f"  speed {m:14s} enc {rows[-1]['encode_mb_s']:7.1f} MB/s dec {rows[-1]['decode_mb_s']:7.1f} MB/s",
+              flush=True)
+    return rows
+
+
+def warm_up():
+    """Compile the stream codec's numba kernels (and fill their cache) outside the timed runs."""
+    rng = np.random.default_rng(0)
+    for shape in ((8, 8), (4, 4, 4)):
+        for dtype in (np.float32,):
+            x = rng.standard_normal(shape).astype(dtype)
+            run_stream([x, x + 0.1], 40.0, Timer())
+            run_stream([x, x + 0.1], 40.0, Timer(), temporal=False)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small grids, 8 frames, 3 settings")
+    ap.add_argument("--frames", type=int, default=None, help="frames per dataset (default 32; --quick 8)")
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--settings", nargs="+", type=float, default=None,
+                    help="PSNR settings in dB (default 35 40 45 50 55 60 65; --quick 40 50 60)")
+    ap.add_argument("--out", default=OUT)
+    ap.add_argument("--speed", action="store_true",
+                    help="also time sz3, zfp, ours and stream interleaved on 6 frames at 50 dB (speed.csv)")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                    help="only rewrite --out's summary from the summary.csv and meta.json of these output folders")
+    args = ap.parse_args(argv)
+    if args.merge:  # later folders replace earlier ones' rows of the same dataset and method
+        by, meta, speed = {}, {}, {}
+        for d in args.merge:
+            new = {}
+            for r in read_csv([os.path.join(d, "summary.csv")]):
+                new.setdefault((r["dataset"], r["method"]), []).append(r)
+            by.update(new)
+            if os.path.exists(os.path.join(d, "speed.csv")):
+                for r in read_csv([os.path.join(d, "speed.csv")]):
+                    speed[(r["dataset"], r["method"])] = r
+            with open(os.path.join(d, "meta.json")) as f:
+                for ds, m in json.load(f).items():
+                    meta.setdefault(ds, m)
+                    meta[ds].setdefault("commands", []).append(m.get("command", ""))
+        rows = [r for rs in by.values() for r in rs]
+        commands = sorted({c for m in meta.values() for c in m.get("commands", []) if c})
+        print(write_summary(rows, meta, args.out, "`; `".join(commands), list(speed.values())))
+        if speed:
+            write_speed(list(speed.values()), args.out)
+        return
+    warm_up()
+    n_frames = args.frames or (8 if args.quick else 32)
+    settings = args.settings or ([40.0, 50.0, 60.0] if args.quick else [35.0, 40.0, 45.0, 50.0, 55.0, 60.0, 65.0])
+    rows, meta, speed = [], {}, []
+    for ds in args.datasets:
+        frames, desc = DATASETS[ds](n_frames, quick=args.quick)
+        shape = frames[0].shape
+        frames = [np.ascontiguousarray(f.reshape(as_3d_shape(shape)) if f.ndim > 3 else f) for f in frames]
+        meta[ds] = {"description": desc, "frames": len(frames), "shape": list(shape),
+                    "raw_mb": sum(f.nbytes for f in frames) / 1e6}
+        print(f"{ds}: {desc}, {len(frames)} frames {shape}", flush=True)
+        for m in args.methods:
+            try:
+                rows += sweep(ds, m, frames, settings)
+            except ImportError as err:
+                print(f"  {m}: skipped ({err})", flush=True)
+        if args.speed:
+            speed += speed_pass(ds, frames)
+    command = ("python benchmarks/rate_distortion.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    for m in meta.values():
+        m["command"] = command
+    print(write_summary(rows, meta, args.out, command, speed))
+    with open(os.path.join(args.out, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    if speed:
+        write_speed(speed, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,7 +4,9 @@ Every algorithm in :mod:`.dpca` talks through one :class:`CommCounter`, so their
 counted the same way:
 
 - ``allreduce(x)``: each rank contributes ``x.nbytes``; one round;
-- ``allgather(x)``: each rank contributes ``x.nbytes``; one round;
+- ``allgather(x, dtype)``: each rank contributes ``x.nbytes`` (in ``dtype``: e.g. the packed int8
+  messages of ``delta_ritz`` as uint8); one round. Each rank *receives* ``p - 1`` such messages,
+  so on the wire an all-gather costs more than an all-reduce of the same payload as ``p`` grows;
 - ``bcast(x, root)``: the root's payload reaches ``p - 1`` ranks: ``(p - 1) * x.nbytes``, counted
   at the root; one round;
 - ``neighbours(x, graph)``: each rank sends ``x.nbytes`` to each of its neighbours; one round.
@@ -51,10 +53,10 @@ class CommCounter:
         self.rounds += 1
         return out.astype(np.float64)
 
-    def allgather(self, x):
-        """Every rank's ``x`` stacked: ndarray of shape (size,) + x.shape."""
-        x = np.ascontiguousarray(x, dtype=np.float64)
-        out = np.empty((self.comm.Get_size(),) + x.shape)
+    def allgather(self, x, dtype=np.float64):
+        """Every rank's ``x`` stacked: ndarray of shape (size,) + x.shape, sent and returned as ``dtype``."""
+        x = np.ascontiguousarray(x, dtype=dtype)
+        out = np.empty((self.comm.Get_size(),) + x.shape, dtype=dtype)
         self.comm.Allgather(x, out)
         self.bytes_sent += x.nbytes
         self.rounds += 1

@@ -56,7 +56,7 @@ class LearnerConfig(BaseModel):
     type: Literal["pca", "autoencoder"] = Field("pca", description="Learner family: PCA transform coder or tile autoencoder.")
     autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
-    algorithm: Literal["exact", "oneshot", "subspace", "oja", "iag", "gossip", "warm_ritz"] = Field(
+    algorithm: Literal["exact", "oneshot", "subspace", "oja", "iag", "gossip", "warm_ritz", "delta_ritz"] = Field(
         "exact", description="Distributed PCA algorithm (docs/distributed_pca.md); exact = IncrementalPCA merge."
     )
     n_components: Optional[int] = Field(

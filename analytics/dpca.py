@@ -6,21 +6,28 @@ Every algorithm finds the ``k`` leading eigenvectors of the global covariance
 differences are part of ``C``). They differ in what they communicate, counted by one
 :class:`~stagelearn.analytics.comm_counter.CommCounter` (payload bytes and rounds):
 
-=============  ==========================================  ========================================
-algorithm      one round                                   reference
-=============  ==========================================  ========================================
-``exact``      all-reduce of A_r (d x d), then eigh        Chan, Golub & LeVeque 1979 (merge)
-``oneshot``    all-gather of local bases (d x k)           projector averaging (Fan et al. 2019)
-``subspace``   all-reduce of A_r V (d x k), QR             block power / subspace iteration
-``oja``        H local Oja steps, all-reduce of V (d x k)  Oja 1982; local SGD with averaging
-``iag``        one rank broadcasts its gradient change     Wang, Jiao, Wai, Gu, AISTATS 2023
-               (d x k), Riemannian ascent step, QR
-``gossip``     K Chebyshev-accelerated gossip steps with   Ye & Zhang, DeEPCA (2021); Scaman et
-               neighbours (deg x d x k each), QR           al., JMLR 2019 (accelerated gossip)
-``warm_ritz``  warm start from the previous basis;         ours: subspace tracking with a
-               all-reduce of A_r [V g] (d x (k+1),         Rayleigh-Ritz step and a Davis-Kahan
-               float32), Rayleigh-Ritz, estimated stop     stopping estimate (Davis & Kahan 1970)
-=============  ==========================================  ========================================
+===============  ==========================================  ========================================
+algorithm        one round                                   reference
+===============  ==========================================  ========================================
+``exact``        all-reduce of A_r (d x d), then eigh        Chan, Golub & LeVeque 1979 (merge)
+``oneshot``      all-gather of local bases (d x k)           projector averaging (Fan et al. 2019)
+``subspace``     all-reduce of A_r V (d x k), QR             block power / subspace iteration
+``oja``          H local Oja steps, all-reduce of V (d x k)  Oja 1982; local SGD with averaging
+``iag``          one rank broadcasts its gradient change     Wang, Jiao, Wai, Gu, AISTATS 2023
+                 (d x k), Riemannian ascent step, QR
+``gossip``       K Chebyshev-accelerated gossip steps with   Ye & Zhang, DeEPCA (2021); Scaman et
+                 neighbours (deg x d x k each), QR           al., JMLR 2019 (accelerated gossip)
+``warm_ritz``    warm start from the previous basis;         ours: subspace tracking with a
+                 all-reduce of A_r [V g] (d x (k+1),         Rayleigh-Ritz step and a Davis-Kahan
+                 float32), Rayleigh-Ritz, estimated stop     stopping estimate (Davis & Kahan 1970)
+``delta_ritz``   all-gather of the int8 delta-coded change   ours (:mod:`.dpca_delta`): error
+                 of A_r [V g] (closed loop), Rayleigh-Ritz,  feedback, certified stop (Davis-Kahan
+                 certified stop                              + interlacing + Weyl)
+===============  ==========================================  ========================================
+
+``delta_power`` is ``delta_ritz`` without the guard column (``k`` columns; the same certificate).
+``exact_triu`` is ``exact`` sending only the upper triangle (d (d + 1) / 2 numbers);
+``subspace_f32`` is ``subspace`` with float32 messages.
 
 :func:`solve` runs one algorithm for one problem with a stopping rule and records the subspace
 error after every round; :class:`~stagelearn.analytics.learners.distributed_pca.DistributedPCA`
@@ -35,7 +42,8 @@ import numpy as np
 
 from .comm_counter import CommCounter
 
-ALGORITHMS = ("exact", "oneshot", "subspace", "oja", "iag", "gossip", "warm_ritz")
+ALGORITHMS = ("exact", "exact_triu", "oneshot", "subspace", "subspace_f32", "oja", "iag", "gossip", "warm_ritz",
+              "delta_ritz", "delta_power")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -143,7 +151,7 @@ class Solve:
 
 
 def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, reference=None, counter=None,
-          seed=0, oja_local_steps=4, gossip_steps=4, graph=None, guard=None):
+          seed=0, oja_local_steps=4, gossip_steps=4, graph=None, guard=None, state=None):
     """Run one distributed PCA algorithm on the local shares ``A_r`` (collective over ``comm``).
 
     Parameters
@@ -170,6 +178,9 @@ def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, referen
         Neighbours of every rank for ``gossip`` (default: ring).
     guard : ndarray of shape (d, 1), optional
         The previous call's guard vector for ``warm_ritz`` (returned in ``info["guard"]``).
+    state : dict, optional
+        The previous call's ``info["state"]`` for ``delta_ritz`` (guard and reference products).
+        ``delta_ritz`` stops on its certificate (upper bound on sin theta <= ``tol``), not on movement.
 
     Returns
     -------
@@ -188,15 +199,25 @@ def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, referen
     if algorithm == "exact":
         V, _ = top_eigvecs(counter.allreduce(A_r), k)
         run.record(V)
+    elif algorithm == "exact_triu":
+        iu = np.triu_indices(d)
+        C = np.zeros((d, d))
+        C[iu] = counter.allreduce(A_r[iu])
+        V, _ = top_eigvecs(C + np.triu(C, 1).T, k)
+        run.record(V)
     elif algorithm == "oneshot":
         Vr, _ = top_eigvecs(A_r, k)
         bases = counter.allgather(Vr)
         V, _ = top_eigvecs(sum(B @ B.T for B in bases) / p, k)
         run.record(V)
     else:
-        step = {"subspace": _subspace, "oja": _oja, "iag": _iag, "gossip": _gossip, "warm_ritz": _warm_ritz}[algorithm]
+        from .dpca_delta import delta_ritz
+
+        step = {"subspace": _subspace, "subspace_f32": _subspace_f32, "oja": _oja, "iag": _iag, "gossip": _gossip,
+                "warm_ritz": _warm_ritz, "delta_ritz": delta_ritz,
+                "delta_power": lambda *a, **kw: delta_ritz(*a, guard_columns=0, **kw)}[algorithm]
         V = step(A_r, V0, k, comm, counter, run, tol=tol, max_rounds=max_rounds, oja_local_steps=oja_local_steps,
-                 gossip_steps=gossip_steps, graph=graph, guard=guard, info=info)
+                 gossip_steps=gossip_steps, graph=graph, guard=guard, info=info, state=state)
     info.update(rounds=counter.rounds, bytes_sent=counter.bytes_sent, history=run.history)
     return V, info
 
@@ -223,6 +244,10 @@ def _iterate(update, V, comm, run, tol, max_rounds):
 
 def _subspace(A_r, V, k, comm, counter, run, *, tol, max_rounds, **_):
     return _iterate(lambda V: orthonormal(counter.allreduce(A_r @ V)), V, comm, run, tol, max_rounds)
+
+
+def _subspace_f32(A_r, V, k, comm, counter, run, *, tol, max_rounds, **_):
+    return _iterate(lambda V: orthonormal(counter.allreduce(A_r @ V, dtype=np.float32)), V, comm, run, tol, max_rounds)
 
 
 def _oja(A_r, V, k, comm, counter, run, *, tol, max_rounds, oja_local_steps, **_):

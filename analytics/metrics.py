@@ -93,6 +93,8 @@ class ErrorStats:
         finite = np.isfinite(orig)
         if finite.all():
             diff = orig - rec
+            if original.dtype.kind in "iu":
+                _exact_integer_difference(original, rec, diff)
         else:
             same = (orig == rec) | (np.isnan(orig) & np.isnan(rec))
             with np.errstate(invalid="ignore"):  # inf - inf where the tile travelled raw: counted as exact below
@@ -141,6 +143,24 @@ class ErrorStats:
     @classmethod
     def from_dict(cls, d):
         return cls(float(d["sse"]), int(d["n"]), float(d["max_abs_error"]), float(d["vmin"]), float(d["vmax"]))
+
+
+def _exact_integer_difference(original, rec, diff):
+    """Correct ``diff`` (``original - rec`` in float64) in place where integers exceed float64's 2**53.
+
+    Beyond 2**53 an integer's float64 value may be rounded, so the float64 difference may read 0
+    for values that differ; there the difference is taken exactly (Python integers and fractions)
+    and rounded once.
+    """
+    big = np.abs(original.astype(np.float64)) >= 2.0 ** 53
+    if not big.any():
+        return
+    from fractions import Fraction
+
+    flat, out, recs = original.ravel(), diff.reshape(-1), rec.ravel()
+    for i in np.flatnonzero(big.ravel()):
+        r = float(recs[i])
+        out[i] = float(Fraction(int(flat[i])) - Fraction(r)) if math.isfinite(r) else math.nan
 
 
 def compression_ratio(raw_bytes, sent_bytes):

@@ -25,6 +25,8 @@ import numpy as np
 from .baselines import sz3_at_psnr
 from .codec import encode_block
 from .metrics import ErrorStats, psnr_from_mse
+from .payload import encode_raw_block
+from .tiling import tile_grid
 
 logger = logging.getLogger(__name__)
 
@@ -176,9 +178,15 @@ def encode_step_block(block, model, *, step, chain, chain_key, target_mse, abs_b
     prev_step, prev = chain.reference(chain_key, block.shape)
     eb = encode_block(source, model.codec(), model.tile_shape, raw_fraction=raw_fraction, target_mse=target_mse,
                       tile_hook=scorer, prev=prev, abs_bound=abs_bound, header=dict(header or {}, ref_step=prev_step))
-    chain.record(chain_key, step, eb.reconstruction)
-    stats = eb.stats if given is source else ErrorStats.from_arrays(given, eb.reconstruction)
-    code = BlockCode(payload=eb.payload, reconstruction=eb.reconstruction, stats=stats, n_raw_tiles=eb.n_raw_tiles,
+    payload, recon, n_raw, stats = eb.payload, eb.reconstruction, eb.n_raw_tiles, eb.stats
+    raw = encode_raw_block(block, header=dict(header or {}, tile_shape=list(model.tile_shape)))
+    if len(payload) > len(raw):  # never larger than raw plus the raw payload's header: send the block raw
+        payload, recon = raw, np.ascontiguousarray(block, dtype=np.float32)
+        n_raw = int(np.prod(tile_grid(block.shape, model.tile_shape)))
+        stats = ErrorStats.from_arrays(source, recon)
+    chain.record(chain_key, step, recon)
+    stats = stats if given is source else ErrorStats.from_arrays(given, recon)
+    code = BlockCode(payload=payload, reconstruction=recon, stats=stats, n_raw_tiles=n_raw,
                      local_psnr_db=psnr_from_mse(stats.mse, stats.data_range))
     if scorer is not None:
         code.amap = scorer.map_array()

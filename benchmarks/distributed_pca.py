@@ -36,11 +36,13 @@ D, K, N, T, DRIFT = 64, 4, 2000, 6, 0.02
 HETEROGENEITY = (0.0, 0.5, 1.0, "subdomain")
 RANKS = (2, 4, 8)
 # (label, algorithm, warm start, graph)
-VARIANTS = [("exact", "exact", False, None), ("oneshot", "oneshot", False, None),
+VARIANTS = [("exact", "exact", False, None), ("exact_triu", "exact_triu", False, None), ("oneshot", "oneshot", False, None),
             ("subspace_cold", "subspace", False, None), ("subspace", "subspace", True, None),
+            ("subspace_f32", "subspace_f32", True, None),
             ("oja", "oja", True, None), ("iag", "iag", True, None),
             ("gossip_ring", "gossip", True, "ring"), ("gossip_grid", "gossip", True, "grid"),
-            ("warm_ritz", "warm_ritz", True, None)]
+            ("warm_ritz", "warm_ritz", True, None), ("delta_ritz", "delta_ritz", True, None),
+            ("delta_power", "delta_power", True, None)]
 
 
 def gray_scott_tiles(comm, t):
@@ -98,7 +100,7 @@ def quality(comm, A, V, U, mean, held):
     return (best - captured) / best, float(np.sqrt(sums[0] / sums[1]) / span) if span > 0 else float("nan")
 
 
-def worker(out):
+def worker(out, only):
     from mpi4py import MPI
 
     from stagelearn.analytics.comm_counter import CommCounter
@@ -109,22 +111,27 @@ def worker(out):
     graphs = {"ring": ring_graph(p), "grid": grid_graph(tuple(MPI.Compute_dims(p, 2)))}
     results = []
     for h in HETEROGENEITY:
-        state = {label: {"V": None, "guard": None} for label, *_ in VARIANTS}
+        state = {label: {"V": None, "guard": None, "state": None} for label, *_ in VARIANTS}
         for t in range(T):
             X, held = data(comm, h, t)
             A, mean, _ = local_problem(X, CommCounter(comm))
+            C = np.empty_like(A)
+            comm.Allreduce(A, C, op=MPI.SUM)  # evaluation only: exact spectrum for the predicted contraction
+            lam = np.linalg.eigvalsh(C)[::-1]
             U, _ = solve("exact", A, K, comm)
             for label, alg, warm, graph in VARIANTS:
+                if only and label not in only:
+                    continue
                 st = state[label]
                 V0 = st["V"] if warm and st["V"] is not None else orthonormal(np.random.default_rng(100 + t).normal(size=(D, K)))
                 max_rounds = 400 if alg == "iag" else 150
                 comm.Barrier()
                 t0 = time.perf_counter()
                 V, info = solve(alg, A, K, comm, V0=V0, tol=TOL / 10, max_rounds=max_rounds, reference=U,
-                                graph=graphs.get(graph), guard=st["guard"], counter=CommCounter(comm))
+                                graph=graphs.get(graph), guard=st["guard"], state=st["state"], counter=CommCounter(comm))
                 wall = np.array([time.perf_counter() - t0])
                 comm.Allreduce(MPI.IN_PLACE, wall, op=MPI.MAX)
-                st["V"], st["guard"] = V, info.get("guard", st["guard"])
+                st["V"], st["guard"], st["state"] = V, info.get("guard", st["guard"]), info.get("state")
                 ev_gap, nrmse = quality(comm, A, V, U, mean, held)
                 hist = np.array(info["history"]) if info["history"] else np.zeros((0, 3))
                 err = hist[:, 2].copy() if len(hist) else np.zeros(0)
@@ -135,7 +142,9 @@ def worker(out):
                     results.append({"algorithm": label, "n_ranks": p, "heterogeneity": h, "t": t,
                                     "rounds": hist[:, 0].tolist() if len(hist) else [],
                                     "bytes": byt.tolist(), "sin_theta": err.tolist(), "ev_gap": ev_gap,
-                                    "heldout_nrmse": nrmse, "wall_ms": 1e3 * float(wall[0])})
+                                    "heldout_nrmse": nrmse, "wall_ms": 1e3 * float(wall[0]),
+                                    "certificates": info.get("certificates", []),
+                                    "rho": float(lam[K] / lam[K - 1])})
     if comm.rank == 0:
         with open(os.path.join(out, f"raw_{p}.json"), "w") as f:
             json.dump(results, f)
@@ -148,15 +157,30 @@ def first_at_tol(run):
     return None
 
 
-def summarise(out):
+def first_certified(run):
+    """(rounds, bytes) at the first round whose certificate is <= TOL (the certified stop), else None."""
+    for i, c in enumerate(run.get("certificates", [])):
+        if c <= TOL:
+            return run["rounds"][i], run["bytes"][i]
+    return None
+
+
+def summarise(out, ranks=RANKS, only=()):
     rows = []
-    runs = [r for p in RANKS for r in json.load(open(os.path.join(out, f"raw_{p}.json")))]
+    runs = [r for p in ranks for r in json.load(open(os.path.join(out, f"raw_{p}.json")))]
     for label, *_ in VARIANTS:
-        for p in RANKS:
+        if only and label not in only:
+            continue
+        for p in ranks:
             for h in HETEROGENEITY:
                 mine = sorted((r for r in runs if r["algorithm"] == label and r["n_ranks"] == p and r["heterogeneity"] == h),
                               key=lambda r: r["t"])
+                if not mine:
+                    continue
                 hits = [first_at_tol(r) for r in mine]
+                certified = [first_certified(r) for r in mine[1:]]
+                cert_ok = bool(mine[0].get("certificates")) and all(x is not None for x in certified)
+                sound = all(c >= e for r in mine for c, e in zip(r.get("certificates", []), r["sin_theta"]))
                 track = hits[1:]
                 ok = all(x is not None for x in track)
                 rows.append({
@@ -169,6 +193,9 @@ def summarise(out):
                     "ev_gap": float(np.mean([r["ev_gap"] for r in mine[1:]])),
                     "heldout_nrmse": float(np.mean([r["heldout_nrmse"] for r in mine[1:]])),
                     "wall_ms": float(np.mean([r["wall_ms"] for r in mine[1:]])),
+                    "bytes_certified": float(np.mean([x[1] for x in certified])) if cert_ok else "",
+                    "rounds_certified": float(np.mean([x[0] for x in certified])) if cert_ok else "",
+                    "certificate_sound": sound if mine[0].get("certificates") else "",
                 })
     with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -181,10 +208,54 @@ def summarise(out):
         lines.append(f"| {r['algorithm']} | {r['n_ranks']} | {r['heterogeneity']} | {fmt(r['bytes_to_tol'], ',.0f')} | "
                      f"{fmt(r['rounds_to_tol'], '.1f')} | {fmt(r['bytes_to_tol_t0'], ',.0f')} | {fmt(r['rounds_to_tol_t0'], '.0f')} | "
                      f"{r['final_sin_theta']:.1e} | {r['ev_gap']:.1e} | {r['heldout_nrmse']:.2e} | {r['wall_ms']:.1f} |")
+    lines += ["", "Target check (tracking, bytes all ranks; ratio to float32 warm subspace iteration; certified stop at 1e-3):", "",
+              "| algorithm | ranks | heterogeneity | bytes to 1e-3 | ratio to subspace_f32 | rounds | rounds subspace_f32 | "
+              "bytes at certified stop | rounds at certified stop | certificate >= true sin θ in every round |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    base = {(r["n_ranks"], r["heterogeneity"]): r for r in rows if r["algorithm"] == "subspace_f32"}
+    for r in rows:
+        b = base.get((r["n_ranks"], r["heterogeneity"]))
+        if r["algorithm"] not in ("delta_ritz", "delta_power", "warm_ritz", "subspace", "exact_triu") or not b:
+            continue
+        ratio = r["bytes_to_tol"] / b["bytes_to_tol"] if r["bytes_to_tol"] != "" and b["bytes_to_tol"] != "" else ""
+        lines.append(f"| {r['algorithm']} | {r['n_ranks']} | {r['heterogeneity']} | {fmt(r['bytes_to_tol'], ',.0f')} | "
+                     f"{fmt(ratio, '.2f')} | {fmt(r['rounds_to_tol'], '.1f')} | {fmt(b['rounds_to_tol'], '.1f')} | "
+                     + (f"{fmt(r['bytes_certified'], ',.0f')} | {fmt(r['rounds_certified'], '.1f')} | {r['certificate_sound']} |"
+                        if r["certificate_sound"] != "" else "no certificate | | |"))
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(runs, out)
+    plot_contraction(runs, out)
     return rows, lines
+
+
+def plot_contraction(runs, out):
+    """sin theta per round of ``delta_ritz`` against the predicted contraction, per heterogeneity (largest rank count)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mine = [r for r in runs if r["algorithm"] == "delta_ritz" and r.get("certificates")]
+    if not mine:
+        return
+    p = max(r["n_ranks"] for r in mine)
+    fig, axes = plt.subplots(1, len(HETEROGENEITY), figsize=(4 * len(HETEROGENEITY), 3.8), layout="constrained")
+    for ax, h in zip(axes, HETEROGENEITY):
+        for r in (r for r in mine if r["n_ranks"] == p and r["heterogeneity"] == h and r["t"] in (0, 1, 3)):
+            e = np.maximum(r["sin_theta"], 1e-16)
+            line, = ax.semilogy(r["rounds"], e, ".-", label=f"t={r['t']} measured")
+            ax.semilogy(r["rounds"], r["certificates"], ":", color=line.get_color(), label=f"t={r['t']} certificate")
+            pred = e[0] * r["rho"] ** (np.asarray(r["rounds"]) - r["rounds"][0])
+            ax.semilogy(r["rounds"], np.maximum(pred, 1e-16), "--", color=line.get_color(), lw=0.8,
+                        label=f"t={r['t']} predicted (λk+1/λk={r['rho']:.2f})")
+        ax.axhline(TOL, color="k", lw=0.8, ls="--")
+        ax.set_title(f"delta_ritz, {p} ranks, heterogeneity {h}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("sin θ")
+    axes[0].legend(fontsize=6)
+    fig.savefig(os.path.join(out, "delta_ritz_contraction.png"), dpi=100)
+    plt.close(fig)
 
 
 def plot(runs, out):
@@ -216,16 +287,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.path.join(REPO, "results", "distributed_pca"))
     ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--ranks", type=int, nargs="+", default=list(RANKS))
+    ap.add_argument("--only", nargs="+", default=[], help="run only these variants (labels)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     if args.worker:
-        return worker(args.out)
+        return worker(args.out, args.only)
     mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    for p in RANKS:
-        subprocess.run([mpiexec, "-n", str(p), sys.executable, os.path.abspath(__file__), "--worker", "--out", args.out],
-                       check=True, env=env, timeout=1800)
-    _, lines = summarise(args.out)
+    for p in args.ranks:
+        subprocess.run([mpiexec, "-n", str(p), sys.executable, os.path.abspath(__file__), "--worker", "--out", args.out]
+                       + (["--only", *args.only] if args.only else []), check=True, env=env, timeout=1800)
+    _, lines = summarise(args.out, args.ranks, args.only)
     print("\n".join(lines))
 
 

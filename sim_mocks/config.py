@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import List, Literal, Tuple, Union
+from typing import ClassVar, List, Literal, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +23,7 @@ class GrayScottConfig(_MockBase):
     """ADIOS2 tutorial Gray-Scott (``settings-files.json`` names and defaults)."""
 
     type: Literal["gray_scott"] = "gray_scott"
+    field_ndim: ClassVar[int] = 3  # fields U, V on an L x L x L grid
     L: int = Field(64, ge=4, description="Cells per side of the cubic grid.")
     F: float = 0.01
     k: float = 0.05
@@ -36,6 +37,7 @@ class Heat2DConfig(_MockBase):
     """2D advection-diffusion with a moving source."""
 
     type: Literal["heat2d"] = "heat2d"
+    field_ndim: ClassVar[int] = 2  # nx x ny
     nx: int = Field(256, ge=4)
     ny: int = Field(256, ge=4)
     kappa: float = Field(0.1, gt=0)
@@ -51,6 +53,7 @@ class GyrokineticConfig(_MockBase):
     """Gysela-like 5-D distribution function f(r, theta, phi, v_par, mu) (sim_mocks/gyrokinetic.py)."""
 
     type: Literal["gyrokinetic"] = "gyrokinetic"
+    field_ndim: ClassVar[int] = 5  # f(r, theta, phi, v_par, mu)
     n_r: int = Field(16, ge=2)
     n_theta: int = Field(32, ge=1)
     n_phi: int = Field(8, ge=1)
@@ -68,6 +71,7 @@ class ExternalSimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["external"] = "external"
+    field_ndim: ClassVar[Optional[int]] = None  # the code's own: known only from its stream
     ranks: int = Field(1, ge=1, description="MPI ranks of the simulation (M).")
     command: List[str] = Field(..., min_length=1, description="Argument list run as `mpiexec -n ranks COMMAND...` in the "
                                "run directory; script and config files (.py, .sh, .xml, .yaml, ...) named relative "

@@ -38,23 +38,30 @@ class StepAccounts:
         for step in sorted(self.rows):
             entries = self.rows[step]
             per_var = defaultdict(ErrorStats)
-            raw = sent = 0.0
-            versions = set()
+            raw = sent = values = 0.0
+            versions, coded_vars = set(), set()
             for (rank, var), row in entries.items():
                 raw += report_get(row, "raw_bytes")
                 sent += report_get(row, "sent_bytes")
+                values += report_get(row, "n")
                 versions.add(int(report_get(row, "encoder_version")))
+                if report_get(row, "encoder_version") > 0:
+                    coded_vars.add(var)
                 per_var[var] = per_var[var].merge(ErrorStats(report_get(row, "sse"), int(report_get(row, "n")),
                                                              report_get(row, "max_abs_error"), report_get(row, "vmin"),
                                                              report_get(row, "vmax")))
             psnrs = {v: s.psnr_db for v, s in per_var.items()}
-            finite = [p for p in psnrs.values() if math.isfinite(p)]  # variables sent raw are exact (inf)
+            # the step's PSNR is over the coded variables (a variable sent raw has only float32 rounding,
+            # or none); +inf is exact and left out, -inf (an error on a constant field) is kept
+            judged = [psnrs[v] for v in sorted(coded_vars)] if coded_vars else list(psnrs.values())
+            finite = [p for p in judged if p != math.inf]
             nrmses = [s.nrmse for s in per_var.values() if s.sse > 0]
             table.append({
                 "step": step,
                 "encoder_version": max(versions),
                 "producer_blocks": len({r for r, _ in entries}),
                 "raw_bytes": int(raw),
+                "n_values": int(values),
                 "sent_bytes": int(sent),
                 "compression_ratio": compression_ratio(raw, sent),
                 "psnr_db": float(np.mean(finite)) if finite else math.inf,
@@ -113,6 +120,7 @@ class StepAccounts:
         coded = [r for r in table if r["encoder_version"] > 0]
         raw = sum(r["raw_bytes"] for r in coded)
         sent = sum(r["sent_bytes"] for r in coded)
+        n_values = sum(r["n_values"] for r in coded)
         out = {
             "steps_written": int(steps_written),
             "steps_received": len(received),
@@ -121,8 +129,8 @@ class StepAccounts:
             "first_encoded_step": coded[0]["step"] if coded else None,
             "encoded_steps": len(coded),
             "compression_ratio": compression_ratio(raw, sent) if coded else None,
-            # bits sent per float32 value, all side information included (latent scales, headers, raw tiles)
-            "bits_per_value": 32.0 * sent / raw if coded and raw else None,
+            # bits sent per value, all side information included (latent scales, headers, raw tiles)
+            "bits_per_value": 8.0 * sent / n_values if coded and n_values else None,
             "psnr_db": float(np.mean([r["psnr_db"] for r in coded])) if coded else None,
             "min_psnr_db": float(min(r["psnr_db"] for r in coded)) if coded else None,
             "max_abs_error": float(max(r["max_abs_error"] for r in coded)) if coded else None,

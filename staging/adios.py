@@ -24,7 +24,7 @@ import time
 from contextlib import contextmanager
 
 from . import watchdog
-from .errors import AdiosUnavailableError, ConfigError, StreamTimeoutError
+from .errors import AdiosUnavailableError, ConfigError, StreamTimeoutError, strip_ansi
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def begin_step(engine, timeout_s, what):
     return status
 
 
-def open_reader(io, path, open_timeout_s, what):
+def open_reader(io, path, open_timeout_s, what, setting="timeouts.open_s"):
     """Open a stream for reading, waiting at most ``open_timeout_s`` for its writer.
 
     Sets SST's ``OpenTimeoutSecs`` (the wait for the writer's contact file) and bounds the
@@ -153,10 +153,13 @@ def open_reader(io, path, open_timeout_s, what):
     an earlier run (SST: "non-current SST contact file") is reported, removed, and the wait goes
     on for the real writer with the time left (the writer may start before or after the reader).
 
+    ``setting`` is how the message names the timeout (the YAML key, or the argument the caller passed).
+
     Raises
     ------
     StreamTimeoutError
-        If no writer appeared in time (ADIOS2's own error is quoted).
+        If no writer appeared in time; says whether the contact file's folder exists, whether a
+        contact file appeared, or whether it was stale.
     """
     b = bindings()
     t_end = time.monotonic() + open_timeout_s
@@ -164,7 +167,7 @@ def open_reader(io, path, open_timeout_s, what):
         left = max(1.0, t_end - time.monotonic())
         io.SetParameter("OpenTimeoutSecs", str(max(1, int(round(left)))))
         try:
-            with deadline(left + 30, f"{what} to finish opening {path} (timeouts.open_s)"):
+            with deadline(left + 30, f"{what} to finish opening {path} ({setting})"):
                 return io.Open(str(path), b.Mode.Read)
         except (ValueError, RuntimeError) as exc:
             text = str(exc)
@@ -177,11 +180,21 @@ def open_reader(io, path, open_timeout_s, what):
                     pass
                 continue
             if "contact" in text or "Timeout" in text or "timed out" in text:
-                stale = " (its contact file was stale: the writer had gone)" if "did not find active Writer" in text else ""
                 raise StreamTimeoutError(
-                    f"no {what} opened {path} within {open_timeout_s:g} s (timeouts.open_s){stale}; is it running, "
-                    f"and does it use the same stream path and SST settings?") from None
-            raise
+                    f"no {what} opened {path} within {open_timeout_s:g} s ({setting}){_why_not_open(path, text)}; "
+                    "is it running, and does it use the same stream path and SST settings?") from None
+            raise type(exc)(strip_ansi(text)) from None
+
+
+def _why_not_open(path, text):
+    """What the contact file tells about a writer that never came: no folder, no file, or a stale file."""
+    folder = os.path.dirname(os.path.abspath(str(path)))
+    if not os.path.isdir(folder):
+        return f" (the folder {folder} does not exist: nothing was started with this run directory yet)"
+    if "did not find active Writer" in text and os.path.exists(f"{path}.sst"):
+        return " (its contact file was stale: the writer had gone)"
+    return f" (no contact file {path}.sst appeared)"
+
 
 
 @contextmanager

@@ -44,6 +44,9 @@ class ReceivedBlock:
         Anomaly map rows ``(tile, score, flagged, persistent)`` when the encoder scores tiles.
     shape, start, count : tuple of int or None
         Global shape and selection (for raw blocks; payload headers carry their own).
+    corrupt : str or None
+        Why the block does not match its writer's metadata (:func:`~.block_check.check_block`);
+        such a block is stored as it came but kept out of the learner.
     """
 
     var: str
@@ -55,6 +58,7 @@ class ReceivedBlock:
     shape: Optional[tuple] = None
     start: Optional[tuple] = None
     count: Optional[tuple] = None
+    corrupt: Optional[str] = None
     _parsed: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
     _parsed_of: Optional[bytes] = field(default=None, init=False, repr=False, compare=False)
     _err_hist: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)

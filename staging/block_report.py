@@ -9,51 +9,72 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from ..analytics.metrics import ErrorStats, psnr_from_mse
 from ..analytics.step_encode import finite_range
 from .wire import make_report
 
 
-def raw_report(step, rank, block):
-    """Report row of a block sent raw (lossless): its bytes and the range of its finite values.
+def raw_report(step, rank, block, given=None):
+    """Report row of a block sent raw: its bytes, the range of its finite values and the error of the wire values.
+
+    A raw block is exact only when the caller's values survive the float32 wire dtype bit for bit:
+    ``given`` (the caller's own values, in their dtype) is what the error is measured against, and
+    ``raw_bytes`` is its size in that dtype (float64 data counts 8 bytes a value; ``sent_bytes`` the
+    float32 that travels).
 
     Parameters
     ----------
     step, rank : int
     block : ndarray of float32
+        The block as it travels.
+    given : ndarray, optional
+        The caller's values (any real dtype, same shape). Default: ``block`` (exact by definition).
 
     Returns
     -------
     row : ndarray of shape (len(REPORT_FIELDS),), float64
     """
-    lo, hi = finite_range(block)
-    return make_report(step=step, rank=rank, raw_bytes=block.nbytes, sent_bytes=block.nbytes, n=block.size,
-                       vmin=lo, vmax=hi, local_psnr_db=math.inf)
+    if given is None or np.asarray(given).dtype == block.dtype:
+        lo, hi = finite_range(block)
+        return make_report(step=step, rank=rank, raw_bytes=block.nbytes, sent_bytes=block.nbytes, n=block.size,
+                           vmin=lo, vmax=hi, local_psnr_db=math.inf)
+    given = np.asarray(given)
+    st = ErrorStats.from_arrays(given, block)
+    return make_report(step=step, rank=rank, raw_bytes=given.nbytes, sent_bytes=block.nbytes, sse=st.sse,
+                       n=block.size, max_abs_error=st.max_abs_error, vmin=st.vmin, vmax=st.vmax,
+                       local_psnr_db=psnr_from_mse(st.mse, st.data_range))
 
 
-def coded_report(step, rank, encoder_version, block, code):
+def coded_report(step, rank, encoder_version, block, code, given=None):
     """Report row of a coded block.
 
     Parameters
     ----------
     step, rank, encoder_version : int
     block : ndarray of float32
-        The block as it travels (its size and float32 bytes are counted).
+        The block as it travels (its size is counted).
     code : BlockCode
-        :func:`~stagelearn.analytics.step_encode.encode_step_block`'s result for ``block``.
+        :func:`~stagelearn.analytics.step_encode.encode_step_block`'s result for ``block`` (its
+        error is measured against the caller's values).
+    given : ndarray, optional
+        The caller's values: ``raw_bytes`` is their size in their own dtype (default: ``block``'s float32 bytes).
 
     Returns
     -------
     row : ndarray of shape (len(REPORT_FIELDS),), float64
     """
     st = code.stats
-    return make_report(step=step, rank=rank, encoder_version=encoder_version, raw_bytes=block.nbytes,
+    raw_bytes = (block if given is None else np.asarray(given)).nbytes
+    return make_report(step=step, rank=rank, encoder_version=encoder_version, raw_bytes=raw_bytes,
                        sent_bytes=code.sent_bytes, sse=st.sse, n=block.size, max_abs_error=st.max_abs_error,
                        vmin=st.vmin, vmax=st.vmax, n_raw_tiles=code.n_raw_tiles, sz3_bytes=code.sz3_bytes,
                        sz3_sse=code.sz3_sse, local_psnr_db=code.local_psnr_db, n_flagged=code.n_flagged,
                        anomaly_bytes=code.anomaly_bytes)
 
 
-def raw_record(name, step, rank, block, shape, start):
+def raw_record(name, step, rank, block, shape, start, given=None):
     """The record of a block sent raw, as :class:`~.stream_writer.StreamWriter` and the fallback file take it.
 
     Parameters
@@ -65,11 +86,13 @@ def raw_record(name, step, rank, block, shape, start):
         This rank's block (possibly empty).
     shape, start : tuple of int
         The variable's global shape and this rank's offset.
+    given : ndarray, optional
+        The caller's values in their own dtype: the report's error is measured against them (:func:`raw_report`).
 
     Returns
     -------
     record : dict
         ``var``, ``raw``, ``report``, ``shape``, ``start``, ``count``.
     """
-    return {"var": name, "raw": block, "report": raw_report(step, rank, block), "shape": shape, "start": start,
+    return {"var": name, "raw": block, "report": raw_report(step, rank, block, given), "shape": shape, "start": start,
             "count": block.shape}

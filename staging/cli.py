@@ -29,8 +29,9 @@ import logging
 import os
 import sys
 
+from .cli_help import CONFIG_HELP, DESCRIPTION, EPILOG
 from .errors import (AdiosUnavailableError, ConfigError, Interrupted, ModelFormatError, PeerLostError,
-                     StagelearnError, StreamTimeoutError, UsageError)
+                     StagelearnError, StreamTimeoutError, UsageError, strip_ansi)
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,9 @@ def exit_code_for(exc):
 
 def _print_error(command, exc):
     """``stagelearn COMMAND: error: ...`` on stderr, one line per problem of a ConfigError listing several."""
-    for problem in getattr(exc, "problems", None) or (exc,):
-        print(f"stagelearn {command}: error: {problem}", file=sys.stderr, flush=True)
+    for problem in getattr(exc, "problems", None) or (exc,):  # ADIOS2's colours and line breaks removed
+        text = " ".join(strip_ansi(problem).split())
+        print(f"stagelearn {command}: error: {text}", file=sys.stderr, flush=True)
 
 
 def _setup_logging(level, tag=""):
@@ -71,25 +73,31 @@ def _setup_logging(level, tag=""):
 def _parser():
     from stagelearn import __version__
 
-    p = argparse.ArgumentParser(prog="stagelearn", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="stagelearn", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"stagelearn {__version__}")
     p.add_argument("--log-level", default=os.environ.get("STAGELEARN_LOG_LEVEL", "warning"),
                    choices=["debug", "info", "warning", "error"])
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run simulation and staging as two mpiexec jobs coupled by SST")
-    r.add_argument("config")
+    r = sub.add_parser("run", help="run simulation and staging as two mpiexec jobs coupled by SST",
+                       description="Run the simulation (simulation.ranks) and staging (staging.ranks) as two "
+                       "mpiexec jobs, then print the report.")
+    r.add_argument("config", help=CONFIG_HELP)
     r.add_argument("--output-dir", help="override output_dir")
     r.add_argument("--run-name", help="override run_name")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for name, help_ in (("sim", "producer side (run under mpiexec)"), ("stage", "staging side (run under mpiexec)")):
-        s = sub.add_parser(name, help=help_)
-        s.add_argument("config")
-        s.add_argument("--run-dir", help="default: <output_dir>/<run_name>")
+    for name, help_, n in (("sim", "producer side: the configured mock simulation", "simulation.ranks"),
+                           ("stage", "staging side: receive, learn, write compressed.bp", "staging.ranks")):
+        text = f"{help_}; run it under `mpiexec -n N` (N = {n})"
+        s = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}, e.g. "
+                           f"`mpiexec -n N stagelearn {name} run.yaml --run-dir run`.")
+        s.add_argument("config", help=CONFIG_HELP)
+        s.add_argument("--run-dir", help="default: <output_dir>/<run_name>; the other side must be given the same one")
     rp = sub.add_parser("report", help="summary.json, table and plot of a run whose sides were launched separately")
-    rp.add_argument("config")
+    rp.add_argument("config", help=CONFIG_HELP)
     rp.add_argument("--run-dir", help="default: <output_dir>/<run_name>")
     v = sub.add_parser("validate", help="check a run YAML and its ADIOS2 XML without running")
-    v.add_argument("config")
+    v.add_argument("config", help=CONFIG_HELP)
     d = sub.add_parser("decode", help="reconstruct a field from a compressed output file")
     d.add_argument("file", help="compressed.bp written by staging")
     d.add_argument("--step", type=int, help="producer output step (default: list steps)")
@@ -109,7 +117,7 @@ def _parser():
 # --- `stagelearn launch`: batch script for a scheduler (generation in .slurm; nothing is submitted) ---
 def _add_launch_parser(sub):
     la = sub.add_parser("launch", help="write a batch script (SLURM) that runs `stagelearn sim` and `stagelearn stage`")
-    la.add_argument("config")
+    la.add_argument("config", help=CONFIG_HELP)
     la.add_argument("--scheduler", choices=["slurm"], default="slurm")
     la.add_argument("--mode", choices=["hetjob", "mpmd"], default="hetjob",
                     help="hetjob: heterogeneous job, one component per side; mpmd: one allocation, two job steps")
@@ -178,7 +186,8 @@ def _xml(args):
         errors = sum(f.severity == "error" for f in findings)
         if errors:
             raise ConfigError(f"{args.check}: {errors} error(s), {len(findings) - errors} warning(s); "
-                              f"see `stagelearn xml {args.config} > adios2.xml` for the expected file")
+                              f"see `stagelearn xml {args.config}{f' --io {args.io}' if args.io else ''} > adios2.xml` "
+                              "for the expected file")
         print(f"{args.check}: OK ({len(findings)} warning(s))", file=sys.stderr)
         return 0
     text = generate(cfg, io_name=args.io)
@@ -269,7 +278,7 @@ def _decode(args):
         return _export_latents(args)
     if (args.step is None) != (args.var is None):
         raise UsageError("decode: give both --step and --var (or neither, to list the file)")
-    reader = CompressedOutputReader(args.file)
+    reader = _open_output(args.file)
     if args.step is None:
         print(f"{args.file}: variables {reader.fields()}, steps {reader.steps[0]}..{reader.steps[-1]} ({len(reader.steps)})")
         return 0
@@ -288,6 +297,23 @@ def _decode(args):
     return 0
 
 
+def _open_output(path):
+    """The reader of ``path``; a missing or unreadable file is a usage error (exit 2) in one line."""
+    from .output_reader import CompressedOutputReader
+
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or folder; give the compressed.bp of a run "
+                         "(<output_dir>/<run_name>/compressed.bp, or the --run-dir given to `stagelearn stage`)")
+    try:
+        return CompressedOutputReader(path)
+    except StagelearnError as exc:
+        if type(exc) is not StagelearnError:  # a specific error keeps its own exit code
+            raise
+        first = strip_ansi(exc).split("(", 1)[0].strip().rstrip(":")
+        raise UsageError(f"{first}: not a compressed output written by stagelearn staging "
+                         "(ADIOS2 BP5 with stagelearn's step variable)") from None
+
+
 def _export_latents(args):
     """``decode --latents``: per-tile codes and tile positions, one row per (step, tile), to .npz."""
     from .latents_export import export_latents
@@ -295,38 +321,6 @@ def _export_latents(args):
     if not args.var or not args.output or not args.output.endswith(".npz"):
         raise UsageError("decode --latents: give --var and -o FILE.npz")
     print(export_latents(args.file, args.var, args.output, args.step))
-    return 0
-
-
-def _info():
-    import platform
-
-    import numpy
-
-    from stagelearn import __version__
-
-    lines = [f"stagelearn {__version__}", f"python {platform.python_version()}", f"numpy {numpy.__version__}"]
-    try:
-        from mpi4py import MPI
-
-        import mpi4py
-
-        lines.append(f"mpi4py {mpi4py.__version__}; {MPI.Get_library_version().splitlines()[0]}")
-    except ImportError as exc:
-        lines.append(f"mpi4py: not available ({exc})")
-    try:
-        from .adios import adios2_version, built_with_mpi
-
-        lines.append(f"adios2 {adios2_version()}; built with MPI: {built_with_mpi()}")
-    except (ImportError, StagelearnError) as exc:
-        lines.append(f"adios2: not available ({exc})")
-    try:
-        import torch
-
-        lines.append(f"torch {torch.__version__}; gloo: {torch.distributed.is_gloo_available()}")
-    except ImportError:
-        lines.append("torch: not installed")
-    print("\n".join(lines))
     return 0
 
 
@@ -346,14 +340,22 @@ def main(argv=None):
     _setup_logging(args.log_level)
     try:
         if args.command == "validate":
+            from .code_xml import code_xml_files, enforce
             from .config import load_config
 
             cfg = load_config(args.config)
+            notes = enforce(cfg)  # in transit: the code's own XML, as `xml --check` judges it
+            for note in notes:
+                print(note)
             a = cfg.adios2
             queue = (f"; stream queue {a.queue_limit} steps, {a.queue_full_policy}, interface {a.network_interface}"
                      if a.queue_limit is not None else "")
-            print(f"{args.config}: OK (simulation {cfg.simulation.type} x {cfg.simulation.ranks} ranks, "
-                  f"staging x {cfg.staging.ranks} ranks, ADIOS2 XML {cfg.adios2.config_file}{queue})")
+            code = "".join(f", code's XML {p} checked" for p in code_xml_files(cfg))
+            sim = (f"simulation {cfg.simulation.type} x {cfg.simulation.ranks} ranks" if cfg.simulation_given else
+                   "simulation: your own code (no simulation: section; start your Producer script yourself "
+                   "with `mpiexec -n N`, and `stagelearn stage` for the staging side)")
+            print(f"{args.config}: OK ({sim}, "
+                  f"staging x {cfg.staging.ranks} ranks, ADIOS2 XML {cfg.adios2.config_file}{queue}{code})")
             return 0
         if args.command == "schema":
             from .config import RunConfig
@@ -361,7 +363,10 @@ def main(argv=None):
             print(json.dumps(RunConfig.model_json_schema(), indent=2))
             return 0
         if args.command == "info":
-            return _info()
+            from .info import versions
+
+            print("\n".join(versions()))
+            return 0
         if args.command == "decode":
             return _decode(args)
         if args.command == "launch":
@@ -369,8 +374,12 @@ def main(argv=None):
         if args.command == "xml":  # `stagelearn xml`
             return _xml(args)
         if args.command == "run":
+            from .code_xml import enforce
+            from .config import load_config
             from .launcher import launch
 
+            for note in enforce(load_config(args.config)):  # in transit: refuse a code XML that loses steps
+                logger.warning("%s", note)
             return launch(args)
         if args.command == "report":
             from .config import load_config

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import List, Literal, Optional, Tuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, model_validator
 
 from ..analytics.config import AnomalyConfig, CodecConfig, LearnerConfig
 from ..sim_mocks.config import ExternalSimConfig, GrayScottConfig, GyrokineticConfig, Heat2DConfig
 from . import checkpoint
+from .config_errors import format_error, yaml_error_message
 from .errors import ConfigError
 from .wire import SST_QUEUE_DEFAULTS
 from .xmlconfig import read_ios
@@ -42,7 +43,9 @@ class Adios2Config(BaseModel):
     config_file: Optional[str] = Field(None, description="ADIOS2 XML, relative to the YAML; default: packaged stagelearn.xml.")
     stream_io: str = Field("SimulationOutput", description="IO of the simulation's output stream.")
     model_io: str = Field("ModelUpdates", description="IO of the reverse stream carrying encoders.")
-    output_io: str = Field("CompressedOutput", description="IO of the compressed output file written by staging.")
+    output_io: Optional[str] = Field("CompressedOutput", description="IO of the compressed output file written by "
+                                     "staging. In transit, when adios2.config_file (e.g. the code's own XML) does not "
+                                     "define it, staging writes a plain BP5 file (the value becomes null).")
     layout: Literal["auto", "shared", "per_rank"] = Field(
         "auto",
         description="shared: all producer ranks are one SST writer (ADIOS2 with MPI); per_rank: one writer per rank; "
@@ -54,6 +57,9 @@ class Adios2Config(BaseModel):
     queue_full_policy: Optional[Literal["Block", "Discard"]] = Field(
         None, description="SST QueueFullPolicy when the queue is full: Block (the simulation waits; stalls are counted) "
         "or Discard (the newest step is dropped and recorded in the ledger). Default: the XML's value, else Block.")
+    allow_discard: bool = Field(
+        False, description="In transit: accept QueueFullPolicy=Discard in the simulation's own XML (its writer then "
+        "drops steps while staging is busy: they are lost). Without it, validate and run refuse such an XML.")
     network_interface: Optional[str] = Field(
         None, pattern=r"^[A-Za-z0-9_.:-]+$", description="SST NetworkInterface of the stream and model channel "
         "(e.g. lo for one node, ib0 or hsn0 across nodes). Default: the XML's value, else lo (loopback).")
@@ -135,10 +141,34 @@ class RunConfig(BaseModel):
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
 
     source: Optional[str] = Field(None, exclude=True, description="YAML file this config came from (set by load_config).")
+    _simulation_given: bool = PrivateAttr(False)
 
     @property
     def run_dir(self):
         return Path(self.output_dir) / self.run_name
+
+    @property
+    def simulation_given(self):
+        """True when the YAML has a ``simulation:`` section; without one the simulation is the user's own
+        code through :class:`~stagelearn.staging.producer.Producer` (``run``/``sim`` would run the default mock)."""
+        return self._simulation_given
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _note_simulation_section(cls, data, handler):
+        cfg = handler(data)
+        if isinstance(data, dict):
+            cfg._simulation_given = "simulation" in data
+        return cfg
+
+    @model_validator(mode="after")
+    def _tiles_fit_the_simulation(self):
+        ndim, tile = self.simulation.field_ndim, self.staging.tile_shape
+        if "simulation" in self.model_fields_set and ndim is not None and tile is not None and len(tile) != ndim:
+            raise ValueError(f"staging.tile_shape {list(tile)} has {len(tile)} dimensions but the {self.simulation.type} "
+                             f"simulation's fields have {ndim}: give {ndim} sizes (e.g. {[8, 8] if ndim == 2 else [4] * ndim}) "
+                             "or leave tile_shape out for the default")
+        return self
 
     @model_validator(mode="after")
     def _in_transit_needs_a_stream(self):
@@ -155,20 +185,6 @@ class RunConfig(BaseModel):
             raise ValueError("anomaly.enabled scores tiles by their PCA residual: it needs learner.type pca "
                              f"(got {self.learner.type!r}); disable anomaly or use the PCA learner")
         return self
-
-
-_FIXES = {
-    "extra_forbidden": "remove it or check its spelling (see `stagelearn schema`)",
-    "missing": "add it",
-}
-
-
-def _format_error(path, err):
-    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("gray_scott", "heat2d", "gyrokinetic", "external")))
-    fix = _FIXES.get(err["type"], "see `stagelearn schema` for the expected form")
-    value = err.get("input")
-    shown = "" if err["type"] == "missing" else f" (got {value!r})"
-    return f"{path}: {loc or '<top>'}: {err['msg']}{shown}; {fix}"
 
 
 def load_config(path):
@@ -198,17 +214,17 @@ def load_config(path):
     except FileNotFoundError:
         raise ConfigError(f"{path}: run configuration not found") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise ConfigError(yaml_error_message(path, exc)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    # a section left empty (`adios2:` with its keys commented out) means its defaults
+    data = {k: v for k, v in data.items() if not (v is None and k in RunConfig.model_fields and k != "source")}
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError.from_problems([_format_error(path, err) for err in exc.errors()], path) from None
+        raise ConfigError.from_problems([format_error(path, err, RunConfig) for err in exc.errors()], path) from None
     base = os.path.dirname(os.path.abspath(path))
     xml = cfg.adios2.config_file
     update = {"source": path, "adios2": _updated(cfg.adios2, config_file=os.path.normpath(os.path.join(base, xml))
@@ -222,7 +238,7 @@ def load_config(path):
         update["staging"] = _updated(cfg.staging, restart_from=restart)
     cfg = cfg.model_copy(update=update)
     check_ios(cfg, path)
-    return resolve_stream_params(cfg, path)
+    return resolve_stream_params(_in_transit_output_io(cfg), path)
 
 
 def _updated(model, **values):
@@ -334,10 +350,21 @@ def check_ios(cfg, source="<config>"):
         Naming every IO missing from the XML.
     """
     ios = read_ios(cfg.adios2.config_file)
+    keys = ("stream_io",) if cfg.staging.mode == "in_transit" else ("stream_io", "model_io", "output_io")
     problems = [f"{source}: adios2.{key}: IO {name!r} is not defined in {cfg.adios2.config_file} "
                 f"(it defines {sorted(ios)}); fix the name or add <io name=\"{name}\"> to the XML"
-                for key, name in ((k, getattr(cfg.adios2, k)) for k in ("stream_io", "model_io", "output_io"))
+                for key, name in ((k, getattr(cfg.adios2, k)) for k in keys)
                 if name not in ios]
     if problems:
         raise ConfigError.from_problems(problems, source)
     return ios
+
+
+def _in_transit_output_io(cfg):
+    """In transit nothing goes back to the code (no model IO is needed) and the output IO may be
+    missing from the XML (the code's own): staging then writes a plain BP5 file (``output_io`` None)."""
+    if cfg.staging.mode != "in_transit" or cfg.adios2.output_io is None:
+        return cfg
+    if cfg.adios2.output_io in read_ios(cfg.adios2.config_file):
+        return cfg
+    return cfg.model_copy(update={"adios2": _updated(cfg.adios2, output_io=None)})

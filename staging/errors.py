@@ -1,5 +1,6 @@
 """Exceptions raised by stagelearn. The CLI (:mod:`.cli`) maps them to exit codes, in one place."""
 
+import re
 import signal
 
 
@@ -65,3 +66,11 @@ class Interrupted(StagelearnError):
     def __init__(self, signum, message=None):
         self.signum = int(signum)
         super().__init__(message or f"interrupted by {signal.Signals(self.signum).name}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def strip_ansi(text):
+    """``text`` without terminal colour/escape sequences (ADIOS2 colours its error messages)."""
+    return _ANSI.sub("", str(text))

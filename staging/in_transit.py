@@ -18,7 +18,7 @@ from ..analytics.framing import pack_frame, unpack_frame
 from ..analytics.step_encode import encode_step_block, step_targets
 from ..analytics.temporal import PredictionChain
 from .block_report import coded_report, raw_report
-from .mpiutil import gather_bytes
+from .mpiutil import allreduce_flag, gather_bytes
 
 _REFERENCE = b"SLB1"
 
@@ -35,7 +35,8 @@ class InTransitCoder:
     def __init__(self, comm):
         self.comm = comm
         self._chain = PredictionChain()  # staging encodes, so it holds the temporal prediction chain
-        self._last_raw = []  # (start, count, shape, raw) of the reference variable's blocks, last step
+        self._last_raw = []  # (start, count, shape, raw) of the reference variable's blocks, last step it had data
+        self.reference_step = None  # that step (the same on every rank)
 
     def encode(self, blocks, encoder, variables):
         """Code ``blocks`` in place with ``encoder`` and fill in their reports (collective over ``comm``).
@@ -50,16 +51,23 @@ class InTransitCoder:
             All variables of the stream, the same on every rank (the first is the reference variable).
         """
         ref = variables[0]
-        self._last_raw = [(b.start, b.count, b.shape, b.raw) for b in blocks if b.var == ref]  # kept, not copied
+        mine = [(b.start, b.count, b.shape, b.raw) for b in blocks if b.var == ref]  # kept, not copied
+        ref_step = allreduce_flag(self.comm, max((b.step for b in blocks if b.var == ref), default=-1))
+        if ref_step >= 0:  # a step without the reference variable keeps the last one that had it
+            self._last_raw, self.reference_step = mine, ref_step
         enc = encoder
-        if enc is None:
-            for b in blocks:  # the range of the finite values (NaN/Inf cells travel losslessly)
+        coded = [v for v in variables if enc is not None and v in enc.variables]
+        for b in blocks:  # raw before the first encoder and for variables it does not know yet (late ones)
+            if b.var not in coded:  # the range of the finite values (NaN/Inf cells travel losslessly)
                 b.report = raw_report(b.step, b.rank, b.raw)
+        if not coded:
             return
-        targets, spans = step_targets(self.comm, {v: [b.raw for b in blocks if b.var == v] for v in variables},
+        targets, spans = step_targets(self.comm, {v: [b.raw for b in blocks if b.var == v] for v in coded},
                                       enc.psnr_db)
         self._chain.keyframe_every = enc.keyframe_every
         for b in blocks:
+            if b.var not in coded:
+                continue
             code = encode_step_block(b.raw, enc.variables[b.var], step=b.step, chain=self._chain,
                                      chain_key=(b.var, b.rank), target_mse=targets[b.var],
                                      abs_bound=absolute_bound(enc.error_bound, spans[b.var]),

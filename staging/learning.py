@@ -7,6 +7,8 @@
     ls.learn("T", tiles, sources, step_index)  # collective: every rank, every variable, every step
     ls.pace_update(wait_s, busy_s)            # collective when the learner is paced (autoencoder)
     ls.models_finite()                        # False (and logged on rank 0) if a model diverged
+    ls.publishable()                          # some model ready, every ready one finite
+    ls.ready_view()                           # the variables whose model is ready (for an encoder)
     ls.nonfinite_variables()                  # variables whose model is missing or non-finite
     ls.anomaly_components(0.999)              # {var: PCA components explaining that fraction}
     ls.save(directory, step=..., encoder_version=..., published=..., ranges=..., seen=...)
@@ -143,6 +145,30 @@ class LearnerSet:
             logger.error("not publishing an encoder: the model of %s has non-finite parameters (training diverged? "
                          "lower learner.autoencoder.lr)", bad)
         return not bad
+
+    def publishable(self):
+        """True when some model is ready and every ready one is finite (local; the same on all ranks).
+
+        A variable whose learner has no model yet (it appeared late on the stream, or never had tiles)
+        is left out of the encoder (:meth:`ready_view`): its blocks stay raw (lossless) until a later
+        encoder holds it, instead of holding back every other variable's encoder. Rank 0 logs the
+        diverged ones.
+        """
+        ready = [v for v in self.variables if self.learners[v].ready]
+        bad = [v for v in ready if not self.learners[v].params_finite()]
+        if bad and self.rank == 0:
+            logger.error("not publishing an encoder: the model of %s has non-finite parameters (training diverged? "
+                         "lower learner.autoencoder.lr)", bad)
+        return bool(ready) and not bad
+
+    def ready_view(self):
+        """A :class:`LearnerSet` view of the variables whose model is ready (what an encoder can hold)."""
+        view = object.__new__(LearnerSet)
+        view.__dict__.update(self.__dict__)
+        view.variables = [v for v in self.variables if self.learners[v].ready]
+        view.learners = {v: self.learners[v] for v in view.variables}
+        view.tile_shapes = {v: self.tile_shapes[v] for v in view.variables}
+        return view
 
     def anomaly_components(self, fraction):
         """Per variable, the PCA components explaining ``fraction`` of the variance (anomaly scoring).

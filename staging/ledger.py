@@ -12,7 +12,9 @@ so a killed process leaves every line it wrote:
 
 :func:`merge_ledger` joins the parts into ``ledger.jsonl`` with one line per (step, producer rank)
 of the steps the run was to produce, each with a ``status``: ``sent_raw``, ``sent_encoded``
-(stored in ``compressed.bp``), ``fallback`` (in a producer's fallback file), ``dropped`` (by the SST
+(stored in ``compressed.bp``), ``corrupt`` (stored as it came, but it did not match the writer's
+``BlocksInfo`` min/max; ``reason`` says how), ``no_data`` (the writer's step, stored in ``compressed.bp``,
+held none of the stored arrays: a code step with only scalars), ``fallback`` (in a producer's fallback file), ``dropped`` (by the SST
 ``QueueFullPolicy=Discard``), ``lost`` (with a ``reason``), or ``not_produced`` (the simulation
 closed its stream before that step, e.g. interrupted by SIGINT/SIGTERM, or never opened it). ``steps_lost`` in ``summary.json`` counts the steps with any
 ``dropped`` or ``lost`` entry.
@@ -91,8 +93,10 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
     expected_steps : int or None
         Output steps the simulation was to write (None: the highest step any part names, plus one).
         When every producer rank ended cleanly, its own last step decides instead.
-    n_ranks : int
-        Producer ranks (in transit: blocks per step as staging saw them).
+    n_ranks : int or None
+        Producer ranks (in transit: blocks per step as staging saw them). None (staging never saw a
+        step, e.g. the code died after ``Open``, or finished before staging opened): the ranks the
+        parts name, at least one.
     queue_full_policy : {"Block", "Discard"}
         The stream's SST policy: with Discard, a step sent while staging kept running but never
         received was dropped by the writer, not lost.
@@ -103,15 +107,21 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
     -------
     counts : dict
         ``steps_expected``, ``steps_lost`` (steps with any dropped or lost entry), ``steps_dropped``,
-        ``steps_fallback``, ``entries`` per status, ``producer_end`` and ``staging_end`` (the parts'
+        ``steps_fallback``, ``steps_corrupt``, ``entries`` per status, ``producer_end`` and ``staging_end`` (the parts'
         end records, or None when a side stopped without one).
     """
+    known_ranks = n_ranks is not None
+    n_ranks = int(n_ranks) if known_ranks else 1 << 30  # None: from the parts (a side that never saw a step)
     base = os.path.join(run_dir, LEDGER_DIR)
-    stored, staging_end = {}, None
+    stored, staging_end, no_data, corrupt = {}, None, set(), {}
     path = os.path.join(base, "staging.jsonl")
     for r in _read(path) if os.path.exists(path) else []:
         if r.get("event") == "end":
             staging_end = r
+        elif r.get("event") == "no_data":
+            no_data.add(int(r["step"]))
+        elif r.get("event") == "corrupt":
+            corrupt.setdefault((int(r["step"]), int(r["rank"])), []).append(f"{r.get('variable')}: {r.get('reason')}")
         else:
             stored[(r["step"], r["rank"])] = r
     sent, fallback, ends, last = {}, {}, {}, {}
@@ -125,13 +135,15 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
                 continue
             last[rank] = max(last.get(rank, -1), r["step"])
             (fallback if r["to"] == "fallback" else sent)[(r["step"], rank)] = r
+    if not known_ranks:  # the ranks the parts name (at least one: the stream itself)
+        n_ranks = max([r for _, r in list(stored) + list(sent) + list(fallback)] + list(ends) + [0]) + 1
     if len(ends) >= n_ranks and all(e.get("status") == "clean" for e in ends.values()):
         expected_steps = max(int(e.get("last_step", -1)) for e in ends.values()) + 1  # the simulation said when it ended
     if expected_steps is None:
-        keys = list(stored) + list(sent) + list(fallback)
+        keys = list(stored) + list(sent) + list(fallback) + [(s, 0) for s in no_data]
         expected_steps = max((s for s, _ in keys), default=-1) + 1
     lines, counts = [], {}
-    lost_steps, dropped_steps, fallback_steps = set(), set(), set()
+    lost_steps, dropped_steps, fallback_steps, corrupt_steps = set(), set(), set(), set()
     for step in range(int(expected_steps)):
         for rank in range(int(n_ranks)):
             key = (step, rank)
@@ -141,8 +153,14 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
                 v = int(s.get("encoder_version", 0))
                 entry.update(status="sent_encoded" if v else "sent_raw", encoder_version=v, file="compressed.bp",
                              bytes=s.get("bytes"))
+                if key in corrupt:  # stored as it came, but it does not match the writer's metadata
+                    entry.update(status="corrupt", reason="; ".join(corrupt[key]))
+                    corrupt_steps.add(step)
                 if key in fallback:
                     entry["also_in"] = fallback[key]["file"]
+            elif step in no_data:
+                entry.update(status="no_data", file="compressed.bp",
+                             reason="the writer's step holds none of the stored arrays (stored as such)")
             elif key in fallback:
                 f = fallback[key]
                 entry.update(status="fallback", file=f["file"], encoder_version=f.get("encoder_version", 0),
@@ -187,6 +205,7 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
         for entry in lines:
             f.write(json.dumps(entry, separators=(",", ":")) + "\n")
     return {"steps_expected": int(expected_steps), "steps_lost": len(lost_steps | dropped_steps),
-            "steps_dropped": len(dropped_steps), "steps_fallback": len(fallback_steps), "entries": counts,
+            "steps_dropped": len(dropped_steps), "steps_fallback": len(fallback_steps),
+            "steps_corrupt": len(corrupt_steps), "entries": counts,
             "producer_end": {str(k): v.get("status") for k, v in sorted(ends.items())} or None,
             "staging_end": staging_end.get("status") if staging_end else None}

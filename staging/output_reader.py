@@ -78,6 +78,10 @@ class CompressedOutputReader:
             raise StagelearnError(f"{path}: cannot open as an ADIOS2 BP file ({exc})") from None
         self.path = str(path)
         self.variables = self.io.AvailableVariables()
+        self._encoders, self._cache, self._reports, self._field_steps = {}, DecodedBlockCache(self.default_cache_bytes), {}, {}
+        if not self.variables:  # staging stored no step (the code died before its first, or never came)
+            self.steps = []
+            return
         if STEP_VAR not in self.variables:
             raise StagelearnError(f"{path}: no '{STEP_VAR}' variable; not a stagelearn compressed output")
         var = self.io.InquireVariable(STEP_VAR)
@@ -86,9 +90,6 @@ class CompressedOutputReader:
         steps = np.empty(n, dtype=np.int64)
         self.engine.Get(var, steps, b.Mode.Sync)
         self.steps = [int(s) for s in steps]
-        self._encoders = {}
-        self._cache = DecodedBlockCache(self.default_cache_bytes)
-        self._reports = {}
 
     #: Bytes of decoded blocks kept for prediction chains and repeated reads, by default.
     default_cache_bytes = 256 * 2**20
@@ -110,7 +111,26 @@ class CompressedOutputReader:
         try:
             return self.steps.index(int(step))
         except ValueError:
-            raise UsageError(f"{self.path}: step {step} not in the file (steps {self.steps[0]}..{self.steps[-1]})") from None
+            held = f"steps {self.steps[0]}..{self.steps[-1]}" if self.steps else "no steps: staging stored none"
+            raise UsageError(f"{self.path}: step {step} not in the file ({held})") from None
+
+    def field_steps(self, var):
+        """The steps of the file holding blocks of ``var`` (all steps in files written before staging
+        stored the per-step block counts ``summary/blocks/<var>``)."""
+        if var not in self._field_steps:
+            counts = self.summary(f"blocks/{var}")
+            self._field_steps[var] = [s for s in self.steps if s in counts and int(counts[s][0]) > 0] if counts \
+                else list(self.steps)
+        return self._field_steps[var]
+
+    def _var_step(self, step, var):
+        """Index of ``step`` among the steps that hold ``var`` (ADIOS2 random access counts only those)."""
+        self._bp_step(step)
+        try:
+            return self.field_steps(var).index(int(step))
+        except ValueError:
+            raise StagelearnError(f"{self.path}: step {step} has no data for {var} (the writer did not put it "
+                                  "in that step; staging_summary.json lists it under steps_without_data)") from None
 
     def _select_step(self, var, name, bp_step):
         # Random-access SetStepSelection counts only the steps where the variable exists:
@@ -149,7 +169,7 @@ class CompressedOutputReader:
         return self._reports[key]
 
     def _read_reports(self, step, var):
-        t = self._bp_step(step)
+        t = self._var_step(step, var)
         return np.array([self._get_block(report_name(var), t, int(bi["BlockID"]), np.float64)
                          for bi in self.engine.BlocksInfo(report_name(var), t)]).reshape(-1, len(REPORT_FIELDS))
 
@@ -168,7 +188,7 @@ class CompressedOutputReader:
         Columns: producer block, tile index, tile origin (ndim global indices), score, status
         (1 flagged, 2 persistent, 0 listed only). Empty before anomaly scoring starts.
         """
-        t = self._bp_step(step)
+        t = self._var_step(step, var)
         out = []
         for i, _ in enumerate(self.reports(step, var)):
             rows = parse_map(self._get_block(anomaly_name(var), t, i, np.float32))
@@ -245,7 +265,7 @@ class CompressedOutputReader:
                 prev = cached[0]
                 break
             row = self.reports(key[0], var)[key[2]]
-            buf = self._get_block(payload_name(var), self._bp_step(key[0]), key[2], np.uint8)
+            buf = self._get_block(payload_name(var), self._var_step(key[0], var), key[2], np.uint8)
             header, _ = parse_payload(buf)
             chain.append((key, row, buf))
             if not (header.get("n_inter") and header.get("ref_step") is not None):

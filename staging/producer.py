@@ -32,15 +32,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from . import signals
-from .errors import Interrupted
+from .errors import Interrupted, StreamTimeoutError
 from .fallback import FallbackSink
 from .field_check import check_fields, check_selection
 from .ledger import producer_part
 from .model_channel import ModelSubscriber, open_model_io
 from .mpiutil import raise_first_error
 from .producer_link import StagingLink
+from .results import write_json
 from .step_coder import StepCoder
 from .stream_writer import StreamWriter
 from .wire import rank_stream, resolve_layout
@@ -53,6 +55,46 @@ def default_run_dir(stream_path):
     """The run directory of a stream: the folder above the stream's when that is ``sst/``, else the stream's."""
     parent = os.path.dirname(os.path.abspath(stream_path))
     return os.path.dirname(parent) if os.path.basename(parent) == "sst" else parent
+
+
+PRODUCER_RECORD = "producer.json"
+
+
+def producer_record(producer, *, status="clean", wall_s=None, **extra):
+    """The side's record that ``stagelearn report`` reads (``producer.json``), from a closed :class:`Producer`.
+
+    Parameters
+    ----------
+    producer : Producer
+    status : {"clean", "interrupted"}
+    wall_s : float, optional
+        Seconds the side ran (default: since the producer was made).
+    **extra
+        Fields known only to the caller (``steps_written``, ``compute_s``, ``io_s``, ``reference``,
+        ``source``...), set over the producer's own.
+
+    Returns
+    -------
+    record : dict
+        ``steps_written``, ``ranks``, ``layout``, ``engine``, ``last_encoder_version``, ``reference``
+        (None: no end-to-end check), ``staging_lost``, ``stalls``, ``stall_s``, ``queue_limit``,
+        ``queue_full_policy``, ``fallback_file``, ``status``, ``compute_s``/``io_s`` (None when
+        unknown), ``source`` and ``wall_s``.
+    """
+    record = {"steps_written": producer.steps_written, "compute_s": None, "io_s": None,
+              "ranks": producer.comm.Get_size(), "layout": producer.layout, "engine": producer.engine_type,
+              "last_encoder_version": producer.encoder.version if producer.encoder else 0, "reference": None,
+              "staging_lost": producer.staging_lost, "stalls": producer.stalls, "stall_s": producer.stall_s,
+              "queue_limit": producer.queue_limit, "queue_full_policy": producer.queue_full_policy,
+              "fallback_file": producer.fallback_file, "status": status, "source": "Producer",
+              "wall_s": time.time() - producer.created_at if wall_s is None else wall_s}
+    record.update(extra)
+    return record
+
+
+def write_producer_record(run_dir, record):
+    """Write ``record`` (:func:`producer_record`) to ``<run_dir>/producer.json`` (rank 0 calls this)."""
+    write_json(os.path.join(str(run_dir), PRODUCER_RECORD), record)
 
 
 def _delegate(part, name, default=None, doc=None):
@@ -101,6 +143,9 @@ class Producer:
         Staging is declared lost when it acknowledged no step for this long while this side's
         queue is full (a staging that dies is seen at once, from its model stream); steps then go
         to per-rank fallback files (see the module docstring).
+    timeout_names : dict, optional
+        How error messages name the ``open`` and ``step`` timeouts; default: these arguments with
+        their values (``open_timeout_s=60``). ``stagelearn sim`` names the run YAML's keys.
 
     Attributes
     ----------
@@ -112,7 +157,7 @@ class Producer:
 
     def __init__(self, stream_path, *, comm, config_file, io_name="SimulationOutput", model_io_name="ModelUpdates",
                  layout="auto", open_timeout_s=60.0, step_timeout_s=120.0, sz3_every=0, sst_parameters=None,
-                 run_dir=None, fallback_dir=None, fallback_encode=True, peer_timeout_s=30.0):
+                 run_dir=None, fallback_dir=None, fallback_encode=True, peer_timeout_s=30.0, timeout_names=None):
         self.comm, self.rank = comm, comm.Get_rank()
         self.stream_path, self.config_file, self.model_io_name = str(stream_path), str(config_file), model_io_name
         self.layout = resolve_layout(layout)
@@ -122,14 +167,18 @@ class Producer:
         self._ios = read_ios(self.config_file)
         self._writer = StreamWriter(self.config_file, io_name, self._ios, comm if self.layout == "shared" else None,
                                     self._sst)
+        self._writer.timeout_names = dict(timeout_names or {"open": f"open_timeout_s={float(open_timeout_s):g}",
+                                                             "step": f"step_timeout_s={float(step_timeout_s):g}"})
         self.run_dir = str(run_dir if run_dir is not None else default_run_dir(self.stream_path))
         self._fallback = FallbackSink(fallback_dir or os.path.join(self.run_dir, "fallback"), self.rank)
         self._defs = {}  # name -> (shape, start, count)
+        self._inexact_warned = set()  # integer variables warned about values float32 cannot hold
         self._coder = StepCoder(comm, self._defs, sz3_every)
         self._link = None  # the StagingLink, from open() on (streaming only)
         self._model_adios = None  # kept alive while the model stream is open
         self._opened = False
         self.steps_written, self._last_step = 0, -1
+        self.created_at = time.time()
 
     # ----------------------------------------------------------------- state (delegated)
     is_open = property(lambda self: self._opened,
@@ -176,7 +225,11 @@ class Producer:
         subscriber = None
         if streaming and self.rank == 0:
             self._model_adios, model_io = open_model_io(self.config_file, self.model_io_name, self._ios, self._sst)
-            subscriber = ModelSubscriber(model_io, f"{self.stream_path}-model", self.open_timeout_s)
+            try:
+                subscriber = ModelSubscriber(model_io, f"{self.stream_path}-model", self.open_timeout_s)
+            except StreamTimeoutError as exc:  # name the timeout as this caller set it
+                name = self._writer.timeout_names["open"]
+                raise StreamTimeoutError(str(exc).replace("(timeouts.open_s)", f"({name})")) from None
         self._writer.open(path, self.open_timeout_s)
         signals.reclaim()
         if streaming:
@@ -226,7 +279,9 @@ class Producer:
             Output step index (increasing).
         fields : dict of str to ndarray or None
             This rank's block of each defined variable, of shape ``count``: any real dtype
-            (floating point or integer; it travels as float32, so integers are exact up to 2**24),
+            (floating point or integer; it travels as float32, so integers are exact only up to 2**24:
+            beyond, a warning names the variable and the largest such value, and the report rows
+            count the rounding as error against your values in their own dtype, never as exact),
             any memory order or strides (C or Fortran order, slices, transposed views: copied).
             NaN and Inf are allowed: the tiles holding them are sent raw (exact) and kept out of
             the learner. A defined variable that is None or left out has no block from this rank
@@ -253,7 +308,7 @@ class Producer:
         """
         if not self._opened:
             raise RuntimeError("Producer.open() must be called before write()")
-        error, given, blocks = check_fields(step, self.rank, self._defs, fields)
+        error, given, blocks = check_fields(step, self.rank, self._defs, fields, self._inexact_warned)
         raise_first_error(self.comm, error)  # agreed before any other collective: no rank hangs
         if self.streaming and not self.staging_lost:
             self.poll_encoder(wait_for_queue=True)
@@ -285,6 +340,9 @@ class Producer:
         and the ledger are complete before the stream is closed (SST's ``Close`` waits for staging to
         release its queued steps). ``status`` is recorded in the ledger's end line (``clean`` or
         ``interrupted``). A second call does nothing.
+
+        While streaming, rank 0 then writes ``<run_dir>/producer.json`` (:func:`producer_record`), so
+        that ``stagelearn report`` can merge this side's record with staging's.
         """
         if not self._opened:
             return
@@ -297,6 +355,12 @@ class Producer:
         self._writer.close(self.step_timeout_s)
         if self._link is not None:
             self._link.close_subscriber()
+            if self.rank == 0:
+                try:
+                    write_producer_record(self.run_dir, producer_record(self, status=status))
+                except OSError as exc:  # the steps are safe; only `stagelearn report` lacks this side's record
+                    logger.warning("could not write %s/%s (%s): `stagelearn report` will not find this side's "
+                                   "record", self.run_dir, PRODUCER_RECORD, exc)
 
     def __enter__(self):
         return self

@@ -63,6 +63,9 @@ class StepRecorder:
         self.error_hists = {}
         self.hist_steps = 0
         self.last_step = -1
+        self.steps_without_data = {}  # variable -> steps stored without any block of it
+        self._seen_vars = set()
+        self.corrupt_blocks = []  # blocks that did not match their writer's BlocksInfo (stored, flagged)
         self.ledger_part = staging_part(self.run_dir)
         self.anomaly_log = None
         if anomaly.enabled:
@@ -111,6 +114,30 @@ class StepRecorder:
                            step, len(alerts), score, var, origin, rank)
         self.anomaly_log.flush()
 
+    def step_counts(self, step, counts):
+        """Note the variables with no block in ``step`` (after their first appearance; logged).
+
+        Parameters
+        ----------
+        step : int
+            The writer's step.
+        counts : dict of str to int
+            Blocks of each variable in the step, over all staging ranks.
+        """
+        for var, n in counts.items():
+            if n:
+                self._seen_vars.add(var)
+            elif var in self._seen_vars:
+                self.steps_without_data.setdefault(var, []).append(int(step))
+                logger.warning("step %d has no data for %s (the writer did not put it); stored without it", step, var)
+
+    def corrupt(self, items):
+        """Record blocks flagged corrupt (``[{step, variable, rank, reason}]``) in the ledger part and the summary."""
+        for c in items or []:
+            self.corrupt_blocks.append(c)
+            self.ledger_part.add(event="corrupt", step=int(c["step"]), rank=int(c["rank"]), variable=c["variable"],
+                                 reason=c["reason"])
+
     def stored(self, step, records):
         """The step is in ``compressed.bp``: one ledger line per (step, producer rank)."""
         per_rank = {}
@@ -120,6 +147,8 @@ class StepRecorder:
             e[1] += int(report_get(r.report, "sent_bytes"))
         for (s, rank), (v, n) in sorted(per_rank.items()):
             self.ledger_part.add(step=s, rank=rank, encoder_version=v, bytes=n)
+        if not records:  # the writer's step held none of the stored arrays: stored as such, not lost
+            self.ledger_part.add(event="no_data", step=int(step))
         if records:
             self.last_step = max(self.last_step, step)
 
@@ -160,6 +189,8 @@ class StepRecorder:
         summary.update(fields)
         summary["end"] = end_status
         summary["blocks_per_step"] = n_producers
+        summary["steps_without_data"] = {v: list(s) for v, s in self.steps_without_data.items()}
+        summary["corrupt_blocks"] = list(self.corrupt_blocks)
         if end_status != "clean":
             summary["missing"] = self.missing(n_producers, simulation)
             if summary["missing"]:

@@ -15,12 +15,13 @@ import os
 
 import numpy as np
 
-from ..analytics.metrics import psnr as psnr_fn
+from ..analytics.metrics import compression_ratio, psnr as psnr_fn
 from ..analytics.plotting import plot_run
 from .errors import UsageError
 from .ledger import merge_ledger
 from .output_reader import CompressedOutputReader
 from .results import write_json
+from .wire import report_get
 
 
 def merge_run_ledger(cfg, run_dir):
@@ -29,11 +30,70 @@ def merge_run_ledger(cfg, run_dir):
     in_transit = cfg.staging.mode == "in_transit"
     expected = sim.steps // sim.plotgap + 1 if getattr(sim, "steps", None) else None
     n_ranks = sim.ranks
-    if in_transit:  # blocks per step as staging saw them
+    record = os.path.join(run_dir, "producer.json")
+    if not in_transit and os.path.exists(record):  # the producer ranks that ran (a Producer script's own count)
+        n_ranks = _read_json(record).get("ranks") or sim.ranks
+    if in_transit:  # an unchanged code keeps no ledger: steps and blocks per step as the stream carried them
         path = os.path.join(run_dir, "staging_summary.json")
         n_ranks = _read_json(path).get("blocks_per_step", sim.ranks) if os.path.exists(path) else sim.ranks
+        expected = carried_steps(run_dir)  # None: the steps staging stored (see merge_ledger)
     return merge_ledger(run_dir, expected_steps=expected, n_ranks=n_ranks,
                         queue_full_policy=cfg.adios2.queue_full_policy or "Block", in_transit=in_transit)
+
+
+def carried_steps(run_dir):
+    """In transit: the output steps the code's stream carried, as staging read them; None if unknown.
+
+    One past the last step staging read from the stream (``staging_summary.json``'s ``steps_written``,
+    else ``progress.json``'s ``last_step``). The run YAML's ``simulation.steps // plotgap + 1`` is
+    only the progress bar's estimate: an unchanged code decides how many steps it writes.
+    """
+    path = os.path.join(run_dir, "staging_summary.json")
+    if os.path.exists(path):
+        n = _read_json(path).get("steps_written")
+        if n is not None:
+            return int(n)
+    path = os.path.join(run_dir, "progress.json")
+    if os.path.exists(path):
+        last = _read_json(path).get("last_step")
+        if last is not None:
+            return int(last) + 1
+    return None
+
+
+def float32_figures(compressed_path):
+    """The coded steps' ratio counted as float32, the second figure beside ``compression_ratio``.
+
+    ``compression_ratio`` is against the code's own dtype (each report row's ``raw_bytes``: float64
+    data counts 8 bytes a value); here every value counts 4 bytes. Also the bits sent per value.
+
+    Parameters
+    ----------
+    compressed_path : str
+        ``compressed.bp``.
+
+    Returns
+    -------
+    figures : dict
+        ``compression_ratio_float32``, ``bits_per_value`` and ``raw_bytes_code_dtype`` over the coded
+        blocks (None without coded blocks); empty without the file.
+    """
+    if not os.path.exists(compressed_path):
+        return {}
+    reader = CompressedOutputReader(compressed_path)
+    n = sent = raw = 0.0
+    try:
+        for var in reader.fields():
+            for step in reader.field_steps(var):
+                for row in reader.reports(step, var):
+                    if report_get(row, "encoder_version") > 0:
+                        n += report_get(row, "n")
+                        sent += report_get(row, "sent_bytes")
+                        raw += report_get(row, "raw_bytes")
+    finally:
+        reader.close()
+    return {"compression_ratio_float32": compression_ratio(4.0 * n, sent) if sent else None,
+            "bits_per_value": 8.0 * sent / n if n else None, "raw_bytes_code_dtype": int(raw) if n else None}
 
 
 def _read_json(path):
@@ -74,17 +134,23 @@ def report(cfg, run_dir):
 
 def _producer_record(cfg, run_dir, summary):
     """``producer.json`` of a stagelearn producer; for an unchanged code (in transit) what staging saw:
-    the steps it received (the code's own count is unknown here) and the reference it saved."""
+    the steps the stream carried (:func:`carried_steps`, never the YAML's step count) and the reference it saved."""
     path = os.path.join(run_dir, "producer.json")
     if os.path.exists(path) and cfg.staging.mode != "in_transit":  # in transit, one left by an earlier run is stale
         with open(path) as f:
             return json.load(f)
     if cfg.staging.mode != "in_transit":  # the simulation stopped without its record
         return {"steps_written": None, "layout": cfg.adios2.layout, "compute_s": None, "io_s": None, "reference": None}
-    sim = cfg.simulation
-    declared = sim.steps // sim.plotgap + 1 if sim.type == "external" and sim.steps else None  # from the YAML
-    return {"steps_written": declared if sim.type == "external" else summary["steps_received"],
+    carried = carried_steps(run_dir)
+    return {"steps_written": carried if carried is not None else summary["steps_received"],
             "layout": "in_transit", "compute_s": None, "io_s": None, "reference": summary.get("reference")}
+
+
+def simulation_name(cfg, producer):
+    """What produced the run: the mock's type, or ``own code (Producer)`` for a script using :class:`~.producer.Producer`."""
+    if producer.get("source") == "Producer":
+        return "own code (Producer)"
+    return cfg.simulation.type
 
 
 def finish(cfg, run_dir, wall):
@@ -98,11 +164,15 @@ def finish(cfg, run_dir, wall):
     summary.update(_ledger_fields(merge_run_ledger(cfg, run_dir)))  # steps_lost: steps with a dropped or lost entry
     summary["stalls"], summary["stall_s"] = producer.get("stalls"), producer.get("stall_s")
     summary["wall_s"] = wall
-    summary["simulation"] = {"type": cfg.simulation.type, "ranks": cfg.simulation.ranks, "layout": producer["layout"],
+    sim_name = simulation_name(cfg, producer)
+    n_producers = producer.get("ranks") or cfg.simulation.ranks  # the ranks that ran (a Producer script's own)
+    summary["simulation"] = {"type": sim_name, "ranks": n_producers, "layout": producer["layout"],
                              "compute_s": producer["compute_s"], "io_s": producer["io_s"]}
     summary["staging_ranks"] = cfg.staging.ranks
     summary["psnr_target_db"] = cfg.codec.psnr_db
     summary["learner"] = cfg.learner.type
+    # compression_ratio is against the code's own dtype (raw_bytes); float32 is the second figure
+    summary.update(float32_figures(os.path.join(run_dir, "compressed.bp")))
     # end-to-end check: decode the last step from the file and compare with the producers' raw field
     ref = producer.get("reference")
     ref_path = os.path.join(run_dir, f"reference_{ref['variable']}_step{ref['step']}.npy") if ref else ""
@@ -123,7 +193,7 @@ def finish(cfg, run_dir, wall):
                                     "max_abs_error": float(np.max(np.abs(original - reconstruction)))}
     write_json(os.path.join(run_dir, "summary.json"), summary)
     plot_run(table, os.path.join(run_dir, "summary.png"), original=original, reconstruction=reconstruction,
-             title=f"{cfg.run_name}: {cfg.simulation.type}, {cfg.simulation.ranks} producers -> {cfg.staging.ranks} staging ranks")
+             title=f"{cfg.run_name}: {sim_name}, {n_producers} producers -> {cfg.staging.ranks} staging ranks")
     print_table(table)
     print_summary(summary, run_dir)
     return 0
@@ -148,7 +218,10 @@ def print_summary(s, run_dir):
     """Print the run's summary (the dict written to ``summary.json``) in a few lines, to stdout."""
     print(f"\nsteps written {_fmt(s['steps_written'], 'd')}, received {s['steps_received']}, lost {s['steps_lost']}; "
           f"encoder versions {s['encoder_versions']}; wall {s['wall_s']:.1f} s")
-    print(f"after the first encoder ({s['encoded_steps']} steps): compression ratio {_fmt(s['compression_ratio'], '.2f')}, "
+    f32 = (f" (counted as float32: {_fmt(s['compression_ratio_float32'], '.2f')})"
+           if s.get("compression_ratio_float32") and s.get("compression_ratio") else "")
+    print(f"after the first encoder ({s['encoded_steps']} steps): compression ratio {_fmt(s['compression_ratio'], '.2f')}"
+          f" against the code's own dtype{f32}, "
           f"PSNR {_fmt(s['psnr_db'], '.2f')} dB (min {_fmt(s['min_psnr_db'], '.2f')}), max abs error {_fmt(s['max_abs_error'], '.3g')}")
     if s.get("sz3_compression_ratio"):
         print(f"SZ3 at the same PSNR on {s['sz3_steps']} sampled steps: ratio {s['sz3_compression_ratio']:.2f} "

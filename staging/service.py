@@ -32,6 +32,7 @@ import os
 import time
 
 from . import signals
+from .block_check import CorruptDataError
 from .bundle import gather_records
 from .config import sst_parameters
 from .errors import ConfigError, Interrupted, PeerLostError
@@ -42,6 +43,7 @@ from .mpiutil import allreduce_flag, bcast_bytes
 from .output import CompressedOutputWriter
 from .publication import Publication
 from .recorder import StepRecorder
+from .step_facts import block_counts, gather_corrupt, skipped_variables, step_items, sum_over_ranks, writer_step
 from .step_tiles import agree_tile_shapes, agree_variables, step_tiles
 from .stream import PerRankStreamReader, PlainStreamReader, SharedStreamReader
 from .wire import resolve_layout
@@ -80,6 +82,7 @@ class StagingService:
         self.reader = self.writer = self.recorder = None
         self.publication = Publication(cfg, comm)
         self.steps_seen = 0
+        self.n_corrupt = 0  # blocks this rank flagged corrupt
         self.end_status = "clean"  # or producer_lost, interrupted
         self.learning = LearnerSet(cfg.learner, comm)
 
@@ -167,20 +170,27 @@ class StagingService:
         """Learn, (in transit) code, account, publish and store one step (collective)."""
         pub, rec = self.publication, self.recorder
         self._discover_variables(blocks)
-        self._learn(blocks)
+        counts = block_counts(self.comm, blocks, self.variables)
+        corrupt = gather_corrupt(self.comm, blocks)
+        self.n_corrupt += sum(1 for b in blocks if b.corrupt)
+        self._learn([b for b in blocks if b.corrupt is None])  # stored as they came, never learned
         if self.in_transit:
             self.coder.encode(blocks, pub.encoder, self.variables)
         self.steps_seen += 1
         pub.check_stats(rec.hist_steps if rec is not None else 0)
         records = gather_records(self.comm, blocks)
-        publish = pub.due(self.steps_seen) and self.learning.models_finite()
-        step = allreduce_flag(self.comm, max((b.step for b in blocks), default=-1))
+        publish = pub.due(self.steps_seen) and self.learning.publishable()
+        step = writer_step(self.comm, self.reader, blocks)
         new = None
         if rec is not None:
             rec.account(records)
+            rec.step_counts(step, counts)
+            rec.corrupt(corrupt)
             if publish:
-                new = pub.new_encoder(self.learning, step=step, ranges=rec.ranges, error_hists=rec.error_hists)
-        self.writer.write_step(step, blocks, encoder=pub.to_store(new) if rec is not None else None)
+                new = pub.new_encoder(self.learning.ready_view(), step=step, ranges=rec.ranges,
+                                      error_hists=rec.error_hists)
+        items = step_items(counts, self.reader) if rec is not None else None
+        self.writer.write_step(step, blocks, encoder=pub.to_store(new) if rec is not None else None, summary=items)
         if rec is not None:
             rec.stored(step, records)
             pub.acknowledge(new, ack=min(r.step for r in records) if records else None)
@@ -189,12 +199,24 @@ class StagingService:
             pub.published_now(self.steps_seen, share=self.in_transit)
 
     def _discover_variables(self, blocks):
-        """Agree on the variables (first step) and their tile shapes through rank 0 (collective)."""
-        if self.variables is None:
+        """Agree on the variables and their tile shapes (collective).
+
+        In situ the variables are rank 0's of the first step (or ``staging.variables``). In transit
+        without ``staging.variables`` every array on the stream is added when it first appears (the
+        reader's ``step_variables``, the same on every rank); a learner is made for a variable the
+        first step some rank holds it raw.
+        """
+        step_vars = getattr(self.reader, "step_variables", None) if self.in_transit else None
+        if self.variables is None and step_vars is None:
             self.variables = agree_variables(self.comm, blocks)
-            if self.in_transit:  # the variables of the first step; any that appear later are not read
-                self.reader.variables = list(self.variables)
-        missing = [v for v in self.variables if v not in self.learning.tile_shapes]
+        elif self.variables is None or (step_vars is not None and self.cfg.staging.variables is None):
+            known = list(self.variables or [])
+            self.variables = known + [v for v in step_vars if v not in known]
+            if self.recorder is not None and known and len(self.variables) > len(known):
+                logger.info("in transit: new variables on the stream: %s", self.variables[len(known):])
+        raw_here = {b.var for b in blocks if b.raw is not None}
+        candidates = [v for v in self.variables if v not in self.learning.tile_shapes]
+        missing = [v for v, n in zip(candidates, sum_over_ranks(self.comm, [int(v in raw_here) for v in candidates])) if n]
         if missing:
             shapes = agree_tile_shapes(self.comm, blocks, missing, self.cfg.staging.tile_shape, self.cfg.source)
             for v in missing:
@@ -202,7 +224,7 @@ class StagingService:
 
     def _learn(self, blocks):
         """Feed each variable's raw tiles of this step to its learner (collective)."""
-        for var in self.variables:
+        for var in self.learning.variables:
             tiles, sources = step_tiles(blocks, var, self.learning.tile_shapes[var])
             self.learning.learn(var, tiles, sources, self.steps_seen, step=blocks[0].step if blocks else None)
 
@@ -268,7 +290,8 @@ class StagingService:
         reference = None
         if self.in_transit and self.end_status == "clean":
             rows = self.recorder.accounts.rows if self.recorder is not None else {}
-            reference = self.coder.save_reference(self.run_dir, self.variables[0], max(rows) if rows else None)
+            ref_step = self.coder.reference_step if self.coder.reference_step is not None else (max(rows) if rows else None)
+            reference = self.coder.save_reference(self.run_dir, self.variables[0], ref_step) if self.variables else None
         self._checkpoint()
         signum = signals.agreed(self.comm) if self.end_status == "interrupted" else 0
         self._close_local()
@@ -280,11 +303,18 @@ class StagingService:
                                 f"(stored steps are in {self.run_dir}/compressed.bp, learner in checkpoint/)")
         if signum:
             raise Interrupted(signum)
+        n_corrupt = allreduce_flag(self.comm, self.n_corrupt, "sum")
+        if n_corrupt:
+            raise CorruptDataError(f"{n_corrupt} blocks did not match their writer's BlocksInfo min/max (stored as "
+                                   f"they came, flagged corrupt in {self.run_dir}/ledger.jsonl and "
+                                   "staging_summary.json corrupt_blocks)")
         return summary
 
     def _summary(self, t0, reference):
         fields = {"tiles_learned_rank0": self.learning.tiles_learned, "nonfinite_tiles": dict(self.learning.nonfinite_tiles),
-                  "mode": self.cfg.staging.mode}
+                  "mode": self.cfg.staging.mode,
+                  "skipped_variables": skipped_variables(self.reader, self.variables, self.learning.tile_shapes,
+                                                         self.cfg.staging.variables)}
         summary = self.recorder.summary(wall_s=time.time() - t0, published=self.publication.published, fields=fields,
                                         end_status=self.end_status, n_producers=self.reader.n_producers,
                                         simulation=self.cfg.simulation)

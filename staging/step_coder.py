@@ -73,7 +73,7 @@ class StepCoder:
         """
         self._coded = encoder is not None
         if encoder is None:
-            return [raw_record(name, step, self.rank, blocks[name], shape, start)
+            return [raw_record(name, step, self.rank, blocks[name], shape, start, given.get(name))
                     for name, (shape, start, _) in self.variables.items()]
         names = [n for n in self.variables if n in encoder.variables]
         targets, spans = step_targets(self.comm, {n: [blocks[n]] for n in names}, encoder.psnr_db)
@@ -105,7 +105,7 @@ class StepCoder:
         shape, start, _ = self.variables[name]
         model = encoder.variables.get(name)
         if model is None:
-            return raw_record(name, step, self.rank, block, shape, start)
+            return raw_record(name, step, self.rank, block, shape, start, given)
         scorer = None
         if encoder.anomaly is not None:
             tracker = self._trackers.setdefault(name, PersistenceTracker(encoder.anomaly["persistence_steps"]))
@@ -120,5 +120,5 @@ class StepCoder:
         if bound is not None:
             check_bound(step, name, code.stats, bound, self._warned_bound)
         return {"var": name, "payload": code.payload, "amap": code.amap,
-                "report": coded_report(step, self.rank, encoder.version, block, code),
+                "report": coded_report(step, self.rank, encoder.version, block, code, given),
                 "shape": shape, "start": start, "count": block.shape}

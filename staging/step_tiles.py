@@ -12,10 +12,10 @@ import json
 
 import numpy as np
 
-from ..analytics.payload import payload_raw_tiles
-from ..analytics.tiling import to_tiles
+from ..analytics.payload import decode_raw_block, payload_raw_tiles
+from ..analytics.tiling import tile_grid, to_tiles
 from .errors import ConfigError
-from .mpiutil import bcast_bytes
+from .mpiutil import bcast_bytes, gather_bytes
 
 
 def _bcast_json(comm, obj):
@@ -29,13 +29,13 @@ def agree_variables(comm, blocks):
 
 
 def agree_tile_shapes(comm, blocks, variables, tile_shape=None, source="<config>"):
-    """Tile shape of each of ``variables``, from the dimensionality of rank 0's raw blocks (collective).
+    """Tile shape of each of ``variables``, from the dimensionality of the raw blocks of any rank (collective).
 
     Parameters
     ----------
     comm : mpi4py.MPI.Comm
     blocks : list of ReceivedBlock
-        This rank's blocks of the step (rank 0's must hold each variable raw).
+        This rank's blocks of the step (some rank must hold each variable raw).
     variables : list of str
     tile_shape : sequence of int, optional
         ``staging.tile_shape`` (else :func:`default_tile_shape`).
@@ -51,7 +51,13 @@ def agree_tile_shapes(comm, blocks, variables, tile_shape=None, source="<config>
     ConfigError
         When a variable is not on the stream or ``tile_shape`` has the wrong dimensionality.
     """
-    info = _bcast_json(comm, {b.var: list(b.raw.shape) for b in blocks if b.raw is not None} if comm.Get_rank() == 0 else {})
+    mine = json.dumps({b.var: list(b.raw.shape) for b in blocks if b.raw is not None}).encode()
+    parts = gather_bytes(comm, mine)
+    merged = {}
+    for part in parts or []:  # rank 0: the first rank holding a variable raw gives its dimensionality
+        for var, shape in json.loads(part.decode()).items():
+            merged.setdefault(var, shape)
+    info = _bcast_json(comm, merged)
     shapes = {}
     for v in variables:
         if v not in info:
@@ -100,7 +106,12 @@ def raw_tiles_of(blk, tile_shape):
     """
     if blk.raw is not None:
         return to_tiles(blk.raw, tile_shape)
-    header, tiles, index = payload_raw_tiles(blk.payload)
+    if blk.parsed[0].get("kind") == "raw":  # a block whose code would have been larger than raw: all tiles exact
+        raw = decode_raw_block(*blk.parsed)
+        tiles, index = to_tiles(raw, tile_shape), np.arange(int(np.prod(tile_grid(raw.shape, tile_shape))))
+        header = {"tile_shape": list(tile_shape)}
+    else:
+        header, tiles, index = payload_raw_tiles(blk.payload)
     if list(header["tile_shape"]) != list(tile_shape):
         raise ValueError(f"payload of {blk.var} from rank {blk.rank} has tile shape {header['tile_shape']}, expected {tile_shape}")
     if blk.anomaly is not None and len(blk.anomaly):

@@ -27,7 +27,10 @@ import numpy as np
 from ..analytics.anomaly import parse_map
 from .adios import begin_step, bindings, deadline, declare_io, make_adios, open_reader
 from .block import ReceivedBlock
-from .errors import ConfigError, StagelearnError
+from .block_check import check_block
+from .plain_discovery import CODE_STEP_NAMES, plain_discovery
+from .plain_layout import BlockLayout
+from .errors import ConfigError
 from .mpiutil import allreduce_flag
 from .wire import (REPORT_FIELDS, anomaly_name, assign_blocks, field_names, make_report, payload_name, rank_stream,
                    report_get, report_name)
@@ -123,7 +126,7 @@ def _read_blocks(engine, io, step, writer_ids=None):
                 blk.raw = np.empty(blk.count, dtype=np.float32)
                 v.SetSelection([list(blk.start), list(blk.count)])
                 engine.Get(v, blk.raw, b.Mode.Deferred)
-                pending.append(blk)
+                pending.append((blk, ri))
             elif payload_name(var) in available:
                 pv = io.InquireVariable(payload_name(var))
                 pv.SetBlockSelection(bid)
@@ -138,7 +141,17 @@ def _read_blocks(engine, io, step, writer_ids=None):
             out.append(blk)
     if pending:
         engine.PerformGets()
+    for blk, info in pending:
+        _check(blk, info)
     return out
+
+
+def _check(blk, info):
+    """Flag ``blk`` corrupt (logged) when its data cannot be what the writer's ``BlocksInfo`` describes."""
+    blk.corrupt = check_block(blk.raw, info)
+    if blk.corrupt:
+        logger.error("step %d: %s block %d is corrupt: %s (stored as it came, kept out of the learner)", blk.step,
+                     blk.var, blk.rank, blk.corrupt)
 
 
 class _CohortReader:
@@ -288,10 +301,14 @@ class PlainStreamReader(_CohortReader):
     The simulation writes its variables with the plain ADIOS2 API (global arrays with
     ``shape/start/count``, or local arrays written as blocks) and knows nothing of stagelearn.
     Every staging rank reads the blocks :func:`~stagelearn.staging.wire.assign_blocks` gives it,
-    found with ``BlocksInfo``; blocks of a local array are laid side by side along the first axis
-    (in block order) so that they form one global array in the output. The report row of each
-    block holds its step (the stream step), block id (as ``rank``) and size; staging fills in the
-    rest when it encodes the block.
+    found with ``BlocksInfo``; each block is known by its writer (:class:`~.plain_layout.BlockLayout`:
+    a stable block number, the ``rank`` of its report row), and the blocks of a local array are
+    laid side by side along the first axis in writer order, a writer that skipped a step keeping
+    its slot. The report row of each block holds its step (the writer's ``CurrentStep``), block
+    number and size; staging fills in the rest when it encodes the block. The code's own step
+    variable (a scalar named in ``CODE_STEP_NAMES``) is kept as ``code_step``. Arrays that are
+    not floating point are skipped, with the reason in ``skipped`` (logged once). Every block is
+    checked against its writer's ``BlocksInfo`` min/max (:mod:`.block_check`).
 
     Parameters
     ----------
@@ -309,16 +326,33 @@ class PlainStreamReader(_CohortReader):
     def __init__(self, config_file, io_name, stream_path, comm, known_ios, *, variables=None, **kwargs):
         super().__init__(config_file, io_name, stream_path, comm, known_ios, **kwargs)
         self.variables = variables
-        self._first_done = False
+        self.skipped = {}  # variable -> why it is not stored (logged once)
+        self.current_step = None  # the writer's step (ADIOS2 CurrentStep) of the last step read
+        self.code_step = None  # the code's own step variable of that step, when it writes one
+        self.step_variables = []  # the arrays on the stream in that step (the same on every rank)
+        self.layout = BlockLayout()  # blocks known by their writer, not their position
 
     def _names(self, available):
-        if self.variables is not None:
-            missing = [v for v in self.variables if v not in available]
-            if missing and not self._first_done:  # a listed variable must exist; later it may skip steps
-                raise ConfigError(f"staging.variables: {missing} not on stream {self.path} (it has {sorted(available)})")
-            return [v for v in self.variables if v in available]
-        return sorted(n for n, info in available.items()
-                      if info.get("Type") in ("float", "double") and info.get("SingleValue") == "false")
+        """The arrays read this step; a listed variable not on this step is only skipped for this step
+        (it may appear later); integer arrays are skipped with the reason (``skipped``)."""
+        names, skipped = plain_discovery(available, self.variables)
+        for name, why in skipped.items():
+            if name not in self.skipped:
+                self.skipped[name] = why
+                if self.comm.Get_rank() == 0:
+                    logger.warning("in transit: %s is skipped: %s", name, why)
+        return names
+
+    def _code_step(self, available):
+        """The code's own step variable of this step (a scalar in ``CODE_STEP_NAMES``), or None."""
+        for name in CODE_STEP_NAMES:
+            info = available.get(name)
+            if info is not None and info.get("SingleValue") == "true" and info.get("Type") != "string":
+                v = self.io.InquireVariable(name)
+                out = np.zeros(1, dtype=_numpy_type(v.Type(), name))
+                self.engine.Get(v, out, bindings().Mode.Sync)
+                return out[0].item()
+        return None
 
     def read_step(self):
         """This rank's blocks of the next step, or None at the end of the stream (collective)."""
@@ -326,38 +360,31 @@ class PlainStreamReader(_CohortReader):
         if not self._begin():
             return None
         step = self.engine.CurrentStep()
+        available = self.io.AvailableVariables()
+        self.current_step, self.code_step = int(step), self._code_step(available)
+        self.step_variables = self._names(available)
         out, pending = [], []
-        for var in self._names(self.io.AvailableVariables()):
+        for var in self.step_variables:
             v = self.io.InquireVariable(var)
             infos = self.engine.BlocksInfo(var, step)
-            self.n_producers = len(infos)
-            shape = tuple(int(x) for x in v.Shape())
-            counts = [_dims(bi["Count"]) for bi in infos]
-            if not shape and len({c[1:] for c in counts}) > 1:
-                raise StagelearnError(f"step {step}: local array {var} has blocks {counts} with different trailing "
-                                      "dimensions; they cannot be laid side by side (write it as a global array)")
-            if not shape:  # local array: blocks side by side along axis 0
-                offsets = np.cumsum([0] + [c[0] for c in counts[:-1]])
-                shape = (int(sum(c[0] for c in counts)),) + counts[0][1:]
-                starts = [(int(o),) + (0,) * (len(c) - 1) for o, c in zip(offsets, counts)]
-            else:
-                starts = [_dims(bi["Start"]) for bi in infos]
+            shape, placed = self.layout.place(var, step, tuple(int(x) for x in v.Shape()), infos)
+            self.n_producers = self.layout.n_blocks
             for i in assign_blocks(len(infos), self.comm.Get_size(), self.comm.Get_rank()):
-                bid = int(infos[i]["BlockID"])
-                data = np.empty(counts[i], dtype=_numpy_type(v.Type(), var))
+                bid, (number, start, count) = int(infos[i]["BlockID"]), placed[i]
+                data = np.empty(count, dtype=_numpy_type(v.Type(), var))
                 v.SetBlockSelection(bid)
                 self.engine.Get(v, data, b.Mode.Deferred)
-                blk = ReceivedBlock(var=var, rank=bid, report=make_report(step=step, rank=bid), shape=shape,
-                                    start=starts[i], count=counts[i])
+                blk = ReceivedBlock(var=var, rank=number, report=make_report(step=step, rank=number), shape=shape,
+                                    start=start, count=count)
                 blk.raw = data
-                pending.append(blk)
+                pending.append((blk, infos[i]))
                 out.append(blk)
         with self._reading():
             if pending:
                 self.engine.PerformGets()
         if not self._end_step():
             return None
-        for blk in pending:
+        for blk, info in pending:
+            _check(blk, info)  # against the writer's own min/max, in the writer's dtype
             blk.raw = blk.raw.astype(np.float32, copy=False)  # learned and coded as float32, as producers send
-        self._first_done = True
         return out

@@ -20,6 +20,9 @@ from .wire import REPORT_FIELDS, SST_QUEUE_DEFAULTS, WIRE_DTYPE, anomaly_name, p
 
 logger = logging.getLogger(__name__)
 
+#: How messages name the timeouts when the run YAML set them (a :class:`~.producer.Producer` names its arguments).
+TIMEOUT_NAMES = {"open": "timeouts.open_s", "step": "timeouts.step_s"}
+
 
 class StreamWriter:
     """The data stream of one producer rank (or of all ranks as one shared SST writer).
@@ -68,6 +71,7 @@ class StreamWriter:
         self.engine = None
         self._abandoned = None
         self._vars = {}
+        self.timeout_names = dict(TIMEOUT_NAMES)  # how messages name the open and step timeouts
 
     @property
     def engine_type(self):
@@ -106,7 +110,7 @@ class StreamWriter:
         """
         if self.streaming:
             self.io.DefineAttribute("stagelearn/report_fields", list(REPORT_FIELDS))
-        with deadline(timeout_s, f"staging to open stream {path} (timeouts.open_s)"):
+        with deadline(timeout_s, f"staging to open stream {path} ({self.timeout_names['open']})"):
             self.engine = self.io.Open(path, bindings().Mode.Write)
 
     def put_step(self, step, records, timeout_s):
@@ -127,7 +131,7 @@ class StreamWriter:
             Seconds spent in ``EndStep`` (SST's ``QueueFullPolicy=Block`` waits there).
         """
         b = bindings()
-        with deadline(timeout_s, f"staging to accept step {step} (timeouts.step_s)"):
+        with deadline(timeout_s, f"staging to accept step {step} ({self.timeout_names['step']})"):
             self.engine.BeginStep()
             for r in records:
                 name = r["var"]
@@ -160,7 +164,7 @@ class StreamWriter:
         timeout_s : float
         """
         b = bindings()
-        with deadline(timeout_s, f"writing step {step} (timeouts.step_s)"):
+        with deadline(timeout_s, f"writing step {step} ({self.timeout_names['step']})"):
             self.engine.BeginStep()
             for name, block in blocks.items():
                 if block.size:
@@ -179,6 +183,6 @@ class StreamWriter:
     def close(self, timeout_s):
         """Close the engine (SST waits for staging to release the last steps; bounded by ``timeout_s``)."""
         if self.engine is not None:
-            with deadline(timeout_s, "staging to release the last steps at close (timeouts.step_s)"):
+            with deadline(timeout_s, f"staging to release the last steps at close ({self.timeout_names['step']})"):
                 self.engine.Close()
             self.engine = None

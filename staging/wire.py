@@ -23,6 +23,8 @@ from ..sim_mocks.decomposition import balanced_split
 from .adios import built_with_mpi
 
 #: Columns of ``X/report`` (also written as the stream attribute ``stagelearn/report_fields``).
+#: ``raw_bytes`` is the block's size in the code's own dtype (float64 data: 8 bytes a value), so
+#: ratios are against what the code holds; ``4 * n`` is its float32 size (the second figure).
 REPORT_FIELDS = (
     "step", "rank", "encoder_version", "raw_bytes", "sent_bytes", "sse", "n", "max_abs_error",
     "vmin", "vmax", "n_raw_tiles", "sz3_bytes", "sz3_sse", "local_psnr_db", "n_flagged", "anomaly_bytes",

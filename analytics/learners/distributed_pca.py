@@ -18,7 +18,8 @@ class DistributedPCA(PCAModel):
     """Streaming PCA over ranks with a selectable distributed algorithm (scikit-learn API).
 
     ``partial_fit`` folds this rank's batch into its local statistics and runs the algorithm,
-    warm-started from the current basis, until the basis moves less than ``tol / 10``.
+    warm-started from the current basis, until the basis moves less than ``tol / 10``
+    (``delta_ritz``: until its certified bound on sin theta is at most ``tol``).
 
     Parameters
     ----------
@@ -43,6 +44,8 @@ class DistributedPCA(PCAModel):
     bytes_sent_ : int
         Payload bytes this rank sent so far (:class:`CommCounter`).
     rounds_ : int
+    certificate_ : float or None
+        ``delta_ritz``, ``delta_power``: certified upper bound on sin theta of the last basis (1.0: none).
     """
 
     def __init__(self, n_components, *, algorithm="warm_ritz", tol=1e-3, max_rounds=50, comm=None, graph=None):
@@ -78,9 +81,10 @@ class DistributedPCA(PCAModel):
         X = np.asarray(X, dtype=np.float64)
         d = X.shape[1]
         k = int(self.n_components)
-        if not 1 <= k <= d - (1 if self.algorithm == "warm_ritz" else 0):
-            raise ValueError(f"n_components={k} must be in [1, {d - (self.algorithm == 'warm_ritz')}] for algorithm "
-                             f"{self.algorithm!r} with {d} features (warm_ritz needs one spare direction)")
+        spare = 1 if self.algorithm in ("warm_ritz", "delta_ritz") else 0
+        if not 1 <= k <= d - spare:
+            raise ValueError(f"n_components={k} must be in [1, {d - spare}] for algorithm {self.algorithm!r} with {d} "
+                             "features (warm_ritz and delta_ritz need one spare direction)")
         # local sufficient statistics about the local mean (pairwise update, no raw moments);
         # the global mean and count travel in one all-reduce
         if not hasattr(self, "_n"):
@@ -105,8 +109,11 @@ class DistributedPCA(PCAModel):
         A_r = (self._scatter + self._n * np.outer(shift, shift)) / (n - 1)
         V0 = self.components_.T if hasattr(self, "components_") else None
         V, info = solve(self.algorithm, A_r, k, comm, V0=V0, tol=self.tol, max_rounds=self.max_rounds,
-                        counter=self._counter, graph=self.graph, guard=getattr(self, "_guard", None))
+                        counter=self._counter, graph=self.graph, guard=getattr(self, "_guard", None),
+                        state=getattr(self, "_state", None))
         self._guard = info.get("guard", getattr(self, "_guard", None))
+        self._state = info.get("state", getattr(self, "_state", None))
+        self.certificate_ = info.get("certificate")
         total_var = self._counter.allreduce(np.array([np.trace(A_r)]))[0]
         lam = np.diag(V.T @ self._counter.allreduce(A_r @ V))
         order = np.argsort(lam)[::-1]

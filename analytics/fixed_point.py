@@ -68,6 +68,8 @@ class FixedPointBasis:
         top = float(np.max(np.abs(c))) if c.size else 0.0
         s0 = 62 - math.frexp(top)[1] - int(k).bit_length()
         col0 = int(np.abs(np.rint(np.ldexp(c, s0))).astype(np.int64).sum(axis=0).max()) if c.size else 0
+        if int(max_code) * (k + 1) > _EXACT:
+            raise ValueError(f"max_code {max_code} with {k} components cannot keep the sums below 2**53")
         shift = s0
         while int(max_code) * (-(-col0 >> (s0 - shift)) + k) > _EXACT:
             shift -= 1

@@ -98,12 +98,14 @@ def decode_raw_block(header, sections):
     return np.frombuffer(data, dtype=np.float32).reshape(shape).copy()
 
 
-def payload_raw_tiles(payload):
+def payload_raw_tiles(payload, parsed=None):
     """The raw (exact) tiles carried by a transform-coded payload, without decoding the codes.
 
     Parameters
     ----------
     payload : bytes or ndarray of uint8
+    parsed : tuple, optional
+        ``parse_payload(payload)`` when the caller has it already (the payload is not parsed again).
 
     Returns
     -------
@@ -117,7 +119,7 @@ def payload_raw_tiles(payload):
     ValueError
         If the payload is not a block payload or its raw-tile sections do not match its header.
     """
-    header, sec = parse_payload(payload)
+    header, sec = parsed if parsed is not None else parse_payload(payload)
     n_raw, d = int(header["n_raw"]), int(np.prod(header["tile_shape"]))
     dz = zstandard.ZstdDecompressor()
     raw_index = np.frombuffer(dz.decompress(bytes(sec["raw_index"]), max_output_size=4 * n_raw + 64), dtype=np.int32)

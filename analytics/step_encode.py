@@ -11,7 +11,8 @@ on the producer side an optional anomaly scorer and an SZ3 comparison sample. Th
 is built on the staging side, :mod:`stagelearn.staging.block_report`).
 
 In situ (producers) the caller passes its own values (``reference``, float64 allowed), against
-which the error is measured; in transit (staging) the float32 block is the reference.
+which the error is measured; in transit (staging) the writer's own values when they are not
+float32 (e.g. float64), else the float32 block.
 """
 
 from __future__ import annotations

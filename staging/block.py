@@ -47,6 +47,9 @@ class ReceivedBlock:
     corrupt : str or None
         Why the block does not match its writer's metadata (:func:`~.block_check.check_block`);
         such a block is stored as it came but kept out of the learner.
+    source : ndarray or None
+        In transit, the block in the writer's own dtype when that is not float32 (e.g. float64):
+        what the report's error and raw bytes are measured against. Dropped once coded.
     """
 
     var: str
@@ -59,6 +62,7 @@ class ReceivedBlock:
     start: Optional[tuple] = None
     count: Optional[tuple] = None
     corrupt: Optional[str] = None
+    source: Optional[np.ndarray] = None
     _parsed: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
     _parsed_of: Optional[bytes] = field(default=None, init=False, repr=False, compare=False)
     _err_hist: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)

@@ -272,15 +272,15 @@ def _run_side(args, side):
 def _decode(args):
     import numpy as np
 
-    from .output_reader import CompressedOutputReader
-
     if args.latents:
         return _export_latents(args)
     if (args.step is None) != (args.var is None):
         raise UsageError("decode: give both --step and --var (or neither, to list the file)")
     reader = _open_output(args.file)
     if args.step is None:
-        print(f"{args.file}: variables {reader.fields()}, steps {reader.steps[0]}..{reader.steps[-1]} ({len(reader.steps)})")
+        steps = reader.steps
+        span = f"steps {steps[0]}..{steps[-1]} ({len(steps)})" if steps else "no steps stored"
+        print(f"{args.file}: variables {reader.fields()}, {span}")
         return 0
     field = reader.read(args.step, args.var, partial=args.partial)
     if args.output:

@@ -20,7 +20,7 @@ from ..analytics.temporal import PredictionChain
 from .block_report import coded_report, raw_report
 from .mpiutil import allreduce_flag, gather_bytes
 
-_REFERENCE = b"SLB1"
+_REFERENCE = b"SLR1"  # the reference blocks frame (not a block bundle)
 
 
 class InTransitCoder:
@@ -59,7 +59,7 @@ class InTransitCoder:
         coded = [v for v in variables if enc is not None and v in enc.variables]
         for b in blocks:  # raw before the first encoder and for variables it does not know yet (late ones)
             if b.var not in coded:  # the range of the finite values (NaN/Inf cells travel losslessly)
-                b.report = raw_report(b.step, b.rank, b.raw)
+                b.report = raw_report(b.step, b.rank, b.raw, given=b.source)
         if not coded:
             return
         targets, spans = step_targets(self.comm, {v: [b.raw for b in blocks if b.var == v] for v in coded},
@@ -71,12 +71,12 @@ class InTransitCoder:
             code = encode_step_block(b.raw, enc.variables[b.var], step=b.step, chain=self._chain,
                                      chain_key=(b.var, b.rank), target_mse=targets[b.var],
                                      abs_bound=absolute_bound(enc.error_bound, spans[b.var]),
-                                     raw_fraction=enc.raw_fraction,
+                                     raw_fraction=enc.raw_fraction, reference=b.source,
                                      header={"step": b.step, "variable": b.var, "rank": b.rank,
                                              "encoder_version": enc.version, "shape": list(b.shape),
                                              "start": list(b.start), "count": list(b.count)})
-            b.report = coded_report(b.step, b.rank, enc.version, b.raw, code)
-            b.payload, b.raw = code.payload, None
+            b.report = coded_report(b.step, b.rank, enc.version, b.raw, code, given=b.source)
+            b.payload, b.raw, b.source = code.payload, None, None
         self._chain.end_step()
 
     def save_reference(self, run_dir, variable, step):

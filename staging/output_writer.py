@@ -131,6 +131,7 @@ class CompressedOutputWriter:
             Per-step numeric items, stored as 1-D arrays ``summary/<name>`` with the step in
             ``summary/<name>/step`` (rank 0 only).
         """
+        summary = _numeric_items(self.path, summary)  # checked before any collective (BeginStep/EndStep)
         if self.gather:
             parts = gather_bytes(self.comm, pack_blocks(blocks))
             if self.rank != 0:
@@ -153,10 +154,7 @@ class CompressedOutputWriter:
             self._put(self._global(f"{prefix}/spec", spec), spec)
             for name, arr in encoder.arrays().items():
                 self._put(self._global(f"{prefix}/{name}", arr), arr)
-        for name, value in (summary or {}).items():
-            arr = np.array(value).ravel()
-            if arr.dtype.kind not in "fiu":
-                raise TypeError(f"{self.path}: summary item {name!r} is {arr.dtype}, not numeric")
+        for name, arr in (summary or {}).items():
             self._put(self._global(summary_name(name), arr), arr)
             self._put(self._global(summary_step_name(name), s), s)
 
@@ -202,3 +200,15 @@ def write_field_bp(path, name, field):
     engine.Put(var, field, b.Mode.Sync)
     engine.EndStep()
     engine.Close()
+
+
+def _numeric_items(path, summary):
+    """``summary`` as 1-D numeric arrays; TypeError naming the item otherwise (raised on the calling
+    rank before the step's collectives, so no other rank waits in ``EndStep``)."""
+    out = {}
+    for name, value in (summary or {}).items():
+        arr = np.array(value).ravel()
+        if arr.dtype.kind not in "fiu":
+            raise TypeError(f"{path}: summary item {name!r} is {arr.dtype}, not numeric")
+        out[name] = arr
+    return out

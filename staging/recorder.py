@@ -161,14 +161,17 @@ class StepRecorder:
         os.replace(tmp, path)
 
     def missing(self, n_producers, simulation):
-        """Producer ranks and steps never received, from the configured number of output steps.
+        """Producer ranks and steps never received: up to the configured number of output steps for a
+        mock simulation (it writes exactly those), else up to the last step any producer sent (an
+        external code's YAML ``steps`` is not what its stream carried).
 
         Returns
         -------
         dict with ``ranks``, ``steps`` (first, last), ``n_steps``, ``last_step_by_rank``; or None.
         """
         sim = simulation
-        expected = sim.steps // sim.plotgap + 1 if getattr(sim, "steps", None) else None
+        mock = getattr(sim, "type", None) not in (None, "external")
+        expected = sim.steps // sim.plotgap + 1 if mock and getattr(sim, "steps", None) else None
         n = n_producers or sim.ranks
         last = {r: -1 for r in range(int(n))}
         for step, entries in self.accounts.rows.items():

@@ -111,7 +111,7 @@ def raw_tiles_of(blk, tile_shape):
         tiles, index = to_tiles(raw, tile_shape), np.arange(int(np.prod(tile_grid(raw.shape, tile_shape))))
         header = {"tile_shape": list(tile_shape)}
     else:
-        header, tiles, index = payload_raw_tiles(blk.payload)
+        header, tiles, index = payload_raw_tiles(blk.payload, parsed=blk.parsed)
     if list(header["tile_shape"]) != list(tile_shape):
         raise ValueError(f"payload of {blk.var} from rank {blk.rank} has tile shape {header['tile_shape']}, expected {tile_shape}")
     if blk.anomaly is not None and len(blk.anomaly):

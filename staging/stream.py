@@ -386,5 +386,7 @@ class PlainStreamReader(_CohortReader):
             return None
         for blk, info in pending:
             _check(blk, info)  # against the writer's own min/max, in the writer's dtype
+            if blk.raw.dtype != np.float32:  # reports measure against the writer's own values
+                blk.source = blk.raw
             blk.raw = blk.raw.astype(np.float32, copy=False)  # learned and coded as float32, as producers send
         return out

@@ -258,6 +258,8 @@ def test_unchanged_adios2_code_in_transit(tmp_path, stagelearn_cli):
     last = reader.steps[-1]
     rows = reader.reports(last, "V")
     assert len(rows) == 2 and all(report_get(r, "encoder_version") >= 1 for r in rows)
+    # the writer's values are float64: raw bytes are counted in its dtype, not as float32
+    assert all(report_get(r, "raw_bytes") == 8 * report_get(r, "n") for r in rows)
     assert reader.read(last, "V").shape == (24, 24, 24)
     reader.close()
 

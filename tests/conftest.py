@@ -30,6 +30,25 @@ def run_cmd(args, *, timeout, cwd=None, env=None):
                     f"stdout: {exc.stdout}\nstderr: {exc.stderr}")
 
 
+def stage_and_script(tmp_path, yaml_path, run_dir, script_argv, *, sim_ranks=1, timeout=150):
+    """Run `stagelearn stage` (1 rank) and a user's producer script (``sim_ranks`` ranks) apart, as a
+    user would; returns ``(script CompletedProcess, staging exit code, staging output)``."""
+    stage_log = tmp_path / "stage.log"  # a file, not a pipe: nothing read until the end can block staging
+    with open(stage_log, "w") as log:
+        stage = subprocess.Popen([MPIEXEC, "-n", "1", sys.executable, "-m", "stagelearn", "stage", str(yaml_path),
+                                  "--run-dir", str(run_dir)], cwd=tmp_path, env=child_env(),
+                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            sim = run_cmd([MPIEXEC, "-n", str(sim_ranks), sys.executable, *map(str, script_argv)], timeout=timeout,
+                          cwd=tmp_path)
+            stage.wait(timeout=60)
+        finally:
+            if stage.poll() is None:
+                stage.kill()
+                stage.wait()
+    return sim, stage.returncode, stage_log.read_text()
+
+
 @pytest.fixture
 def mpirun(tmp_path):
     """Run a Python snippet on ``n`` MPI ranks; returns the CompletedProcess (asserts exit 0 unless told)."""

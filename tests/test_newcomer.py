@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import MPIEXEC, REPO, child_env, run_cmd
+from conftest import REPO, stage_and_script
 
 EXAMPLE = REPO / "examples" / "own_simulation"
 
@@ -26,22 +24,11 @@ def _load_example():
 def _run_own_simulation(tmp_path, steps):
     """The example's README commands: `stagelearn stage` (1 rank) and `my_sim.py` (2 ranks), apart."""
     run_dir = tmp_path / "run"
-    stage_log = tmp_path / "stage.log"  # a file, not a pipe: nothing read until the end can block staging
-    with open(stage_log, "w") as log:
-        stage = subprocess.Popen([MPIEXEC, "-n", "1", sys.executable, "-m", "stagelearn", "stage",
-                                  str(EXAMPLE / "my_run.yaml"), "--run-dir", str(run_dir)], cwd=tmp_path,
-                                 env=child_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            sim = run_cmd([MPIEXEC, "-n", "2", sys.executable, str(EXAMPLE / "my_sim.py"), "--run-dir", str(run_dir),
-                           "--steps", str(steps)], timeout=150, cwd=tmp_path)
-            stage.wait(timeout=60)
-        finally:
-            if stage.poll() is None:
-                stage.kill()
-                stage.wait()
-    stage_out = stage_log.read_text()
+    sim, stage_rc, stage_out = stage_and_script(
+        tmp_path, EXAMPLE / "my_run.yaml", run_dir,
+        [EXAMPLE / "my_sim.py", "--run-dir", run_dir, "--steps", steps], sim_ranks=2)
     assert sim.returncode == 0, f"my_sim.py failed ({sim.returncode}):\n{sim.stdout[-2000:]}\n{sim.stderr[-3000:]}"
-    assert stage.returncode == 0, f"stagelearn stage failed ({stage.returncode}):\n{stage_out[-3000:]}"
+    assert stage_rc == 0, f"stagelearn stage failed ({stage_rc}):\n{stage_out[-3000:]}"
     return run_dir, stage_out
 
 

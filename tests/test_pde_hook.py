@@ -6,13 +6,11 @@ example's YAML, and the py-pde script under `mpiexec -n 1`. Then `stagelearn rep
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import MPIEXEC, REPO, child_env, run_cmd
+from conftest import REPO, stage_and_script
 
 pytestmark = [pytest.mark.sst, pytest.mark.mpi]
 
@@ -30,22 +28,11 @@ def test_py_pde_tracker_streams_and_receives_encoders(tmp_path, stagelearn_cli):
 
     run_dir = tmp_path / "run"
     yaml_path = EXAMPLE / "run.yaml"
-    stage_log = tmp_path / "stage.log"  # a file, not a pipe: nothing read until the end can block staging
-    with open(stage_log, "w") as log:
-        stage = subprocess.Popen([MPIEXEC, "-n", "1", sys.executable, "-m", "stagelearn", "stage", str(yaml_path),
-                                  "--run-dir", str(run_dir)], cwd=tmp_path, env=child_env(),
-                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            sim = run_cmd([MPIEXEC, "-n", "1", sys.executable, str(EXAMPLE / "py_pde_stream.py"), "--run-dir",
-                           str(run_dir), "--open-timeout", "60", "--step-timeout", "60"], timeout=150, cwd=tmp_path)
-            stage.wait(timeout=60)
-        finally:
-            if stage.poll() is None:
-                stage.kill()
-                stage.wait()
-    stage_out = stage_log.read_text()
+    sim, stage_rc, stage_out = stage_and_script(
+        tmp_path, yaml_path, run_dir,
+        [EXAMPLE / "py_pde_stream.py", "--run-dir", run_dir, "--open-timeout", "60", "--step-timeout", "60"])
     assert sim.returncode == 0, f"py-pde side failed ({sim.returncode}):\n{sim.stdout[-2000:]}\n{sim.stderr[-3000:]}"
-    assert stage.returncode == 0, f"staging side failed ({stage.returncode}):\n{stage_out[-3000:]}"
+    assert stage_rc == 0, f"staging side failed ({stage_rc}):\n{stage_out[-3000:]}"
 
     producer = json.loads((run_dir / "producer.json").read_text())
     staging = json.loads((run_dir / "staging_summary.json").read_text())

@@ -73,14 +73,24 @@ def known(var, s):
     return base + 10.0 * s if var == "T" else -base - 10.0 * s
 
 
-def _gappy_run(tmp_path, stagelearn_cli, name, variables):
-    script = tmp_path / "gappy_writer.py"
-    script.write_text(GAPPY_WRITER)
+def writer_config(tmp_path, name, source, variables, *, steps, update=None, **kwargs):
+    """The run YAML for a plain ADIOS2 writer script (``source``) in transit; ``update`` maps a
+    YAML section to the keys to set in it (e.g. ``{"simulation": {"ranks": 3}}``)."""
+    script = tmp_path / f"{name}_writer.py"
+    script.write_text(source)
     cfg = in_transit_config(tmp_path, name, [sys.executable, str(script), str(IN_TRANSIT / "adios2.xml"), "sim.bp"],
-                            variables, steps=STEPS - 1, tile_shape=[8, 8])
+                            variables, steps=steps, **kwargs)
     doc = yaml.safe_load(cfg.read_text())
-    doc["simulation"]["ranks"] = 1  # one writer block per step, two staging ranks (one holds nothing)
+    for section, keys in (update or {}).items():
+        doc[section].update(keys)
     cfg.write_text(yaml.safe_dump(doc))
+    return cfg
+
+
+def _gappy_run(tmp_path, stagelearn_cli, name, variables):
+    # one writer block per step, two staging ranks (one holds nothing)
+    cfg = writer_config(tmp_path, name, GAPPY_WRITER, variables, steps=STEPS - 1, tile_shape=[8, 8],
+                        update={"simulation": {"ranks": 1}})
     proc = stagelearn_cli("run", cfg, "--no-progress", timeout=280)
     return proc, tmp_path / "results" / name
 
@@ -183,13 +193,8 @@ engine.Close()
 def test_odd_variables_do_not_crash_staging(tmp_path, stagelearn_cli):
     """Issue 19 item 4: a listed per-rank local value (no tiles ever) and a variable first written after
     the warm-up are stored as-is; T is still coded; `stagelearn decode --var` on them works or says why."""
-    script = tmp_path / "odd_writer.py"
-    script.write_text(ODD_WRITER)
-    cfg = in_transit_config(tmp_path, "odd", [sys.executable, str(script), str(IN_TRANSIT / "adios2.xml"), "sim.bp"],
-                            ["T", "rid", "late"], steps=9)
-    doc = yaml.safe_load(cfg.read_text())
-    doc["learner"]["publish_every"] = 4
-    cfg.write_text(yaml.safe_dump(doc))
+    cfg = writer_config(tmp_path, "odd", ODD_WRITER, ["T", "rid", "late"], steps=9,
+                        update={"learner": {"publish_every": 4}})
     proc = stagelearn_cli("run", cfg, "--no-progress", timeout=280)
     assert proc.returncode == 0, f"run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     run_dir = tmp_path / "results" / "odd"
@@ -242,13 +247,8 @@ engine.Close()
 @pytest.mark.skipif(not ADIOS2_MPI, reason="the reader cohort needs ADIOS2 built with MPI")
 def test_local_array_blocks_are_placed_by_writer_when_a_rank_skips_a_step(tmp_path, stagelearn_cli):
     """Issue 15 item 4: rank 2's values never land in rank 1's place; the skipped slot is reported missing."""
-    script = tmp_path / "skipping_writer.py"
-    script.write_text(SKIPPING_WRITER)
-    cfg = in_transit_config(tmp_path, "skip", [sys.executable, str(script), str(IN_TRANSIT / "adios2.xml"), "sim.bp"],
-                            None, steps=4)
-    doc = yaml.safe_load(cfg.read_text())
-    doc["simulation"]["ranks"], doc["staging"]["ranks"] = 3, 1
-    cfg.write_text(yaml.safe_dump(doc))
+    cfg = writer_config(tmp_path, "skip", SKIPPING_WRITER, None, steps=4,
+                        update={"simulation": {"ranks": 3}, "staging": {"ranks": 1}})
     proc = stagelearn_cli("run", cfg, "--no-progress", timeout=280)
     assert proc.returncode == 0, f"run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     reader = CompressedOutputReader(tmp_path / "results" / "skip" / "compressed.bp")
@@ -288,14 +288,9 @@ os._exit(1)  # the code dies after Open, before its first step
 @pytest.mark.skipif(not ADIOS2_MPI, reason="the reader cohort needs ADIOS2 built with MPI")
 def test_code_dead_before_its_first_step_still_gets_a_merged_ledger(tmp_path, stagelearn_cli):
     """Issue 19 item 4: `run` and `report` do not crash in merge_ledger (n_ranks None); the ledger is written."""
-    script = tmp_path / "dead_writer.py"
-    script.write_text(DEAD_AFTER_OPEN)
-    cfg = in_transit_config(tmp_path, "dead", [sys.executable, str(script), str(IN_TRANSIT / "adios2.xml"), "sim.bp"],
-                            None, steps=4)
-    doc = yaml.safe_load(cfg.read_text())
-    doc["simulation"]["ranks"], doc["staging"]["ranks"] = 1, 1
-    doc["timeouts"].update(open_s=20, step_s=20)
-    cfg.write_text(yaml.safe_dump(doc))
+    cfg = writer_config(tmp_path, "dead", DEAD_AFTER_OPEN, None, steps=4,
+                        update={"simulation": {"ranks": 1}, "staging": {"ranks": 1},
+                                "timeouts": {"open_s": 20, "step_s": 20}})
     proc = stagelearn_cli("run", cfg, "--no-progress", timeout=200)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-3000:]  # the code failed (its own exit code comes first)

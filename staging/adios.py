@@ -118,6 +118,11 @@ def declare_io(adios, io_name, config_file, known_ios):
     return adios.DeclareIO(io_name)
 
 
+def blocks_info_dims(text):
+    """A ``BlocksInfo`` entry's ``Start``/``Count``/``Shape`` string (``"4,8"``) as a tuple of int (``()`` if empty)."""
+    return tuple(int(x) for x in text.split(",")) if text else ()
+
+
 def begin_step(engine, timeout_s, what):
     """``BeginStep`` in read mode with a timeout.
 

@@ -13,11 +13,8 @@ values taking their place.
 
 from __future__ import annotations
 
+from .adios import blocks_info_dims
 from .errors import StagelearnError
-
-
-def _dims(text):
-    return tuple(int(x) for x in text.split(",")) if text else ()
 
 
 class BlockLayout:
@@ -65,9 +62,9 @@ class BlockLayout:
         ids = self._ids.setdefault(var, {})
         for k in sorted(keys):
             ids.setdefault(k, len(ids))
-        counts = [_dims(bi["Count"]) for bi in infos]
+        counts = [blocks_info_dims(bi["Count"]) for bi in infos]
         if shape:
-            return tuple(shape), [(ids[k], _dims(bi["Start"]), c) for k, bi, c in zip(keys, infos, counts)]
+            return tuple(shape), [(ids[k], blocks_info_dims(bi["Start"]), c) for k, bi, c in zip(keys, infos, counts)]
         layout = self._local.setdefault(var, {})
         layout.update(zip(keys, counts))
         if len({c[1:] for c in layout.values()}) > 1:

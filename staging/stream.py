@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from ..analytics.anomaly import parse_map
-from .adios import begin_step, bindings, deadline, declare_io, make_adios, open_reader
+from .adios import begin_step, bindings, blocks_info_dims, deadline, declare_io, make_adios, open_reader
 from .block import ReceivedBlock
 from .block_check import check_block
 from .plain_discovery import CODE_STEP_NAMES, plain_discovery
@@ -86,10 +86,6 @@ def _set_parameters(io, parameters):
         io.SetParameter(key, str(value))
 
 
-def _dims(text):
-    return tuple(int(x) for x in text.split(",")) if text else ()
-
-
 def _get_block(engine, io, name, bid):
     b = bindings()
     v = io.InquireVariable(name)
@@ -122,7 +118,7 @@ def _read_blocks(engine, io, step, writer_ids=None):
                 ri = raw_info[writer]
                 v = io.InquireVariable(var)
                 blk.shape = tuple(int(x) for x in v.Shape())
-                blk.start, blk.count = _dims(ri["Start"]), _dims(ri["Count"])
+                blk.start, blk.count = blocks_info_dims(ri["Start"]), blocks_info_dims(ri["Count"])
                 blk.raw = np.empty(blk.count, dtype=np.float32)
                 v.SetSelection([list(blk.start), list(blk.count)])
                 engine.Get(v, blk.raw, b.Mode.Deferred)

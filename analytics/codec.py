@@ -29,12 +29,13 @@ from .correction import correct, decode_residuals
 from .entropy import unpack_codes
 from .metrics import ErrorStats
 from .payload import MAGIC, decode_raw_block, encode_raw_block, pack_payload, parse_payload, payload_raw_tiles
-from .tiling import from_tiles, tile_grid, to_tiles
+from .prediction import Prediction, max_block_sse, predict_tiles
+from .tiling import from_tiles, tile_grid, tile_weights, to_tiles
 from .fixed_point import MAX_CODE
 from .transform import IdentityCodec, TransformCodec, quant_step_for_psnr
 
-__all__ = ["MAGIC", "EncodedBlock", "IdentityCodec", "TransformCodec", "decode_block", "encode_block",
-           "encode_raw_block", "parse_payload", "payload_raw_tiles", "quant_step_for_psnr"]
+__all__ = ["MAGIC", "EncodedBlock", "IdentityCodec", "Prediction", "TransformCodec", "decode_block", "encode_block",
+           "max_block_sse", "predict_tiles", "encode_raw_block", "parse_payload", "payload_raw_tiles", "quant_step_for_psnr"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class EncodedBlock:
 
 
 def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, target_mse=None, tile_hook=None,
-                 prev=None, abs_bound=None):
+                 prev=None, abs_bound=None, prediction=None):
     """Encode one block: a prediction per tile, the transform-coded residual, the worst tiles raw.
 
     Each tile is predicted from the model (*intra*: the PCA mean, or the autoencoder's
@@ -87,13 +88,18 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
     tile_shape : sequence of int of length d
     raw_fraction : float, default=0.02
         At most ``floor(raw_fraction * n_tiles)`` tiles, those with the largest squared
-        reconstruction error, are sent raw (exactly) instead of coded.
+        reconstruction error among the tiles not sent raw anyway (non-finite values, the tile
+        hook's), are sent raw (exactly) instead of coded.
     header : dict, optional
         Extra JSON-serialisable fields stored in the payload header (step, variable, start...).
     target_mse : float, optional
-        If given, the quantization step is chosen for this block so that its MSE (before raw
-        tiles, which only lower it) stays at or below ``target_mse``
-        (:meth:`TransformCodec.step_for_mse`); otherwise ``codec.quant_step`` is used.
+        If given, the block's MSE against its values (``block`` itself: pass the caller's float64
+        values to have them count) is at most ``target_mse`` and, where the block can err that
+        much, within a few percent of it (0.004-0.22 dB): the step comes from a search on the
+        reconstruction error with the raw tiles and padding accounted for
+        (:meth:`TransformCodec.step_for_mse`), and the exact reconstruction is verified here
+        (a slightly smaller step, or more raw tiles where the error lies outside a truncated basis,
+        until it holds). Otherwise ``codec.quant_step`` is used.
     tile_hook : object, optional
         PCA only. Called as ``tile_hook(coef, centred_energy) -> indices`` of further tiles to
         send raw (e.g. anomalies), given every tile's coefficients (ndarray of shape (n_tiles,
@@ -103,8 +109,12 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
         The decoder's reconstruction of this block at the previous step (temporal prediction).
         Decoding then needs the same array (:func:`decode_block` ``prev``).
     abs_bound : float, optional
-        Pointwise error bound (field units): coded tiles exceeding it get a ZFP-coded correction
+        Pointwise error bound (field units): the step is at most the bound (twice it in the value
+        domain of an autoencoder's residual), coded tiles exceeding it get a ZFP-coded correction
         and, if still above it, are sent raw (:mod:`.correction`); verified here.
+    prediction : Prediction, optional
+        :func:`predict_tiles` of the float32 values of this block with this codec, tile shape and
+        ``prev``, when the caller has it already (an autoencoder's prediction is its costly part).
 
     Returns
     -------
@@ -117,72 +127,60 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
         given to a codec other than PCA.
     """
     block = np.asarray(block)
-    tiles = to_tiles(block.astype(np.float32, copy=False), tile_shape)
-    if tiles.shape[1] != codec.n_features:
-        raise ValueError(f"tile shape {tuple(tile_shape)} gives {tiles.shape[1]} features, the encoder has {codec.n_features}")
     if tile_hook is not None and codec.kind != "pca":
         raise ValueError("anomaly scoring (tile_hook) needs a PCA model")
-    bad = ~np.all(np.isfinite(tiles), axis=1)  # NaN/Inf tiles are always sent raw, never coded
-    all_tiles = tiles
-    if bad.any():
-        tiles = np.where(bad[:, None], codec.fill_tile, tiles)
+    p = prediction if prediction is not None else predict_tiles(block, codec, tile_shape, prev)
+    all_tiles, tiles, bad, ref, state, inter = p.all_tiles, p.tiles, p.bad, p.ref, p.state, p.inter
     n_tiles = tiles.shape[0]
-    ref, state = codec.intra_reference(tiles)
-    inter = np.zeros(n_tiles, dtype=bool)
-    if prev is not None:
-        if tuple(np.shape(prev)) != block.shape:
-            raise ValueError(f"prev has shape {np.shape(prev)}, the block {block.shape}")
-        prev_tiles = to_tiles(np.asarray(prev, dtype=np.float32), tile_shape)
-        usable = np.all(np.isfinite(prev_tiles), axis=1) & ~bad
-        e_intra = np.einsum("ij,ij->i", tiles - ref, tiles - ref, dtype=np.float64)
-        e_inter = np.einsum("ij,ij->i", tiles - prev_tiles, tiles - prev_tiles, dtype=np.float64)
-        inter = usable & (e_inter < e_intra)
-        ref = np.where(inter[:, None], prev_tiles, ref)
     residual = tiles - ref
-    res_codec = codec.residual_codec()
+    extra, known = {}, bad | ~np.all(np.isfinite(ref), axis=1)  # tiles sent raw whatever the step
+    if tile_hook is not None:
+        hook_coef = codec.coefficients(tiles)
+        centred = tiles - codec.mean
+        energy = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
+        known[np.asarray(tile_hook(hook_coef, energy), dtype=np.int64)] = True
+        extra = tile_hook.sections()
+    exact = to_tiles(block, tile_shape) if block.dtype == np.float64 else None  # the caller's values, when finer
+    weights = tile_weights(block.shape, tile_shape)
+    n_raw = int(math.floor(raw_fraction * n_tiles))
+    res_codec, coef = codec.residual_codec(), None
     if target_mse is not None:
-        res_codec = res_codec.with_step(res_codec.step_for_mse(residual, target_mse, n_values=block.size))
-    if abs_bound is not None and isinstance(res_codec, IdentityCodec) and res_codec.quant_step > 2.0 * abs_bound:
-        # value-domain quantization errs by at most step / 2: with this step only clipped codes and
-        # float32 rounding can exceed the bound, so few tiles need a correction
-        res_codec = res_codec.with_step(2.0 * abs_bound * (1.0 - 1e-6))
-    coef = res_codec.coefficients(residual)
-    codes = res_codec.quantize_coefficients(coef)
-    rec = ref + res_codec.dequantize(codes)
-    # Tiles the model cannot code (a diverged network: non-finite prediction, codes clipped at the
-    # code range) are sent raw whatever the raw budget, so the error target and bound still hold.
-    unusable = ~np.all(np.isfinite(rec), axis=1) | np.any(np.abs(codes) >= MAX_CODE, axis=1)
+        target = (exact if exact is not None else all_tiles.astype(np.float64)) - ref
+        coef = res_codec.coefficients(residual)
+        res_codec = res_codec.with_step(res_codec.step_for_mse(
+            residual, target_mse, n_values=block.size, exact=np.where(known[:, None], 0.0, target), weights=weights,
+            n_raw=n_raw, skip=known, coef=coef))
+    if abs_bound is not None:
+        # with a pointwise bound every value beyond it costs a correction or a raw tile: a step of at most the
+        # bound (PCA: per-value error std <= step / sqrt(12)) keeps them few; value-domain quantization errs by
+        # at most step / 2, so only clipped codes and float32 rounding exceed 2 * bound
+        cap = 2.0 * abs_bound * (1.0 - 1e-6) if isinstance(res_codec, IdentityCodec) else abs_bound
+        if res_codec.quant_step > cap:
+            res_codec = res_codec.with_step(cap)
+    budget = None if target_mse is None else float(target_mse) * block.size
+    last = math.inf
+    for attempt in range(64):  # the search's float64 model of the reconstruction is checked on the exact one
+        q = _quantize(res_codec, residual, coef, ref, all_tiles, exact, weights, bad, known, n_raw, abs_bound, tile_shape)
+        reconstruction = from_tiles(q.rec, block.shape, tile_shape)
+        stats = ErrorStats.from_arrays(block, reconstruction)
+        if budget is None or stats.sse <= budget or not math.isfinite(stats.sse) or n_raw >= n_tiles:
+            break
+        if stats.sse < 0.9 * last and attempt < 4:  # float32 rounding the search did not see: a slightly smaller step
+            res_codec = res_codec.with_step(res_codec.quant_step * min(0.99, 0.995 * math.sqrt(budget / stats.sse)))
+        else:  # error the step cannot remove (outside a truncated basis): the worst coded tiles go raw
+            coded = np.sort(np.delete(q.tile_sse, q.raw_index))[::-1]
+            n_raw += int(np.searchsorted(np.cumsum(coded), stats.sse - budget)) + 1
+        last = stats.sse
+    if budget is not None and math.isfinite(stats.sse) and stats.sse > budget:  # reported as reached, never hidden
+        logger.warning("block misses its error target after %d refinements: SSE %.6g > %.6g (its report row "
+                       "carries the error reached)", attempt + 1, stats.sse, budget)
+    codes, rec, raw_index, corr_index, corr_data, unusable = q.codes, q.rec, q.raw_index, q.corr_index, q.corr_data, q.unusable
     if unusable.any():
         logger.warning("%d of %d tiles cannot be coded by the model (non-finite prediction or codes out of range): "
                        "sent raw", int(unusable.sum()), unusable.size)
-        rec[unusable] = np.where(bad[unusable, None], 0.0, tiles[unusable])
-    n_raw = int(math.floor(raw_fraction * n_tiles))
-    err = np.einsum("ij,ij->i", tiles - rec, tiles - rec, dtype=np.float64)
-    raw_index = np.empty(0, dtype=np.int32)
-    if n_raw > 0:
-        worst = np.argpartition(err, n_tiles - n_raw)[n_tiles - n_raw:]
-        raw_index = worst[err[worst] > 0]
-    extra = {}
-    if tile_hook is not None:
-        hook_coef = coef if not inter.any() else codec.coefficients(tiles)
-        centred = tiles - codec.mean
-        energy = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
-        raw_index = np.union1d(raw_index, np.asarray(tile_hook(hook_coef, energy), dtype=np.int64))
-        extra = tile_hook.sections()
-    raw_index = np.union1d(raw_index, np.flatnonzero(bad | unusable))
-    tiles = all_tiles
-    corr_index, corr_data = np.empty(0, dtype=np.int32), b""
-    if abs_bound is not None:
-        candidates = np.ones(n_tiles, dtype=bool)
-        candidates[raw_index.astype(np.int64)] = False
-        exact = to_tiles(block, tile_shape) if block.dtype == np.float64 else None  # verify against the caller's values
-        corr_index, corr_data, still_bad = correct(tiles, rec, abs_bound, tuple(tile_shape), candidates, exact)
-        raw_index = np.union1d(raw_index, still_bad)
-    raw_index = np.sort(raw_index).astype(np.int32)
     keep = np.ones(n_tiles, dtype=bool)
     keep[raw_index] = False
-    raw_tiles = tiles[raw_index]
-    rec[raw_index] = raw_tiles
+    raw_tiles = all_tiles[raw_index]
     side, side_head = codec.side_sections(state, keep & ~inter)
     code_bytes = res_codec.pack(codes[keep])
     zc = zstandard.ZstdCompressor(level=codec.zstd_level)
@@ -208,9 +206,55 @@ def encode_block(block, codec, tile_shape, *, raw_fraction=0.02, header=None, ta
         sections["corrected_index"] = zc.compress(corr_index.tobytes())
         sections["corrections"] = corr_data
     payload = pack_payload(head, sections)
-    reconstruction = from_tiles(rec, block.shape, tile_shape)
-    return EncodedBlock(payload, reconstruction, ErrorStats.from_arrays(block, reconstruction), int(raw_index.size), raw_tiles,
-                        err)
+    return EncodedBlock(payload, reconstruction, stats, int(raw_index.size), raw_tiles, q.tile_sse)
+
+
+@dataclass
+class _Quantized:
+    """One trial of :func:`encode_block` at one quantization step."""
+
+    codes: np.ndarray
+    rec: np.ndarray
+    raw_index: np.ndarray
+    corr_index: np.ndarray
+    corr_data: bytes
+    unusable: np.ndarray
+    tile_sse: np.ndarray
+
+
+def _quantize(res_codec, residual, coef, ref, tiles, exact, weights, bad, known, n_raw, abs_bound, tile_shape):
+    """Codes, exact reconstruction, raw tiles and corrections of a block at ``res_codec``'s step.
+
+    ``tiles`` are the block's float32 tiles (NaN/Inf included), ``exact`` the caller's float64
+    ones or None, ``weights`` the padding mask or None, ``known`` the tiles sent raw whatever the
+    step (``bad``: non-finite values), ``n_raw`` the raw budget for the worst of the others; ``coef``
+    the residual's coefficients (None: computed here; they do not depend on the step).
+    """
+    n_tiles = residual.shape[0]
+    coef = res_codec.coefficients(residual) if coef is None else coef
+    codes = res_codec.quantize_coefficients(np.where(known[:, None], np.float32(0.0), coef))  # known: raw anyway
+    rec = ref + res_codec.dequantize(codes)
+    # Tiles the model cannot code (a diverged network: non-finite prediction, codes clipped at the
+    # code range) are sent raw whatever the raw budget, so the error target and bound still hold.
+    unusable = ~np.all(np.isfinite(rec), axis=1) | np.any(np.abs(codes) >= MAX_CODE, axis=1)
+    rec[unusable] = np.where(bad[unusable, None], 0.0, tiles[unusable])
+    diff = (exact if exact is not None else tiles.astype(np.float64)) - rec
+    diff[bad] = 0.0
+    err = np.einsum("ij,ij->i", diff, diff if weights is None else diff * weights, dtype=np.float64)
+    raw_index = np.flatnonzero(known | unusable)
+    if n_raw > 0:  # the raw budget goes to the worst of the tiles not already raw
+        cand = np.where(known | unusable, 0.0, err)
+        worst = np.argpartition(cand, n_tiles - n_raw)[n_tiles - n_raw:]
+        raw_index = np.union1d(raw_index, worst[cand[worst] > 0])
+    corr_index, corr_data = np.empty(0, dtype=np.int32), b""
+    if abs_bound is not None:
+        candidates = np.ones(n_tiles, dtype=bool)
+        candidates[raw_index] = False
+        corr_index, corr_data, still_bad = correct(tiles, rec, abs_bound, tuple(tile_shape), candidates, exact)
+        raw_index = np.union1d(raw_index, still_bad)
+    raw_index = np.sort(raw_index).astype(np.int32)
+    rec[raw_index] = tiles[raw_index]
+    return _Quantized(codes, rec, raw_index, corr_index, corr_data, unusable, err)
 
 
 def decode_block(payload, codec=None, prev=None):

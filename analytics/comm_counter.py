@@ -1,20 +1,32 @@
-"""Counting what distributed learners communicate: bytes sent and communication rounds.
+"""Counting what distributed learners communicate: payload bytes, wire bytes and rounds.
 
 Every algorithm in :mod:`.dpca` talks through one :class:`CommCounter`, so their costs are
-counted the same way:
+counted the same way. Two byte figures per rank:
 
-- ``allreduce(x)``: each rank contributes ``x.nbytes``; one round;
-- ``allgather(x, dtype)``: each rank contributes ``x.nbytes`` (in ``dtype``: e.g. the packed int8
-  messages of ``delta_ritz`` as uint8); one round. Each rank *receives* ``p - 1`` such messages,
-  so on the wire an all-gather costs more than an all-reduce of the same payload as ``p`` grows;
-- ``bcast(x, root)``: the root's payload reaches ``p - 1`` ranks: ``(p - 1) * x.nbytes``, counted
-  at the root; one round;
-- ``neighbours(x, graph)``: each rank sends ``x.nbytes`` to each of its neighbours; one round.
+``bytes_sent`` (payload)
+    the message a rank contributes to a collective (the algorithm's message size);
+``wire_bytes``
+    what leaves the rank for other ranks, under the usual bandwidth-optimal algorithm of each
+    collective (MPI does not report what it moved, so for the collectives below this is a model,
+    stated here; for ``alltoallv`` and ``neighbours`` it is exact):
 
-Bytes are what a rank puts on the network as payload (the algorithm's message size), not what a
-particular MPI implementation moves internally (a ring all-reduce moves about twice that).
-``bytes_sent`` is per rank (the maximum over ranks is what limits a round); ``total_bytes``
-sums all ranks.
+=================  ==============================  ============================================
+call               payload (per rank)              wire (per rank)
+=================  ==============================  ============================================
+``allreduce(x)``   ``x.nbytes``                    ``2 (p - 1) / p * x.nbytes`` (ring:
+                                                   reduce-scatter, then all-gather)
+``allgather(x)``   ``x.nbytes``                    ``(p - 1) * x.nbytes`` (ring: every block
+                                                   reaches the ``p - 1`` others)
+``allgatherv(x)``  ``x.nbytes``                    ``(p - 1) * mean block size`` (ring)
+``alltoallv(c)``   bytes of the chunks to others   the same (each chunk travels once)
+``bcast(x, root)`` ``(p - 1) * x.nbytes`` at root  the same, at the root
+``neighbours(x)``  ``x.nbytes`` per neighbour      the same
+=================  ==============================  ============================================
+
+Each call is one round, except that ``new_round=False`` lets the second phase of a two-phase
+collective (``alltoallv`` then ``allgatherv``: a quantized all-reduce) count with the first, as
+the reduce-scatter and all-gather inside a ring all-reduce do. ``total_bytes`` sums ``bytes_sent``
+over ranks.
 """
 
 from __future__ import annotations
@@ -33,6 +45,8 @@ class CommCounter:
     ----------
     bytes_sent : int
         Payload bytes this rank sent.
+    wire_bytes : int
+        Bytes this rank put on the network for other ranks (see the module's table).
     rounds : int
         Communication rounds (collective or neighbour exchanges).
     """
@@ -40,7 +54,13 @@ class CommCounter:
     def __init__(self, comm):
         self.comm = comm
         self.bytes_sent = 0
+        self.wire_bytes = 0
         self.rounds = 0
+
+    def _count(self, payload, wire, new_round=True):
+        self.bytes_sent += int(payload)
+        self.wire_bytes += int(round(wire))
+        self.rounds += int(new_round)
 
     def allreduce(self, x, dtype=np.float64):
         """Sum of ``x`` over ranks, sent as ``dtype`` (float64 or float32), returned as float64."""
@@ -49,8 +69,8 @@ class CommCounter:
         x = np.ascontiguousarray(x, dtype=dtype)
         out = np.empty_like(x)
         self.comm.Allreduce(x, out, op=MPI.SUM)
-        self.bytes_sent += x.nbytes
-        self.rounds += 1
+        p = self.comm.Get_size()
+        self._count(x.nbytes, 2 * (p - 1) / p * x.nbytes)
         return out.astype(np.float64)
 
     def allgather(self, x, dtype=np.float64):
@@ -58,20 +78,66 @@ class CommCounter:
         x = np.ascontiguousarray(x, dtype=dtype)
         out = np.empty((self.comm.Get_size(),) + x.shape, dtype=dtype)
         self.comm.Allgather(x, out)
-        self.bytes_sent += x.nbytes
-        self.rounds += 1
+        self._count(x.nbytes, (self.comm.Get_size() - 1) * x.nbytes)
         return out
+
+    def allgatherv(self, x, *, new_round=True):
+        """Every rank's 1-D uint8 ``x`` (sizes may differ): list of ``size`` arrays.
+
+        Parameters
+        ----------
+        x : ndarray of uint8, 1-D
+        new_round : bool
+            False when this is the second phase of a collective already counted as a round.
+        """
+        from mpi4py import MPI
+
+        x = np.ascontiguousarray(x, dtype=np.uint8).ravel()
+        sizes = np.empty(self.comm.Get_size(), dtype=np.int64)
+        self.comm.Allgather(np.array([x.size], dtype=np.int64), sizes)  # sizes: metadata, not counted
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        out = np.empty(int(sizes.sum()), dtype=np.uint8)
+        self.comm.Allgatherv(x, [out, sizes, offsets, MPI.BYTE])
+        p = self.comm.Get_size()
+        self._count(x.nbytes, (p - 1) * float(sizes.mean()), new_round)
+        return [out[o:o + n] for o, n in zip(offsets, sizes)]
+
+    def alltoallv(self, chunks, *, new_round=True):
+        """Send ``chunks[j]`` (1-D uint8) to rank ``j``; returns the list of chunks received from each rank.
+
+        Only the chunks for other ranks are counted (payload and wire).
+        """
+        from mpi4py import MPI
+
+        p, me = self.comm.Get_size(), self.comm.Get_rank()
+        chunks = [np.ascontiguousarray(c, dtype=np.uint8).ravel() for c in chunks]
+        if len(chunks) != p:
+            raise ValueError(f"alltoallv needs one chunk per rank ({p}), got {len(chunks)}")
+        send_sizes = np.array([c.size for c in chunks], dtype=np.int64)
+        recv_sizes = np.empty(p, dtype=np.int64)
+        self.comm.Alltoall(send_sizes, recv_sizes)  # sizes: metadata, not counted
+        send = np.concatenate(chunks) if p else np.zeros(0, np.uint8)
+        soff = np.concatenate([[0], np.cumsum(send_sizes)[:-1]])
+        roff = np.concatenate([[0], np.cumsum(recv_sizes)[:-1]])
+        recv = np.empty(int(recv_sizes.sum()), dtype=np.uint8)
+        self.comm.Alltoallv([send, send_sizes, soff, MPI.BYTE], [recv, recv_sizes, roff, MPI.BYTE])
+        off_rank = int(send_sizes.sum() - send_sizes[me])
+        self._count(off_rank, off_rank, new_round)
+        return [recv[o:o + n] for o, n in zip(roff, recv_sizes)]
 
     def bcast(self, x, root):
         """``x`` from ``root`` on every rank."""
         x = np.ascontiguousarray(x, dtype=np.float64).copy()
         self.comm.Bcast(x, root=root)
-        if self.comm.Get_rank() == root:
-            self.bytes_sent += x.nbytes * (self.comm.Get_size() - 1)
-        self.rounds += 1
+        sent = x.nbytes * (self.comm.Get_size() - 1) if self.comm.Get_rank() == root else 0
+        self._count(sent, sent)
         return x
 
-    def neighbours(self, x, neighbours):
+    def neighbours_bytes(self, x, neighbours):
+        """:meth:`neighbours` for a packed 1-D uint8 message (e.g. int8 codes with their scales)."""
+        return self.neighbours(x, neighbours, dtype=np.uint8)
+
+    def neighbours(self, x, neighbours, dtype=np.float64):
         """Send ``x`` to each neighbour and receive theirs (one round).
 
         Parameters
@@ -86,13 +152,12 @@ class CommCounter:
         """
         from mpi4py import MPI
 
-        x = np.ascontiguousarray(x, dtype=np.float64)
+        x = np.ascontiguousarray(x, dtype=dtype)
         recv = {n: np.empty_like(x) for n in neighbours}
         reqs = [self.comm.Irecv(recv[n], source=n, tag=7) for n in neighbours]
         reqs += [self.comm.Isend(x, dest=n, tag=7) for n in neighbours]
         MPI.Request.Waitall(reqs)
-        self.bytes_sent += x.nbytes * len(neighbours)
-        self.rounds += 1
+        self._count(x.nbytes * len(neighbours), x.nbytes * len(neighbours))
         return recv
 
     def total_bytes(self):

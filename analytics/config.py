@@ -56,7 +56,8 @@ class LearnerConfig(BaseModel):
     type: Literal["pca", "autoencoder"] = Field("pca", description="Learner family: PCA transform coder or tile autoencoder.")
     autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
-    algorithm: Literal["exact", "oneshot", "subspace", "oja", "iag", "gossip", "warm_ritz", "delta_ritz"] = Field(
+    algorithm: Literal["exact", "oneshot", "subspace", "oja", "iag", "gossip", "warm_ritz", "delta_ritz",
+                       "delta_ritz_rs"] = Field(
         "exact", description="Distributed PCA algorithm (docs/distributed_pca.md); exact = IncrementalPCA merge."
     )
     n_components: Optional[int] = Field(
@@ -106,6 +107,9 @@ class CodecConfig(BaseModel):
 
     model_config = _STRICT
 
+    kind: Literal["stream", "learned"] = Field(
+        "learned", description="learned: the PCA/autoencoder tile codec of learner.type; stream: interpolation + "
+        "temporal prediction with blend weights fitted in staging (analytics/stream_step.py, docs/codec.md).")
     psnr_db: float = Field(
         42.0, gt=0, le=200, description="Target PSNR (dB) that sets the quantization step of each variable."
     )
@@ -113,11 +117,15 @@ class CodecConfig(BaseModel):
         0.01, ge=0.0, le=0.5, description="Fraction of tiles per block sent raw (the worst reconstructed)."
     )
     zstd_level: int = Field(3, ge=1, le=22, description="zstd level of the lossless sections.")
-    keyframe_every: int = Field(
-        0, ge=0, le=2**20, description="Temporal prediction: 0 codes each step on its own; k > 0 predicts tiles from the previous "
-        "step's reconstruction, with a step coded on its own every k steps.")
+    keyframe_every: Optional[int] = Field(
+        None, ge=0, le=2**20, description="Temporal prediction: 0 codes each step on its own; k > 0 predicts tiles from the previous "
+        "step's reconstruction, with a step coded on its own every k steps (default: 16 with kind stream, 0 with learned).")
     error_bound: Optional[ErrorBound] = Field(None, description="Pointwise error bound: {abs: e} or {rel: r} (of the step's range).")
     encode_threads: int = Field(1, ge=0, le=1024, description="Threads torch may use on each producer rank for autoencoder encoding (0: torch default).")
+
+    def keyframes(self):
+        """``keyframe_every`` with its default for the codec kind."""
+        return (16 if self.kind == "stream" else 0) if self.keyframe_every is None else self.keyframe_every
 
 
 class AnomalyConfig(BaseModel):

@@ -25,7 +25,12 @@ algorithm        one round                                   reference
                  certified stop                              + interlacing + Weyl)
 ===============  ==========================================  ========================================
 
-``delta_power`` is ``delta_ritz`` without the guard column (``k`` columns; the same certificate).
+``delta_power`` is ``delta_ritz`` without the guard column (``k`` columns; the same certificate);
+``delta_ritz_rs`` is ``delta_ritz`` through a two-phase quantized all-reduce (reduce-scatter of
+int8 segments, re-quantized at the owner with error feedback, all-gather) instead of an
+all-gather: fewer wire bytes (:mod:`.quantized_allreduce`). ``krylov_f32`` (restarted block Krylov,
+float32) and ``gossip_int8`` (DeEPCA with int8 delta-coded messages) are the same-precision
+baselines of :mod:`.dpca_baselines`.
 ``exact_triu`` is ``exact`` sending only the upper triangle (d (d + 1) / 2 numbers);
 ``subspace_f32`` is ``subspace`` with float32 messages.
 
@@ -43,7 +48,7 @@ import numpy as np
 from .comm_counter import CommCounter
 
 ALGORITHMS = ("exact", "exact_triu", "oneshot", "subspace", "subspace_f32", "oja", "iag", "gossip", "warm_ritz",
-              "delta_ritz", "delta_power")
+              "delta_ritz", "delta_power", "delta_ritz_rs", "krylov_f32", "gossip_int8")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -88,6 +93,37 @@ def local_problem(X, counter):
     n, mean = s[0], s[1:] / max(s[0], 1)
     Xc = X - mean
     return Xc.T @ Xc / max(n - 1, 1), mean, int(n)
+
+
+class FactorShare:
+    """A rank's share ``A_r = F F^T`` kept as its factor ``F`` (d x n_r), for ``d`` too large for a d x d matrix.
+
+    ``A_r @ X`` costs ``O(d n_r m)`` instead of ``O(d^2 m)`` and ``d^2`` memory; ``delta_ritz``'s
+    complement bound uses the ``n_r x n_r`` Gram matrix (exact, :func:`.dpca_delta.complement_lambda_max`).
+    Works with the algorithms that only multiply (``subspace*``, ``warm_ritz``, ``delta_*``).
+    """
+
+    def __init__(self, factor):
+        self.factor = np.asarray(factor, dtype=np.float64)
+        self.shape = (self.factor.shape[0], self.factor.shape[0])
+
+    def __matmul__(self, X):
+        return self.factor @ (self.factor.T @ X)
+
+
+def local_factor(X, counter):
+    """:func:`local_problem` as a :class:`FactorShare`: ``F = (X - mean)^T / sqrt(n - 1)`` (one all-reduce).
+
+    Returns
+    -------
+    share : FactorShare
+    mean : ndarray of shape (n_features,)
+    n : int
+    """
+    X = np.asarray(X, dtype=np.float64)
+    s = counter.allreduce(np.concatenate([[X.shape[0]], X.sum(axis=0)]))
+    n, mean = s[0], s[1:] / max(s[0], 1)
+    return FactorShare((X - mean).T / math.sqrt(max(n - 1, 1))), mean, int(n)
 
 
 def metropolis_weights(neighbours, rank, degrees):
@@ -139,19 +175,20 @@ def mixing_second_eigenvalue(graph):
 
 # ----------------------------------------------------------------------------- solver
 class Solve:
-    """State and history of one run: ``V`` (this rank's basis), ``history`` of (rounds, bytes, sin theta)."""
+    """History of one run: ``history`` of (rounds, payload bytes, sin theta), ``wire`` (wire bytes) per round."""
 
     def __init__(self, counter, reference=None):
         self.counter, self.reference = counter, reference
-        self.history = []
+        self.history, self.wire = [], []
 
     def record(self, V):
         if self.reference is not None:
             self.history.append((self.counter.rounds, self.counter.bytes_sent, sin_theta(V, self.reference)))
+            self.wire.append(self.counter.wire_bytes)
 
 
 def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, reference=None, counter=None,
-          seed=0, oja_local_steps=4, gossip_steps=4, graph=None, guard=None, state=None):
+          seed=0, oja_local_steps=4, gossip_steps=4, graph=None, guard=None, state=None, patience=None):
     """Run one distributed PCA algorithm on the local shares ``A_r`` (collective over ``comm``).
 
     Parameters
@@ -181,13 +218,16 @@ def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, referen
     state : dict, optional
         The previous call's ``info["state"]`` for ``delta_ritz`` (guard and reference products).
         ``delta_ritz`` stops on its certificate (upper bound on sin theta <= ``tol``), not on movement.
+    patience : int, optional
+        ``delta_*`` only: also stop when the certificate stalls (:func:`.dpca_delta.delta_ritz`).
 
     Returns
     -------
     V : ndarray of shape (d, k)
         This rank's basis (identical on all ranks except for ``gossip``).
     info : dict
-        ``rounds``, ``bytes_sent`` (this rank), ``history``, ``guard`` (for the next ``warm_ritz``).
+        ``rounds``, ``bytes_sent`` (payload, this rank), ``wire_bytes`` (this rank),
+        ``history``, ``wire_history``, ``guard`` (for the next ``warm_ritz``).
     """
     counter = counter or CommCounter(comm)
     d = A_r.shape[0]
@@ -211,14 +251,18 @@ def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, referen
         V, _ = top_eigvecs(sum(B @ B.T for B in bases) / p, k)
         run.record(V)
     else:
+        from .dpca_baselines import gossip_int8, krylov_f32
         from .dpca_delta import delta_ritz
 
         step = {"subspace": _subspace, "subspace_f32": _subspace_f32, "oja": _oja, "iag": _iag, "gossip": _gossip,
                 "warm_ritz": _warm_ritz, "delta_ritz": delta_ritz,
-                "delta_power": lambda *a, **kw: delta_ritz(*a, guard_columns=0, **kw)}[algorithm]
+                "delta_power": lambda *a, **kw: delta_ritz(*a, guard_columns=0, **kw),
+                "delta_ritz_rs": lambda *a, **kw: delta_ritz(*a, collective="two_phase", **kw),
+                "krylov_f32": krylov_f32, "gossip_int8": gossip_int8}[algorithm]
         V = step(A_r, V0, k, comm, counter, run, tol=tol, max_rounds=max_rounds, oja_local_steps=oja_local_steps,
-                 gossip_steps=gossip_steps, graph=graph, guard=guard, info=info, state=state)
-    info.update(rounds=counter.rounds, bytes_sent=counter.bytes_sent, history=run.history)
+                 gossip_steps=gossip_steps, graph=graph, guard=guard, info=info, state=state, patience=patience)
+    info.update(rounds=counter.rounds, bytes_sent=counter.bytes_sent, wire_bytes=counter.wire_bytes,
+                history=run.history, wire_history=run.wire)
     return V, info
 
 

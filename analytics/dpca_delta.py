@@ -10,7 +10,9 @@ far, as decoded), so all ranks hold the same ``G = sum_r Y_r``.
    bound on ``lambda_max`` of ``A_r`` compressed to the orthogonal complement of ``X`` (local
    ``eigvalsh``; no communication).
 2. One all-gather of ``d (k + 1)`` int8 codes, ``k + 1`` float32 scales and ``b_r`` (float64):
-   ``d (k + 1) + 4 (k + 1) + 8`` bytes per rank.
+   ``d (k + 1) + 4 (k + 1) + 8`` bytes per rank (``collective="two_phase"``, ``delta_ritz_rs``:
+   a two-phase quantized all-reduce instead, :class:`~.quantized_allreduce.TwoPhaseDeltaSum`;
+   steps 3-4 are the same, with the references kept as described there).
 3. Every rank decodes ``Y_r += s * codes`` for every ``r`` (closed loop: the next change is taken
    against the decoded reference, so quantization errors never accumulate: error feedback) and
    forms ``G = sum_r Y_r = C X + E`` with ``||E||_F <= eps``, ``eps`` known from the scales.
@@ -42,8 +44,7 @@ import math
 import numpy as np
 
 from .dpca import orthonormal
-
-LEVELS = 127
+from .quantized_allreduce import GatherDeltaSum, TwoPhaseDeltaSum, encode_f32
 
 
 def message_bytes(d, k, guard_columns=1):
@@ -54,28 +55,24 @@ def message_bytes(d, k, guard_columns=1):
 
 def _encode(D):
     """int8 codes and float32 per-column scales of ``D`` (d x m); error per entry <= scale / 2."""
-    raw = np.abs(D).max(axis=0) / LEVELS
-    scale = raw.astype(np.float32)
-    scale = np.where(scale < raw, np.nextafter(scale, np.float32(np.inf)), scale)  # round up: no clipping
-    safe = np.where(scale > 0, scale, 1).astype(np.float64)
-    codes = np.clip(np.rint(D / safe), -LEVELS, LEVELS).astype(np.int8)
-    return codes, scale
+    return encode_f32(D)
 
 
 def _pack(codes, scale, b):
     return np.concatenate([codes.ravel().view(np.uint8), scale.view(np.uint8), np.array([b]).view(np.uint8)])
 
 
-def _unpack(buf, d, m):
-    n = d * m
-    codes = buf[:n].view(np.int8).reshape(d, m).astype(np.float64)
-    scale = buf[n:n + 4 * m].view(np.float32).astype(np.float64)
-    b = float(buf[n + 4 * m:n + 4 * m + 8].view(np.float64)[0])
-    return codes, scale, b
-
-
 def complement_lambda_max(A_r, X):
-    """Upper bound on ``lambda_max`` of ``A_r`` compressed to the orthogonal complement of ``X``."""
+    """Upper bound on ``lambda_max`` of ``A_r`` compressed to the orthogonal complement of ``X``.
+
+    For a :class:`~.dpca.FactorShare` (``A_r = F F^T``, ``F`` d x n_r) the eigenvalue of the
+    ``n_r x n_r`` Gram matrix ``(P F)^T (P F)`` (the same non-zero spectrum, ``O(d n_r^2)``).
+    """
+    F = getattr(A_r, "factor", None)
+    if F is not None:
+        PF = F - X @ (X.T @ F)
+        lam = float(np.linalg.eigvalsh(PF.T @ PF)[-1]) if F.shape[1] else 0.0
+        return max(lam, 0.0) + 1e-12 * max(float(np.sum(F * F)), 1e-300)  # round-off slack
     P = np.eye(A_r.shape[0]) - X @ X.T
     M = P @ A_r @ P
     lam = float(np.linalg.eigvalsh((M + M.T) / 2)[-1])
@@ -127,45 +124,48 @@ def certificate(X, G, Q, w, eps, B, k):
     return out
 
 
-def delta_ritz(A_r, V, k, comm, counter, run, *, tol, max_rounds, info, state=None, guard_columns=1, **_):
+def delta_ritz(A_r, V, k, comm, counter, run, *, tol, max_rounds, info, state=None, guard_columns=1,
+               collective="allgather", patience=None, **_):
     """Run ``delta_ritz`` rounds from the warm start ``V`` until the certificate is below ``tol``.
 
     ``guard_columns=0`` is ``delta_power``: the same delta coding and certificate on ``k`` columns
     (``d k + 4 k + 8`` bytes per round), without the guard's Rayleigh-Ritz help near a tiny gap.
+    ``collective="two_phase"`` (``delta_ritz_rs``) sends the changes through the two-phase
+    quantized all-reduce of :class:`~.quantized_allreduce.TwoPhaseDeltaSum` instead of an
+    all-gather: the same algorithm and certificate, fewer wire bytes for ``p > 2``.
 
-    ``state`` (from ``info["state"]`` of the previous call) carries the guard column and every
-    rank's reference product across calls. Returns the basis (d x k); ``info["certificate"]`` is
-    the certified upper bound on its sin theta, ``info["certificates"]`` one per round.
+    ``patience`` (optional): also stop when the certificate has not fallen below half its best
+    value of ``patience`` rounds before (nothing more is being certified, e.g. with ``k`` close
+    to ``d`` where ``lambda_k`` and ``lambda_(k+1)`` are too close to separate); the returned
+    ``info["certificate"]`` then says what was certified (``info["stalled"]`` is True).
+
+    ``state`` (from ``info["state"]`` of the previous call) carries the guard column and the
+    references across calls. Returns the basis (d x k); ``info["certificate"]`` is the certified
+    upper bound on its sin theta, ``info["certificates"]`` one per round.
     """
-    d, p, me = A_r.shape[0], comm.Get_size(), comm.Get_rank()
+    d, p = A_r.shape[0], comm.Get_size()
     m = k + guard_columns
-    ok = state is not None and state["Y"].shape == (p, d, m)
+    ok = state is not None and state["X"].shape == (d, m)
     guard = state["X"][:, k:] if ok else np.random.default_rng(4321).normal(size=(d, guard_columns))
     X = orthonormal(np.hstack([V, guard]))
-    Y = state["Y"] if ok else np.zeros((p, d, m))
+    backend = {"allgather": GatherDeltaSum, "two_phase": TwoPhaseDeltaSum}[collective](p, d, m, state if ok else None)
     certs = []
     for _ in range(max_rounds):
-        codes, scale = _encode(A_r @ X - Y[me])
-        bufs = counter.allgather(_pack(codes, scale, complement_lambda_max(A_r, X)), dtype=np.uint8)
-        err_cols = np.zeros(m)
-        B = 0.0
-        for r in range(p):
-            c, s, b = _unpack(bufs[r], d, m)
-            Y[r] += c * s
-            err_cols += s / 2
-            B += b
-        eps = math.sqrt(d * float(np.sum(err_cols ** 2))) * (1 + 1e-6)
-        G = Y.sum(axis=0)
-        eps += 1e-13 * np.linalg.norm(G) * p  # floating-point slack of the local products
+        P = A_r @ X
+        G, eps, B = backend.exchange(counter, P, complement_lambda_max(A_r, X))
+        eps = eps * (1 + 1e-6) + 1e-13 * np.linalg.norm(G) * p  # floating-point slack of the local products and sums
         M = X.T @ G
         w, Q = np.linalg.eigh((M + M.T) / 2)
         Q, w = Q[:, ::-1], w[::-1]
         cert = certificate(X, G, Q, w, eps, B, k)
         certs.append(cert["bound"])
-        Y = Y @ Q  # references follow the Ritz rotation: A_r (X Q) = (A_r X) Q
+        backend.rotate(Q)  # references follow the Ritz rotation: A_r (X Q) = (A_r X) Q
         X = orthonormal(G @ Q)  # power step; leading k columns span G V
         run.record(X[:, :k])
         if cert["bound"] <= tol:
             break
-    info.update(state={"X": X, "Y": Y}, certificate=certs[-1] if certs else 1.0, certificates=certs)
+        if patience and len(certs) > patience and min(certs[-patience:]) > 0.5 * min(certs[:-patience]):
+            info["stalled"] = True
+            break
+    info.update(state={"X": X, **backend.state()}, certificate=certs[-1] if certs else 1.0, certificates=certs)
     return X[:, :k]

@@ -26,8 +26,8 @@ _FRAME_MAGIC = b"SLE1"
 _ARRAYS = ("mean_", "components_")
 # Keys a spec may carry (see Encoder.spec); anything else is rejected, never ignored.
 _SPEC_KEYS = {"format", "version", "trained_until_step", "raw_fraction", "psnr_db", "anomaly", "keyframe_every",
-              "error_bound", "encode_threads", "variables"}
-_VARIABLE_KEYS = {"kind", "tile_shape", "data_min", "data_max", "autoencoder", "arrays"}
+              "error_bound", "encode_threads", "variables", "qoi"}
+_VARIABLE_KEYS = {"kind", "tile_shape", "data_min", "data_max", "autoencoder", "arrays", "stream"}
 
 
 class EncoderFormatError(ValueError):
@@ -117,6 +117,9 @@ class Encoder:
         ``{"abs": e}`` or ``{"rel": r}`` (of the step's global range): pointwise bound on the error.
     encode_threads : int
         Threads the producer gives torch for autoencoder encoding (0: leave torch's setting).
+    qoi : dict or None
+        Moments to preserve (:mod:`~stagelearn.analytics.qoi_policy`): producers send side
+        information that restores them in the decoded field; None when the run has no ``qoi:``.
     """
 
     version: int
@@ -128,6 +131,7 @@ class Encoder:
     keyframe_every: int = 0
     error_bound: dict = None
     encode_threads: int = 1
+    qoi: dict = None
 
     @classmethod
     def from_learners(cls, learners, *, version, trained_until_step, tile_shapes, ranges, psnr_db, raw_fraction):
@@ -150,7 +154,9 @@ class Encoder:
         for name, est in learners.items():
             lo, hi = ranges[name]
             arrays = est.model_arrays()
-            if est.kind == "pca":
+            if est.kind == "stream":
+                variables[name] = est.model(float(lo), float(hi))
+            elif est.kind == "pca":
                 variables[name] = VariableModel(tuple(tile_shapes[name]), float(lo), float(hi), "pca",
                                                 arrays["mean_"], arrays["components_"])
             else:
@@ -171,8 +177,9 @@ class Encoder:
             "keyframe_every": self.keyframe_every,
             "error_bound": self.error_bound,
             "encode_threads": self.encode_threads,
+            **({"qoi": self.qoi} if self.qoi is not None else {}),
             "variables": {
-                name: {
+                name: m.spec_entry() if m.kind == "stream" else {
                     "kind": m.kind,
                     "tile_shape": list(m.tile_shape),
                     "data_min": m.data_min,
@@ -233,8 +240,16 @@ class Encoder:
             if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2**20 for v in (keyframe_every, threads)):
                 raise EncoderFormatError(f"keyframe_every {keyframe_every!r} and encode_threads {threads!r} must be ints in [0, 2**20]")
             bound = _check_bound(spec.get("error_bound"))
+            qoi = spec.get("qoi")
+            if qoi is not None:
+                from .qoi_policy import check_policy
+
+                try:
+                    qoi = check_policy(qoi)
+                except ValueError as exc:
+                    raise EncoderFormatError(str(exc)) from None
             return cls(int(spec["version"]), int(spec["trained_until_step"]), raw_fraction, psnr_db, variables, anomaly,
-                       keyframe_every, bound, threads)
+                       keyframe_every, bound, threads, qoi)
         except (KeyError, TypeError, AttributeError, ValueError, OverflowError, RuntimeError, MemoryError) as exc:
             if isinstance(exc, EncoderFormatError):
                 raise
@@ -270,6 +285,13 @@ class Encoder:
 
 def _variable_model(name, vs, arrays):
     """One variable's model from its spec entry and the named arrays (all checked)."""
+    if vs.get("kind") == "stream":
+        from .stream_model import StreamModelError, StreamVariableModel
+
+        try:
+            return StreamVariableModel.from_spec(name, vs, {a: arrays[f"{name}/{a}"] for a in vs["arrays"]})
+        except StreamModelError as exc:
+            raise EncoderFormatError(str(exc)) from None
     tile_shape = tuple(int(t) for t in vs["tile_shape"])
     kind = vs.get("kind", "pca")
     got = {}

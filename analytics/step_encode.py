@@ -2,7 +2,8 @@
 
 A step is coded in two moves. First, collectively over the ranks that hold the step's blocks,
 :func:`step_targets` turns the encoder's PSNR target into the MSE each block may have (from the
-global value range of the step). Then each rank codes each of its blocks with
+global value range of the step; given the encoder and the prediction chain, it also shares the
+step's error budget out, so that what quiet blocks cannot spend goes to the others). Then each rank codes each of its blocks with
 :func:`encode_step_block`: the variable's model (PCA or autoencoder,
 :class:`~stagelearn.analytics.encoder.VariableModel`), temporal prediction from a
 :class:`~stagelearn.analytics.temporal.PredictionChain`, an optional pointwise error bound, and
@@ -23,10 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .baselines import sz3_at_psnr
+from .baselines import sz3_match
 from .codec import encode_block
 from .metrics import ErrorStats, psnr_from_mse
 from .payload import encode_raw_block
+from .prediction import max_block_sse, predict_tiles
 from .tiling import tile_grid
 
 logger = logging.getLogger(__name__)
@@ -57,10 +59,18 @@ def finite_range(block):
     return float(lo), -float(neg_hi)
 
 
-def step_targets(comm, blocks, psnr_db):
+def step_targets(comm, blocks, psnr_db, *, encoder=None, chain=None, keys=None):
     """MSE per value allowed by a PSNR target and the step's global value range (collective over ``comm``).
 
-    Every block meeting this MSE makes the global field meet the target.
+    Every block meeting this MSE makes the global field meet the target. With ``encoder`` and
+    ``chain`` the step's error budget (``span**2 * 10**(-psnr_db / 10)`` per value, over all ranks'
+    values) is also shared out: a block whose prediction alone errs by less than its share
+    (:func:`~stagelearn.analytics.codec.max_block_sse`: a flat region, a field at rest) cannot spend
+    it, so the others may spend more: the target MSE returned is the water level ``m`` with
+    ``sum_b min(S_b, m n_b) = budget`` (``S_b``: that block's largest error, ``n_b``: its values),
+    less 0.1 %, and never below the plain target. Each block then lands just under ``m n_b``
+    or at ``S_b``, so the step and variable land just above the PSNR target instead of above it by
+    what the quiet blocks left unspent.
 
     Parameters
     ----------
@@ -69,6 +79,13 @@ def step_targets(comm, blocks, psnr_db):
     blocks : dict of str to list of ndarray
         This rank's blocks of each variable (possibly none).
     psnr_db : float
+    encoder : Encoder, optional
+        The encoder that codes the step (its models, ``raw_fraction`` and ``keyframe_every``, which
+        is set on ``chain``); variables it does not model keep the plain target.
+    chain : PredictionChain, optional
+        The prediction chain :func:`encode_step_block` will be given (the blocks' references).
+    keys : dict of str to list, optional
+        The chain keys of ``blocks[name]``, in order (default: ``name`` for a single block).
 
     Returns
     -------
@@ -86,7 +103,61 @@ def step_targets(comm, blocks, psnr_db):
         span = -ext[2 * i + 1] - ext[2 * i]
         spans[n] = span if span > 0 else 1.0
         targets[n] = spans[n] ** 2 * 10.0 ** (-psnr_db / 10.0)
+    if encoder is not None and chain is not None:
+        chain.keyframe_every = encoder.keyframe_every
+        mine = {n: _spendable(blocks[n], encoder, chain, (keys or {}).get(n, [n] * len(blocks[n])), n)
+                for n in names if n in encoder.variables and encoder.variables[n].kind != "stream"}
+        gathered = comm.allgather(mine)
+        for n in mine:
+            targets[n] = water_level([p for part in gathered for p in part.get(n, [])], targets[n])
     return targets, spans
+
+
+def _spendable(blocks, encoder, chain, keys, name):
+    """``[(S_b, n_b)]`` of this rank's blocks of one variable (see :func:`step_targets`)."""
+    model = encoder.variables[name]
+    out = []
+    for block, key in zip(blocks, keys):
+        if block.size:
+            prev = chain.reference(key, block.shape)[1]
+            prediction = predict_tiles(block, model.codec(), model.tile_shape, prev)
+            chain.keep_prediction(key, block, model, prediction)  # encode_step_block codes with it
+            out.append((max_block_sse(block, model.codec(), model.tile_shape, raw_fraction=encoder.raw_fraction,
+                                      prediction=prediction), int(block.size)))
+    return out
+
+
+def water_level(pairs, target_mse, margin=1e-3):
+    """Target MSE ``m >= target_mse`` that shares a budget of ``target_mse`` per value over blocks.
+
+    Parameters
+    ----------
+    pairs : list of (float, int)
+        ``(S_b, n_b)``: each block's largest squared error and its number of values.
+    target_mse : float
+        The plain target (MSE per value over all blocks).
+    margin : float, default=1e-3
+        The budget shared is ``(1 - margin)`` of the whole, so that estimates of ``S_b`` a little
+        off cannot push the step over the target.
+
+    Returns
+    -------
+    m : float
+        ``target_mse`` when no block is below its share; else the level with
+        ``sum_b min(S_b, m n_b) = (1 - margin) * target_mse * sum_b n_b`` (when even the sum of
+        all ``S_b`` stays under that, the plain target: every block errs all it can anyway).
+    """
+    pairs = sorted((s / n, s, n) for s, n in pairs if n > 0 and math.isfinite(s))
+    total_n = sum(n for _, _, n in pairs)
+    if not pairs or pairs[0][0] >= target_mse:
+        return target_mse
+    budget, n_left = (1.0 - margin) * target_mse * total_n, total_n
+    for rate, s, n in pairs:
+        if rate * n_left >= budget:  # this block and all after it can spend the level: stop
+            break
+        budget, n_left = budget - s, n_left - n
+    level = budget / n_left if n_left else pairs[-1][0]
+    return max(level, target_mse)
 
 
 @dataclass
@@ -132,7 +203,7 @@ class BlockCode:
 
 
 def encode_step_block(block, model, *, step, chain, chain_key, target_mse, abs_bound=None, raw_fraction=0.02,
-                      header=None, reference=None, scorer=None, sample_sz3=False):
+                      header=None, reference=None, scorer=None, sample_sz3=False, stream_state=None):
     """Code one variable's block of one step with the variable's model.
 
     Parameters
@@ -174,11 +245,22 @@ def encode_step_block(block, model, *, step, chain, chain_key, target_mse, abs_b
     ValueError
         As :func:`~stagelearn.analytics.codec.encode_block` (tile shape, scorer on a non-PCA model).
     """
+    if model.kind == "stream":  # the stream codec (analytics/stream_step.py): same contract
+        from .stream_step import encode_stream_block
+
+        return encode_stream_block(block, model, step=step, chain=chain, chain_key=chain_key, target_mse=target_mse,
+                                   abs_bound=abs_bound, header=header, reference=reference, scorer=scorer,
+                                   sample_sz3=sample_sz3, state=stream_state)
     given = block if reference is None else np.asarray(reference)
     source = given if given.dtype == np.float64 else block
     prev_step, prev = chain.reference(chain_key, block.shape)
+    prediction = chain.take_prediction(chain_key, block, model)  # made by step_targets, of these float32 values
+    if prediction is not None and source is not block and not np.array_equal(
+            np.asarray(source, dtype=np.float32), block, equal_nan=True):
+        prediction = None
     eb = encode_block(source, model.codec(), model.tile_shape, raw_fraction=raw_fraction, target_mse=target_mse,
-                      tile_hook=scorer, prev=prev, abs_bound=abs_bound, header=dict(header or {}, ref_step=prev_step))
+                      tile_hook=scorer, prev=prev, abs_bound=abs_bound, header=dict(header or {}, ref_step=prev_step),
+                      prediction=prediction)
     payload, recon, n_raw, stats = eb.payload, eb.reconstruction, eb.n_raw_tiles, eb.stats
     raw = encode_raw_block(block, header=dict(header or {}, tile_shape=list(model.tile_shape)))
     if len(payload) > len(raw):  # never larger than raw plus the raw payload's header: send the block raw
@@ -197,7 +279,7 @@ def encode_step_block(block, model, *, step, chain, chain_key, target_mse, abs_b
         code.anomaly_bytes = (code.amap.nbytes + len(scorer.sections()["err_hist"]) + 8
                               + extra_tiles * eb.raw_tiles.shape[1] * 4)
     if sample_sz3 and math.isfinite(code.local_psnr_db):
-        code.sz3_bytes, rec = sz3_at_psnr(block, code.local_psnr_db)
+        code.sz3_bytes, rec, _, _ = sz3_match(block, code.local_psnr_db, prefer_match=True)  # SZ3 at our PSNR
         d = (np.asarray(given, dtype=np.float64) - rec).ravel()
         code.sz3_sse = float(d @ d)
     return code

@@ -22,6 +22,18 @@ class PredictionChain:
     def __init__(self, keyframe_every=0):
         self.keyframe_every = int(keyframe_every)
         self._prev, self._pending, self._since_key = {}, {}, 0
+        self._predicted = {}
+
+    def keep_prediction(self, key, block, model, prediction):
+        """Keep the prediction of block ``key`` made for this step's targets, for its coding
+        (:func:`~stagelearn.analytics.step_encode.step_targets` then :func:`~stagelearn.analytics.step_encode.encode_step_block`)."""
+        self._predicted[key] = (block, model, prediction)
+
+    def take_prediction(self, key, block, model):
+        """The prediction kept for ``key`` if it was made of this very ``block`` with this ``model``, else None
+        (taken: a second call returns None)."""
+        kept = self._predicted.pop(key, None)
+        return kept[2] if kept is not None and kept[0] is block and kept[1] is model else None
 
     def reference(self, key, shape):
         """``(step, reconstruction)`` to predict block ``key`` from, or ``(None, None)`` on a keyframe,
@@ -40,5 +52,5 @@ class PredictionChain:
 
     def end_step(self):
         """The step is written: its reconstructions become the references of the next one."""
-        self._prev, self._pending = self._pending, {}
+        self._prev, self._pending, self._predicted = self._pending, {}, {}
         self._since_key += 1

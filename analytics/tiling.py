@@ -88,3 +88,24 @@ def from_tiles(tiles, block_shape, tile_shape):
         order += [i, d + i]
     arr = arr.transpose(order).reshape(tuple(g * t for g, t in zip(grid, tile_shape)))
     return arr[tuple(slice(0, b) for b in block_shape)]
+
+
+def tile_weights(block_shape, tile_shape):
+    """Which tile values are the block's own: 1.0, or 0.0 for the padding of edge tiles.
+
+    Parameters
+    ----------
+    block_shape, tile_shape : sequence of int
+
+    Returns
+    -------
+    weights : ndarray of shape (n_tiles, prod(tile_shape)), float32, or None
+        None when the block is a whole number of tiles (no padding).
+    """
+    grid = tile_grid(block_shape, tile_shape)
+    padded = tuple(g * t for g, t in zip(grid, tile_shape))
+    if padded == tuple(block_shape):
+        return None
+    mask = np.zeros(padded, dtype=np.float32)
+    mask[tuple(slice(0, b) for b in block_shape)] = 1.0
+    return to_tiles(mask, tile_shape)

@@ -122,11 +122,6 @@ class TransformCodec:
         """The mean tile, as ndarray of shape (n_intra, n_features), for the tiles predicted by the model."""
         return np.broadcast_to(self.mean, (n_intra, self.n_features))
 
-    #: :meth:`step_for_mse` searches steps up to this factor above the uniform-noise model's step;
-    #: a cap keeps the error spread out (a large step would concentrate a block's error budget in
-    #: a few tiles and inflate the maximum error).
-    max_step_factor = 2.0
-
     @property
     def n_features(self):
         return self.components.shape[1]
@@ -157,58 +152,115 @@ class TransformCodec:
         """The same basis with another quantization step."""
         return self._derived(self.mean, quant_step)
 
-    def step_for_mse(self, tiles, target_mse, *, n_values=None, iterations=12):
-        """Largest quantization step whose reconstruction MSE stays at or below ``target_mse``.
+    def step_for_mse(self, residual, target_mse, *, n_values=None, exact=None, weights=None, n_raw=0, skip=None,
+                     coef=None):
+        """Largest quantization step (within a few percent) whose reconstruction MSE stays at or below ``target_mse``.
 
-        The uniform-noise model ``MSE = step**2 / 12`` underestimates the step that a target
-        allows when many coefficients quantize to zero (their error is below ``step**2 / 12``), so
-        the step is found by bisection on ``log(step)`` between that model's value and
-        :attr:`max_step_factor` times it; the error is measured in the coefficient domain plus the residual outside the
-        basis, which equals the tile-domain error for an orthonormal basis.
+        A bisection on ``log(step)`` over the reconstruction error itself: for each trial step the
+        coefficients are quantized as :meth:`quantize_coefficients` does and the error is measured
+        in float64 (the exact reconstruction of :meth:`dequantize` differs by float32 rounding
+        only): in the coefficient domain plus the part of ``exact`` outside the basis (equal to
+        the tile-domain error for an orthonormal basis), and for edge tiles with padding in the
+        tile domain over the values ``weights`` marks; the tiles sent raw count 0: those in
+        ``skip``, those whose codes hit the code range, and the ``n_raw`` worst of the others
+        (:func:`~stagelearn.analytics.codec.encode_block` sends them raw). The error of a uniform
+        quantizer is continuous in the step, so the search ends at 95-99.9 % of the budget
+        (0.004-0.22 dB above the target PSNR) unless
+        even the largest step (every code 0) stays under it; :func:`~stagelearn.analytics.codec.encode_block`
+        then verifies the exact reconstruction. The uniform-noise model ``MSE = step**2 / 12``
+        is only the starting point: where many coefficients quantize to zero their error is below
+        ``step**2 / 12`` and a much larger step meets the target.
 
         Parameters
         ----------
-        tiles : ndarray of shape (n_tiles, n_features)
+        residual : ndarray of shape (n_tiles, n_features)
+            What is coded: tiles minus their prediction (float32).
         target_mse : float
             Mean squared error per value (field units squared).
         n_values : int, optional
-            Values the MSE is taken over (default ``tiles.size``). For a block padded to whole
-            tiles pass the block's size: the error over all tiles then bounds the error over the
-            block's own values, so the target holds for the block.
+            Values the MSE is taken over (default: those ``weights`` marks, else ``residual.size``).
+        exact : ndarray of shape (n_tiles, n_features), optional
+            The residual against the caller's own values (float64: their values minus the
+            prediction); default ``residual``.
+        weights : ndarray of shape (n_tiles, n_features), optional
+            1 for the block's values, 0 for the padding of edge tiles (:func:`~stagelearn.analytics.tiling.tile_weights`).
+        n_raw : int, default=0
+            The worst tiles, beyond ``skip``, that are sent raw.
+        skip : ndarray of bool of shape (n_tiles,), optional
+            Tiles sent raw whatever the step (non-finite values, anomalies).
+        coef : ndarray of shape (n_tiles, n_components), optional
+            ``self.coefficients(residual)`` when the caller has them already.
 
         Returns
         -------
         step : float
+            When the error outside the basis alone exceeds the budget, the step below which the
+            error hardly falls (:func:`~stagelearn.analytics.codec.encode_block` then sends more
+            tiles raw).
         """
-        tiles = np.asarray(tiles, dtype=np.float32)
-        n_values = tiles.size if n_values is None else int(n_values)
-        if n_values == 0 or target_mse <= 0:
+        residual = np.asarray(residual, dtype=np.float32)
+        n_tiles = residual.shape[0]
+        exact = residual.astype(np.float64) if exact is None else np.asarray(exact, dtype=np.float64)
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+        n_values = int(n_values) if n_values is not None else int(weights.sum() if weights is not None else residual.size)
+        if n_values == 0 or not target_mse > 0:
             return math.sqrt(12.0 * max(target_mse, 0.0)) or self.quant_step
-        coef = self.coefficients(tiles)
-        residual = 0.0
-        if self.components.shape[0] < self.components.shape[1]:  # truncated basis: error outside it is fixed
-            centred = tiles - self.mean
-            residual = float(np.sum(centred.astype(np.float64) ** 2) - np.sum(coef.astype(np.float64) ** 2))
-        budget = target_mse * n_values - max(residual, 0.0)
-        lo = math.sqrt(12.0 * max(budget, 0.0) / n_values)
-        if lo == 0.0:
-            return math.sqrt(12.0 * target_mse)
+        skip = np.zeros(n_tiles, dtype=bool) if skip is None else np.asarray(skip, dtype=bool)
+        exact = np.where(skip[:, None], 0.0, exact)
+        coef = self.coefficients(residual) if coef is None else coef
+        coef = np.where(skip[:, None], np.float32(0.0), coef)
+        basis = None if isinstance(self, IdentityCodec) else self.components.astype(np.float64)
+        budget = float(target_mse) * n_values
+        edge = np.zeros(n_tiles, dtype=bool) if weights is None else weights.min(axis=1) < 1.0
+        if basis is not None:  # whole tiles: the error in the coefficient domain plus what lies outside the basis
+            c64 = coef.astype(np.float64)  # (the caller's values differ from the float32 tiles by their rounding only)
+            outside = np.maximum(np.einsum("ij,ij->i", exact, exact) - np.einsum("ij,ij->i", c64, c64), 0.0)
+
         def sse(step):
-            r = coef - np.rint(coef / np.float32(step)) * np.float32(step)
-            return float(np.einsum("ij,ij->", r, r, dtype=np.float64))
-        hi = self.max_step_factor * lo
-        if sse(lo) > budget:  # model optimistic (rare): shrink until it holds
-            while lo > 1e-30 and sse(lo) > budget:
-                lo *= 0.5
+            codes = self.with_step(step).quantize_coefficients(coef)
+            tile = np.empty(n_tiles)
+            if basis is None:
+                err = (exact - codes * float(step)) ** 2
+                tile[:] = (err if weights is None else err * weights).sum(axis=1)
+            else:
+                tile[:] = np.einsum("ij,ij->i", c64 - codes * float(step), c64 - codes * float(step)) + outside
+                if edge.any():  # tiles with padding: only the block's own values count
+                    used = np.flatnonzero(codes[edge].any(axis=0))
+                    err = exact[edge] - (codes[edge][:, used] * float(step)) @ basis[used]
+                    tile[edge] = np.einsum("ij,ij->i", err * weights[edge], err)
+            tile[skip | np.any(np.abs(codes) >= MAX_CODE, axis=1)] = 0.0
+            if n_raw > 0:
+                k = min(int(n_raw), n_tiles)
+                tile[np.argpartition(tile, n_tiles - k)[n_tiles - k:]] = 0.0
+            return float(tile.sum())
+
+        accept_hi, accept_lo = budget * (1.0 - 1e-3), budget * 0.95  # land 0.004-0.22 dB above the target
+        lo = math.sqrt(12.0 * target_mse)
+        e = sse(lo)
+        floor = 2.0 * float(np.max(np.abs(coef))) / MAX_CODE if coef.size else 0.0  # codes clip below this
+        while e > accept_hi and lo * 0.5 > floor:  # the model is optimistic: shrink until the budget holds
+            e_half = sse(lo * 0.5)
+            if e_half > 0.9 * e:  # the error is not the quantizer's (a truncated basis): the caller sends tiles raw
+                break
+            lo, e = lo * 0.5, e_half
+        if e >= accept_lo:
             return lo
-        if sse(hi) <= budget:
+        top = float(np.max(np.abs(coef))) if coef.size else 0.0
+        hi = max(2.0 * lo, 4.0 * top)  # every code 0 from 2 * max|coef| on
+        if sse(hi) <= accept_hi:
             return hi
-        for _ in range(iterations):
+        for _ in range(40):
             mid = math.sqrt(lo * hi)
-            if sse(mid) <= budget:
+            e = sse(mid)
+            if e <= accept_hi:
                 lo = mid
+                if e >= accept_lo:
+                    break
             else:
                 hi = mid
+            if hi / lo < 1.0 + 1e-4:
+                break
         return lo
 
     def dequantize(self, codes):

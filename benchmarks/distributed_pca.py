@@ -1,6 +1,8 @@
 """Study of the distributed PCA algorithms on non-i.i.d. partitions with drift.
 
     python benchmarks/distributed_pca.py            # 2, 4 and 8 ranks (oversubscribed is fine)
+    python benchmarks/distributed_pca.py --ranks 16 --only subspace_f32 krylov_f32 delta_ritz_rs   # a subset
+    python benchmarks/distributed_pca.py --d4096    # d = 4096: 16^3 tiles, 8 ranks (distributed_pca_d4096.py)
 
 For each rank count it starts one `mpiexec` job running every algorithm on synthetic data
 (:mod:`stagelearn.analytics.synthetic`: d=64, k=4, 2000 samples per rank, heterogeneity 0, 0.5
@@ -42,7 +44,8 @@ VARIANTS = [("exact", "exact", False, None), ("exact_triu", "exact_triu", False,
             ("oja", "oja", True, None), ("iag", "iag", True, None),
             ("gossip_ring", "gossip", True, "ring"), ("gossip_grid", "gossip", True, "grid"),
             ("warm_ritz", "warm_ritz", True, None), ("delta_ritz", "delta_ritz", True, None),
-            ("delta_power", "delta_power", True, None)]
+            ("delta_power", "delta_power", True, None), ("delta_ritz_rs", "delta_ritz_rs", True, None),
+            ("krylov_f32", "krylov_f32", True, None), ("gossip_grid_int8", "gossip_int8", True, "grid")]
 
 
 def gray_scott_tiles(comm, t):
@@ -136,12 +139,14 @@ def worker(out, only):
                 hist = np.array(info["history"]) if info["history"] else np.zeros((0, 3))
                 err = hist[:, 2].copy() if len(hist) else np.zeros(0)
                 byt = hist[:, 1].copy() if len(hist) else np.zeros(0)
+                wire = np.array(info["wire_history"], dtype=np.float64) if len(hist) else np.zeros(0)
                 comm.Allreduce(MPI.IN_PLACE, err, op=MPI.MAX)  # worst rank (matters for gossip)
                 comm.Allreduce(MPI.IN_PLACE, byt, op=MPI.SUM)  # all ranks together
+                comm.Allreduce(MPI.IN_PLACE, wire, op=MPI.SUM)
                 if comm.rank == 0:
                     results.append({"algorithm": label, "n_ranks": p, "heterogeneity": h, "t": t,
                                     "rounds": hist[:, 0].tolist() if len(hist) else [],
-                                    "bytes": byt.tolist(), "sin_theta": err.tolist(), "ev_gap": ev_gap,
+                                    "bytes": byt.tolist(), "wire": wire.tolist(), "sin_theta": err.tolist(), "ev_gap": ev_gap,
                                     "heldout_nrmse": nrmse, "wall_ms": 1e3 * float(wall[0]),
                                     "certificates": info.get("certificates", []),
                                     "rho": float(lam[K] / lam[K - 1])})
@@ -151,9 +156,10 @@ def worker(out, only):
 
 
 def first_at_tol(run):
-    for r, b, e in zip(run["rounds"], run["bytes"], run["sin_theta"]):
+    """(rounds, payload bytes, wire bytes) at the first round with sin theta <= TOL, else None."""
+    for r, b, w, e in zip(run["rounds"], run["bytes"], run.get("wire", run["bytes"]), run["sin_theta"]):
         if e <= TOL:
-            return r, b
+            return r, b, w
     return None
 
 
@@ -186,6 +192,7 @@ def summarise(out, ranks=RANKS, only=()):
                 rows.append({
                     "algorithm": label, "n_ranks": p, "heterogeneity": h,
                     "bytes_to_tol": float(np.mean([x[1] for x in track])) if ok else "",
+                    "wire_to_tol": float(np.mean([x[2] for x in track])) if ok else "",
                     "rounds_to_tol": float(np.mean([x[0] for x in track])) if ok else "",
                     "bytes_to_tol_t0": hits[0][1] if hits[0] else "",
                     "rounds_to_tol_t0": hits[0][0] if hits[0] else "",
@@ -208,18 +215,23 @@ def summarise(out, ranks=RANKS, only=()):
         lines.append(f"| {r['algorithm']} | {r['n_ranks']} | {r['heterogeneity']} | {fmt(r['bytes_to_tol'], ',.0f')} | "
                      f"{fmt(r['rounds_to_tol'], '.1f')} | {fmt(r['bytes_to_tol_t0'], ',.0f')} | {fmt(r['rounds_to_tol_t0'], '.0f')} | "
                      f"{r['final_sin_theta']:.1e} | {r['ev_gap']:.1e} | {r['heldout_nrmse']:.2e} | {r['wall_ms']:.1f} |")
-    lines += ["", "Target check (tracking, bytes all ranks; ratio to float32 warm subspace iteration; certified stop at 1e-3):", "",
-              "| algorithm | ranks | heterogeneity | bytes to 1e-3 | ratio to subspace_f32 | rounds | rounds subspace_f32 | "
+    lines += ["", "Target check (tracking, bytes all ranks; ratio to float32 warm subspace iteration; certified stop at 1e-3;"
+              " wire = what leaves the ranks under ring collectives, comm_counter.py):", "",
+              "| algorithm | ranks | heterogeneity | bytes to 1e-3 | ratio to subspace_f32 | wire bytes to 1e-3 | wire ratio | "
+              "rounds | rounds subspace_f32 | "
               "bytes at certified stop | rounds at certified stop | certificate >= true sin θ in every round |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     base = {(r["n_ranks"], r["heterogeneity"]): r for r in rows if r["algorithm"] == "subspace_f32"}
     for r in rows:
         b = base.get((r["n_ranks"], r["heterogeneity"]))
-        if r["algorithm"] not in ("delta_ritz", "delta_power", "warm_ritz", "subspace", "exact_triu") or not b:
+        if r["algorithm"] not in ("delta_ritz", "delta_power", "delta_ritz_rs", "warm_ritz", "subspace", "exact_triu",
+                                  "subspace_f32", "krylov_f32", "gossip_grid_int8") or not b:
             continue
         ratio = r["bytes_to_tol"] / b["bytes_to_tol"] if r["bytes_to_tol"] != "" and b["bytes_to_tol"] != "" else ""
+        wratio = r["wire_to_tol"] / b["wire_to_tol"] if r["wire_to_tol"] != "" and b["wire_to_tol"] != "" else ""
         lines.append(f"| {r['algorithm']} | {r['n_ranks']} | {r['heterogeneity']} | {fmt(r['bytes_to_tol'], ',.0f')} | "
-                     f"{fmt(ratio, '.2f')} | {fmt(r['rounds_to_tol'], '.1f')} | {fmt(b['rounds_to_tol'], '.1f')} | "
+                     f"{fmt(ratio, '.2f')} | {fmt(r['wire_to_tol'], ',.0f')} | {fmt(wratio, '.2f')} | "
+                     f"{fmt(r['rounds_to_tol'], '.1f')} | {fmt(b['rounds_to_tol'], '.1f')} | "
                      + (f"{fmt(r['bytes_certified'], ',.0f')} | {fmt(r['rounds_certified'], '.1f')} | {r['certificate_sound']} |"
                         if r["certificate_sound"] != "" else "no certificate | | |"))
     with open(os.path.join(out, "summary.md"), "w") as f:
@@ -289,7 +301,12 @@ def main():
     ap.add_argument("--worker", action="store_true")
     ap.add_argument("--ranks", type=int, nargs="+", default=list(RANKS))
     ap.add_argument("--only", nargs="+", default=[], help="run only these variants (labels)")
+    ap.add_argument("--d4096", action="store_true", help="the d = 4096 run instead (benchmarks/distributed_pca_d4096.py)")
     args = ap.parse_args()
+    if args.d4096:
+        import distributed_pca_d4096
+
+        return distributed_pca_d4096.main(["--out", args.out, "--ranks", str(args.ranks[-1] if args.ranks != list(RANKS) else 8)])
     os.makedirs(args.out, exist_ok=True)
     if args.worker:
         return worker(args.out, args.only)

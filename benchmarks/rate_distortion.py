@@ -22,7 +22,10 @@ information, models) and the single-thread encode and decode MB/s (of raw data).
   reconstruction and the demo's ``raw_fraction`` 0.01;
 - ``stream`` / ``stream_frozen`` / ``stream_intra``: :mod:`stagelearn.analytics.stream_codec`
   (interpolation + temporal prediction with blend weights refitted every frame / fitted once on
-  the first frame pair / no temporal prediction).
+  the first frame pair / no temporal prediction);
+- ``stream_step``: the same codec through the product adapter (``analytics/stream_step.py``): one
+  block per frame in a ``PredictionChain`` with a keyframe every 16 frames, target MSE from the
+  frame's range, the block envelope counted, decoded from ``ref_step`` as the output reader does.
 
 Fields of more than three axes are given to every method as the same 3-D view (leading axes
 merged), so that SZ3 and SPERR code one volume. Writes ``results/rate_distortion/summary.csv``
@@ -61,7 +64,7 @@ OUT = os.path.join(REPO, "results", "rate_distortion")
 WARMUP, PUBLISH_EVERY = 2, 10
 TILES = {2: (8, 8), 3: (4, 4, 4)}
 METHODS = ("sz3", "sz3_closed_loop", "sperr", "sperr_closed_loop", "zfp", "ours", "ours_frozen", "stream",
-           "stream_frozen", "stream_intra")
+           "stream_frozen", "stream_intra", "stream_step")
 
 
 def stream_psnr(frames, recs):
@@ -198,6 +201,33 @@ def run_stream(frames, setting, timer, temporal=True, refit=True):
     return total, recs
 
 
+def run_stream_step(frames, setting, timer, keyframe_every=16):
+    """The product adapter (analytics/stream_step.py) on one block per frame, as a producer runs it:
+    a PredictionChain with a keyframe every ``keyframe_every`` steps, the target MSE from the frame's
+    range, the block envelope counted, and a reader that decodes each block from its ``ref_step``."""
+    from stagelearn.analytics.stream_model import StreamVariableModel
+    from stagelearn.analytics.stream_step import StreamStates, decode_stream_block, encode_stream_block
+    from stagelearn.analytics.temporal import PredictionChain
+
+    chain, states, model = PredictionChain(keyframe_every), StreamStates(), StreamVariableModel()
+    total, recs, prev = 0, [], None
+    for i, x in enumerate(frames):
+        target = (float(np.float64(x.max()) - np.float64(x.min())) or 1.0) ** 2 * 10 ** (-setting / 10)
+        t = time.perf_counter()
+        code = encode_stream_block(x, model, step=i, chain=chain, chain_key="v", target_mse=target, state=states)
+        timer.enc.append(time.perf_counter() - t)
+        chain.end_step()
+        t = time.perf_counter()
+        rec, _ = decode_stream_block(code.payload, prev)
+        timer.dec.append(time.perf_counter() - t)
+        if rec.tobytes() != code.reconstruction.tobytes():
+            raise AssertionError("stream_step: decoder differs from the producer's reconstruction")
+        total += len(code.payload)
+        recs.append(rec)
+        prev = rec
+    return total, recs
+
+
 def run_method(method, frames, setting):
     timer = Timer()
     if method == "sz3":
@@ -218,6 +248,8 @@ def run_method(method, frames, setting):
         total, recs = run_stream(frames, setting, timer, refit=False)
     elif method == "stream_intra":
         total, recs = run_stream(frames, setting, timer, temporal=False)
+    elif method == "stream_step":
+        total, recs = run_stream_step(frames, setting, timer)
     else:
         raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     raw = sum(x.nbytes for x in frames)

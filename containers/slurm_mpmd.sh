@@ -12,13 +12,14 @@
 #SBATCH --nodes=1  # the XML's NetworkInterface=lo: both sides on one node
 
 set -uo pipefail
-# `stagelearn` must be on PATH in the job (e.g. source <repo>/.venv/bin/activate) unless --container is used.
 cd "${SLURM_SUBMIT_DIR:-$PWD}"
+# Job steps get this script's environment, also under sbatch --export=NONE (which steps would inherit).
+export SLURM_EXPORT_ENV=ALL
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 # SST contact files go to <run dir>/sst: a directory both sides must see (shared file system / bind).
-# Remove stale ones first: a reader would connect to the dead writer of an earlier run.
+# Stale ones of an earlier run are removed by the sides themselves, judged by their owner's claim
+# (a live job's are never touched: a second job on this run directory stops with exit 2).
 apptainer exec stagelearn.sif mkdir -p results/gray_scott/sst || exit 2
-apptainer exec stagelearn.sif find results/gray_scott/sst -maxdepth 1 -name '*.sst' -delete || exit 2
 
 srun --exact --ntasks=2 --mpi=pmi2 apptainer run --app stage stagelearn.sif examples/gray_scott.yaml --run-dir results/gray_scott &
 stage_pid=$!

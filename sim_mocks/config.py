@@ -65,6 +65,17 @@ class GyrokineticConfig(_MockBase):
     plotgap: int = Field(2, ge=1, description="Time steps between output steps.")
 
 
+class GyrokineticTurbulenceConfig(GyrokineticConfig):
+    """The harder Gysela-like f: broadband turbulence, non-Maxwellian velocity space
+    (sim_mocks/gyrokinetic_turbulence.py)."""
+
+    type: Literal["gyrokinetic_turbulence"] = "gyrokinetic_turbulence"
+    m_max: int = Field(16, ge=1, description="Largest poloidal mode number of the spectrum.")
+    n_max: int = Field(4, ge=0, description="Largest toroidal mode number of the spectrum.")
+    spectrum_alpha: float = Field(2.0, ge=0.0, description="Power-law exponent of the mode amplitudes.")
+    beam_density: float = Field(0.02, ge=0.0, le=1.0, description="Fast-beam density relative to n0 at its peak.")
+
+
 class ExternalSimConfig(BaseModel):
     """An existing simulation code, run unchanged (in-transit mode: it writes with ADIOS2 itself)."""
 
@@ -81,4 +92,4 @@ class ExternalSimConfig(BaseModel):
     events: List[Event] = Field(default_factory=list, max_length=0, description="Not available for external codes.")
 
 
-SimulationConfig = Union[GrayScottConfig, Heat2DConfig, GyrokineticConfig, ExternalSimConfig]
+SimulationConfig = Union[GrayScottConfig, Heat2DConfig, GyrokineticConfig, GyrokineticTurbulenceConfig, ExternalSimConfig]

@@ -285,6 +285,32 @@ DEFAULT_MODES = (
 )
 
 
+def block_B(n_r, n_theta, start, count, *, B0=1.0, inverse_aspect=0.2, rho_min=0.1, rho_max=0.9):
+    """Magnetic field ``B0 / (1 + eps(r) cos theta)`` at the spatial points of one block.
+
+    The one formula the mock and a decoder share (the gyrokinetic Jacobian ``2 pi B`` of the
+    moments, :func:`stagelearn.analytics.qoi_policy.block_moment_set`).
+
+    Parameters
+    ----------
+    n_r, n_theta : int
+        Global radial and poloidal grid sizes.
+    start, count : sequence of int
+        The block's selection; its first three entries are ``(r, theta, phi)``.
+    B0, inverse_aspect, rho_min, rho_max : float
+        As :class:`GyrokineticMock5D` (the defaults are the mock's).
+
+    Returns
+    -------
+    B : ndarray of shape count[:3], float64
+    """
+    i = np.arange(start[0], start[0] + count[0])
+    j = np.arange(start[1], start[1] + count[1])
+    rho = (rho_min + (rho_max - rho_min) * i / (n_r - 1))[:, None, None]
+    theta = (2.0 * np.pi * j / n_theta)[None, :, None]
+    return np.broadcast_to(B0 / (1.0 + inverse_aspect * rho * np.cos(theta)), tuple(count[:3])).copy()
+
+
 # ----------------------------------------------------------------------------- decomposition
 class PhaseSpaceDomain:
     """This rank's box of the 5-D grid: split over ``(r, theta, phi)``, whole velocity space.
@@ -407,8 +433,8 @@ class GyrokineticMock5D:
         self.rho = (rho_min + (rho_max - rho_min) * i / (n_r - 1))[:, None, None]
         self.theta = (2.0 * np.pi * j / n_theta)[None, :, None]
         self.phi = (2.0 * np.pi * k / n_phi)[None, None, :]
-        self.B = np.broadcast_to(self.B0 / (1.0 + self.inverse_aspect * self.rho * np.cos(self.theta)),
-                                 self.count[:3]).copy()
+        self.B = block_B(n_r, n_theta, self.start, self.count, B0=self.B0, inverse_aspect=self.inverse_aspect,
+                         rho_min=rho_min, rho_max=rho_max)
         self.time = 0.0
         self.time_step = 0
         self._cache = None

@@ -7,10 +7,11 @@ import time
 
 import numpy as np
 
-from .config import GrayScottConfig, GyrokineticConfig, Heat2DConfig
+from .config import GrayScottConfig, GyrokineticConfig, GyrokineticTurbulenceConfig, Heat2DConfig
 from .events import apply_state_events, written_fields
 from .gray_scott import GrayScott3D
 from .gyrokinetic import GyrokineticMock5D
+from .gyrokinetic_turbulence import TurbulentGyrokineticMock5D
 from .heat2d import AdvectionDiffusion2D
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,11 @@ def build_simulation(sim_cfg, comm):
         return AdvectionDiffusion2D(sim_cfg.nx, sim_cfg.ny, kappa=sim_cfg.kappa, velocity=sim_cfg.velocity,
                                     amplitude=sim_cfg.amplitude, sigma=sim_cfg.sigma, omega=sim_cfg.omega,
                                     decay=sim_cfg.decay, dt=sim_cfg.dt, comm=comm)
+    if isinstance(sim_cfg, GyrokineticTurbulenceConfig):  # before its base class GyrokineticConfig
+        return TurbulentGyrokineticMock5D(sim_cfg.n_r, sim_cfg.n_theta, sim_cfg.n_phi, sim_cfg.n_vpar, sim_cfg.n_mu,
+                                          comm=comm, noise=sim_cfg.noise, dt=sim_cfg.dt, seed=sim_cfg.seed,
+                                          m_max=sim_cfg.m_max, n_max=sim_cfg.n_max,
+                                          spectrum_alpha=sim_cfg.spectrum_alpha, beam_density=sim_cfg.beam_density)
     if isinstance(sim_cfg, GyrokineticConfig):
         return GyrokineticMock5D(sim_cfg.n_r, sim_cfg.n_theta, sim_cfg.n_phi, sim_cfg.n_vpar, sim_cfg.n_mu, comm=comm,
                                  noise=sim_cfg.noise, dt=sim_cfg.dt, seed=sim_cfg.seed)

@@ -74,13 +74,18 @@ class StepAccounts:
     def sz3_reference(self, steps):
         """SZ3 at the PSNR our codec reached, on the sampled blocks of ``steps``.
 
+        Each sampled block was compressed with SZ3 at the PSNR our code reached on it (in situ by
+        its producer, in transit by staging). PSNRs are per (step, variable) over the sampled
+        blocks, against the step's value range, then averaged over those.
+
         Returns
         -------
         dict with ``sz3_compression_ratio``, ``sz3_psnr_db``, ``compression_ratio_same_blocks``,
-        ``sz3_steps`` (None values when no block was sampled).
+        ``psnr_db_same_blocks`` (ours on the same blocks), ``sz3_steps`` (None values when no
+        block was sampled).
         """
         raw = ours = sz3 = 0.0
-        per_var = defaultdict(ErrorStats)
+        per_var, ours_var = defaultdict(ErrorStats), defaultdict(ErrorStats)
         sampled = set()
         for step in steps:
             for (rank, var), row in self.rows[step].items():
@@ -90,16 +95,105 @@ class StepAccounts:
                 raw += report_get(row, "raw_bytes")
                 ours += report_get(row, "sent_bytes")
                 sz3 += report_get(row, "sz3_bytes")
-                per_var[(step, var)] = per_var[(step, var)].merge(ErrorStats(
-                    report_get(row, "sz3_sse"), int(report_get(row, "n")), 0.0, report_get(row, "vmin"), report_get(row, "vmax")))
+                n, lo, hi = int(report_get(row, "n")), report_get(row, "vmin"), report_get(row, "vmax")
+                per_var[(step, var)] = per_var[(step, var)].merge(
+                    ErrorStats(report_get(row, "sz3_sse"), n, 0.0, lo, hi))
+                ours_var[(step, var)] = ours_var[(step, var)].merge(ErrorStats(
+                    report_get(row, "sse"), n, report_get(row, "max_abs_error"), lo, hi))
         if not sampled:
-            return {"sz3_compression_ratio": None, "sz3_psnr_db": None, "compression_ratio_same_blocks": None, "sz3_steps": 0}
+            return {"sz3_compression_ratio": None, "sz3_psnr_db": None, "compression_ratio_same_blocks": None,
+                    "psnr_db_same_blocks": None, "sz3_steps": 0}
         return {
             "sz3_compression_ratio": compression_ratio(raw, sz3),
             "sz3_psnr_db": float(np.mean([s.psnr_db for s in per_var.values()])),
             "compression_ratio_same_blocks": compression_ratio(raw, ours),
+            "psnr_db_same_blocks": float(np.mean([s.psnr_db for s in ours_var.values()])),
             "sz3_steps": len(sampled),
         }
+
+    def closed_loop_reference(self, steps):
+        """SZ3 in closed loop at the PSNR our codec reached, on the blocks it followed in ``steps``.
+
+        The rows with ``sz3_cl_bytes`` (:mod:`stagelearn.analytics.sz3_closed_loop`: SZ3 on the
+        difference from its own previous reconstruction, on one fixed block per writer rank, every
+        coded step). PSNRs per (step, variable) over those blocks, against the value range of all
+        the step's blocks of the variable (the step's range, as ``psnr_db``), then averaged.
+
+        Returns
+        -------
+        dict with ``sz3_closed_loop_compression_ratio``, ``sz3_closed_loop_psnr_db``,
+        ``compression_ratio_closed_loop_blocks`` and ``psnr_db_closed_loop_blocks`` (ours on the
+        same blocks and steps), ``sz3_closed_loop_steps``, ``sz3_closed_loop_blocks`` (block rows
+        covered) (None values when the chain ran on no block).
+        """
+        raw = ours = sz3 = 0.0
+        per_var, ours_var = defaultdict(ErrorStats), defaultdict(ErrorStats)
+        covered, blocks = set(), 0
+        for step in steps:
+            extent = {}  # var -> (lo, hi) over all the step's blocks: PSNR against the step's range
+            for (rank, var), row in self.rows[step].items():
+                if report_get(row, "n") > 0:
+                    lo, hi = extent.get(var, (math.inf, -math.inf))
+                    extent[var] = (min(lo, report_get(row, "vmin")), max(hi, report_get(row, "vmax")))
+            for (rank, var), row in self.rows[step].items():
+                if report_get(row, "sz3_cl_bytes") <= 0:
+                    continue
+                covered.add(step)
+                blocks += 1
+                raw += report_get(row, "raw_bytes")
+                ours += report_get(row, "sent_bytes")
+                sz3 += report_get(row, "sz3_cl_bytes")
+                (lo, hi), n = extent[var], int(report_get(row, "n"))
+                per_var[(step, var)] = per_var[(step, var)].merge(
+                    ErrorStats(report_get(row, "sz3_cl_sse"), n, 0.0, lo, hi))
+                ours_var[(step, var)] = ours_var[(step, var)].merge(ErrorStats(
+                    report_get(row, "sse"), n, report_get(row, "max_abs_error"), lo, hi))
+        if not covered:
+            return {"sz3_closed_loop_compression_ratio": None, "sz3_closed_loop_psnr_db": None,
+                    "compression_ratio_closed_loop_blocks": None, "psnr_db_closed_loop_blocks": None,
+                    "sz3_closed_loop_steps": 0, "sz3_closed_loop_blocks": 0}
+        return {
+            "sz3_closed_loop_compression_ratio": compression_ratio(raw, sz3),
+            "sz3_closed_loop_psnr_db": _mean_psnr(per_var.values()),
+            "compression_ratio_closed_loop_blocks": compression_ratio(raw, ours),
+            "psnr_db_closed_loop_blocks": _mean_psnr(ours_var.values()),
+            "sz3_closed_loop_steps": len(covered),
+            "sz3_closed_loop_blocks": blocks,
+        }
+
+    def encode_timing(self, steps):
+        """The coding time per step as a fraction of the step interval, over the coded ``steps``.
+
+        From the rows' ``encode_s`` and ``interval_s`` (:data:`~.wire.REPORT_FIELDS`): in situ each
+        producer rank's coding time of its blocks over the simulation's compute time before the
+        step; in transit each staging rank's coding time over the time since its previous coded
+        step. Steps that are per-frame SZ3 samples (their coding time holds SZ3's) and steps
+        without an interval (the first coded one) are left out.
+
+        Returns
+        -------
+        dict with ``encode_fraction`` (sum of coding times / sum of intervals), ``encode_s_per_step``
+        and ``step_interval_s`` (means per step and coding rank), ``encode_fraction_steps`` (steps
+        counted) (None values when no step qualifies).
+        """
+        enc = interval = 0.0
+        counted, pairs = set(), 0
+        for step in steps:
+            rows = [r for r in self.rows[step].values() if report_get(r, "encoder_version") > 0]
+            if any(report_get(r, "sz3_bytes") > 0 for r in rows):
+                continue
+            step_interval = sum(report_get(r, "interval_s") for r in rows)
+            if not rows or step_interval <= 0:
+                continue
+            counted.add(step)
+            pairs += sum(report_get(r, "interval_s") > 0 for r in rows)
+            enc += sum(report_get(r, "encode_s") for r in rows)  # every block's coding time; interval once per rank
+            interval += step_interval
+        if not counted:
+            return {"encode_fraction": None, "encode_s_per_step": None, "step_interval_s": None,
+                    "encode_fraction_steps": 0}
+        return {"encode_fraction": enc / interval, "encode_s_per_step": enc / pairs,
+                "step_interval_s": interval / pairs, "encode_fraction_steps": len(counted)}
 
     def summary(self, *, steps_written=None, wall_s=None, published=()):
         """The run summary (see README: ``summary.json``).
@@ -141,4 +235,11 @@ class StepAccounts:
             "published": [{"version": v, "after_step": s} for v, s in published],
         }
         out.update(self.sz3_reference([r["step"] for r in coded]))
+        out.update(self.closed_loop_reference([r["step"] for r in coded]))
+        out.update(self.encode_timing([r["step"] for r in coded]))
         return out
+
+
+def _mean_psnr(stats):
+    """Mean PSNR (dB) of ErrorStats, each against its own range (inf for exact ones, as they are)."""
+    return float(np.mean([s.psnr_db for s in stats]))

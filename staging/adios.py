@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 
-from . import watchdog
+from . import contact, signals, watchdog
 from .errors import AdiosUnavailableError, ConfigError, StreamTimeoutError, strip_ansi
 
 logger = logging.getLogger(__name__)
@@ -156,7 +158,9 @@ def open_reader(io, path, open_timeout_s, what, setting="timeouts.open_s"):
     Sets SST's ``OpenTimeoutSecs`` (the wait for the writer's contact file) and bounds the
     rest of the handshake with :func:`deadline`. A contact file left by a writer that crashed in
     an earlier run (SST: "non-current SST contact file") is reported, removed, and the wait goes
-    on for the real writer with the time left (the writer may start before or after the reader).
+    on for the real writer with the time left (the writer may start before or after the reader);
+    never one whose writer claimed it and still runs (:mod:`.contact`). SIGINT/SIGTERM while it
+    waits end the process at once with 130/143 (:func:`stagelearn.staging.signals.exit_on_signal`).
 
     ``setting`` is how the message names the timeout (the YAML key, or the argument the caller passed).
 
@@ -168,15 +172,20 @@ def open_reader(io, path, open_timeout_s, what, setting="timeouts.open_s"):
     """
     b = bindings()
     t_end = time.monotonic() + open_timeout_s
-    for attempt in range(2):
+    for attempt in range(3):
         left = max(1.0, t_end - time.monotonic())
         io.SetParameter("OpenTimeoutSecs", str(max(1, int(round(left)))))
         try:
-            with deadline(left + 30, f"{what} to finish opening {path} ({setting})"):
+            with deadline(left + 30, f"{what} to finish opening {path} ({setting})"), \
+                    signals.exit_on_signal(f"{what} to open {path}"):
                 return io.Open(str(path), b.Mode.Read)
         except (ValueError, RuntimeError) as exc:
             text = str(exc)
-            if attempt == 0 and "did not find active Writer" in text and time.monotonic() < t_end:
+            if attempt < 2 and "did not find active Writer" in text and time.monotonic() < t_end:
+                if contact.live_owner(contact.owner_file(path)) is not None:
+                    # the file read was an old one, replaced meanwhile by a live writer's: just wait again
+                    logger.info("%s.sst: a new writer claimed it while this reader connected; waiting again", path)
+                    continue
                 logger.warning("%s.sst is a stale SST contact file: its writer is gone (an earlier run crashed?); "
                                "removed it, waiting %.0f s more for %s", path, t_end - time.monotonic(), what)
                 try:
@@ -186,7 +195,7 @@ def open_reader(io, path, open_timeout_s, what, setting="timeouts.open_s"):
                 continue
             if "contact" in text or "Timeout" in text or "timed out" in text:
                 raise StreamTimeoutError(
-                    f"no {what} opened {path} within {open_timeout_s:g} s ({setting}){_why_not_open(path, text)}; "
+                    f"{what} did not open {path} within {open_timeout_s:g} s ({setting}){_why_not_open(path, text)}; "
                     "is it running, and does it use the same stream path and SST settings?") from None
             raise type(exc)(strip_ansi(text)) from None
 
@@ -223,14 +232,102 @@ def deadline(timeout_s, what):
 def remove_stale_contact_file(stream_path):
     """Delete ``<stream_path>.sst`` left by a crashed writer (else readers connect to a dead peer).
 
+    Stale is decided by the process that owns the file (its claim ``<stream_path>.sst.owner``,
+    :mod:`.contact`), never by age: the file of a live writer is kept and raises. A file of this
+    process is kept too. A file without a claim (written by a code that is not stagelearn, or
+    left by an older version) is removed, as is the claim of a writer that is gone.
+
     Returns
     -------
     removed : bool
+        True when a contact file was removed.
+
+    Raises
+    ------
+    ContactFileInUse
+        (a :class:`~stagelearn.staging.errors.UsageError`, exit code 2) If a live process of
+        another job owns the contact file; the message names the run directory and its pid.
     """
-    path = f"{stream_path}.sst"
+    path, owner = f"{stream_path}.sst", contact.owner_file(stream_path)
+    rec = contact.read_claim(owner)
+    if rec is not None and contact.is_mine(rec):
+        return False
+    live = contact.live_owner(owner)
+    if live is not None:
+        raise contact.in_use_error(owner, live, f"the SST contact file {os.path.basename(path)}")
+    removed = False
     if os.path.exists(path):
-        age = time.time() - os.path.getmtime(path)
-        logger.warning("removing stale SST contact file %s (%.0f s old)", path, age)
-        os.remove(path)
-        return True
-    return False
+        why = (f"its writer, pid {rec['pid']} on {rec.get('host')}, is gone" if rec is not None else
+               "it has no owner record (a writer that is not stagelearn, or an earlier run)")
+        logger.warning("removing stale SST contact file %s: %s", path, why)
+        try:
+            os.remove(path)
+            removed = True
+        except FileNotFoundError:  # another process removed it meanwhile
+            pass
+    if rec is not None:
+        try:
+            os.remove(owner)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def open_writer(io, path, timeout_s, what, *, contact_file=False):
+    """``Open`` for writing, bounded by :func:`deadline`; SIGINT/SIGTERM while it waits end the process
+    at once with 130/143 (:func:`stagelearn.staging.signals.exit_on_signal`).
+
+    Parameters
+    ----------
+    io : adios2.bindings.IO
+    path : str
+        Stream or file name.
+    timeout_s : float
+        Bound on the ``Open`` (an SST writer waits there for its readers); exit code 3 past it.
+    what : str
+        What the ``Open`` waits for (messages).
+    contact_file : bool
+        True on the process that writes ``<path>.sst``: it is removed on the way out after a signal.
+    """
+    b = bindings()
+    if io.EngineType().lower() == "sst":
+        _take_adios_sigint_handler()
+    files = [f"{path}.sst"] if contact_file else []
+    with deadline(timeout_s, what), signals.exit_on_signal(what, files):
+        return io.Open(str(path), b.Mode.Write)
+
+
+_sigint_taken = False
+
+
+def _take_adios_sigint_handler():
+    """Let ADIOS2 install its SIGINT handler now, on a throwaway SST writer (once per process).
+
+    The first SST writer ``Open`` of a process installs a SIGINT handler that exits with code 1,
+    right after writing its contact file and before it waits for readers, over the handler that
+    :func:`stagelearn.staging.signals.exit_on_signal` set. It does so only once per process, so a
+    writer with no readers to wait for (``RendezvousReaderCount=0``, opened and closed at once in a
+    temporary folder, ~0.1 s) takes that turn; the real ``Open`` then keeps stagelearn's handler.
+    """
+    global _sigint_taken
+    if _sigint_taken:
+        return
+    _sigint_taken = True
+    b = bindings()
+    folder = tempfile.mkdtemp(prefix="stagelearn-sst-")
+    try:
+        if b.is_built_with_mpi:
+            from mpi4py import MPI
+
+            adios = b.ADIOS(MPI.COMM_SELF)
+        else:
+            adios = b.ADIOS()
+        io = adios.DeclareIO("stagelearn-sigint")
+        io.SetEngine("SST")
+        io.SetParameters({"RendezvousReaderCount": "0", "DataTransport": "WAN", "QueueLimit": "1"})
+        engine = io.Open(os.path.join(folder, "probe"), b.Mode.Write)
+        engine.Close()
+    except Exception as exc:  # noqa: BLE001 - only Ctrl-C in a first Open then exits 1 instead of 130
+        logger.debug("could not take ADIOS2's SIGINT handler in advance: %s", exc)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -20,6 +20,7 @@ import numpy as np
 from ..analytics.anomaly import payload_histogram
 from ..analytics.framing import pack_frame, unpack_frame
 from ..analytics.payload import parse_payload
+from ..analytics.stream_payload import is_stream_payload, parse_stream_payload
 from .wire import report_get
 
 #: Magic of a block bundle frame.
@@ -50,6 +51,9 @@ class ReceivedBlock:
     source : ndarray or None
         In transit, the block in the writer's own dtype when that is not float32 (e.g. float64):
         what the report's error and raw bytes are measured against. Dropped once coded.
+    qoi : bytes or None
+        Moment side information of a coded block (:mod:`stagelearn.analytics.qoi_side`) when the
+        encoder carries a moment policy for ``var``; the decoder restores the moments with it.
     """
 
     var: str
@@ -63,6 +67,7 @@ class ReceivedBlock:
     count: Optional[tuple] = None
     corrupt: Optional[str] = None
     source: Optional[np.ndarray] = None
+    qoi: Optional[bytes] = None
     _parsed: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
     _parsed_of: Optional[bytes] = field(default=None, init=False, repr=False, compare=False)
     _err_hist: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
@@ -87,7 +92,9 @@ class ReceivedBlock:
         if self.payload is None:
             return None
         if self._parsed is None or self._parsed_of is not self.payload:
-            self._parsed, self._parsed_of = parse_payload(self.payload), self.payload
+            parsed = (parse_stream_payload(self.payload)[0], {}) if is_stream_payload(self.payload) \
+                else parse_payload(self.payload)  # a stream-codec payload has no named sections
+            self._parsed, self._parsed_of = parsed, self.payload
         return self._parsed
 
     @property
@@ -132,10 +139,12 @@ def pack_blocks(blocks):
     meta, sections = [], {}
     for i, blk in enumerate(blocks):
         meta.append({"var": blk.var, "rank": blk.rank, "shape": blk.shape, "start": blk.start, "count": blk.count,
-                     "raw": blk.raw is not None, "anomaly": blk.anomaly is not None})
+                     "raw": blk.raw is not None, "anomaly": blk.anomaly is not None, "qoi": blk.qoi is not None})
         sections[f"{i}/report"] = np.ascontiguousarray(blk.report, dtype=np.float64).tobytes()
         if blk.anomaly is not None:
             sections[f"{i}/anomaly"] = np.ascontiguousarray(blk.anomaly, dtype=np.float64).tobytes()
+        if blk.qoi is not None:
+            sections[f"{i}/qoi"] = bytes(blk.qoi)
         sections[f"{i}/data"] = np.ascontiguousarray(blk.raw, dtype=np.float32).tobytes() if blk.raw is not None \
             else blk.payload
     return pack_frame(BUNDLE_MAGIC, {"blocks": meta}, sections)
@@ -170,6 +179,8 @@ def unpack_blocks(frame):
                             count=_dims(m["count"]))
         if m.get("anomaly"):
             blk.anomaly = np.frombuffer(bytes(sec[f"{i}/anomaly"]), dtype=np.float64).reshape(-1, 4).copy()
+        if m.get("qoi"):
+            blk.qoi = bytes(sec[f"{i}/qoi"])
         data = bytes(sec[f"{i}/data"])
         if m["raw"]:
             blk.raw = np.frombuffer(data, dtype=np.float32).reshape(blk.count).copy()

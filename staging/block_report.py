@@ -47,7 +47,8 @@ def raw_report(step, rank, block, given=None):
                        local_psnr_db=psnr_from_mse(st.mse, st.data_range))
 
 
-def coded_report(step, rank, encoder_version, block, code, given=None):
+def coded_report(step, rank, encoder_version, block, code, given=None, *, closed_loop=None, encode_s=0.0,
+                 interval_s=0.0):
     """Report row of a coded block.
 
     Parameters
@@ -60,18 +61,27 @@ def coded_report(step, rank, encoder_version, block, code, given=None):
         error is measured against the caller's values).
     given : ndarray, optional
         The caller's values: ``raw_bytes`` is their size in their own dtype (default: ``block``'s float32 bytes).
+    closed_loop : ClosedLoopSample, optional
+        SZ3 in closed loop on this block at the PSNR reached
+        (:meth:`~stagelearn.analytics.sz3_closed_loop.ClosedLoopSZ3.update`): ``sz3_cl_bytes``, ``sz3_cl_sse``,
+        ``sz3_cl_setting``.
+    encode_s, interval_s : float, default=0.0
+        Coding time of the block and the step interval (see :data:`~.wire.REPORT_FIELDS`).
 
     Returns
     -------
     row : ndarray of shape (len(REPORT_FIELDS),), float64
     """
     st = code.stats
+    cl = closed_loop
     raw_bytes = (block if given is None else np.asarray(given)).nbytes
     return make_report(step=step, rank=rank, encoder_version=encoder_version, raw_bytes=raw_bytes,
                        sent_bytes=code.sent_bytes, sse=st.sse, n=block.size, max_abs_error=st.max_abs_error,
                        vmin=st.vmin, vmax=st.vmax, n_raw_tiles=code.n_raw_tiles, sz3_bytes=code.sz3_bytes,
                        sz3_sse=code.sz3_sse, local_psnr_db=code.local_psnr_db, n_flagged=code.n_flagged,
-                       anomaly_bytes=code.anomaly_bytes)
+                       anomaly_bytes=code.anomaly_bytes, sz3_cl_bytes=cl.nbytes if cl is not None else 0.0,
+                       sz3_cl_sse=cl.sse if cl is not None else 0.0,
+                       sz3_cl_setting=cl.setting if cl is not None else 0.0, encode_s=encode_s, interval_s=interval_s)
 
 
 def raw_record(name, step, rank, block, shape, start, given=None):

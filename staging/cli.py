@@ -11,12 +11,18 @@ Exit codes (the only place exceptions become exit codes):
 ====  ==========================================================
 0     success
 1     any other error (a traceback is logged)
-2     invalid configuration or command line (ConfigError, UsageError)
-3     a peer never came or stopped answering (StreamTimeoutError)
+2     invalid configuration or command line (ConfigError, UsageError); also the run directory or
+      contact file is in use by a live job (ContactFileInUse: a second ``stage`` or ``sim`` on one
+      run directory; the message names it and the live pid)
+3     a peer never came or stopped answering (StreamTimeoutError); ``run``: staging could not read
+      the stream, or the code closed it before staging opened it
 4     a peer went away mid-run (PeerLostError)
 5     a model update was malformed (ModelFormatError)
 6     ADIOS2 missing or lacking MPI (AdiosUnavailableError)
-130   interrupted (SIGINT); the side stopped at a step boundary and closed its files
+7     the simulation failed (``stagelearn run``: the external code exited non-zero;
+      ``errors.EXIT_SIMULATION_FAILED``)
+130   interrupted (SIGINT); the side stopped at a step boundary and closed its files, or, while
+      it waited in an SST ``Open`` (nothing written yet), at once (within 2 s)
 143   terminated (SIGTERM); likewise
 ====  ==========================================================
 """
@@ -29,6 +35,7 @@ import logging
 import os
 import sys
 
+from .cli_generate import add_launch_parser, add_xml_parser, launch_command, xml_command
 from .cli_help import CONFIG_HELP, DESCRIPTION, EPILOG
 from .errors import (AdiosUnavailableError, ConfigError, Interrupted, ModelFormatError, PeerLostError,
                      StagelearnError, StreamTimeoutError, UsageError, strip_ansi)
@@ -109,127 +116,10 @@ def _parser():
                    help="export per-tile latent codes of --var (at --step, or every coded step) to the .npz given by -o")
     sub.add_parser("info", help="versions of Python, MPI, ADIOS2, torch")
     sub.add_parser("schema", help="print the JSON schema of the run YAML")
-    _add_launch_parser(sub)
-    _add_xml_parser(sub)
+    add_launch_parser(sub)
+    add_xml_parser(sub)
     return p
 
-
-# --- `stagelearn launch`: batch script for a scheduler (generation in .slurm; nothing is submitted) ---
-def _add_launch_parser(sub):
-    la = sub.add_parser("launch", help="write a batch script (SLURM) that runs `stagelearn sim` and `stagelearn stage`")
-    la.add_argument("config", help=CONFIG_HELP)
-    la.add_argument("--scheduler", choices=["slurm"], default="slurm")
-    la.add_argument("--mode", choices=["hetjob", "mpmd"], default="hetjob",
-                    help="hetjob: heterogeneous job, one component per side; mpmd: one allocation, two job steps")
-    la.add_argument("--container", help="Apptainer image (containers/stagelearn.def): run each side with `apptainer run --app`")
-    la.add_argument("--bind", action="append", default=[], help="apptainer --bind spec (repeatable; with --container)")
-    la.add_argument("--run-dir", help="default: <output_dir>/<run_name>; both sides must see it (SST contact files)")
-    la.add_argument("--srun-mpi", help="srun --mpi=TYPE (e.g. pmi2 or pmix for the container's MPICH)")
-    la.add_argument("--time", help="HH:MM:SS (default: timeouts.run_s + 5 min)")
-    la.add_argument("--partition")
-    la.add_argument("--account")
-    la.add_argument("--job-name")
-    la.add_argument("-o", "--output", help="write the script here (default: stdout)")
-
-
-def _launch(args):
-    from .config import load_config
-    from .slurm import generate, sst_warnings
-
-    cfg = load_config(args.config)
-    for warning in sst_warnings(cfg):
-        print(f"stagelearn launch: warning: {warning}", file=sys.stderr)
-    if args.bind and not args.container:
-        raise UsageError("launch: --bind needs --container")
-    try:
-        text = generate(cfg, args.config, mode=args.mode, run_dir=args.run_dir, container=args.container, binds=args.bind,
-                        job_name=args.job_name, time=args.time, partition=args.partition, account=args.account,
-                        srun_mpi=args.srun_mpi, log_level=None if args.log_level == "warning" else args.log_level)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if not _emit(text, args.output, "launch", mode=0o755):
-        return 0
-    print(f"{args.output}: SLURM {args.mode} script ({cfg.simulation.ranks} simulation + {cfg.staging.ranks} staging "
-          f"ranks); submit with: sbatch {args.output}", file=sys.stderr)
-    return 0
-# --- end `stagelearn launch` ---
-
-
-# --- `stagelearn xml`: the simulation's adios2.xml for streaming to stagelearn (.xmlgen), a check of one (.xmllint) ---
-def _add_xml_parser(sub):
-    xp = sub.add_parser("xml", help="write the ADIOS2 XML a simulation needs to stream to stagelearn, or check one")
-    xp.add_argument("config", nargs="?", help="run YAML (not with --inspect)")
-    xp.add_argument("--io", help="the IO name the simulation's code declares (default: adios2.stream_io)")
-    xp.add_argument("-o", "--output", help="write the XML here (default: stdout)")
-    xp.add_argument("--check", metavar="EXISTING_XML", help="compare an existing ADIOS2 XML instead; exit 2 on any error")
-    xp.add_argument("--inspect", metavar="EXISTING_XML",
-                    help="list each IO's engine and parameters of any ADIOS2 XML/YAML and flag mistakes (no run YAML); "
-                         "exit 2 on any error")
-
-
-def _xml(args):
-    from .config import load_config
-    from .xmlgen import generate
-    from .xmllint import check
-
-    if args.inspect:
-        return _xml_inspect(args)
-    if not args.config:
-        raise UsageError("xml: give the run YAML (or --inspect FILE to inspect an ADIOS2 XML without one)")
-    cfg = load_config(args.config)
-    if args.check:
-        if args.output:
-            raise UsageError("xml: --check and -o/--output exclude each other")
-        findings = check(cfg, args.check, io_name=args.io)
-        for finding in findings:
-            print(finding.format(args.check))
-        errors = sum(f.severity == "error" for f in findings)
-        if errors:
-            raise ConfigError(f"{args.check}: {errors} error(s), {len(findings) - errors} warning(s); "
-                              f"see `stagelearn xml {args.config}{f' --io {args.io}' if args.io else ''} > adios2.xml` "
-                              "for the expected file")
-        print(f"{args.check}: OK ({len(findings)} warning(s))", file=sys.stderr)
-        return 0
-    text = generate(cfg, io_name=args.io)
-    if not _emit(text, args.output, "xml"):
-        return 0
-    print(f"{args.output}: ADIOS2 XML for the simulation (stream IO {args.io or cfg.adios2.stream_io!r}); "
-          "adapt NetworkInterface on a cluster", file=sys.stderr)
-    return 0
-
-
-def _xml_inspect(args):
-    """``xml --inspect FILE``: one line per IO, then the findings; ConfigError (exit 2) on any error."""
-    from .xmllint import inspect
-
-    if args.config or args.check or args.output or args.io:
-        raise UsageError("xml: --inspect takes only the file (no run YAML, --check, --io or -o)")
-    summary, findings = inspect(args.inspect)
-    for line in summary:
-        print(line)
-    for finding in findings:
-        print(finding.format(args.inspect))
-    errors = sum(f.severity == "error" for f in findings)
-    if errors:
-        raise ConfigError(f"{args.inspect}: {errors} error(s), {len(findings) - errors} warning(s)")
-    print(f"{args.inspect}: OK ({len(summary)} IO(s), {len(findings)} warning(s))", file=sys.stderr)
-    return 0
-# --- end `stagelearn xml` ---
-
-
-def _emit(text, output, command, mode=None):
-    """Write generated text to stdout (``output`` None: returns False) or to a file (returns True)."""
-    if not output:
-        sys.stdout.write(text)
-        return False
-    try:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(text)
-        if mode is not None:
-            os.chmod(output, mode)
-    except OSError as exc:
-        raise UsageError(f"{command}: cannot write {output}: {exc.strerror}") from None
-    return True
 
 
 def _comm():
@@ -243,17 +133,28 @@ def _run_side(args, side):
     comm = _comm()
     try:
         from .config import load_config
+        from .producer_exit import cli_maps_errors
+
+        cli_maps_errors()  # errors reach the mapping below, not a Producer's own exit
 
         cfg = load_config(args.config)
         run_dir = args.run_dir or str(cfg.run_dir)
+        from .contact import set_blocking_limit
+
+        set_blocking_limit(max(cfg.timeouts.open_s, cfg.timeouts.step_s))  # claims outlive a blocked heartbeat
         if side == "sim":
             from .sides import simulation_main
 
             simulation_main(cfg, comm, run_dir)
         else:
+            from .contact import staging_claim
             from .sides import staging_main
+            from .world_check import check_world_size
 
-            staging_main(cfg, comm, run_dir)
+            # a singleton rank (srun without --mpi) must hear the fix, not race its twin for the claim
+            check_world_size(comm, "stage", yaml_ranks=cfg.staging.ranks, yaml_key="staging.ranks")
+            with staging_claim(comm, run_dir):
+                staging_main(cfg, comm, run_dir)
         return 0
     except BaseException as exc:  # noqa: BLE001 - mapped to an exit code, other ranks aborted
         code = exit_code_for(exc)
@@ -278,9 +179,9 @@ def _decode(args):
         raise UsageError("decode: give both --step and --var (or neither, to list the file)")
     reader = _open_output(args.file)
     if args.step is None:
-        steps = reader.steps
-        span = f"steps {steps[0]}..{steps[-1]} ({len(steps)})" if steps else "no steps stored"
-        print(f"{args.file}: variables {reader.fields()}, {span}")
+        from .decode_listing import describe_output
+
+        print(describe_output(args.file, reader))
         return 0
     field = reader.read(args.step, args.var, partial=args.partial)
     if args.output:
@@ -370,9 +271,9 @@ def main(argv=None):
         if args.command == "decode":
             return _decode(args)
         if args.command == "launch":
-            return _launch(args)
+            return launch_command(args)
         if args.command == "xml":  # `stagelearn xml`
-            return _xml(args)
+            return xml_command(args)
         if args.command == "run":
             from .code_xml import enforce
             from .config import load_config

@@ -12,6 +12,10 @@ of what loses data or cannot work here:
 - ``DataTransport=MPI``: this MPI cannot open the ports SST's MPI data plane needs
   (``MPI_Open_port``: "no space for port_name tag").
 
+What ADIOS2 2.12.1 itself refuses anywhere in the file (two engines in an IO, an ``<operation>`` with
+both ``operator=`` and ``type=``, an operator not compiled into this build, SST values its Open throws
+on: :mod:`.xml_refusals`, :mod:`.sst_params`) is refused too: the code would fail at start-up.
+
 The code's XML files are the ``.xml`` files among ``simulation.command``'s arguments and
 ``adios2.config_file`` when it is not the packaged ``stagelearn.xml``.
 """
@@ -22,6 +26,7 @@ import os
 
 from .config import default_xml
 from .errors import ConfigError
+from .sst_params import value_problem
 from .xmlconfig import read_ios
 from .xmllint import check
 
@@ -63,6 +68,12 @@ def _own_checks(cfg, path, io_name, params):
         out.append(f"{where}: QueueFullPolicy=Discard drops every step written while the queue is full (staging "
                    f"busy): they are lost; change it to <parameter key=\"QueueFullPolicy\" value=\"Block\"/>, or "
                    f"set adios2.allow_discard: true in {cfg.source} to accept lost steps")
+    readers = params.get("RendezvousReaderCount")
+    if readers is not None and readers.strip() == "0" and not cfg.adios2.allow_discard:
+        out.append(f"{where}: RendezvousReaderCount=0 lets the code write (and finish) before staging has opened the "
+                   f"stream: every step written before then is lost; change it to <parameter "
+                   f"key=\"RendezvousReaderCount\" value=\"1\"/> (the code's Open waits for staging), or set "
+                   f"adios2.allow_discard: true in {cfg.source} to accept lost steps")
     limit = params.get("QueueLimit")
     fix = "set <parameter key=\"QueueLimit\" value=\"4\"/> (a few steps; the writer waits when it is full)"
     if limit is None:
@@ -114,13 +125,24 @@ def judge(cfg):
         elif io_name not in ios:  # an SST reader need not share the writer's IO name: judge the code's SST IOs
             notes.append(f"{path}: no IO {io_name!r}; judged its SST IO(s) {names} as the code's stream "
                          f"(`stagelearn xml {cfg.source} --check {path} --io {names[0]}` checks one by name)")
+        seen = set()
         for name in names:
+            params = ios[name].parameters
             for f in check(cfg, path, io_name=name):
-                if f.io == name and f.key in _OWN_KEYS:
-                    continue
-                (problems if f.severity == "error" else notes).append(f.format(path))
+                if f.io == name and f.key in _OWN_KEYS and (
+                        f.key == "QueueLimit" or value_problem(f.key, params.get(f.key) or "") is None):
+                    continue  # judged by _own_checks below (QueueLimit always; the others where SST accepts the value)
+                line = f.format(path)
+                if line not in seen:  # file-wide findings come once, not once per judged IO
+                    seen.add(line)
+                    (problems if f.severity == "error" else notes).append(line)
             if ios[name].type.lower() == "sst":
                 problems += _own_checks(cfg, path, name, ios[name].parameters)
+                if str(ios[name].parameters.get("StatsLevel", "0")).strip() != "1":
+                    notes.append(f"{path}: IO {name}: SST sends no per-block min/max unless StatsLevel=1, so "
+                                 "staging cannot check the blocks it receives against the writer's own extremes "
+                                 "(garbage or all-zero blocks would be stored as data); add <parameter "
+                                 "key=\"StatsLevel\" value=\"1\"/>")
     return problems, notes
 
 

@@ -20,7 +20,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, model_validator
 
 from ..analytics.config import AnomalyConfig, CodecConfig, LearnerConfig
-from ..sim_mocks.config import ExternalSimConfig, GrayScottConfig, GyrokineticConfig, Heat2DConfig
+from ..analytics.qoi_config import QoIConfig
+from ..sim_mocks.config import (ExternalSimConfig, GrayScottConfig, GyrokineticConfig, GyrokineticTurbulenceConfig,
+                                Heat2DConfig)
 from . import checkpoint
 from .config_errors import format_error, yaml_error_message
 from .errors import ConfigError
@@ -129,7 +131,7 @@ class RunConfig(BaseModel):
 
     run_name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = Field("results", description="Results go to <output_dir>/<run_name>/ (relative to the cwd).")
-    simulation: GrayScottConfig | Heat2DConfig | GyrokineticConfig | ExternalSimConfig = Field(
+    simulation: GrayScottConfig | Heat2DConfig | GyrokineticConfig | GyrokineticTurbulenceConfig | ExternalSimConfig = Field(
         default_factory=GrayScottConfig, discriminator="type")
     staging: StagingConfig = Field(default_factory=StagingConfig)
     adios2: Adios2Config = Field(default_factory=Adios2Config)
@@ -139,6 +141,8 @@ class RunConfig(BaseModel):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+    qoi: Optional[QoIConfig] = Field(None, description="Velocity moments preserved within tolerance at every point "
+                                     "(analytics/qoi_config.py, docs/gyrokinetic.md).")
 
     source: Optional[str] = Field(None, exclude=True, description="YAML file this config came from (set by load_config).")
     _simulation_given: bool = PrivateAttr(False)
@@ -180,7 +184,35 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _qoi_fits_the_simulation(self):
+        """``qoi`` against the simulation: its velocity grid sizes the weight vectors; named moments need the grid."""
+        q, sim = self.qoi, self.simulation
+        if q is None:
+            return self
+        if self.staging.variables is not None and q.variable not in self.staging.variables:
+            raise ValueError(f"qoi.variable {q.variable!r} is not in staging.variables {self.staging.variables}: add it "
+                             "or name one of them")
+        grid = (sim.n_vpar, sim.n_mu) if hasattr(sim, "n_vpar") else None
+        if grid is not None and q.velocity_shape is not None and tuple(q.velocity_shape) != grid:
+            raise ValueError(f"qoi.velocity_shape {list(q.velocity_shape)} differs from the simulation's n_vpar x n_mu "
+                             f"{list(grid)}: remove it (it is taken from the simulation) or fix it")
+        if grid is not None:
+            q.check_weights(grid, where="simulation.n_vpar x n_mu")
+            return self
+        named = [m.name for m in q.moments if m.weights is None]
+        if named:
+            raise ValueError(f"qoi.moments {named} are named gyrokinetic moments: they need the velocity grid and B of a "
+                             f"gyrokinetic simulation section (the {sim.type} simulation has none); give their weights")
+        if q.velocity_shape is None:
+            raise ValueError("qoi.velocity_shape is required to check the length of qoi.moments weights when the "
+                             f"simulation ({sim.type}) has no velocity grid: set it to [n_vpar, n_mu]")
+        return self
+
+    @model_validator(mode="after")
     def _anomaly_needs_pca(self):
+        if self.anomaly.enabled and self.codec.kind == "stream":
+            raise ValueError("anomaly.enabled scores tiles by their PCA residual: the stream codec has no tiles; set "
+                             "codec.kind: learned (with learner.type pca) or anomaly.enabled: false")
         if self.anomaly.enabled and self.learner.type != "pca":
             raise ValueError("anomaly.enabled scores tiles by their PCA residual: it needs learner.type pca "
                              f"(got {self.learner.type!r}); disable anomaly or use the PCA learner")

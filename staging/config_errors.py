@@ -12,7 +12,9 @@ import typing
 
 from pydantic import BaseModel
 
-_SIM_TAGS = ("gray_scott", "heat2d", "gyrokinetic", "external")
+from .sst_params import nearest_key
+
+_SIM_TAGS = ("gray_scott", "heat2d", "gyrokinetic", "gyrokinetic_turbulence", "external")
 
 
 def _model_at(root, loc):
@@ -48,20 +50,60 @@ def did_you_mean(root, loc):
 
 _FIXES = {"missing": "add it"}
 
+#: Fixes for the ``qoi:`` section, by the last key of the error's location.
+_QOI_FIXES = {"tolerance": "a moment tolerance must be a finite number > 0 (0 cannot be met by a lossy code: the "
+                           "output is float32); give e.g. 1.0e-3",
+              "weights": "weights must be finite numbers, one per velocity node (n_vpar * n_mu, C order)"}
+
+
+def _qoi_fix(err):
+    """The ``qoi`` fix for ``err`` (tolerance or weights key), or None."""
+    loc = [p for p in err["loc"] if isinstance(p, str)]
+    if not loc or loc[0] != "qoi":
+        return None
+    key = next((p for p in reversed(loc) if p in _QOI_FIXES), None)
+    return _QOI_FIXES.get(key)
+
 
 def format_error(path, err, root):
     """One line for one pydantic error of the run YAML ``path``: the key path, the problem, the value, the fix."""
     loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _SIM_TAGS))
-    fix = _FIXES.get(err["type"], "see `stagelearn schema` for the expected form")
+    fix = _FIXES.get(err["type"]) or _qoi_fix(err) or "see `stagelearn schema` for the expected form"
+    if err["type"] == "extra_forbidden" and _sst_key_in_adios2(err["loc"]) and not did_you_mean(root, tuple(err["loc"])):
+        return f"{path}: {loc}: {_sst_key_message(path, err['loc'][-1])}"
     if err["type"] == "extra_forbidden":
         hint = did_you_mean(root, tuple(err["loc"]))
         fix = f"unknown key{hint}; " + ("rename it" if hint else "remove it or check its spelling") + \
             " (all keys: docs/configuration.md, `stagelearn schema`)"
     value = err.get("input")
+    if err["type"] == "value_error" and loc.startswith("qoi"):  # the qoi checks name the key and the fix themselves
+        return f"{path}: {loc}: {err['msg'].removeprefix('Value error, ')}"
     if err["type"] == "value_error" and not loc:  # a check across sections: its message names the keys
         return f"{path}: {err['msg'].removeprefix('Value error, ')}"
     shown = "" if err["type"] == "missing" else f" (got {value!r})"
     return f"{path}: {loc or '<top>'}: {err['msg']}{shown}; {fix}"
+
+
+def _sst_key_in_adios2(loc):
+    """Whether ``loc`` is an unknown key of the ``adios2:`` section that is (near) an SST parameter."""
+    return len(loc) == 2 and loc[0] == "adios2" and isinstance(loc[1], str) and nearest_key(loc[1]) is not None
+
+
+#: SST keys the run YAML sets itself (config.py, Adios2Config).
+_YAML_OF_SST = {"QueueLimit": "queue_limit", "QueueFullPolicy": "queue_full_policy",
+                "NetworkInterface": "network_interface"}
+
+
+def _sst_key_message(path, key):
+    """An SST parameter written into the run YAML's ``adios2:`` section: the key meant and where it goes."""
+    sst = nearest_key(key)
+    meant = f"did you mean {sst!r}? " if sst != key else ""
+    if sst in _YAML_OF_SST:
+        return (f"an SST engine parameter ({meant.strip() or sst}); in the run YAML it is adios2.{_YAML_OF_SST[sst]}: "
+                "rename it")
+    return (f"an SST engine parameter ({meant}SST matches keys case-sensitively); the run YAML does not set it: "
+            "SST parameters belong in the ADIOS2 XML, in the <engine type=\"SST\"> of the stream IO of "
+            f"adios2.config_file (`stagelearn xml {path}` prints one)")
 
 
 def yaml_error_message(path, exc):

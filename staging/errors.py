@@ -1,7 +1,34 @@
-"""Exceptions raised by stagelearn. The CLI (:mod:`.cli`) maps them to exit codes, in one place."""
+"""Exceptions raised by stagelearn, and the exit codes they become.
+
+The CLI (:mod:`.cli`, ``EXIT_CODES``) maps exceptions to exit codes, in one place; ``stagelearn
+run`` (:mod:`.launcher`) returns the failing side's code, or its own judgement of a run that ended
+badly. The codes (also in ``stagelearn --help``, :mod:`.cli_help`):
+
+====  ====================================================================================
+0     success
+1     any other error (a traceback is logged)
+2     invalid configuration, command line or input file (ConfigError, UsageError)
+3     a peer never came or stopped answering (StreamTimeoutError; ``run``: staging could not
+      read the stream within ``timeouts.step_s``, or the code closed its stream before staging
+      opened it)
+4     a peer went away mid-run (PeerLostError)
+5     a model update was malformed (ModelFormatError)
+6     ADIOS2 missing or lacking MPI (AdiosUnavailableError: stagelearn's own ADIOS2 import)
+7     the simulation failed (``run``: the unchanged code of ``simulation.type: external`` ended
+      with a non-zero status, e.g. 134/6 when a C++ code aborts on an ADIOS2 exception such as
+      ``MissingOperatorFailure``; its own status and last log lines are printed)
+130   interrupted (SIGINT); 143 terminated (SIGTERM)
+====  ====================================================================================
+"""
 
 import re
 import signal
+
+#: ``stagelearn run``: the code (``simulation.type: external``) failed; distinct from 6 (ADIOS2 missing).
+EXIT_SIMULATION_FAILED = 7
+
+#: A side that never came or stopped answering (:class:`StreamTimeoutError`).
+EXIT_TIMEOUT = 3
 
 
 class StagelearnError(Exception):
@@ -36,6 +63,10 @@ class ConfigError(StagelearnError, ValueError):
 
 class UsageError(StagelearnError, ValueError):
     """A command asked for something that is not there (a step or variable missing from a file)."""
+
+
+class ContactFileInUse(UsageError):
+    """A live process of another job holds the contact file or run directory this one needs (exit 2)."""
 
 
 class StreamTimeoutError(StagelearnError, TimeoutError):

@@ -65,7 +65,8 @@ class FallbackSink:
         if new is not None:
             self._stored_versions.add(new.version)
         received = [ReceivedBlock(var=b["var"], rank=self.rank, report=b["report"], raw=b.get("raw"), payload=b.get("payload"),
-                                  shape=tuple(b["shape"]), start=tuple(b["start"]), count=tuple(b["count"])) for b in blocks]
+                                  shape=tuple(b["shape"]), start=tuple(b["start"]), count=tuple(b["count"]),
+                                  qoi=b.get("qoi")) for b in blocks]
         self._writer.write_step(step, received, encoder=new)
         self.steps += 1
 

@@ -13,7 +13,7 @@
     ls.anomaly_components(0.999)              # {var: PCA components explaining that fraction}
     ls.save(directory, step=..., encoder_version=..., published=..., ranges=..., seen=...)
     state = ls.restore(directory)             # collective; learners and tile shapes from a checkpoint
-    ls.training_summary()                     # the training_* entries of staging_summary.json
+    ls.training_summary()                     # the training_* and learner_* entries of staging_summary.json
     ls.close()                                # at the end of the run (collective-free)
 
 Attributes: ``learners`` (dict variable -> learner of the protocol of
@@ -31,6 +31,10 @@ import math
 import numpy as np
 
 from ..analytics.learners import checkpointable, make_learner, training_budget
+from ..analytics.stream_learner import StreamWeightsLearner
+from ..analytics.stream_model import MAX_LEVELS, statistics
+from ..analytics.stream_payload import StreamPayloadError, is_stream_payload
+from ..analytics.stream_step import decode_stream_block
 from . import checkpoint
 from .pacing import TrainingPace
 
@@ -50,7 +54,7 @@ class LearnerSet:
         Seeds per-rank randomness (replay buffers); default ``comm.Get_rank()``.
     """
 
-    def __init__(self, learner_cfg, comm, *, seed_rank=None):
+    def __init__(self, learner_cfg, comm, *, seed_rank=None, codec_kind="learned"):
         self.cfg, self.comm = learner_cfg, comm
         self.rank = comm.Get_rank()
         self.seed_rank = self.rank if seed_rank is None else int(seed_rank)
@@ -59,6 +63,8 @@ class LearnerSet:
         budget = training_budget(learner_cfg)
         self.pace = TrainingPace(budget[0], adaptive=budget[1]) if budget else None
         self.checkpointable = checkpointable(learner_cfg)
+        self.stream = codec_kind == "stream"  # learners of the stream codec's blend weights
+        self._last = {}  # stream: (variable, producer rank) -> that block at the last step (raw or decoded)
 
     def add(self, var, tile_shape):
         """Create the learner of ``var`` for tiles of ``tile_shape`` (no communication).
@@ -69,7 +75,8 @@ class LearnerSet:
         tile_shape : tuple of int
         """
         self.tile_shapes[var] = tuple(int(t) for t in tile_shape)
-        self.learners[var] = make_learner(self.cfg, self.tile_shapes[var], self.comm, seed_rank=self.seed_rank)
+        self.learners[var] = StreamWeightsLearner(self.comm) if self.stream else \
+            make_learner(self.cfg, self.tile_shapes[var], self.comm, seed_rank=self.seed_rank)
         if var not in self.variables:
             self.variables.append(var)
 
@@ -115,6 +122,33 @@ class LearnerSet:
         self.comm.Allreduce(MPI.IN_PLACE, total, op=MPI.SUM)
         self.nonfinite_tiles[var] = self.nonfinite_tiles.get(var, 0) + int(total[0])
         return bad
+
+    def learn_blocks(self, var, blocks):
+        """Stream codec: add the blend statistics of this rank's blocks of ``var`` (each against the same
+        producer block at the last step; raw blocks as they are, stream payloads decoded) and refit
+        the weights from the sums over ``comm`` (collective: one Allreduce).
+
+        Parameters
+        ----------
+        var : str
+        blocks : list of ReceivedBlock
+            This rank's blocks of the step (every variable; corrupt ones left out by the caller).
+        """
+        stats = np.zeros((MAX_LEVELS, 13))
+        for b in blocks:
+            if b.var != var:
+                continue
+            key, cur = (var, b.rank), b.raw
+            if cur is None and b.payload is not None and is_stream_payload(b.payload):
+                try:
+                    cur = decode_stream_block(b.payload, self._last.get(key))[0]
+                except StreamPayloadError:  # a step staging did not see: learn again from the next keyframe
+                    cur = None
+            prev = self._last.get(key)
+            if cur is not None and prev is not None and prev.shape == cur.shape:
+                stats += statistics(cur, prev)
+            self._last[key] = cur
+        self.learners[var].partial_fit_statistics(stats)
 
     def pace_update(self, wait_s, busy_s):
         """Record a step's timing and set the next step's training iterations (collective when paced).
@@ -223,11 +257,13 @@ class LearnerSet:
         return state
 
     def _fresh(self, var, tile_shape):
+        if self.stream:
+            return StreamWeightsLearner(self.comm)
         return make_learner(self.cfg, tuple(tile_shape), self.comm, seed_rank=self.seed_rank)
 
     # ----------------------------------------------------------------- summary, end
     def training_summary(self):
-        """``training_*`` entries of the staging summary (paced learners only; ``{}`` for PCA).
+        """``training_*`` entries of the staging summary (paced learners), and :meth:`learner_summary`'s.
 
         Returns
         -------
@@ -235,14 +271,51 @@ class LearnerSet:
             ``training_bytes_rank0``, ``training_rounds_rank0``, ``training_iterations``,
             ``training_iterations_per_step_mean``, ``training_loss``.
         """
+        out = self.learner_summary()
         if self.pace is None:
-            return {}
+            return out
         stats = [s for s in (est.training_stats() for est in self.learners.values()) if s is not None]
-        return {"training_bytes_rank0": int(sum(s["bytes"] for s in stats)),
+        return {**out, "training_bytes_rank0": int(sum(s["bytes"] for s in stats)),
                 "training_rounds_rank0": int(sum(s["rounds"] for s in stats)),
                 "training_iterations": int(sum(s["iterations"] for s in stats)),
                 "training_iterations_per_step_mean": float(np.mean(self.pace.history)) if self.pace.history else 0.0,
                 "training_loss": float(np.mean([s["loss"] for s in stats])) if stats else math.nan}
+
+    def learner_summary(self):
+        """``learner_*`` entries of the staging summary: what this rank's PCA learners sent (local).
+
+        Only learners that count their communication (``learner.algorithm`` other than ``exact``:
+        :class:`~stagelearn.analytics.learners.DistributedPCA`) contribute; ``{}`` otherwise. Figures
+        are this rank's (rank 0 writes the summary; every rank of an all-reduce or all-gather sends
+        the same payload), summed over variables; "per step" divides by the steps learned.
+
+        Returns
+        -------
+        dict
+            ``learner_algorithm``, ``learner_bytes_rank0``, ``learner_rounds_rank0``,
+            ``learner_steps``, ``learner_bytes_per_step``, ``learner_rounds_per_step`` (all
+            rounds, the mean and explained-variance all-reduces included),
+            ``learner_solver_rounds_per_step`` (the algorithm's own rounds),
+            ``learner_certificate_sin_theta`` (the largest over variables of the certified bound on
+            sin theta of the last basis; None when the algorithm certifies nothing) and
+            ``learner_certificate_by_variable``.
+        """
+        stats = {v: s for v, s in ((v, getattr(est, "comm_stats", lambda: None)()) for v, est in self.learners.items())
+                 if s is not None}
+        if not stats:
+            return {}
+        steps = max(s["updates"] for s in stats.values())
+        certs = {v: (None if s["certificate"] is None else float(s["certificate"])) for v, s in stats.items()}
+        known = [c for c in certs.values() if c is not None]
+        total = {key: int(sum(s[key] for s in stats.values())) for key in ("bytes", "rounds", "solver_rounds")}
+        return {"learner_algorithm": next(iter(stats.values()))["algorithm"],
+                "learner_bytes_rank0": total["bytes"], "learner_rounds_rank0": total["rounds"],
+                "learner_steps": int(steps),
+                "learner_bytes_per_step": total["bytes"] / steps if steps else 0.0,
+                "learner_rounds_per_step": total["rounds"] / steps if steps else 0.0,
+                "learner_solver_rounds_per_step": total["solver_rounds"] / steps if steps else 0.0,
+                "learner_certificate_sin_theta": max(known) if known and len(known) == len(certs) else None,
+                "learner_certificate_by_variable": certs}
 
     def close(self):
         """Release the learners' communication resources (torch process groups); no MPI collective."""

@@ -7,8 +7,9 @@ so a killed process leaves every line it wrote:
   ``stream`` (sent over SST) or ``fallback`` (written to its fallback BP5 file), with the encoder
   version and bytes; ``replayed`` lines for steps it had sent but staging never acknowledged;
   a final ``end`` line (``clean`` or ``interrupted``);
-- staging rank 0: ``ledger/staging.jsonl``, one line per (step, producer rank) stored in
-  ``compressed.bp``, and a final ``end`` line.
+- staging rank 0: ``ledger/staging.jsonl``: an ``opened`` line once its stream reader is open,
+  in transit a ``begun`` line per step the writer announced (before its data is read), one line
+  per (step, producer rank) stored in ``compressed.bp``, and a final ``end`` line.
 
 :func:`merge_ledger` joins the parts into ``ledger.jsonl`` with one line per (step, producer rank)
 of the steps the run was to produce, each with a ``status``: ``sent_raw``, ``sent_encoded``
@@ -84,6 +85,16 @@ def clear(run_dir):
             os.remove(path)
 
 
+def staging_opened(run_dir):
+    """True when staging's ledger part says its stream reader opened (the ``opened`` line).
+
+    ``stagelearn run`` asks this when an unchanged code ended before staging stored anything: a
+    stream closed before staging opened it can never be read.
+    """
+    path = os.path.join(run_dir, LEDGER_DIR, "staging.jsonl")
+    return os.path.exists(path) and any(r.get("event") == "opened" for r in _read(path))
+
+
 def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block", in_transit=False):
     """Join the ledger parts of ``run_dir`` into ``ledger.jsonl`` and count what went where.
 
@@ -108,21 +119,25 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
     counts : dict
         ``steps_expected``, ``steps_lost`` (steps with any dropped or lost entry), ``steps_dropped``,
         ``steps_fallback``, ``steps_corrupt``, ``entries`` per status, ``producer_end`` and ``staging_end`` (the parts'
-        end records, or None when a side stopped without one).
+        end records, or None when a side stopped without one), ``staging_opened`` (staging's reader opened).
     """
     known_ranks = n_ranks is not None
     n_ranks = int(n_ranks) if known_ranks else 1 << 30  # None: from the parts (a side that never saw a step)
     base = os.path.join(run_dir, LEDGER_DIR)
-    stored, staging_end, no_data, corrupt = {}, None, set(), {}
+    stored, staging_end, no_data, corrupt, opened, begun = {}, None, set(), {}, False, set()
     path = os.path.join(base, "staging.jsonl")
     for r in _read(path) if os.path.exists(path) else []:
-        if r.get("event") == "end":
+        if r.get("event") == "opened":
+            opened = True
+        elif r.get("event") == "begun":
+            begun.add(int(r["step"]))
+        elif r.get("event") == "end":
             staging_end = r
         elif r.get("event") == "no_data":
             no_data.add(int(r["step"]))
         elif r.get("event") == "corrupt":
             corrupt.setdefault((int(r["step"]), int(r["rank"])), []).append(f"{r.get('variable')}: {r.get('reason')}")
-        else:
+        elif "step" in r and "rank" in r:
             stored[(r["step"], r["rank"])] = r
     sent, fallback, ends, last = {}, {}, {}, {}
     for path in sorted(glob.glob(os.path.join(base, "producer.p*.jsonl"))):
@@ -142,6 +157,8 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
     if expected_steps is None:
         keys = list(stored) + list(sent) + list(fallback) + [(s, 0) for s in no_data]
         expected_steps = max((s for s, _ in keys), default=-1) + 1
+    if in_transit and begun:  # the writer announced these steps: they were carried, stored or not
+        expected_steps = max(int(expected_steps), max(begun) + 1)
     lines, counts = [], {}
     lost_steps, dropped_steps, fallback_steps, corrupt_steps = set(), set(), set(), set()
     for step in range(int(expected_steps)):
@@ -179,7 +196,15 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
                     entry.update(status="lost", reason=why)
                     lost_steps.add(step)
             elif in_transit:
-                entry.update(status="lost", reason="not received by staging (an unchanged code keeps no ledger)")
+                why = ("not received by staging (an unchanged code keeps no ledger)" if opened or staging_end else
+                       "not received: staging never opened the stream (the code closed it, or failed, before "
+                       "staging opened it; steps counted from the run YAML)")
+                if step in begun and staging_end is None:
+                    why = ("announced by the writer, but its data never came before staging stopped (see stage.log: "
+                           "a writer that hangs, or a data plane staging cannot read)")
+                elif step in begun:
+                    why = f"announced by the writer, but not stored (staging ended: {staging_end.get('status')})"
+                entry.update(status="lost", reason=why)
                 lost_steps.add(step)
             else:
                 end = ends.get(rank)
@@ -208,4 +233,4 @@ def merge_ledger(run_dir, *, expected_steps, n_ranks, queue_full_policy="Block",
             "steps_dropped": len(dropped_steps), "steps_fallback": len(fallback_steps),
             "steps_corrupt": len(corrupt_steps), "entries": counts,
             "producer_end": {str(k): v.get("status") for k, v in sorted(ends.items())} or None,
-            "staging_end": staging_end.get("status") if staging_end else None}
+            "staging_end": staging_end.get("status") if staging_end else None, "staging_opened": opened}

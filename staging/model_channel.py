@@ -28,7 +28,8 @@ import logging
 import numpy as np
 
 from ..analytics.encoder import Encoder, EncoderFormatError, spec_from_bytes, spec_to_bytes
-from .adios import bindings, deadline, declare_io, make_adios, open_reader, remove_stale_contact_file
+from . import contact
+from .adios import bindings, deadline, declare_io, make_adios, open_reader, open_writer, remove_stale_contact_file
 from .errors import ModelFormatError
 
 logger = logging.getLogger(__name__)
@@ -77,16 +78,25 @@ class ModelPublisher:
     stream_path : str
         Stream name (SST writes ``<stream_path>.sst`` as contact file).
     open_timeout_s : float
-        Bound on waiting for the producers' reader at ``Open`` (exit code 3 past it).
+        Bound on waiting for the producers' reader at ``Open`` (exit code 3 past it; SIGINT/SIGTERM
+        while it waits end the process at once with 130/143).
+
+    Raises
+    ------
+    ContactFileInUse
+        (exit code 2) If the model stream's contact file belongs to a live staging of another job
+        (two staging jobs on one run directory); see :mod:`.contact`.
     """
 
     def __init__(self, io, stream_path, open_timeout_s):
-        b = bindings()
         self.io = io
         self.stream_path = stream_path
         remove_stale_contact_file(stream_path)
-        with deadline(open_timeout_s, f"producer rank 0 to open the model stream {stream_path} (timeouts.open_s)"):
-            self.engine = io.Open(stream_path, b.Mode.Write)
+        self._claim = contact.owner_file(stream_path)
+        contact.claim(self._claim, "the model stream's SST contact file")
+        self.engine = open_writer(io, stream_path, open_timeout_s,
+                                  f"producer rank 0 to open the model stream {stream_path} (timeouts.open_s)",
+                                  contact_file=True)
         self._vars = {}
 
     def _var(self, name, arr):
@@ -123,6 +133,7 @@ class ModelPublisher:
         """Close the stream (bounded: SST waits for readers to release queued steps)."""
         with deadline(timeout_s, f"producer rank 0 to release the model stream {self.stream_path}"):
             self.engine.Close()
+        contact.release(self._claim)
 
 
 class ModelSubscriber:

@@ -17,8 +17,11 @@ Each encoder version ``k`` is stored once, in the step it was published, as
 ``encoder/v<k>/<X>/components_`` (PCA) or ``encoder/v<k>/<X>/ae/<parameter>`` (autoencoder),
 float32. Optional per-step summaries are ``summary/<name>`` (1-D global arrays, rank 0) with
 their producer step in ``summary/<name>/step``. The
-attribute ``stagelearn/report_fields`` names the report columns. Any ADIOS2 tool (``bpls``) can
-list the file.
+attribute ``stagelearn/report_fields`` names the report columns. In transit, the ADIOS2 attributes
+of the code's stream (global ones such as ``title`` and variable ones such as ``T/unit``) are
+attributes ``code/<name>`` (``code/title``, ``code/T/unit``), with their ADIOS2 type, as of the
+last step that carried them (:mod:`.code_attributes`). Any ADIOS2 tool (``bpls -a``) can list the
+file.
 """
 
 from __future__ import annotations
@@ -28,6 +31,17 @@ STEP_VAR = "step"
 
 #: Attribute naming the columns of ``X/report``.
 REPORT_FIELDS_ATTR = "stagelearn/report_fields"
+
+#: Prefix of the code's own stream attributes carried into the file (in transit).
+CODE_ATTR_PREFIX = "code/"
+
+
+def code_attribute_name(name):
+    """Attribute of the file holding the code's stream attribute ``name``: ``code/<name>``.
+
+    The prefix keeps the code's names apart from stagelearn's own (``stagelearn/...``).
+    """
+    return CODE_ATTR_PREFIX + name
 
 
 def encoder_prefix(version):

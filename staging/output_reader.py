@@ -3,12 +3,14 @@
 Random access (``ReadRandomAccess``) to a file written by
 :class:`~stagelearn.staging.output_writer.CompressedOutputWriter` (staging's ``compressed.bp``)
 or to a producer's fallback file. Block ``i`` of ``X/payload``, ``X/report`` and ``X/anomaly``
-belong together; its producer is the ``rank`` column of its report row.
+belong together; its producer is the ``rank`` column of its report row. ``X/qoi`` (moment side
+information, a ``qoi:`` run) has blocks for the coded blocks only: :meth:`CompressedOutputReader.qoi_blobs`.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 
 import numpy as np
 
@@ -16,11 +18,18 @@ from ..analytics.anomaly import parse_map
 from ..analytics.codec import decode_block
 from ..analytics.encoder import Encoder, spec_from_bytes
 from ..analytics.payload import parse_payload
+from ..analytics.qoi_policy import restore_block
+from ..analytics.stream_payload import is_stream_payload, parse_stream_payload
+from ..analytics.stream_step import decode_stream_block
 from ..analytics.tiling import tile_grid, to_tiles
 from .adios import bindings
+from .code_attributes import read_attributes
 from .errors import StagelearnError, UsageError
-from .output_format import STEP_VAR, encoder_prefix, summary_name, summary_step_name
-from .wire import REPORT_FIELDS, anomaly_name, payload_name, report_get, report_name
+from .output_format import CODE_ATTR_PREFIX, STEP_VAR, encoder_prefix, summary_name, summary_step_name
+from .wire import (REPORT_FIELDS, anomaly_name, payload_name, qoi_blob, qoi_name, report_get, report_name,
+                   report_row)
+
+logger = logging.getLogger(__name__)
 
 
 class DecodedBlockCache:
@@ -79,6 +88,7 @@ class CompressedOutputReader:
         self.path = str(path)
         self.variables = self.io.AvailableVariables()
         self._encoders, self._cache, self._reports, self._field_steps = {}, DecodedBlockCache(self.default_cache_bytes), {}, {}
+        self._qoi_missing = set()
         if not self.variables:  # staging stored no step (the code died before its first, or never came)
             self.steps = []
             return
@@ -170,8 +180,34 @@ class CompressedOutputReader:
 
     def _read_reports(self, step, var):
         t = self._var_step(step, var)
-        return np.array([self._get_block(report_name(var), t, int(bi["BlockID"]), np.float64)
-                         for bi in self.engine.BlocksInfo(report_name(var), t)]).reshape(-1, len(REPORT_FIELDS))
+        rows = [report_row(self._get_block(report_name(var), t, int(bi["BlockID"]), np.float64))
+                for bi in self.engine.BlocksInfo(report_name(var), t)]  # rows of older files: new fields 0
+        return np.array(rows).reshape(-1, len(REPORT_FIELDS))
+
+    def qoi_blobs(self, step, var):
+        """Moment side information of each block of ``var`` at ``step``: list of bytes or None (one per block).
+
+        ``X/qoi`` holds one block per block with side information (report ``qoi_bytes > 0``), in
+        block order, and exists only in the steps that have some; its random-access step is counted
+        over those steps.
+        """
+        rows = self.reports(step, var)
+        has = [report_get(r, "qoi_bytes") > 0 for r in rows]
+        if not any(has):
+            return [None] * len(rows)
+        if qoi_name(var) not in self.variables:
+            if var not in self._qoi_missing:
+                self._qoi_missing.add(var)
+                logger.warning("%s: blocks of %s were coded with moment side information that the file does not hold "
+                               "(a producer's fallback file?): their moments are not restored", self.path, var)
+            return [None] * len(rows)
+        t = sum(1 for s in self.field_steps(var) if s < int(step)
+                and any(report_get(r, "qoi_bytes") > 0 for r in self.reports(s, var)))
+        blobs, k = [], 0
+        for h in has:
+            blobs.append(qoi_blob(self._get_block(qoi_name(var), t, k, np.uint32)) if h else None)
+            k += h
+        return blobs
 
     def _get_block(self, name, bp_step, i, dtype):
         """Block ``i`` of the local array ``name`` at file step ``bp_step`` (1-D ndarray of ``dtype``)."""
@@ -206,7 +242,7 @@ class CompressedOutputReader:
         """Per-tile latent codes of ``var`` at ``step``: ``(origin, latents, version)`` (see :func:`tile_latents`)."""
         return tile_latents(self, step, var)
 
-    def read(self, step, var, *, partial=False):
+    def read(self, step, var, *, partial=False, correct=True):
         """Reconstruct the global field ``var`` at producer step ``step``.
 
         Steps coded with temporal prediction are decoded from the last step coded on its own.
@@ -218,6 +254,10 @@ class CompressedOutputReader:
         partial : bool, default=False
             Return the blocks the file has, NaN elsewhere (a producer's fallback file holds its own
             blocks only), instead of raising for an incomplete step.
+        correct : bool, default=True
+            Blocks coded with moment side information (a ``qoi:`` run) are corrected to the moments
+            it carries (:func:`~stagelearn.analytics.qoi_policy.restore_block`); False gives the
+            codec's reconstruction as it is.
 
         Returns
         -------
@@ -231,10 +271,14 @@ class CompressedOutputReader:
         if var not in self.fields():
             raise UsageError(f"{self.path}: no variable {var!r} (fields: {self.fields()})")
         out = None
-        for i, _ in enumerate(self.reports(step, var)):
+        blobs = self.qoi_blobs(step, var) if correct else [None] * len(self.reports(step, var))
+        for i, row in enumerate(self.reports(step, var)):
             block, header = self.decoded_block(step, var, i)
+            if blobs[i] is not None:  # the moments restored (decoded_block stays the codec's: chains need it)
+                policy = self.encoder(int(report_get(row, "encoder_version"))).qoi
+                block = restore_block(policy, block, blobs[i], header["start"], header["count"])
             if out is None:
-                out = np.zeros(header["shape"], dtype=np.float32)
+                out = np.zeros(header["shape"], dtype=np.result_type(np.float32, block.dtype))  # float64 stays
                 covered = np.zeros(header["shape"], dtype=bool)
             sel = tuple(slice(s, s + c) for s, c in zip(header["start"], header["count"]))
             out[sel] = block
@@ -266,13 +310,17 @@ class CompressedOutputReader:
                 break
             row = self.reports(key[0], var)[key[2]]
             buf = self._get_block(payload_name(var), self._var_step(key[0], var), key[2], np.uint8)
-            header, _ = parse_payload(buf)
+            header = parse_stream_payload(buf)[0] if is_stream_payload(buf) else parse_payload(buf)[0]
             chain.append((key, row, buf))
             if not (header.get("n_inter") and header.get("ref_step") is not None):
                 break
             key = (int(header["ref_step"]), var, self._block_of(int(header["ref_step"]), var, row, key[0]))
         for key, row, buf in reversed(chain):
-            block, header, _ = decode_block(buf, self._codec(var, int(report_get(row, "encoder_version"))), prev=prev)
+            if is_stream_payload(buf):  # the stream codec: the payload is all it needs besides prev
+                block, header = decode_stream_block(buf, prev)
+            else:
+                block, header, _ = decode_block(buf, self._codec(var, int(report_get(row, "encoder_version"))),
+                                                prev=prev)
             self._cache.put(key, (block, header))
             prev = block
         return block, header
@@ -310,6 +358,18 @@ class CompressedOutputReader:
             out[int(step[0])] = np.empty(n, dtype=dtype)
             self.engine.Get(values, out[int(step[0])], b.Mode.Sync)
         return out
+
+    def attributes(self):
+        """The code's own ADIOS2 stream attributes carried into the file in transit (``code/<name>``).
+
+        Returns
+        -------
+        dict of str to value
+            The code's names (``title``, ``T/unit``) -> ``str``, ``list of str``, a numpy scalar or
+            a 1-D ndarray, as of the last step that carried them (see :mod:`.code_attributes`);
+            empty for files of runs in situ or whose code defines none.
+        """
+        return read_attributes(self.io, CODE_ATTR_PREFIX)
 
     def close(self):
         """Close the file."""

@@ -3,8 +3,10 @@
 With an MPI build of ADIOS2 every staging rank opens the one BP5 file over the staging
 communicator and puts its own blocks; ADIOS2 aggregates them (its ``AggregationType`` and
 ``NumAggregators`` settings in the XML decide which ranks move data to which subfile). Rank 0
-adds only the per-step items: the step number, a newly published encoder and optional
-summaries. No block crosses the staging communicator in stagelearn's code.
+adds only the per-step items: the step number, a newly published encoder, optional
+summaries and, in transit, the code's stream attributes that are new or changed
+(:mod:`.code_attributes`, stored as ``code/<name>``). No block crosses the staging communicator
+in stagelearn's code.
 
 With a serial ADIOS2 (or ``gather=True``) the blocks are gathered on rank 0 as one byte bundle
 per rank (:func:`~stagelearn.staging.block.pack_blocks`, buffer-based MPI, no pickle) and rank 0
@@ -13,16 +15,22 @@ writes the file alone, as before the collective writer existed.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ..analytics.encoder import spec_to_bytes
 from ..analytics.payload import encode_raw_block
 from .adios import bindings, built_with_mpi, declare_io, make_adios
 from .block import pack_blocks, unpack_blocks
+from .code_attributes import define_attribute, same_value, suspected_loss
 from .mpiutil import gather_bytes
-from .output_format import REPORT_FIELDS_ATTR, STEP_VAR, encoder_prefix, summary_name, summary_step_name
-from .wire import REPORT_FIELDS, anomaly_name, payload_name, report_name
+from .output_format import (REPORT_FIELDS_ATTR, STEP_VAR, code_attribute_name, encoder_prefix, summary_name,
+                            summary_step_name)
+from .wire import REPORT_FIELDS, anomaly_name, payload_name, qoi_array, qoi_name, report_name
 from .xmlconfig import read_ios
+
+logger = logging.getLogger(__name__)
 
 
 def _open_io(config_file, io_name, comm, tag):
@@ -88,6 +96,7 @@ class CompressedOutputWriter:
         self.collective = size > 1 and not self.gather
         self.bytes_put = self.bytes_gathered = 0
         self.engine, self._vars = None, {}
+        self._code_attrs, self.attributes_not_stored = {}, {}  # code attributes defined so far; name -> why not
         if self.gather and self.rank != 0:
             return  # rank 0 writes
         b = bindings()
@@ -116,7 +125,7 @@ class CompressedOutputWriter:
     def _put(self, var, arr):
         self.engine.Put(var, arr, bindings().Mode.Sync)
 
-    def write_step(self, step, blocks, *, encoder=None, summary=None):
+    def write_step(self, step, blocks, *, encoder=None, summary=None, attributes=None):
         """Write one output step (collective over ``comm``).
 
         Parameters
@@ -130,7 +139,14 @@ class CompressedOutputWriter:
         summary : dict of str to array_like, optional
             Per-step numeric items, stored as 1-D arrays ``summary/<name>`` with the step in
             ``summary/<name>/step`` (rank 0 only).
+        attributes : dict of str to value, optional
+            The code's stream attributes as of this step (in transit, rank 0 only;
+            :func:`~.code_attributes.stream_attributes`): the new or changed ones are stored as
+            ``code/<name>``. Default: ``summary.attributes`` when ``summary`` has one
+            (:class:`~.step_facts.StepItems`).
         """
+        if attributes is None:
+            attributes = getattr(summary, "attributes", None)
         summary = _numeric_items(self.path, summary)  # checked before any collective (BeginStep/EndStep)
         if self.gather:
             parts = gather_bytes(self.comm, pack_blocks(blocks))
@@ -141,6 +157,7 @@ class CompressedOutputWriter:
         self.engine.BeginStep()
         if self.rank == 0:
             self._put_step_items(step, encoder, summary)
+            self._define_code_attributes(step, attributes)
         for blk in sorted(blocks, key=lambda x: (x.var, x.rank)):
             self._put_block(step, blk)
         self.engine.EndStep()
@@ -158,6 +175,23 @@ class CompressedOutputWriter:
             self._put(self._global(summary_name(name), arr), arr)
             self._put(self._global(summary_step_name(name), s), s)
 
+    def _define_code_attributes(self, step, attributes):
+        """Define the code's attributes that are new or changed since the last step (rank 0)."""
+        for name, value in (attributes or {}).items():
+            if name in self._code_attrs and same_value(self._code_attrs[name], value):
+                continue
+            try:
+                define_attribute(self.io, code_attribute_name(name), value)
+            except ValueError as exc:
+                if name not in self.attributes_not_stored:
+                    logger.warning("%s: step %d: the code's %s; it is not stored", self.path, step, exc)
+                self.attributes_not_stored[name] = str(exc)
+                continue
+            self._code_attrs[name] = value
+            warning = suspected_loss(name, value)
+            if warning:
+                logger.warning("%s: step %d: %s", self.path, step, warning)
+
     def _put_block(self, step, blk):
         if blk.raw is not None:
             payload = encode_raw_block(blk.raw, header={"step": int(step), "variable": blk.var, "rank": blk.rank,
@@ -168,7 +202,10 @@ class CompressedOutputWriter:
         p = np.frombuffer(payload, dtype=np.uint8).copy()
         amap = _anomaly_array(blk)
         report = np.array(blk.report, dtype=np.float64)  # a writeable copy (ADIOS2 Put needs one)
-        for name, arr in ((payload_name(blk.var), p), (anomaly_name(blk.var), amap), (report_name(blk.var), report)):
+        items = [(payload_name(blk.var), p), (anomaly_name(blk.var), amap), (report_name(blk.var), report)]
+        if blk.qoi is not None:  # only blocks with side information (their report's qoi_bytes > 0), in block order
+            items.append((qoi_name(blk.var), qoi_array(blk.qoi)))
+        for name, arr in items:
             self._put(self._local(name, arr), arr)
             self.bytes_put += arr.nbytes
 

@@ -34,7 +34,7 @@ import logging
 import os
 import time
 
-from . import signals
+from . import producer_exit, signals
 from .errors import Interrupted, StreamTimeoutError
 from .fallback import FallbackSink
 from .field_check import check_fields, check_selection
@@ -146,6 +146,13 @@ class Producer:
     timeout_names : dict, optional
         How error messages name the ``open`` and ``step`` timeouts; default: these arguments with
         their values (``open_timeout_s=60``). ``stagelearn sim`` names the run YAML's keys.
+    exit_on_error : bool, default=True
+        A stagelearn error that the script does not catch (no staging came:
+        :class:`~stagelearn.staging.errors.StreamTimeoutError`; interrupted; staging lost...)
+        prints one line and ends the process, or the MPI job, with ``stagelearn sim``'s exit code
+        (3 for no staging, 130 for Ctrl-C; :mod:`.producer_exit`) instead of a traceback and exit
+        code 1. A script that catches it sees the exception as before. False: Python's own
+        handling of uncaught exceptions.
 
     Attributes
     ----------
@@ -157,7 +164,8 @@ class Producer:
 
     def __init__(self, stream_path, *, comm, config_file, io_name="SimulationOutput", model_io_name="ModelUpdates",
                  layout="auto", open_timeout_s=60.0, step_timeout_s=120.0, sz3_every=0, sst_parameters=None,
-                 run_dir=None, fallback_dir=None, fallback_encode=True, peer_timeout_s=30.0, timeout_names=None):
+                 run_dir=None, fallback_dir=None, fallback_encode=True, peer_timeout_s=30.0, timeout_names=None,
+                 exit_on_error=True):
         self.comm, self.rank = comm, comm.Get_rank()
         self.stream_path, self.config_file, self.model_io_name = str(stream_path), str(config_file), model_io_name
         self.layout = resolve_layout(layout)
@@ -179,6 +187,10 @@ class Producer:
         self._opened = False
         self.steps_written, self._last_step = 0, -1
         self.created_at = time.time()
+        self._write_end = None  # perf_counter at the end of the last write: the simulation computes until the next
+        self.exit_on_error = bool(exit_on_error)
+        if self.exit_on_error:
+            producer_exit.install(comm)  # an uncaught stagelearn error: one line and the CLI's exit code
 
     # ----------------------------------------------------------------- state (delegated)
     is_open = property(lambda self: self._opened,
@@ -227,9 +239,12 @@ class Producer:
             self._model_adios, model_io = open_model_io(self.config_file, self.model_io_name, self._ios, self._sst)
             try:
                 subscriber = ModelSubscriber(model_io, f"{self.stream_path}-model", self.open_timeout_s)
-            except StreamTimeoutError as exc:  # name the timeout as this caller set it
+            except StreamTimeoutError as exc:  # name the timeout as this caller set it, and how staging starts
                 name = self._writer.timeout_names["open"]
-                raise StreamTimeoutError(str(exc).replace("(timeouts.open_s)", f"({name})")) from None
+                hint = ("" if name == "timeouts.open_s" else
+                        f" Start staging for this run directory (`stagelearn stage RUN.yaml --run-dir {self.run_dir}`; "
+                        f"either side may start first), or give it longer ({name.split('=')[0]}).")
+                raise StreamTimeoutError(str(exc).replace("(timeouts.open_s)", f"({name})") + hint) from None
         self._writer.open(path, self.open_timeout_s)
         signals.reclaim()
         if streaming:
@@ -308,6 +323,8 @@ class Producer:
         """
         if not self._opened:
             raise RuntimeError("Producer.open() must be called before write()")
+        # the simulation's compute time before this step: since the end of the last write (0: first step)
+        interval = time.perf_counter() - self._write_end if self._write_end is not None else 0.0
         error, given, blocks = check_fields(step, self.rank, self._defs, fields, self._inexact_warned)
         raise_first_error(self.comm, error)  # agreed before any other collective: no rank hangs
         if self.streaming and not self.staging_lost:
@@ -320,7 +337,7 @@ class Producer:
             records = []
             self._writer.write_plain(step, blocks, self.step_timeout_s)
         else:
-            records = self._coder.records(step, given, blocks, encoder, allow_sz3=not lost)
+            records = self._coder.records(step, given, blocks, encoder, allow_sz3=not lost, interval_s=interval)
             if lost:
                 self._link.to_fallback(step, records, encoder)
             else:
@@ -329,6 +346,7 @@ class Producer:
         self._coder.end_step()  # only once the step is written: the next step may predict from it
         self.steps_written += 1
         self._last_step = step
+        self._write_end = time.perf_counter()
         return {r["var"]: r["report"] for r in records}
 
     # ----------------------------------------------------------------- teardown

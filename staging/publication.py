@@ -20,6 +20,7 @@ import logging
 import math
 
 from ..analytics.encoder import Encoder
+from ..analytics.qoi_policy import qoi_policy
 from .mpiutil import allreduce_flag, bcast_bytes
 
 logger = logging.getLogger(__name__)
@@ -138,8 +139,9 @@ class Publication:
                                     psnr_db=cc.psnr_db, raw_fraction=cc.raw_fraction)
         enc.anomaly = anomaly_policy(ac, learning.anomaly_components(ac.explained_variance), error_hists) \
             if ac.enabled else None
-        enc.keyframe_every, enc.encode_threads = cc.keyframe_every, cc.encode_threads
+        enc.keyframe_every, enc.encode_threads = cc.keyframes(), cc.encode_threads
         enc.error_bound = cc.error_bound.as_dict() if cc.error_bound is not None else None
+        enc.qoi = qoi_policy(getattr(self.cfg, "qoi", None), getattr(self.cfg, "simulation", None))  # None without a qoi: section
         return enc
 
     def new_encoder(self, learning, *, step, ranges, error_hists):

@@ -18,7 +18,7 @@ import numpy as np
 from ..analytics.metrics import compression_ratio, psnr as psnr_fn
 from ..analytics.plotting import plot_run
 from .errors import UsageError
-from .ledger import merge_ledger
+from .ledger import merge_ledger, staging_opened
 from .output_reader import CompressedOutputReader
 from .results import write_json
 from .wire import report_get
@@ -37,6 +37,8 @@ def merge_run_ledger(cfg, run_dir):
         path = os.path.join(run_dir, "staging_summary.json")
         n_ranks = _read_json(path).get("blocks_per_step", sim.ranks) if os.path.exists(path) else sim.ranks
         expected = carried_steps(run_dir)  # None: the steps staging stored (see merge_ledger)
+        if expected is None and not staging_opened(run_dir):  # never read: the run YAML's count, all not received
+            expected = sim.steps // sim.plotgap + 1 if getattr(sim, "steps", None) else None
     return merge_ledger(run_dir, expected_steps=expected, n_ranks=n_ranks,
                         queue_full_policy=cfg.adios2.queue_full_policy or "Block", in_transit=in_transit)
 
@@ -101,17 +103,39 @@ def _read_json(path):
         return json.load(f)
 
 
-def partial_summary(cfg, run_dir, wall):
-    """``summary.json`` of a run whose staging side died before writing its summary: the ledger's account."""
+def partial_summary(cfg, run_dir, wall, failure=None):
+    """``summary.json`` of a run whose staging side died before writing its summary: the ledger's account.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    run_dir : str
+    wall : float or None
+        Seconds the run took (None: unknown, ``stagelearn report``).
+    failure : str, optional
+        What ended the run (``stagelearn run``'s judgement), kept as ``failure`` in the summary.
+    """
     counts = merge_run_ledger(cfg, run_dir)
     path = os.path.join(run_dir, "producer.json")
     producer = _read_json(path) if os.path.exists(path) else {}
     summary = {"complete": False, "steps_written": producer.get("steps_written"), "wall_s": wall,
                "staging_ranks": cfg.staging.ranks, "learner": cfg.learner.type,
-               "stalls": producer.get("stalls"), "stall_s": producer.get("stall_s"), **_ledger_fields(counts)}
+               "stalls": producer.get("stalls"), "stall_s": producer.get("stall_s"), **_ledger_fields(counts),
+               "steps_received": _steps_received(run_dir), "staging_opened": counts["staging_opened"]}
+    if failure:
+        summary["failure"] = failure
     write_json(os.path.join(run_dir, "summary.json"), summary)
-    print(f"\nstaging ended without a summary; ledger: {counts['entries']}; steps lost {counts['steps_lost']}, "
-          f"in fallback files {counts['steps_fallback']}; see {run_dir}/ledger.jsonl")
+    print(f"\nstaging ended without a summary; ledger: {counts['entries']}; steps lost {counts['steps_lost']} of "
+          f"{counts['steps_expected']}, in fallback files {counts['steps_fallback']}; see {run_dir}/ledger.jsonl")
+
+
+def _steps_received(run_dir):
+    """Steps staging stored, as its ``progress.json`` says (0 without one)."""
+    path = os.path.join(run_dir, "progress.json")
+    try:
+        return int(_read_json(path).get("steps_received", 0)) if os.path.exists(path) else 0
+    except (ValueError, OSError):
+        return 0
 
 
 def _ledger_fields(counts):
@@ -121,10 +145,20 @@ def _ledger_fields(counts):
 
 
 def report(cfg, run_dir):
-    """``stagelearn report``: the summary of a run whose two sides were launched separately."""
+    """``stagelearn report``: the summary of a run whose two sides were launched separately.
+
+    Returns 0; 1 for a run whose staging side ended without its summary (killed, or it timed out
+    before the stream opened): its ledger parts are still merged into ``ledger.jsonl`` and a partial
+    ``summary.json`` (``complete: false``) is written.
+    """
     path = os.path.join(run_dir, "producer.json")
     in_transit = cfg.staging.mode == "in_transit"
-    if not (os.path.exists(path) or in_transit) or not os.path.exists(os.path.join(run_dir, "staging_summary.json")):
+    staged = os.path.exists(os.path.join(run_dir, "staging_summary.json"))
+    if not staged and os.path.exists(os.path.join(run_dir, "ledger", "staging.jsonl")):
+        partial_summary(cfg, run_dir, None, failure="the staging side ended without its summary (killed, or it timed "
+                                                    "out; see its output); the ledger lists what it did not store")
+        return 1
+    if not (os.path.exists(path) or in_transit) or not staged:
         raise UsageError(f"{run_dir}: no finished run here (producer.json and staging_summary.json are written "
                          "when `stagelearn sim` and `stagelearn stage` end); check --run-dir / output_dir")
     with open(path if os.path.exists(path) else os.path.join(run_dir, "staging_summary.json")) as f:
@@ -153,8 +187,11 @@ def simulation_name(cfg, producer):
     return cfg.simulation.type
 
 
-def finish(cfg, run_dir, wall):
-    """Merge the sides' records into ``summary.json``, print the table, draw the plot."""
+def finish(cfg, run_dir, wall, failure=None):
+    """Merge the sides' records into ``summary.json``, print the table, draw the plot.
+
+    ``failure`` (``stagelearn run``'s account of a side that failed) is kept as ``failure`` in the summary.
+    """
     with open(os.path.join(run_dir, "staging_summary.json")) as f:
         summary = json.load(f)
     producer = _producer_record(cfg, run_dir, summary)
@@ -164,6 +201,8 @@ def finish(cfg, run_dir, wall):
     summary.update(_ledger_fields(merge_run_ledger(cfg, run_dir)))  # steps_lost: steps with a dropped or lost entry
     summary["stalls"], summary["stall_s"] = producer.get("stalls"), producer.get("stall_s")
     summary["wall_s"] = wall
+    if failure:
+        summary["failure"] = failure
     sim_name = simulation_name(cfg, producer)
     n_producers = producer.get("ranks") or cfg.simulation.ranks  # the ranks that ran (a Producer script's own)
     summary["simulation"] = {"type": sim_name, "ranks": n_producers, "layout": producer["layout"],
@@ -224,8 +263,19 @@ def print_summary(s, run_dir):
           f" against the code's own dtype{f32}, "
           f"PSNR {_fmt(s['psnr_db'], '.2f')} dB (min {_fmt(s['min_psnr_db'], '.2f')}), max abs error {_fmt(s['max_abs_error'], '.3g')}")
     if s.get("sz3_compression_ratio"):
-        print(f"SZ3 at the same PSNR on {s['sz3_steps']} sampled steps: ratio {s['sz3_compression_ratio']:.2f} "
+        print(f"SZ3 per frame at the same PSNR on {s['sz3_steps']} sampled steps: ratio {s['sz3_compression_ratio']:.2f} "
               f"(PSNR {s['sz3_psnr_db']:.2f} dB) vs ours {s['compression_ratio_same_blocks']:.2f} on the same blocks")
+    if s.get("sz3_closed_loop_compression_ratio"):
+        print(f"SZ3 in closed loop at the same PSNR on {s['sz3_closed_loop_blocks']} blocks of "
+              f"{s['sz3_closed_loop_steps']} steps: ratio {s['sz3_closed_loop_compression_ratio']:.2f} "
+              f"(PSNR {_fmt(s['sz3_closed_loop_psnr_db'], '.2f')} dB) vs ours "
+              f"{_fmt(s['compression_ratio_closed_loop_blocks'], '.2f')} "
+              f"(PSNR {_fmt(s['psnr_db_closed_loop_blocks'], '.2f')} dB) on the same blocks")
+    if s.get("encode_fraction") is not None:
+        side = "staging's coding time over the code's step interval" if s.get("simulation", {}).get(
+            "layout") == "in_transit" else "producer encode time over the simulation's compute time"
+        print(f"encode fraction {s['encode_fraction']:.3f} ({side} per step: {s['encode_s_per_step'] * 1e3:.1f} ms / "
+              f"{s['step_interval_s'] * 1e3:.1f} ms, {s['encode_fraction_steps']} steps)")
     if "decoded_check" in s:
         d = s["decoded_check"]
         if "skipped" in d:

@@ -45,7 +45,8 @@ from .publication import Publication
 from .recorder import StepRecorder
 from .step_facts import block_counts, gather_corrupt, skipped_variables, step_items, sum_over_ranks, writer_step
 from .step_tiles import agree_tile_shapes, agree_variables, step_tiles
-from .stream import PerRankStreamReader, PlainStreamReader, SharedStreamReader
+from .plain_stream import PlainStreamReader
+from .stream import PerRankStreamReader, SharedStreamReader
 from .wire import resolve_layout
 from .xmlconfig import read_ios
 
@@ -78,13 +79,13 @@ class StagingService:
         self.rank = comm.Get_rank()
         self.variables = list(cfg.staging.variables) if cfg.staging.variables else None
         self.in_transit = cfg.staging.mode == "in_transit"
-        self.coder = InTransitCoder(comm) if self.in_transit else None
+        self.coder = InTransitCoder(comm, sz3_every=cfg.metrics.sz3_every) if self.in_transit else None
         self.reader = self.writer = self.recorder = None
         self.publication = Publication(cfg, comm)
         self.steps_seen = 0
         self.n_corrupt = 0  # blocks this rank flagged corrupt
         self.end_status = "clean"  # or producer_lost, interrupted
-        self.learning = LearnerSet(cfg.learner, comm)
+        self.learning = LearnerSet(cfg.learner, comm, codec_kind=cfg.codec.kind)
 
     # ----------------------------------------------------------------- channels (a test overrides these)
     def _stream_path(self):
@@ -125,6 +126,11 @@ class StagingService:
         if self.cfg.staging.restart_from:  # published before the data stream opens: producers code from their first step
             self._restore()
         self.reader = self.open_reader()
+        if self.recorder is not None:  # `stagelearn run` tells a stream closed before this from one that ended
+            part = self.recorder.ledger_part
+            part.add(event="opened", stream=self._stream_path())
+            if self.in_transit:  # a step announced whose data never comes is still on record (no producer ledger)
+                self.reader.on_step = lambda step: part.add(event="begun", step=step)
         self.writer = self.open_writer()
         signals.reclaim()
         logger.info("staging rank %d/%d reading %s (%s)", self.rank, self.comm.Get_size(), self._stream_path(),
@@ -225,6 +231,9 @@ class StagingService:
     def _learn(self, blocks):
         """Feed each variable's raw tiles of this step to its learner (collective)."""
         for var in self.learning.variables:
+            if self.learning.stream:
+                self.learning.learn_blocks(var, blocks)
+                continue
             tiles, sources = step_tiles(blocks, var, self.learning.tile_shapes[var])
             self.learning.learn(var, tiles, sources, self.steps_seen, step=blocks[0].step if blocks else None)
 

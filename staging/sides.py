@@ -17,6 +17,7 @@ from .producer import Producer, producer_record, write_producer_record
 from .results import write_json
 from .service import StagingService
 from .stream_writer import TIMEOUT_NAMES
+from .world_check import check_world_size
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def simulation_main(cfg, comm, run_dir):
         raise UsageError(f"{cfg.source}: simulation.type external is an unchanged code: start it yourself "
                          f"(`mpiexec -n {cfg.simulation.ranks} {' '.join(cfg.simulation.command)}` in the run directory) "
                          "or let `stagelearn run` start it; `stagelearn sim` runs the mock simulations")
+    # before any collective: ranks started as singletons (srun without --mpi=pmi2) stop here, exit 2
+    check_world_size(comm, "sim", yaml_ranks=cfg.simulation.ranks, yaml_key="simulation.ranks")
     t0 = time.time()
     if comm.Get_rank() == 0:
         prepare_run_dir(run_dir)
@@ -83,8 +86,10 @@ def staging_main(cfg, comm, run_dir):
     """Staging side: :class:`~stagelearn.staging.service.StagingService` until the stream ends (collective).
 
     In transit the code's own XML is judged first (:func:`~stagelearn.staging.code_xml.enforce`, the
-    same on every rank, before any collective): a stream that would lose steps is refused.
+    same on every rank, before any collective): a stream that would lose steps is refused. Before
+    that, :func:`~stagelearn.staging.world_check.check_world_size` stops ranks started as singletons.
     """
+    check_world_size(comm, "stage", yaml_ranks=cfg.staging.ranks, yaml_key="staging.ranks")
     for note in enforce(cfg):
         if comm.Get_rank() == 0:
             logger.warning("%s", note)

@@ -15,6 +15,7 @@ import logging
 
 import numpy as np
 
+from .code_attributes import stream_attributes
 from .mpiutil import allreduce_flag, gather_bytes
 
 logger = logging.getLogger(__name__)
@@ -52,10 +53,26 @@ def gather_corrupt(comm, blocks):
     return [c for p in parts for c in json.loads(p.decode())] if parts is not None else None
 
 
+class StepItems(dict):
+    """Rank 0's per-step summary items (name -> array), with the code's stream attributes beside them.
+
+    Attributes
+    ----------
+    attributes : dict or None
+        In transit, the code's ADIOS2 attributes as of the step
+        (:func:`~.code_attributes.stream_attributes`); the output writer stores the new or
+        changed ones. None for other streams.
+    """
+
+    attributes = None
+
+
 def step_items(counts, reader):
-    """Rank 0's per-step items of ``compressed.bp``: ``blocks/<var>`` (0 for a step without data) and,
-    when the code writes one, its own step variable ``code_step``."""
-    items = {f"blocks/{v}": np.array([n], dtype=np.int64) for v, n in counts.items()}
+    """Rank 0's per-step items of ``compressed.bp``: ``blocks/<var>`` (0 for a step without data),
+    when the code writes one its own step variable ``code_step``, and in transit the code's stream
+    attributes (:class:`StepItems`)."""
+    items = StepItems((f"blocks/{v}", np.array([n], dtype=np.int64)) for v, n in counts.items())
+    items.attributes = stream_attributes(reader)
     code_step = getattr(reader, "code_step", None)
     if code_step is not None:
         items["code_step"] = np.array([code_step])

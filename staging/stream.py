@@ -5,7 +5,8 @@
   :func:`~stagelearn.staging.wire.assign_blocks` (``SetBlockSelection``).
 - :class:`PerRankStreamReader`: each producer rank is its own SST writer
   (``<stream>.p<rank>``); each staging rank opens the streams of its assigned producers.
-- :class:`PlainStreamReader`: an unchanged ADIOS2 code's stream (in-transit mode).
+- :class:`~.plain_stream.PlainStreamReader` (its own module): an unchanged ADIOS2 code's stream
+  (in-transit mode), built on this module's :class:`_CohortReader`.
 
 All return, per step, a list of :class:`~stagelearn.staging.block.ReceivedBlock` read from the
 stream alone: variables, shapes and selections come from ADIOS2 metadata and payload headers,
@@ -27,16 +28,13 @@ import numpy as np
 from ..analytics.anomaly import parse_map
 from .adios import begin_step, bindings, blocks_info_dims, deadline, declare_io, make_adios, open_reader
 from .block import ReceivedBlock
-from .block_check import check_block
-from .plain_discovery import CODE_STEP_NAMES, plain_discovery
-from .plain_layout import BlockLayout
-from .errors import ConfigError
+from .block_check import check_block, writer_extent
 from .mpiutil import allreduce_flag
-from .wire import (REPORT_FIELDS, anomaly_name, assign_blocks, field_names, make_report, payload_name, rank_stream,
+from .wire import (REPORT_FIELDS, anomaly_name, assign_blocks, field_names, payload_name, qoi_blob, qoi_name, rank_stream,
                    report_get, report_name)
 
 # ReceivedBlock (staging/block.py) stays importable from here: the readers return it
-__all__ = ["ReceivedBlock", "SharedStreamReader", "PerRankStreamReader", "PlainStreamReader", "reader_status"]
+__all__ = ["ReceivedBlock", "SharedStreamReader", "PerRankStreamReader", "reader_status"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +79,31 @@ def _any_failed(reader):
     return False
 
 
+def data_wait_message(path):
+    """What the step_s watchdog says when a step's data never comes (the step itself was announced).
+
+    The writer announced the step (``BeginStep`` returned it) but its data did not arrive: either the
+    writer hangs, or the SST data plane the writer chose cannot deliver here. An SST reader follows
+    the writer's ``DataTransport``; ``MPI`` needs ``MPI_Open_port``, which this MPI cannot do, and
+    the reader then gets zeros for a step and waits for the next one for ever.
+    """
+    return (f"the data of a step on {path} (timeouts.step_s): the writer announced the step but its data never "
+            "came. Either the writer hangs, or its SST data plane cannot deliver here: a code whose XML or own "
+            "code sets DataTransport=MPI (this MPI cannot open the ports it needs) must use "
+            "<parameter key=\"DataTransport\" value=\"WAN\"/> and not set DataTransport in its code; "
+            "steps stored before this one may hold zeros instead of the code's data")
+
+
 def _set_parameters(io, parameters):
     for key, value in (parameters or {}).items():
         io.SetParameter(key, str(value))
 
 
-def _get_block(engine, io, name, bid):
+def _get_block(engine, io, name, bid, dtype=np.float32):
     b = bindings()
     v = io.InquireVariable(name)
     v.SetBlockSelection(bid)
-    out = np.empty(int(v.SelectionSize()), dtype=np.float32)
+    out = np.empty(int(v.SelectionSize()), dtype=dtype)
     engine.Get(v, out, b.Mode.Sync)
     return out
 
@@ -106,6 +119,9 @@ def _read_blocks(engine, io, step, writer_ids=None):
         raw_info = {}
         if var in available:
             raw_info = {int(bi["WriterID"]): bi for bi in engine.BlocksInfo(var, step)}
+        qoi_ids = {}  # writer -> block of X/qoi (only coded blocks of a variable with a moment policy have one)
+        if qoi_name(var) in available:
+            qoi_ids = {int(bi["WriterID"]): int(bi["BlockID"]) for bi in engine.BlocksInfo(qoi_name(var), step)}
         for bi in rep_info:
             writer, bid = int(bi["WriterID"]), int(bi["BlockID"])
             if writer_ids is not None and writer not in writer_ids:
@@ -131,6 +147,8 @@ def _read_blocks(engine, io, step, writer_ids=None):
                 blk.payload = buf.tobytes()
                 if anomaly_name(var) in available:
                     blk.anomaly = parse_map(_get_block(engine, io, anomaly_name(var), bid))
+                if writer in qoi_ids:
+                    blk.qoi = qoi_blob(_get_block(engine, io, qoi_name(var), qoi_ids[writer], np.uint32))
             else:
                 logger.error("step %d: writer %d reported %s but sent neither raw data nor payload", step, writer, var)
                 continue
@@ -142,8 +160,20 @@ def _read_blocks(engine, io, step, writer_ids=None):
     return out
 
 
+_UNCHECKED_WARNED = set()  # variables whose writer recorded no min/max: warned once per process
+
+
 def _check(blk, info):
-    """Flag ``blk`` corrupt (logged) when its data cannot be what the writer's ``BlocksInfo`` describes."""
+    """Flag ``blk`` corrupt (logged) when its data cannot be what the writer's ``BlocksInfo`` describes.
+
+    A writer that records no min/max (an SST writer without ``StatsLevel=1``) gives nothing to check
+    against: said once per variable, so that "no corrupt block" is never read as "blocks checked".
+    """
+    if writer_extent(info) is None and blk.var not in _UNCHECKED_WARNED:
+        _UNCHECKED_WARNED.add(blk.var)
+        logger.warning("%s: the writer records no per-block min/max, so its blocks cannot be checked for corruption "
+                       "(garbage or all-zero blocks would be stored as data); add <parameter key=\"StatsLevel\" "
+                       "value=\"1\"/> to the code's stream IO", blk.var)
     blk.corrupt = check_block(blk.raw, info)
     if blk.corrupt:
         logger.error("step %d: %s block %d is corrupt: %s (stored as it came, kept out of the learner)", blk.step,
@@ -166,18 +196,21 @@ class _CohortReader:
         self.engine = open_reader(self.io, stream_path, open_timeout_s, self.peer)
         self.n_producers = None
         self.status, self.failed_producers = "ok", set()
+        self.on_step = None  # called with the writer's step once BeginStep returned it, before its data is read
 
     def _begin(self):
         """``BeginStep``; True when a step is there, else ``status`` says why."""
         self.status = reader_status(begin_step(self.engine, self.step_timeout_s, f"stream {self.path}"))
         if self.status == "failed":
             self.failed_producers.add(-1)
+        if self.status == "ok" and self.on_step is not None:
+            self.on_step(int(self.engine.CurrentStep()))
         return self.status == "ok"
 
     @contextmanager
     def _reading(self):
         """Around the reads of a step: a writer failure ends the stream, a silent writer the process (step_s)."""
-        with _writer_failure(self, -1), deadline(self.step_timeout_s, f"the data of a step on {self.path} (timeouts.step_s)"):
+        with _writer_failure(self, -1), deadline(self.step_timeout_s, data_wait_message(self.path)):
             yield
 
     def _end_step(self):
@@ -262,8 +295,7 @@ class PerRankStreamReader:
                     self.failed_producers.add(s["producer"])
                     self.status = "failed"
                 continue
-            with _writer_failure(self, s["producer"]), \
-                    deadline(self.step_timeout_s, f"the data of a step on {s['path']} (timeouts.step_s)"):
+            with _writer_failure(self, s["producer"]), deadline(self.step_timeout_s, data_wait_message(s["path"])):
                 got = _read_blocks(s["engine"], s["io"], s["engine"].CurrentStep())
                 s["engine"].EndStep()
                 blocks += got
@@ -277,112 +309,3 @@ class PerRankStreamReader:
     def close(self):
         for s in self.streams:
             s["engine"].Close()
-
-
-def _numpy_type(adios_type, var):
-    """numpy dtype of an ADIOS2 type name (``float``, ``double``, ``int32_t``, ``uint8_t``, ...)."""
-    name = {"float": "float32", "double": "float64"}.get(adios_type, adios_type.removesuffix("_t"))
-    try:
-        dtype = np.dtype(name)
-    except TypeError:
-        dtype = None
-    if dtype is None or dtype.kind not in "fiu":
-        raise ConfigError(f"staging.variables: {var} has ADIOS2 type {adios_type}; only numeric arrays can be learned")
-    return dtype
-
-
-class PlainStreamReader(_CohortReader):
-    """An unchanged ADIOS2 code's stream (in-transit mode): raw arrays only, one reader cohort.
-
-    The simulation writes its variables with the plain ADIOS2 API (global arrays with
-    ``shape/start/count``, or local arrays written as blocks) and knows nothing of stagelearn.
-    Every staging rank reads the blocks :func:`~stagelearn.staging.wire.assign_blocks` gives it,
-    found with ``BlocksInfo``; each block is known by its writer (:class:`~.plain_layout.BlockLayout`:
-    a stable block number, the ``rank`` of its report row), and the blocks of a local array are
-    laid side by side along the first axis in writer order, a writer that skipped a step keeping
-    its slot. The report row of each block holds its step (the writer's ``CurrentStep``), block
-    number and size; staging fills in the rest when it encodes the block. The code's own step
-    variable (a scalar named in ``CODE_STEP_NAMES``) is kept as ``code_step``. Arrays that are
-    not floating point are skipped, with the reason in ``skipped`` (logged once). Every block is
-    checked against its writer's ``BlocksInfo`` min/max (:mod:`.block_check`).
-
-    Parameters
-    ----------
-    config_file, io_name, stream_path : str
-    comm : mpi4py.MPI.Comm
-        Staging ranks (collective calls).
-    known_ios : collection of str
-    variables : list of str or None
-        Variables to read; None reads every floating-point array of more than one value.
-    open_timeout_s, step_timeout_s : float
-    """
-
-    peer = "the simulation (unchanged ADIOS2 code)"
-
-    def __init__(self, config_file, io_name, stream_path, comm, known_ios, *, variables=None, **kwargs):
-        super().__init__(config_file, io_name, stream_path, comm, known_ios, **kwargs)
-        self.variables = variables
-        self.skipped = {}  # variable -> why it is not stored (logged once)
-        self.current_step = None  # the writer's step (ADIOS2 CurrentStep) of the last step read
-        self.code_step = None  # the code's own step variable of that step, when it writes one
-        self.step_variables = []  # the arrays on the stream in that step (the same on every rank)
-        self.layout = BlockLayout()  # blocks known by their writer, not their position
-
-    def _names(self, available):
-        """The arrays read this step; a listed variable not on this step is only skipped for this step
-        (it may appear later); integer arrays are skipped with the reason (``skipped``)."""
-        names, skipped = plain_discovery(available, self.variables)
-        for name, why in skipped.items():
-            if name not in self.skipped:
-                self.skipped[name] = why
-                if self.comm.Get_rank() == 0:
-                    logger.warning("in transit: %s is skipped: %s", name, why)
-        return names
-
-    def _code_step(self, available):
-        """The code's own step variable of this step (a scalar in ``CODE_STEP_NAMES``), or None."""
-        for name in CODE_STEP_NAMES:
-            info = available.get(name)
-            if info is not None and info.get("SingleValue") == "true" and info.get("Type") != "string":
-                v = self.io.InquireVariable(name)
-                out = np.zeros(1, dtype=_numpy_type(v.Type(), name))
-                self.engine.Get(v, out, bindings().Mode.Sync)
-                return out[0].item()
-        return None
-
-    def read_step(self):
-        """This rank's blocks of the next step, or None at the end of the stream (collective)."""
-        b = bindings()
-        if not self._begin():
-            return None
-        step = self.engine.CurrentStep()
-        available = self.io.AvailableVariables()
-        self.current_step, self.code_step = int(step), self._code_step(available)
-        self.step_variables = self._names(available)
-        out, pending = [], []
-        for var in self.step_variables:
-            v = self.io.InquireVariable(var)
-            infos = self.engine.BlocksInfo(var, step)
-            shape, placed = self.layout.place(var, step, tuple(int(x) for x in v.Shape()), infos)
-            self.n_producers = self.layout.n_blocks
-            for i in assign_blocks(len(infos), self.comm.Get_size(), self.comm.Get_rank()):
-                bid, (number, start, count) = int(infos[i]["BlockID"]), placed[i]
-                data = np.empty(count, dtype=_numpy_type(v.Type(), var))
-                v.SetBlockSelection(bid)
-                self.engine.Get(v, data, b.Mode.Deferred)
-                blk = ReceivedBlock(var=var, rank=number, report=make_report(step=step, rank=number), shape=shape,
-                                    start=start, count=count)
-                blk.raw = data
-                pending.append((blk, infos[i]))
-                out.append(blk)
-        with self._reading():
-            if pending:
-                self.engine.PerformGets()
-        if not self._end_step():
-            return None
-        for blk, info in pending:
-            _check(blk, info)  # against the writer's own min/max, in the writer's dtype
-            if blk.raw.dtype != np.float32:  # reports measure against the writer's own values
-                blk.source = blk.raw
-            blk.raw = blk.raw.astype(np.float32, copy=False)  # learned and coded as float32, as producers send
-        return out

@@ -15,8 +15,10 @@ import time
 
 import numpy as np
 
-from .adios import bindings, deadline, declare_io, make_adios, remove_stale_contact_file
-from .wire import REPORT_FIELDS, SST_QUEUE_DEFAULTS, WIRE_DTYPE, anomaly_name, payload_name, report_name
+from . import contact
+from .adios import bindings, deadline, declare_io, make_adios, open_writer, remove_stale_contact_file
+from .wire import (REPORT_FIELDS, SST_QUEUE_DEFAULTS, WIRE_DTYPE, anomaly_name, payload_name, qoi_array, qoi_name,
+                   report_name)
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class StreamWriter:
         if self.streaming and self.queue_limit <= 0:
             logger.warning("stream IO %s has no QueueLimit: the writer queue is unbounded while staging is slow", io_name)
         self.engine = None
+        self._claim = None  # this rank's claim on the contact file (owner rank, SST)
         self._abandoned = None
         self._vars = {}
         self.timeout_names = dict(TIMEOUT_NAMES)  # how messages name the open and step timeouts
@@ -85,7 +88,7 @@ class StreamWriter:
 
     def define(self, name, shape, start, count):
         """Define a field's variables: ``name`` (float32, global ``shape``, this rank's ``start``/``count``)
-        and, when streaming, ``name/payload``, ``name/report`` and ``name/anomaly``."""
+        and, when streaming, ``name/payload``, ``name/report``, ``name/anomaly`` and ``name/qoi``."""
         self._vars[name] = self.io.DefineVariable(name, np.zeros(1, dtype=WIRE_DTYPE), list(shape), list(start),
                                                   list(count))
         if self.streaming:
@@ -93,25 +96,40 @@ class StreamWriter:
             self._vars[report_name(name)] = self.io.DefineVariable(
                 report_name(name), np.zeros(len(REPORT_FIELDS)), [], [], [len(REPORT_FIELDS)])
             self._vars[anomaly_name(name)] = self.io.DefineVariable(anomaly_name(name), np.zeros(1, np.float32), [], [], [1])
+            self._vars[qoi_name(name)] = self.io.DefineVariable(qoi_name(name), np.zeros(1, np.uint32), [], [], [1])
 
     def prepare(self, stream_path, owner):
-        """The path to open for ``stream_path`` (``.bp`` added without SST); with SST and ``owner``
-        (the rank that writes the contact file), a stale contact file of a crashed run is removed first."""
+        """The path to open for ``stream_path`` (``.bp`` added without SST).
+
+        With SST and ``owner`` (the rank that writes the contact file), a contact file left by a
+        writer that is gone is removed, and the contact file is claimed for this process
+        (``<stream_path>.sst.owner``, :mod:`.contact`) until :meth:`close`.
+
+        Raises
+        ------
+        ContactFileInUse
+            (exit code 2) If a live writer of another job owns the contact file: two producers on
+            one run directory.
+        """
         if not self.streaming:
             return stream_path + ".bp"
         if owner:
             remove_stale_contact_file(stream_path)
+            claim = contact.owner_file(stream_path)
+            if contact.claim(claim, "the data stream's SST contact file"):
+                self._claim = claim
         return stream_path
 
     def open(self, path, timeout_s):
         """Open the engine for writing at ``path`` (with SST: waits, at most ``timeout_s``, for staging).
 
-        Past ``timeout_s`` the process exits with code 3 (:func:`~stagelearn.staging.adios.deadline`).
+        Past ``timeout_s`` the process exits with code 3 (:func:`~stagelearn.staging.adios.deadline`);
+        SIGINT/SIGTERM while it waits end it at once with 130/143 (:func:`~stagelearn.staging.adios.open_writer`).
         """
         if self.streaming:
             self.io.DefineAttribute("stagelearn/report_fields", list(REPORT_FIELDS))
-        with deadline(timeout_s, f"staging to open stream {path} ({self.timeout_names['open']})"):
-            self.engine = self.io.Open(path, bindings().Mode.Write)
+        self.engine = open_writer(self.io, path, timeout_s, f"staging to open stream {path} ({self.timeout_names['open']})",
+                                  contact_file=self._claim is not None)
 
     def put_step(self, step, records, timeout_s):
         """Put one step's records on the stream.
@@ -144,6 +162,11 @@ class StreamWriter:
                         v = self._vars[anomaly_name(name)]
                         v.SetSelection([[], [r["amap"].size]])
                         self.engine.Put(v, r["amap"], b.Mode.Sync)
+                    if r.get("qoi") is not None:  # moment side information (wire.qoi_array)
+                        q = qoi_array(r["qoi"])
+                        v = self._vars[qoi_name(name)]
+                        v.SetSelection([[], [q.size]])
+                        self.engine.Put(v, q, b.Mode.Sync)
                 else:
                     var = self._vars[name]
                     var.SetSelection([list(r["start"]), list(r["raw"].shape)])  # empty: this rank has no block
@@ -186,3 +209,6 @@ class StreamWriter:
             with deadline(timeout_s, f"staging to release the last steps at close ({self.timeout_names['step']})"):
                 self.engine.Close()
             self.engine = None
+        if self._claim is not None:
+            contact.release(self._claim)
+            self._claim = None

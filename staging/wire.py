@@ -10,6 +10,8 @@ Per output step, each producer block writes, for each field variable ``X``:
   and the error of what was sent against the producer's raw data;
 - ``X/anomaly`` (local array, float32) when the encoder carries an anomaly policy: the block's
   anomaly map (its histogram of tile log-residuals travels inside the payload).
+- ``X/qoi`` (local array, uint32) when the encoder carries a moment policy (``qoi``) for ``X``:
+  the block's moment side information (:func:`stagelearn.analytics.qoi_side.protect`).
 
 Producers write exactly one block per variable, so block ``i`` of ``X/payload`` and of
 ``X/report`` belong to the same writer rank.
@@ -25,9 +27,23 @@ from .adios import built_with_mpi
 #: Columns of ``X/report`` (also written as the stream attribute ``stagelearn/report_fields``).
 #: ``raw_bytes`` is the block's size in the code's own dtype (float64 data: 8 bytes a value), so
 #: ratios are against what the code holds; ``4 * n`` is its float32 size (the second figure).
+#: ``sz3_bytes``/``sz3_sse``: SZ3 per frame at the PSNR reached (sampled steps, else 0);
+#: ``sz3_cl_bytes``/``sz3_cl_sse``/``sz3_cl_setting``: SZ3 in closed loop on the same block at the same
+#: PSNR (the blocks :func:`stagelearn.analytics.sz3_closed_loop.follows` picks, every coded step, else 0),
+#: and SZ3's PSNR setting on the difference (inf: the block was kept exact);
+#: ``encode_s``: seconds the coding rank spent coding the block (SZ3 references excluded, except a
+#: per-frame sample's); ``interval_s``: in situ the simulation's compute time before this step on this
+#: rank (from the end of its previous ``write`` to this one), in transit the time since the staging
+#: rank's previous coded step; given on the coding rank's first coded row of the step only (else 0),
+#: so that a sum over rows counts each (step, coding rank) once.
+#: ``qoi_bytes``: the block's moment side information (also counted in ``sent_bytes``; 0 without a
+#: ``qoi:`` policy); ``qoi_worst``: the largest ``|moment error| / tolerance`` over the block's points
+#: and moments after the correction (``<= 1``: every moment within tolerance). Appended last, so rows
+#: of older files (fewer columns) read with these as 0.
 REPORT_FIELDS = (
     "step", "rank", "encoder_version", "raw_bytes", "sent_bytes", "sse", "n", "max_abs_error",
     "vmin", "vmax", "n_raw_tiles", "sz3_bytes", "sz3_sse", "local_psnr_db", "n_flagged", "anomaly_bytes",
+    "sz3_cl_bytes", "sz3_cl_sse", "sz3_cl_setting", "encode_s", "interval_s", "qoi_bytes", "qoi_worst",
 )
 _COL = {name: i for i, name in enumerate(REPORT_FIELDS)}
 
@@ -51,6 +67,28 @@ def anomaly_name(var):
     return f"{var}/anomaly"
 
 
+def qoi_name(var):
+    """Per-block moment side information: uint32 ``[n_bytes, words...]`` (:func:`qoi_array`)."""
+    return f"{var}/qoi"
+
+
+def qoi_array(blob):
+    """``blob`` (bytes or None) as the stored ``X/qoi`` block: uint32 ``[len(blob), blob zero-padded to words...]``.
+
+    Words, not bytes: ADIOS2's Python ``BlocksInfo`` cannot decode the min/max of a uint8 variable."""
+    blob = b"" if blob is None else bytes(blob)
+    words = np.frombuffer(blob + b"\0" * (-len(blob) % 4), dtype="<u4")
+    return np.concatenate([np.array([len(blob)], dtype="<u4"), words]).astype(np.uint32)
+
+
+def qoi_blob(arr):
+    """Inverse of :func:`qoi_array`: the side information (bytes) or None (length 0)."""
+    arr = np.asarray(arr, dtype="<u4").ravel()
+    if arr.size == 0 or arr[0] == 0:
+        return None
+    return arr[1:].tobytes()[: int(arr[0])]
+
+
 def field_names(available):
     """Field variables among ADIOS2 variable names (those written raw or as payload)."""
     names = set()
@@ -71,6 +109,31 @@ def make_report(**values):
 def report_get(row, name):
     """One field of a report row."""
     return float(row[_COL[name]])
+
+
+def report_set(row, name, value):
+    """Set one field of a report row (in place); returns ``row``."""
+    row[_COL[name]] = value
+    return row
+
+
+def qoi_report(row, blob, worst, stats):
+    """Count a block's moment side information in its report ``row`` (in place): ``qoi_bytes``, ``qoi_worst``,
+    ``blob`` added to ``sent_bytes``, and the error of the corrected block (``stats``: ``sse``, ``max_abs_error``)."""
+    row[_COL["qoi_bytes"]] = len(blob)
+    row[_COL["qoi_worst"]] = worst
+    row[_COL["sent_bytes"]] += len(blob)
+    row[_COL["sse"]] = stats.sse
+    row[_COL["max_abs_error"]] = stats.max_abs_error
+    return row
+
+
+def report_row(values):
+    """A stored report row as a row of the current :data:`REPORT_FIELDS` (older, shorter rows: 0 appended)."""
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size > len(REPORT_FIELDS):
+        raise ValueError(f"report row has {values.size} values, more than the {len(REPORT_FIELDS)} known fields")
+    return np.concatenate([values, np.zeros(len(REPORT_FIELDS) - values.size)])
 
 
 def resolve_layout(layout):

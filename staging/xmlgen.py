@@ -19,6 +19,7 @@ from xml.sax.saxutils import quoteattr
 
 from .config import sst_parameters
 from .errors import ConfigError
+from .sst_params import SST_KEYS  # noqa: F401  (SST parameter names; also imported from here)
 from .wire import SST_QUEUE_DEFAULTS
 from .xmlconfig import read_ios
 
@@ -31,17 +32,6 @@ DEFAULTS = {
                       "DataTransport": "WAN", "NetworkInterface": "lo"}),
     "output": ("BP5", {}),
 }
-
-# SST parameter names (ADIOS2 2.12.1, SST_FOREACH_PARAMETER_TYPE_4ARGS in toolkit/sst/sst_data.h);
-# SST matches them case-sensitively.
-SST_KEYS = (
-    "RendezvousReaderCount", "QueueLimit", "QueueFullPolicy", "ReserveQueueLimit", "DataTransport",
-    "WANDataTransport", "ControlTransport", "NetworkInterface", "ControlInterface", "DataInterface",
-    "CPCommPattern", "CompressionMethod", "MarshalMethod", "RegistrationMethod", "StepDistributionMode",
-    "FirstTimestepPrecious", "AlwaysProvideLatestTimestep", "OpenTimeoutSecs", "SpeculativePreloadMode",
-    "SpecAutoNodeThreshold", "ControlModule", "IsRowMajor", "verbose", "ReaderShortCircuitReads", "StatsLevel",
-    "UseOneTimeAttributes", "RemoteGroup",
-)
 
 _ROLE_KEY = {"stream": "stream_io", "model": "model_io", "output": "output_io"}
 

@@ -2,102 +2,33 @@
 
 :func:`check` compares a file against what :func:`stagelearn.staging.xmlgen.generate` writes for a
 run YAML and returns :class:`Finding` objects; :func:`inspect` needs no run YAML: it summarises any
-ADIOS2 XML/YAML per IO and flags mistakes (unknown or miscased SST keys, duplicate keys, an
-unbounded SST queue, ADIOS 1 files).
+ADIOS2 XML/YAML per IO and flags mistakes. Both agree with ADIOS2 2.12.1 on what loads: what it
+refuses (two engines in an IO, an ``<operation>`` with both ``operator=`` and ``type=``, operators
+not compiled into this build: :mod:`.xml_refusals`) and SST values its Open throws on
+(:mod:`.sst_params`) are errors; so are misspelled SST keys (with the key meant) and miscased ones on
+SST; SST keys on other engines are notes, for the day the IO becomes SST.
 
 Facts the checker relies on (ADIOS2 sources): engine types are matched case-insensitively; SST
 matches parameter keys case-sensitively (``queuelimit`` is silently ignored) while BP4/BP5 do
 not; SST parses enumerated values (``Block``) case-insensitively; unknown keys are ignored; of
-duplicate keys the XML reader keeps the first (its YAML reader rejects them). Only the standard
-library parses the XML (:func:`_scan`, with line numbers); ADIOS2's YAML form (``.yaml``/``.yml``)
-is checked too, through PyYAML.
+duplicate keys the XML reader keeps the first (its YAML reader rejects them). The file is read by
+:mod:`.xmlread` (standard library, with line numbers; ADIOS2's YAML form through PyYAML).
 """
 
 from __future__ import annotations
 
-import difflib
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass
-from xml.parsers import expat
+import os
 
-import yaml
+from .adios_build import build_facts
+from .sst_params import DATA_PLANES, SST_DEFAULTS, SST_KEYS, key_problem, note_for_sst, stoi, value_problem
+from .xml_refusals import load_findings
+from .xmlgen import expected_ios
+from .xmlread import Finding, read
 
-from .errors import ConfigError
-from .xmlgen import SST_KEYS, expected_ios
+__all__ = ["Finding", "check", "inspect", "format_findings"]
 
-# SST's own defaults, used to tell "missing but harmless" from "missing and wrong".
-SST_DEFAULTS = {"RendezvousReaderCount": "1", "QueueLimit": "0", "QueueFullPolicy": "Block", "OpenTimeoutSecs": "60"}
 # Keys whose value is site-specific: a different value is a warning, not an error.
 SITE_KEYS = ("NetworkInterface", "OpenTimeoutSecs")
-# Children of <adios-config> in ADIOS 1.x files; ADIOS2 has <io> (its <transport> sits inside an <io>).
-ADIOS1_TAGS = ("adios-group", "method", "transport", "buffer", "analysis")
-
-
-@dataclass
-class Finding:
-    """One problem in an ADIOS2 XML: ``severity`` is ``"error"`` (the run will not work as configured)
-    or ``"warning"``; ``io`` and ``key`` are empty where they do not apply; ``line`` is 1-based or None."""
-
-    severity: str
-    io: str
-    key: str
-    message: str
-    line: int | None = None
-
-    def format(self, path):
-        """``file:line: severity: io/key: message`` (line and io/key left out when unknown)."""
-        where = f"{path}:{self.line}" if self.line else str(path)
-        what = "/".join(p for p in (self.io, self.key) if p)
-        return f"{where}: {self.severity}: " + (f"{what}: " if what else "") + self.message
-
-
-# --- reading an existing file, with line numbers ---
-
-@dataclass
-class _Param:
-    key: str
-    value: str | None
-    line: int
-
-
-@dataclass
-class _IO:
-    name: str
-    line: int
-    engine: str | None = None
-    engine_line: int | None = None
-    engines: int = 0
-    params: list = None
-
-
-def _scan(data):
-    """Root tag, the IOs and the root's other children (tag to first line) of a well-formed
-    document, with element line numbers (pyexpat)."""
-    stack, ios, root, children = [], [], [], {}
-    p = expat.ParserCreate()
-
-    def start(tag, attrs):
-        line = p.CurrentLineNumber
-        if not stack:
-            root.append(tag)
-        parent = stack[-1] if stack else None
-        if len(stack) == 1 and tag != "io":
-            children.setdefault(tag, line)
-        if tag == "io" and len(stack) == 1:
-            ios.append(_IO(attrs.get("name", ""), line, params=[]))
-        elif tag == "engine" and parent == "io" and len(stack) == 2 and ios:
-            io = ios[-1]
-            io.engines += 1
-            if io.engines == 1:
-                io.engine, io.engine_line = attrs.get("type"), line
-        elif tag == "parameter" and parent == "engine" and len(stack) == 3 and ios and ios[-1].engines == 1:
-            ios[-1].params.append(_Param(attrs.get("key", ""), attrs.get("value"), line))
-        stack.append(tag)
-
-    p.StartElementHandler = start
-    p.EndElementHandler = lambda tag: stack.pop()
-    p.Parse(data, True)
-    return root[0], ios, children
 
 
 def _bounded_queue(key, value):
@@ -130,22 +61,55 @@ def check(cfg, path, *, io_name=None):
     Returns
     -------
     findings : list of Finding
-        Empty when the file has everything stagelearn relies on.
+        Empty when the file has everything stagelearn relies on. What ADIOS2 refuses anywhere in the
+        file (:func:`~stagelearn.staging.xml_refusals.load_findings`) comes first: it fails every IO.
 
     Raises
     ------
     ConfigError
         If the file cannot be read.
     """
-    found, yaml_form = _read(path)
-    return [found] if isinstance(found, Finding) else _compare(cfg, found, io_name, yaml_form=yaml_form)
+    doc = read(path)
+    if isinstance(doc, Finding):
+        return [doc]
+    refused = load_findings(doc)
+    findings = _compare(cfg, doc.ios, io_name, yaml_form=doc.yaml_form)
+    if _is_run_config_file(cfg, path):
+        findings = [_set_at_run_time(f, cfg) for f in findings]
+    return refused + findings
+
+
+#: SST keys stagelearn's own writers set at run time from the run YAML's ``adios2:`` section
+#: (``config.resolve_stream_params``): absent from the run's own XML, they are not missing.
+RUN_TIME_KEYS = ("QueueLimit", "QueueFullPolicy", "NetworkInterface")
+
+
+def _is_run_config_file(cfg, path):
+    """True when ``path`` is the run's own ``adios2.config_file`` and stagelearn writes its streams (in situ)."""
+    try:
+        same = os.path.samefile(str(path), str(cfg.adios2.config_file))
+    except OSError:
+        return False
+    return same and cfg.staging.mode != "in_transit"
+
+
+def _set_at_run_time(finding, cfg):
+    """A "not set" finding of a key stagelearn sets at run time, as a note saying where the value comes from."""
+    if finding.key not in RUN_TIME_KEYS or "not set" not in finding.message:
+        return finding
+    value = {"QueueLimit": cfg.adios2.queue_limit, "QueueFullPolicy": cfg.adios2.queue_full_policy,
+             "NetworkInterface": cfg.adios2.network_interface}[finding.key]
+    return Finding("note", finding.io, finding.key, f"not in the file: stagelearn sets it at run time from the run "
+                   f"YAML's adios2 section ({value})", finding.line)
 
 
 def inspect(path):
     """Summarise and lint an existing ADIOS2 XML or YAML file; no run YAML needed.
 
-    Flags what ADIOS2 accepts silently but does not do: unknown SST keys, SST keys in the wrong
-    case (SST matches keys case-sensitively, BP4/BP5 do not), duplicate keys, SST IOs without a
+    Errors for what ADIOS2 2.12.1 refuses or aborts on (two engines in an IO, bad ``<operation>``
+    elements, operators not compiled in, SST values its Open throws on). Flags what ADIOS2 accepts
+    silently but does not do: unknown or misspelled SST keys, SST keys in the wrong case (SST matches
+    keys case-sensitively, BP4/BP5 do not), SST keys on other engines (notes), duplicate keys, SST IOs without a
     finite ``QueueLimit``; and files it cannot use: malformed XML/YAML, ADIOS 1.x files.
 
     Parameters
@@ -164,10 +128,12 @@ def inspect(path):
     ConfigError
         If the file cannot be read.
     """
-    found, yaml_form = _read(path)
-    if isinstance(found, Finding):
-        return [], [found]
+    doc = read(path)
+    if isinstance(doc, Finding):
+        return [], [doc]
+    found, yaml_form = doc.ios, doc.yaml_form
     _, findings = _index_ios(found)
+    findings += load_findings(doc)
     summary = []
     for io in found:
         first, linted = _lint_io(io, yaml_form=yaml_form, strict=SST_KEYS)
@@ -190,77 +156,15 @@ def _queue_findings(io, limit):
         return [Finding("warning", io.name, "QueueLimit", f"not set: SST's default 0 queues steps without limit, so a "
                                                           f"writer whose reader falls behind grows its memory; {fix}",
                         io.engine_line)]
-    try:
-        value = int(limit.value)
-    except (TypeError, ValueError):
-        return [Finding("error", io.name, "QueueLimit", f"{limit.value!r} is not an integer; {fix}", limit.line)]
+    value = stoi(limit.value or "")  # what SST reads (std::stoi)
+    if value is None:
+        return [Finding("error", io.name, "QueueLimit", f"{limit.value!r} is not an integer (the engine's Open throws); "
+                                                        f"{fix}", limit.line)]
     if value <= 0:
         return [Finding("warning", io.name, "QueueLimit", f"{limit.value}: the writer's queue is unbounded; {fix}",
                         limit.line)]
-    return []
-
-
-def _read(path):
-    """The IOs of an ADIOS2 XML or YAML file and whether it is the YAML form.
-
-    Returns ``(ios, yaml_form)``; ``ios`` is a :class:`Finding` instead when the file is unusable
-    (malformed, another root element, an ADIOS 1.x file). Raises ConfigError if it cannot be read.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ADIOS2 XML ({exc.strerror})") from None
-    if str(path).lower().endswith((".yaml", ".yml")):
-        return _scan_yaml(data), True
-    parser = ET.XMLParser()
-    try:
-        parser.feed(data)
-        parser.close()
-    except ET.ParseError as exc:
-        line, col = exc.position
-        msg = str(exc).split(":")[0]
-        return Finding("error", "", "", f"malformed XML at column {col + 1} ({msg})", line), False
-    root, found, children = _scan(data)
-    if root != "adios-config":
-        return Finding("error", "", "", f"the root element is <{root}>; ADIOS2 expects <adios-config>", 1), False
-    old = [tag for tag in children if tag in ADIOS1_TAGS]
-    if old:
-        tags = ", ".join(f"<{t}>" for t in old)
-        return Finding("error", "", "", f"an ADIOS 1.x configuration ({tags} under <adios-config>), which ADIOS2 "
-                                        "does not read: rewrite it for ADIOS2 with one <io name=...> per group, holding "
-                                        "an <engine type=...> with <parameter key=... value=.../> elements (the "
-                                        "method becomes the engine, e.g. BP5 or SST)", children[old[0]]), False
-    return found, False
-
-
-def _scan_yaml(data):
-    """The IOs of an ADIOS2 YAML config (a list of ``{IO: name, Engine: {Type: ..., key: value}}``),
-    from the YAML node tree so that lines and duplicate keys are kept; a :class:`Finding` if unusable."""
-    try:
-        doc = yaml.compose(data)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        return Finding("error", "", "", f"malformed YAML ({getattr(exc, 'problem', exc)})", mark.line + 1 if mark else None)
-    if not isinstance(doc, yaml.SequenceNode):
-        return Finding("error", "", "", "an ADIOS2 YAML config is a list of IOs (- IO: name)", 1)
-    ios = []
-    for item in doc.value:
-        if not isinstance(item, yaml.MappingNode):
-            continue
-        fields = {k.value: v for k, v in item.value if isinstance(k, yaml.ScalarNode)}
-        name = fields.get("IO")
-        io = _IO(name.value if isinstance(name, yaml.ScalarNode) else "", item.start_mark.line + 1, params=[])
-        engine = fields.get("Engine")
-        if isinstance(engine, yaml.MappingNode):
-            io.engines, io.engine_line = 1, engine.start_mark.line + 1
-            for k, v in engine.value:
-                if k.value == "Type":
-                    io.engine = str(v.value)
-                elif isinstance(v, yaml.ScalarNode):
-                    io.params.append(_Param(str(k.value), str(v.value), k.start_mark.line + 1))
-        ios.append(io)
-    return ios
+    problem = value_problem("QueueLimit", limit.value)
+    return [Finding(problem[0], io.name, "QueueLimit", problem[1], limit.line)] if problem else []
 
 
 def _index_ios(found):
@@ -300,15 +204,16 @@ def _compare(cfg, found, io_name, *, yaml_form=False):
     return findings
 
 
-def _lint_io(io, *, yaml_form, strict):
-    """Findings that need no expectations: several engines, duplicate keys and, on SST, unknown or
-    miscased keys (an error for the canonical keys in ``strict``, else a warning).
+def _lint_io(io, *, yaml_form, strict, all_notes=True):
+    """Findings that need no expectations: duplicate keys; on SST, keys SST does not match (a miscased
+    key is an error for the canonical keys in ``strict``, else a warning; a misspelled one an error) and
+    values SST refuses (:func:`~stagelearn.staging.sst_params.value_problem`); on other engines, misspelled
+    SST keys (errors) and SST keys (notes, for the day the IO becomes SST; with ``all_notes`` False only those
+    that would need a change then).
 
-    Returns ``(first, findings)``: ``first`` maps each key to its first :class:`_Param` (what ADIOS2 keeps).
+    Returns ``(first, findings)``: ``first`` maps each key to its first :class:`~.xmlread.Param` (what ADIOS2 keeps).
     """
     out = []
-    if io.engines > 1:
-        out.append(Finding("warning", io.name, "", f"{io.engines} <engine> elements; only the first is read", io.line))
     first = {}
     for p in io.params:
         if p.key in first:
@@ -323,29 +228,45 @@ def _lint_io(io, *, yaml_form, strict):
                                + ("" if same else f" and ignores {p.value!r}"), p.line))
         else:
             first[p.key] = p
-    if (io.engine or "").lower() != "sst":
-        return first, out
-    known_lower = {k.lower(): k for k in SST_KEYS}
+    engine = io.engine or ""
+    sst = engine.lower() == "sst"
     for key, p in first.items():
-        canon = known_lower.get(key.lower())
-        if canon is None:
-            near = difflib.get_close_matches(key, SST_KEYS, n=1, cutoff=0.8)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            out.append(Finding("warning", io.name, key, f"not an SST parameter; SST ignores it{hint}", p.line))
-        elif canon != key:
+        if not sst:
+            problem = key_problem(key, engine)
+            note = None if problem else note_for_sst(key, p.value or "", engine, data_planes=_planes(key, p.value),
+                                                         fixes_only=not all_notes)
+            if problem or note:
+                out.append(Finding(problem[0], io.name, key, problem[1], p.line) if problem
+                           else Finding("note", io.name, key, note, p.line))
+            continue
+        if key in SST_KEYS:
+            if key != "QueueLimit":  # judged with the queue (inspect) or against the expected value (check)
+                problem = value_problem(key, p.value or "", data_planes=_planes(key, p.value))
+                if problem:
+                    out.append(Finding(problem[0], io.name, key, problem[1], p.line))
+            continue
+        severity, message, canon = key_problem(key, engine)
+        if canon is not None and canon.lower() == key.lower():
             if canon in first:
-                out.append(Finding("warning", io.name, key, f"SST matches keys case-sensitively: ignored "
-                                                            f"(the {canon!r} on line {first[canon].line} applies)", p.line))
-            else:
-                sev = "error" if canon in strict else "warning"
-                out.append(Finding(sev, io.name, key, f"SST matches keys case-sensitively: {key!r} is ignored; "
-                                                      f"write {canon!r}", p.line))
+                severity, message = "warning", (f"SST matches keys case-sensitively: ignored (the {canon!r} on "
+                                                f"line {first[canon].line} applies)")
+            elif canon not in strict:
+                severity = "warning"
+        out.append(Finding(severity, io.name, key, message, p.line))
     return first, out
+
+
+def _planes(key, value):
+    """The build's SST data planes, asked only where a DataTransport names one other than WAN."""
+    if key.lower() != "datatransport" or DATA_PLANES.get(str(value).strip().lower()) in (None, "evpath"):
+        return None
+    facts = build_facts()
+    return facts["data_planes"] if facts else None
 
 
 def _check_io(role, io, engine, expected, *, yaml_form=False):
     actual = io.engine or "BP5"  # no <engine>: ADIOS2's default (a BP file)
-    first, out = _lint_io(io, yaml_form=yaml_form, strict=set(expected) - set(SITE_KEYS))
+    first, out = _lint_io(io, yaml_form=yaml_form, strict=set(expected) - set(SITE_KEYS), all_notes=False)
     if actual.lower() != engine.lower():
         sev = "warning" if role == "output" and actual.lower() in ("bp3", "bp4", "bpfile", "file") else "error"
         what = f"engine {actual}" if io.engine else "no <engine> (ADIOS2 then writes a BP file)"
@@ -356,6 +277,7 @@ def _check_io(role, io, engine, expected, *, yaml_form=False):
                                                    f"the canonical spelling is {engine!r}", io.engine_line))
     if engine != "SST":
         return out
+    refused = {f.key for f in out if f.severity == "error"}  # values SST refuses: said once, above
     for key, want in expected.items():
         p = first.get(key)
         if p is None:
@@ -371,12 +293,12 @@ def _check_io(role, io, engine, expected, *, yaml_form=False):
                 sev = "warning" if key in SITE_KEYS else "error"
                 dflt = f" (SST's default: {default})" if default is not None else ""
                 out.append(Finding(sev, io.name, key, f"not set{dflt}; expected {want}", io.engine_line))
-        elif not _same(p.value, want):
+        elif not _same(p.value, want) and key not in refused:
             sev = "warning" if key in SITE_KEYS or _bounded_queue(key, p.value) else "error"
             extra = " (must be an interface both sides reach, the same in staging's XML)" if key == "NetworkInterface" else ""
             out.append(Finding(sev, io.name, key, f"{p.value!r}; expected {want!r}{extra}", p.line))
     latest = first.get("AlwaysProvideLatestTimestep")
-    if role == "stream" and latest is not None and str(latest.value).strip().lower() in ("true", "1", "yes", "on"):
+    if role == "stream" and latest is not None and str(latest.value).strip().lower() in ("true", "yes", "on"):
         out.append(Finding("error", io.name, "AlwaysProvideLatestTimestep",
                            "true makes the reader skip steps; staging needs every step", latest.line))
     return out

@@ -292,3 +292,22 @@ def test_check_hint_keeps_the_io_the_user_passed(tmp_path, stagelearn_cli):
     assert f"stagelearn xml {run_yaml} --io writer > adios2.xml" in out
     # validate judges the code's SST IO though its name is not adios2.stream_io (SST readers need not share it)
     refused(stagelearn_cli("validate", run_yaml), str(xml), "IO writer", "QueueFullPolicy=Discard")
+
+
+@pytest.mark.parametrize("edit,words", [
+    # issue 19 item 6: the code aborts with MissingOperatorFailure (zfp is not compiled into this ADIOS2)
+    (lambda t: t.replace("  </io>", '    <variable name="U">\n      <operation type="zfp"/>\n    </variable>\n  </io>'),
+     ["<variable name=\"U\">: <operation type=\"zfp\">", "'zfp' is not compiled into this ADIOS2", "bzip2"]),
+    # issue 19 item 6: ADIOS2's SST Open throws on StepsRoundRobin
+    (lambda t: t.replace('value="WAN"/>', 'value="WAN"/>\n      <parameter key="StepDistributionMode" '
+                                          'value="StepsRoundRobin"/>'),
+     ["SimulationOutput/StepDistributionMode", "did you mean 'RoundRobin'?"]),
+    # issue 15 item 7: ADIOS2 refuses the file
+    (lambda t: t.replace("  </io>", '    <engine type="BP5"/>\n  </io>'), ["2 <engine> elements in one <io>"]),
+    (lambda t: t.replace('value="Block"', 'value="Drop"'), ["'Drop' is not an SST QueueFullPolicy", "SimulationOutput/QueueFullPolicy"]),
+])
+def test_validate_refuses_what_adios2_refuses_in_the_code_xml(tmp_path, stagelearn_cli, edit, words):
+    """What ADIOS2 2.12.1 throws on or aborts with in the code's own XML is refused by validate, before any start."""
+    xml = code_xml(tmp_path, edit(GOOD.read_text()))
+    out = refused(stagelearn_cli("validate", in_transit_yaml(tmp_path, xml)), str(xml), *words)
+    assert out.count(words[0]) == 1, out  # said once

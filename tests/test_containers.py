@@ -327,3 +327,117 @@ def test_no_apptainer_here_is_expected():
     """Documented, not asserted: a real build needs apptainer (containers/README.md)."""
     if shutil.which("apptainer") is None:
         pytest.skip("apptainer not installed: the recipes are checked statically only")
+
+
+# --- issue 20: PMI default, environment activation, hetjob over lo ----------------------------------------
+
+def _example_cfg(**adios2):
+    from stagelearn.staging.config import load_config
+
+    cfg = load_config(REPO / EXAMPLE)
+    if adios2:
+        cfg = cfg.model_copy(update={"adios2": cfg.adios2.model_copy(update=adios2)})
+    return cfg
+
+
+def _srun_lines(text):
+    return [shlex.split(line.rstrip("&")) for line in text.splitlines() if line.startswith("srun ")]
+
+
+@pytest.mark.parametrize("mode", ["hetjob", "mpmd"])
+def test_srun_mpi_defaults_to_pmi2_and_pmix_only_where_it_can_work(mode):
+    from stagelearn.staging.slurm import generate
+
+    cfg = _example_cfg()
+    for container in (None, "img.sif"):
+        sruns = _srun_lines(generate(cfg, EXAMPLE, mode=mode, container=container))
+        assert len(sruns) == 2 and all("--mpi=pmi2" in a for a in sruns)  # the wheel's PMI, without being asked
+    # the mpich wheel has no PMIx: refused here, with the reason and the fix
+    with pytest.raises(ValueError, match=r"--srun-mpi pmix cannot work here: this environment's MPI is the mpich "
+                                         r"wheel .*without PMIx.*--srun-mpi pmi2"):
+        generate(cfg, EXAMPLE, mode=mode, srun_mpi="pmix", mpi="mpich-wheel")
+    with pytest.raises(ValueError, match="pmix_v4 cannot work here"):
+        generate(cfg, EXAMPLE, mode=mode, srun_mpi="pmix_v4", mpi="mpich-wheel")
+    # a site MPI may have PMIx; a container may be the bind image: allowed, with a note for the hybrid image
+    assert all("--mpi=pmix" in a for a in _srun_lines(generate(cfg, EXAMPLE, mode=mode, srun_mpi="pmix", mpi="site")))
+    text = generate(cfg, EXAMPLE, mode=mode, srun_mpi="pmix", container="img.sif")
+    assert all("--mpi=pmix" in a for a in _srun_lines(text))
+    assert "# NOTE: --srun-mpi pmix: works only with the bind image" in text and "PMI-1/PMI-2 only" in text
+    assert "# NOTE: --srun-mpi none: srun starts the tasks without a PMI" in generate(cfg, EXAMPLE, mode=mode,
+                                                                                        srun_mpi="none")
+
+
+def test_launch_cli_refuses_pmix_for_the_wheel(stagelearn_cli):
+    from stagelearn.staging.slurm import local_mpi
+
+    if local_mpi() != "mpich-wheel":
+        pytest.skip("this environment's MPI is not the mpich wheel")
+    proc = stagelearn_cli("launch", REPO / EXAMPLE, "--srun-mpi", "pmix", timeout=120)
+    assert proc.returncode == 2 and "without PMIx" in proc.stderr and "--srun-mpi pmi2" in proc.stderr
+    assert proc.stdout == ""
+
+
+def _fake_bin(tmp_path, log):
+    """A bin directory with a fake `srun` (drops its options, runs the command) and a fake `stagelearn`."""
+    env_bin = tmp_path / "env dir" / "bin"  # a space: the activation must quote it
+    env_bin.mkdir(parents=True)
+    (env_bin / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\n'
+                                  f'echo "srun SLURM_EXPORT_ENV=$SLURM_EXPORT_ENV" >> {shlex.quote(str(log))}\nexec "$@"\n')
+    (env_bin / "stagelearn").write_text(f'#!/bin/bash\necho "stagelearn $1 PATH=$PATH" >> {shlex.quote(str(log))}\n')
+    for name in ("srun", "stagelearn"):
+        (env_bin / name).chmod(0o755)
+    return env_bin
+
+
+@pytest.mark.parametrize("mode", ["hetjob", "mpmd"])
+def test_script_activates_the_environment_it_was_generated_from(tmp_path, mode):
+    """`sbatch --export=NONE`: the job starts with an empty environment (here `env -i`); the script's own
+    PATH finds stagelearn (and exports SLURM_EXPORT_ENV=ALL for its steps). Without the environment: exit 2."""
+    from stagelearn.staging.slurm import environment_bin, generate
+
+    log = tmp_path / "calls.log"
+    env_bin = _fake_bin(tmp_path, log)
+    cfg = _example_cfg(network_interface="eth0")  # no lo check here (tested below)
+    text = generate(cfg, EXAMPLE, mode=mode, env_bin=str(env_bin))
+    assert f"export PATH={shlex.quote(str(env_bin))}:" in text and "export SLURM_EXPORT_ENV=ALL" in text
+    script = tmp_path / "job.sh"
+    script.write_text(text)
+    proc = run_cmd(["env", "-i", "/bin/bash", str(script)], timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = log.read_text().splitlines()
+    assert sorted(c.split()[1] for c in calls if c.startswith("stagelearn")) == ["report", "sim", "stage"]
+    assert all(c.split(" PATH=", 1)[1].startswith(f"{env_bin}:") for c in calls if c.startswith("stagelearn"))
+    assert [c for c in calls if c.startswith("srun")] == ["srun SLURM_EXPORT_ENV=ALL"] * 2
+    # the environment is gone on the node: stop at once, exit 2, saying where it was looked for
+    (env_bin / "stagelearn").unlink()
+    proc = run_cmd(["env", "-i", "/bin/bash", str(script)], timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and f"no stagelearn in {env_bin}" in proc.stderr
+    # default: the environment running `stagelearn launch` (this venv)
+    assert f"export PATH={shlex.quote(environment_bin())}:" in generate(cfg, EXAMPLE, mode=mode)
+    assert "export PATH=" not in generate(cfg, EXAMPLE, mode=mode, container="img.sif")  # the image is the environment
+
+
+@pytest.mark.parametrize("nodes, code", [(("n1", "n2"), 2), (("n[1-2]", "n[1-2]"), 2), (("n1", "n1"), 0)])
+def test_hetjob_over_loopback_stops_unless_on_one_node(tmp_path, nodes, code):
+    from stagelearn.staging.slurm import generate
+
+    log = tmp_path / "calls.log"
+    env_bin = _fake_bin(tmp_path, log)
+    script = tmp_path / "job.sh"
+    script.write_text(generate(_example_cfg(), EXAMPLE, mode="hetjob", env_bin=str(env_bin)))
+    env = [f"SLURM_JOB_NODELIST_HET_GROUP_0={nodes[0]}", f"SLURM_JOB_NODELIST_HET_GROUP_1={nodes[1]}"]
+    proc = run_cmd(["env", "-i", *env, "/bin/bash", str(script)], timeout=60, cwd=tmp_path)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    if code:
+        assert (f"adios2.network_interface is lo (loopback) but this heterogeneous job's components run on {nodes[0]} "
+                f"(simulation) and {nodes[1]} (staging)") in proc.stderr
+        assert "Set adios2.network_interface in the run YAML" in proc.stderr and "--mode mpmd" in proc.stderr
+        ifaces = sorted(n for n in os.listdir("/sys/class/net") if n != "lo") if os.path.isdir("/sys/class/net") else []
+        assert f"interfaces on this node: {' '.join(ifaces) or '?'};" in proc.stderr
+        assert not log.exists()  # no side started
+    else:
+        assert "stagelearn sim" in log.read_text()
+    # a real interface: no check; mpmd over lo is pinned to one node instead
+    other = generate(_example_cfg(network_interface="eth0"), EXAMPLE, mode="hetjob", env_bin=str(env_bin))
+    assert "SLURM_JOB_NODELIST_HET_GROUP_0" not in other
+    assert "#SBATCH --nodes=1" in generate(_example_cfg(), EXAMPLE, mode="mpmd", env_bin=str(env_bin))

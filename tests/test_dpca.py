@@ -11,7 +11,8 @@ from stagelearn.analytics.synthetic import sample
 
 # rounds within which each algorithm reaches sin(theta) <= 1e-3 on i.i.d. data (d=16, k=3)
 ROUNDS = {"subspace": 60, "subspace_f32": 60, "oja": 60, "iag": 600, "gossip": 60, "warm_ritz": 15, "delta_ritz": 15,
-          "delta_power": 15}
+          "delta_power": 15, "delta_ritz_rs": 15,
+          "krylov_f32": 30, "gossip_int8": 60}
 
 
 def _crossing_problem(d=32, k=4, gap=0.02, seed=0):
@@ -65,6 +66,18 @@ def test_certificate_holds_on_the_tiny_gap_crossing_that_fools_the_estimate():
     assert all(c >= e for c, e in zip(info["certificates"], errors)), list(zip(info["certificates"], errors))
     assert info["certificates"][0] == 1.0  # nothing certified while the wrong subspace is held
     assert sin_theta(V, U) <= info["certificate"] <= 1e-3
+
+
+def test_patience_stops_an_update_that_certifies_nothing():
+    """The crossing case: the certificate stays 1.0 for 7 rounds; patience 5 stops after 6, saying so."""
+    C, U, X0 = _crossing_problem()
+    k = U.shape[1]
+    state = {"X": X0, "Y": np.zeros((1,) + X0.shape)}
+    V, info = solve("delta_ritz", C, k, MPI.COMM_SELF, V0=X0[:, :k], state=state, tol=1e-3, max_rounds=80, patience=5)
+    assert info["rounds"] == 6 and info["stalled"] and info["certificates"] == [1.0] * 6
+    assert sin_theta(V, U) <= info["certificate"]
+    V, info = solve("delta_ritz", C, k, MPI.COMM_SELF, V0=V, state=info["state"], tol=1e-3, max_rounds=80, patience=5)
+    assert "stalled" not in info and sin_theta(V, U) <= info["certificate"] <= 1e-3  # the next update goes on
 
 
 @pytest.mark.parametrize("gap", [0.5, 0.05, 0.005])

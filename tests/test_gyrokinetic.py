@@ -137,3 +137,93 @@ def test_decomposition_invariance(mpirun, tmp_path):
     for tag in ("auto", "tp"):
         np.testing.assert_array_equal(np.load(tmp_path / f"f_{tag}_4.npy"), one)
         np.testing.assert_allclose(np.load(tmp_path / f"n_{tag}_4.npy"), np.load(tmp_path / "n_auto_1.npy"), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the broadband, non-Maxwellian mock
+def _turbulent(n_vpar=32, n_mu=16, **kw):
+    from stagelearn.sim_mocks import TurbulentGyrokineticMock5D
+
+    return TurbulentGyrokineticMock5D(8, 16, 4, n_vpar, n_mu, comm=MPI.COMM_SELF, **kw)
+
+
+def _pca_rank(f, fraction):
+    X = f.reshape(-1, f.shape[-2] * f.shape[-1])
+    sv = np.linalg.svd(X - X.mean(0), compute_uv=False)
+    return int(np.searchsorted(np.cumsum(sv**2) / np.sum(sv**2), fraction) + 1)
+
+
+def _modes_for(field2d, fraction):
+    """Fourier modes in (theta, phi) holding ``fraction`` of the fluctuation power (per radius, pooled)."""
+    d = field2d - field2d.mean(axis=(1, 2), keepdims=True)
+    p = np.sort((np.abs(np.fft.fft2(d, axes=(1, 2))) ** 2).ravel())[::-1]
+    return int(np.searchsorted(np.cumsum(p) / p.sum(), fraction) + 1)
+
+
+def test_turbulent_mock_is_broadband_and_higher_rank_than_the_three_mode_mock():
+    hard, easy = _turbulent(noise=0.0), GyrokineticMock5D(8, 16, 4, 32, 16, comm=MPI.COMM_SELF, noise=0.0)
+    hard.advance(60)
+    easy.advance(60)
+    fh, fe = hard.fields()["f"], easy.fields()["f"]
+    assert fh.shape == fe.shape == (8, 16, 4, 32, 16) and np.all(fh >= 0) and np.all(np.isfinite(fh))
+    dh, de = hard.moments()["density"], easy.moments()["density"]
+    assert _modes_for(dh, 0.9) > 3 * _modes_for(de, 0.9)
+    assert _pca_rank(fh, 0.9999) > _pca_rank(fe, 0.9999) + 3
+
+
+def test_turbulent_mock_moments_and_non_maxwellian_structure():
+    # kinetic terms, clump and beam off: a bi-Maxwellian with the imposed n and u (quadrature accuracy)
+    fine = {"n_vpar": 64, "n_mu": 128, "vpar_max": 6.0, "mu_max": 14.0}  # quadrature error << the checks
+    plain = _turbulent(noise=0.0, amplitudes={"e3": 0, "e4": 0, "res": 0}, beam_density=0.0, **fine)
+    plain.advance(60)
+    fl, m = plain.fluid_fields(), plain.moments()
+    assert np.abs(fl["u"]).max() > 0.05 and np.ptp(fl["n"]) > 0.05
+    np.testing.assert_allclose(m["density"], fl["n"], rtol=3e-3)
+    np.testing.assert_allclose(m["parallel_flow"], fl["n"] * fl["u"], atol=3e-3)
+    # bi-Maxwellian energy: n (T_par / 2 + T_perp + u^2 / 2)
+    np.testing.assert_allclose(m["energy"], fl["n"] * (0.5 * fl["T"] + fl["T_perp"] + 0.5 * fl["u"] ** 2), rtol=1e-2)
+    # the full mock departs from it: the beam carries flow, the kinetic terms energy
+    full = _turbulent(noise=0.0, **fine)
+    full.advance(60)
+    mf = full.moments()
+    assert np.abs(mf["parallel_flow"] - m["parallel_flow"]).max() > 0.01
+    assert np.abs(mf["energy"] / m["energy"] - 1).max() > 0.01
+    with pytest.raises(ValueError, match="unknown field"):
+        _turbulent(amplitudes={"dB": 0.1})
+
+
+def test_turbulent_mock_is_registered_as_a_simulation():
+    from stagelearn.sim_mocks import TurbulentGyrokineticMock5D
+    from stagelearn.sim_mocks.config import GyrokineticTurbulenceConfig
+    from stagelearn.sim_mocks.runner import build_simulation
+    from stagelearn.staging.config import RunConfig
+
+    cfg = RunConfig.model_validate({"simulation": {"type": "gyrokinetic_turbulence", "n_r": 4, "n_theta": 8,
+                                                   "n_phi": 2, "n_vpar": 16, "n_mu": 8, "m_max": 6}})
+    assert isinstance(cfg.simulation, GyrokineticTurbulenceConfig) and cfg.simulation.field_ndim == 5
+    sim = build_simulation(cfg.simulation, MPI.COMM_SELF)
+    assert isinstance(sim, TurbulentGyrokineticMock5D) and sim.fields()["f"].shape == (4, 8, 2, 16, 8)
+    assert sim.m.max() == 6
+
+
+TURB_SCRIPT = """
+    import numpy as np
+    from mpi4py import MPI
+    from stagelearn.sim_mocks import TurbulentGyrokineticMock5D
+    from stagelearn.sim_mocks.runner import gather_field
+    comm = MPI.COMM_WORLD
+    sim = TurbulentGyrokineticMock5D(8, 8, 4, 16, 8, comm=comm, noise=1e-3, seed=3, m_max=6, n_max=2)
+    sim.advance(25)
+    f = gather_field(comm, sim.fields()["f"], sim.start, sim.count, sim.shape)
+    if comm.rank == 0:
+        np.save("turb_%d.npy" % comm.size, f)
+"""
+
+
+@pytest.mark.mpi
+@pytest.mark.timeout(120)
+def test_turbulent_decomposition_invariance(mpirun, tmp_path):
+    mpirun(1, TURB_SCRIPT)
+    mpirun(4, TURB_SCRIPT)
+    one = np.load(tmp_path / "turb_1.npy")
+    assert one.shape == (8, 8, 4, 16, 8) and one.max() > 0.01
+    np.testing.assert_array_equal(np.load(tmp_path / "turb_4.npy"), one)

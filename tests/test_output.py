@@ -130,3 +130,47 @@ def test_gather_fallback_writes_every_rank_blocks_on_rank_0(tmp_path):
     assert counts[1] == (0, 0) and counts[2] == (0, 0)  # only rank 0 puts
     assert counts[0][0] > 0 and counts[0][1] > 0
     check_file(path, [1, 2], n_producers)
+
+
+def test_code_attributes_are_stored_under_code_and_read_back(tmp_path):
+    """The code's stream attributes (in transit) go to ``code/<name>``, new or changed ones at any step,
+    with their types; stagelearn's own attribute stays apart; the decode listing prints them."""
+    from stagelearn.staging.decode_listing import describe_output
+    from stagelearn.staging.step_facts import StepItems
+
+    path = str(tmp_path / "attrs.bp")
+    first = {"title": "run 7", "authors": ["a", "b c"], "dt": np.float64(0.125), "nx": np.int64(64),
+             "origin": np.array([0.5, -1.25]), "dims": np.array([64, 32], dtype=np.int32), "T/unit": "K",
+             "T/range": np.array([0.0, 1.5], dtype=np.float32), "stagelearn/report_fields": "the code's own"}
+    later = dict(first, **{"restarts": np.array([3], dtype=np.int64), "T/unit": "degC"})
+    writer = CompressedOutputWriter(None, None, path)
+    for step in (0, 1, 2):
+        items = StepItems(n_blocks=[3])
+        items.attributes = first if step < 2 else later  # a new attribute and a changed one at step 2
+        writer.write_step(step, [producer_block(step, r, 3, coded=False) for r in range(3)], summary=items)
+    writer.close()
+    reader = CompressedOutputReader(path)
+    got = reader.attributes()
+    assert sorted(got) == sorted(later)
+    for name, want in later.items():
+        if isinstance(want, (str, list)):
+            assert got[name] == want, name
+        else:
+            assert np.asarray(got[name]).dtype == np.asarray(want).dtype, name
+            np.testing.assert_array_equal(got[name], want, err_msg=name)
+    assert np.ndim(got["dt"]) == 0 and np.ndim(got["nx"]) == 0  # single values stay single
+    assert reader.io.InquireAttribute("stagelearn/report_fields").DataString()[0] == "step"  # ours, untouched
+    check_file(path, [0, 1, 2], 3)
+    text = describe_output(path, reader)
+    reader.close()
+    assert 'T/unit = "degC"' in text and "dims = [64, 32] (int32)" in text and 'authors = ["a", "b c"]' in text
+
+
+def test_a_file_without_code_attributes_lists_none(tmp_path):
+    path = str(tmp_path / "plain.bp")
+    writer = CompressedOutputWriter(None, None, path)
+    writer.write_step(0, [producer_block(0, 0, 1, coded=False)])
+    writer.close()
+    reader = CompressedOutputReader(path)
+    assert reader.attributes() == {}
+    reader.close()

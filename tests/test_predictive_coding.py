@@ -61,8 +61,10 @@ def test_error_bound_holds_pointwise(bound):
     eb = encode_block(x, codec, TILE, raw_fraction=0.0, target_mse=1e-2, abs_bound=bound)
     block, header, _ = decode_block(eb.payload, codec)
     np.testing.assert_array_equal(block, eb.reconstruction)
-    assert float(np.max(np.abs(block.astype(np.float64) - x))) <= bound
-    assert header["n_corrected"] > 0
+    err = float(np.max(np.abs(block.astype(np.float64) - x)))
+    assert err <= bound
+    # the bound binds: the step is capped at it, so the error comes near it with few or no corrections
+    assert err >= 0.25 * bound and header["n_corrected"] <= 0.1 * header["n_tiles"], (err, header["n_corrected"])
 
 
 def test_error_bound_correction_is_zfp_of_the_residual():

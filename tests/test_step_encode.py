@@ -35,13 +35,14 @@ def field(rng, shape=(16, 12)):
 
 
 def test_float32_block_gives_the_codec_payload_and_its_stats():
+    """(target 1e-3: the 3-component model leaves ~1e-4 per value outside its basis, so 1e-4 goes raw)"""
     rng = np.random.default_rng(0)
     model, block = pca_model(rng), field(rng).astype(np.float32)
     header = {"step": 3, "variable": "T", "rank": 1}
     chain = PredictionChain()
-    code = encode_step_block(block, model, step=3, chain=chain, chain_key=("T", 1), target_mse=1e-4,
+    code = encode_step_block(block, model, step=3, chain=chain, chain_key=("T", 1), target_mse=1e-3,
                              raw_fraction=0.05, header=header)
-    eb = encode_block(block, model.codec(), TILE, raw_fraction=0.05, target_mse=1e-4, header=dict(header, ref_step=None))
+    eb = encode_block(block, model.codec(), TILE, raw_fraction=0.05, target_mse=1e-3, header=dict(header, ref_step=None))
     assert code.payload == eb.payload
     np.testing.assert_array_equal(code.reconstruction, eb.reconstruction)
     assert code.stats == eb.stats and code.n_raw_tiles == eb.n_raw_tiles

@@ -259,3 +259,34 @@ def test_producer_and_decoder_in_other_processes_agree_bit_for_bit(tmp_path, pro
     dec = StreamDecoder()
     here = [zlib.crc32(dec.decode((tmp_path / f"f{t}.bin").read_bytes()).tobytes()) for t in range(4)]
     assert here == produced
+
+
+def test_reciprocal_division_of_the_rans_encoder_is_exact():
+    """``x // f`` by multiply and shift (Granlund-Montgomery) for every 16-bit frequency, at the
+    extremes of the encoder's state (below ``f * 2^16``) and at random states below 2^32."""
+    from stagelearn.analytics.stream_codec.entropy_coding import reciprocals
+
+    rng = np.random.default_rng(0)
+    f = np.arange(1, 65537, dtype=np.uint64)
+    m, sh = reciprocals(f)
+    for x in ((f << np.uint64(16)) - np.uint64(1), np.full(f.size, 2**32 - 1, np.uint64),
+              f * (np.uint64(2**32 - 1) // f), f * (np.uint64(2**32 - 1) // f) - np.uint64(1),
+              rng.integers(0, 2**32, f.size, dtype=np.uint64), np.zeros(f.size, np.uint64)):
+        q = (x + ((x * m) >> np.uint64(32))) >> sh
+        assert np.array_equal(q, x // f)
+
+
+def test_decoder_lookup_buckets_hold_the_symbol_of_each_bucket_start():
+    """The compiled bucket table equals a searchsorted of each bucket's first slot in the cumulative
+    frequencies; tables of contexts that never occur (all zeros) stay zero."""
+    from stagelearn.analytics.stream_codec.entropy_coding import LUT_BITS, PROB_BITS, _buckets, _tables
+
+    rng = np.random.default_rng(5)
+    counts = [rng.integers(0, 50, n) * (rng.random(n) < 0.7) for n in (1, 2, 7, 300, 5000)]
+    counts = [c if c.sum() else np.ones_like(c) for c in counts] + [np.zeros(4, np.int64)]
+    freqs, freq, _, tab_off = _tables(counts)
+    bucket = _buckets(freq, tab_off, np.array([len(f) for f in freqs], np.int64))
+    starts = np.arange(1 << LUT_BITS, dtype=np.int64) << (PROB_BITS - LUT_BITS)
+    for t, f in enumerate(freqs):
+        want = np.searchsorted(np.cumsum(f), starts, side="right") if f.sum() else np.zeros(starts.size)
+        assert np.array_equal(bucket[t << LUT_BITS:(t + 1) << LUT_BITS], want)

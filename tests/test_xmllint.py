@@ -210,13 +210,16 @@ def test_inspect_summary_and_clean_file(tmp_path):
 
 
 def test_inspect_unknown_sst_key(tmp_path):
+    """A misspelled SST key is an error naming the key meant; a key SST does not know and no SST key is near
+    (a BP5 key) is a warning on SST and nothing on BP5."""
     path = _write(tmp_path, _io_xml("SST", [("QueueLimit", "4"), ("QueueLimt", "2"), ("NumAggregators", "1")]))
     findings = inspect(path)[1]
-    assert _got(findings) == [("warning", "out", "QueueLimt", 6), ("warning", "out", "NumAggregators", 7)]
+    assert _got(findings) == [("error", "out", "QueueLimt", 6), ("warning", "out", "NumAggregators", 7)]
     assert "not an SST parameter" in findings[0].message and "did you mean 'QueueLimit'?" in findings[0].message
     assert "did you mean" not in findings[1].message
-    # the same keys on BP5 are BP5's business: not flagged
-    assert inspect(_write(tmp_path, _io_xml("BP5", [("QueueLimt", "2"), ("NumAggregators", "1")]), "bp5.xml"))[1] == []
+    # on BP5: its own keys are BP5's business, a misspelled SST key bites the day the IO becomes SST
+    (f,) = inspect(_write(tmp_path, _io_xml("BP5", [("QueueLimt", "2"), ("NumAggregators", "1")]), "bp5.xml"))[1]
+    assert _got([f]) == [("error", "out", "QueueLimt", 5)] and "did you mean 'QueueLimit'?" in f.message
 
 
 def test_inspect_key_case_sst_not_bp5(tmp_path):

@@ -5,7 +5,8 @@ Every learner (see :mod:`stagelearn.analytics.learners`) has ``kind``, ``ready``
 ``training_stats()``, ``get_state()``, ``set_state(state)`` and ``close()``. The two PCA
 estimators hold the same fitted attributes (``mean_``, ``components_``,
 ``explained_variance_ratio_``, ``n_components_``), so :class:`PCAModel` answers for both, and
-gives both ``transform`` and ``inverse_transform``.
+gives both ``transform`` and ``inverse_transform``. PCA learners also have ``comm_stats()``
+(what they sent for learning, or None when they do not count it; staging's summary uses it).
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ class PCAModel:
 
     def training_stats(self):
         """None: the PCA learners' traffic is not part of the staging summary."""
+        return None
+
+    def comm_stats(self):
+        """None: this learner does not count its communication (:class:`DistributedPCA` does)."""
         return None
 
     def close(self):

@@ -33,6 +33,10 @@ class DistributedPCA(PCAModel):
         ``partial_fit`` is collective over it; None means ``MPI.COMM_SELF``.
     graph : list of list of int, optional
         Neighbours per rank for ``gossip`` (e.g. the simulation's decomposition adjacency).
+    patience : int or None, default=5
+        ``delta_*``: also end an update when the certificate has not halved in ``patience``
+        rounds (it cannot separate ``lambda_k`` from ``lambda_(k+1)``, e.g. ``k`` close to ``d``);
+        ``certificate_`` then says what was certified. None: only ``tol`` and ``max_rounds`` stop.
 
     Attributes
     ----------
@@ -44,12 +48,17 @@ class DistributedPCA(PCAModel):
     bytes_sent_ : int
         Payload bytes this rank sent so far (:class:`CommCounter`).
     rounds_ : int
+        Communication rounds so far (the mean and explained-variance all-reduces included).
+    updates_ : int
+        ``partial_fit`` calls that ran the algorithm.
     certificate_ : float or None
         ``delta_ritz``, ``delta_power``: certified upper bound on sin theta of the last basis (1.0: none).
     """
 
-    def __init__(self, n_components, *, algorithm="warm_ritz", tol=1e-3, max_rounds=50, comm=None, graph=None):
+    def __init__(self, n_components, *, algorithm="warm_ritz", tol=1e-3, max_rounds=50, comm=None, graph=None,
+                 patience=5):
         self.n_components = n_components
+        self.patience = patience
         self.algorithm = algorithm
         self.tol = tol
         self.max_rounds = max_rounds
@@ -81,7 +90,7 @@ class DistributedPCA(PCAModel):
         X = np.asarray(X, dtype=np.float64)
         d = X.shape[1]
         k = int(self.n_components)
-        spare = 1 if self.algorithm in ("warm_ritz", "delta_ritz") else 0
+        spare = 1 if self.algorithm in ("warm_ritz", "delta_ritz", "delta_ritz_rs") else 0
         if not 1 <= k <= d - spare:
             raise ValueError(f"n_components={k} must be in [1, {d - spare}] for algorithm {self.algorithm!r} with {d} "
                              "features (warm_ritz and delta_ritz need one spare direction)")
@@ -108,14 +117,17 @@ class DistributedPCA(PCAModel):
         shift = self._mean - mean
         A_r = (self._scatter + self._n * np.outer(shift, shift)) / (n - 1)
         V0 = self.components_.T if hasattr(self, "components_") else None
+        rounds_before = self._counter.rounds
         V, info = solve(self.algorithm, A_r, k, comm, V0=V0, tol=self.tol, max_rounds=self.max_rounds,
                         counter=self._counter, graph=self.graph, guard=getattr(self, "_guard", None),
-                        state=getattr(self, "_state", None))
+                        state=getattr(self, "_state", None), patience=self.patience)
+        info["solver_rounds"] = self._counter.rounds - rounds_before
         self._guard = info.get("guard", getattr(self, "_guard", None))
         self._state = info.get("state", getattr(self, "_state", None))
         self.certificate_ = info.get("certificate")
-        total_var = self._counter.allreduce(np.array([np.trace(A_r)]))[0]
-        lam = np.diag(V.T @ self._counter.allreduce(A_r @ V))
+        # explained variance diag(V^T C V) = sum_r diag(V^T A_r V): k + 1 numbers, not the d x k product
+        tot = self._counter.allreduce(np.concatenate([[np.trace(A_r)], np.einsum("ij,ij->j", V, A_r @ V)]))
+        total_var, lam = tot[0], tot[1:]
         order = np.argsort(lam)[::-1]
         self.components_ = V[:, order].T
         self.explained_variance_ = lam[order]
@@ -125,7 +137,25 @@ class DistributedPCA(PCAModel):
         self.n_components_ = k
         self.n_features_in_ = d
         self.bytes_sent_, self.rounds_ = self._counter.bytes_sent, self._counter.rounds
+        self.updates_ = getattr(self, "updates_", 0) + 1
+        self.solver_rounds_ = getattr(self, "solver_rounds_", 0) + int(info["solver_rounds"])
         return self
+
+    def comm_stats(self):
+        """What this rank sent for learning so far (local, no communication).
+
+        Returns
+        -------
+        dict
+            ``algorithm``; ``bytes`` and ``rounds`` (payload bytes and communication rounds of every
+            ``partial_fit``, the mean and explained-variance all-reduces included); ``solver_rounds``
+            (the algorithm's own rounds); ``updates`` (``partial_fit`` calls that solved);
+            ``certificate`` (certified bound on sin theta of the last basis, None when the
+            algorithm has none).
+        """
+        return {"algorithm": self.algorithm, "bytes": int(getattr(self, "bytes_sent_", 0)),
+                "rounds": int(getattr(self, "rounds_", 0)), "solver_rounds": int(getattr(self, "solver_rounds_", 0)),
+                "updates": int(getattr(self, "updates_", 0)), "certificate": getattr(self, "certificate_", None)}
 
     # ------------------------------------------------------------------ state
     def get_state(self):

@@ -84,15 +84,46 @@ def _context(code):
     return a if a < N_CONTEXTS else N_CONTEXTS - 1
 
 
+def reciprocals(freq):
+    """Exact division by each frequency without a divide: ``x // f == (x + (x * m >> 32)) >> l``.
+
+    Granlund and Montgomery (1994, theorem 4.2): with ``l = ceil(log2 f)`` and
+    ``m = ceil(2^(32 + l) / f) - 2^32`` (``0 <= m < 2^32``) the identity holds for every
+    ``0 <= x < 2^32``; the encoder's state is below ``f * 2^16 <= 2^32`` when it divides.
+
+    Returns
+    -------
+    m, l : ndarray of uint64 (zeros where ``f == 0``: never used)
+    """
+    return _reciprocals(np.asarray(freq, dtype=np.int64))
+
+
 @njit(cache=True)
-def _rans_encode(codes, seg_start, seg_n, seg_lo, seg_ctx, tab_off, freq, cum, rcp, out):
+def _reciprocals(f):
+    m = np.zeros(f.size, np.uint64)
+    sh = np.zeros(f.size, np.uint64)
+    for i in range(f.size):
+        v = f[i]
+        if v > 0:
+            lv = 0
+            while (np.int64(1) << lv) < v:
+                lv += 1
+            num = np.int64(1) << (32 + lv)  # at most 2^48 for 16-bit frequencies
+            m[i] = np.uint64((num + v - 1) // v - (np.int64(1) << 32))
+            sh[i] = np.uint64(lv)
+    return m, sh
+
+
+@njit(cache=True)
+def _rans_encode(codes, seg_start, seg_n, seg_lo, seg_ctx, tab_off, freq, cum, rcp_m, rcp_l, out):
     """Encode the coded segments (last code first); returns the number of 16-bit words in ``out`` (reversed).
 
     ``tab_off[g * N_CONTEXTS + c]``: where (segment g, context c)'s table starts in ``freq``/``cum``.
-    Integers only (int64; the state stays below 2^32).
+    Integers only (int64 and uint64; the state stays below 2^32); ``x // f`` by :func:`reciprocals`.
     """
     x = RANS_L
     n_words = 0
+    k32 = np.uint64(32)
     for g in range(seg_start.size - 1, -1, -1):
         a = seg_start[g]
         for t in range(a + seg_n[g] - 1, a - 1, -1):
@@ -104,15 +135,9 @@ def _rans_encode(codes, seg_start, seg_n, seg_lo, seg_ctx, tab_off, freq, cum, r
                 out[n_words] = x & 0xFFFF
                 n_words += 1
                 x >>= 16
-            q = np.int64(np.float64(x) * rcp[s])  # x // f without an integer division, corrected below
-            r = x - q * f
-            if r < 0:
-                q -= 1
-                r += f
-            elif r >= f:
-                q += 1
-                r -= f
-            x = (q << PROB_BITS) + r + cum[s]
+            xu = np.uint64(x)
+            q = np.int64((xu + ((xu * rcp_m[s]) >> k32)) >> rcp_l[s])
+            x = (q << PROB_BITS) + (x - q * f) + cum[s]
     out[n_words] = x & 0xFFFF
     out[n_words + 1] = x >> 16
     return n_words + 2
@@ -170,6 +195,45 @@ def _context_counts(seg, lo, nb):
     return counts
 
 
+@njit(cache=True)
+def _min_max(seg):
+    """``(min, max)`` of a non-empty int32 array in one pass."""
+    lo = hi = np.int64(seg[0])
+    for t in range(1, seg.size):
+        v = np.int64(seg[t])
+        if v < lo:
+            lo = v
+        elif v > hi:
+            hi = v
+    return lo, hi
+
+
+@njit(cache=True)
+def _buckets(freq, tab_off, tab_len):
+    """Decoder lookup: ``bucket[t << LUT_BITS | k]`` is the symbol of table ``t`` holding slot
+    ``k << (PROB_BITS - LUT_BITS)`` (tables whose frequencies do not sum to ``PROB_SCALE``, i.e.
+    contexts that never occur, keep zeros). Integer-only; the same as a ``searchsorted`` of each
+    slot in the table's cumulative frequencies (side ``right``)."""
+    n_tab = tab_len.size
+    bucket = np.zeros(max(n_tab, 1) << LUT_BITS, np.int64)
+    for t in range(n_tab):
+        off, n = tab_off[t], tab_len[t]
+        total = 0
+        for i in range(n):
+            total += freq[off + i]
+        if total != PROB_SCALE:
+            continue
+        sym = 0
+        end = freq[off]  # cumulative frequency up to and including ``sym``
+        for k in range(1 << LUT_BITS):
+            slot = k << (PROB_BITS - LUT_BITS)
+            while end <= slot:
+                sym += 1
+                end += freq[off + sym]
+            bucket[(t << LUT_BITS) | k] = sym
+    return bucket
+
+
 def _tables(counts_list):
     """Frequency / cumulative tables of every (segment, context), concatenated, and their offsets."""
     freqs = [quantize_frequencies(c) for c in counts_list]
@@ -216,7 +280,7 @@ def encode_codes(codes, sizes):
     codes = np.ascontiguousarray(codes, dtype=np.int32)
     for size in sizes:
         seg = codes[start:start + size]
-        lo, hi = (int(seg.min()), int(seg.max())) if size else (0, 0)
+        lo, hi = (int(v) for v in _min_max(seg)) if size else (0, 0)
         nb = hi - lo + 1
         hist = _context_counts(seg, lo, nb) if size and nb <= 1 << 20 else None
         if hist is None:
@@ -257,7 +321,7 @@ def encode_codes(codes, sizes):
     out = np.empty(codes.size + 4, dtype=np.uint16)
     n = _rans_encode(codes, np.asarray(seg_start, np.int64), np.asarray(seg_n, np.int64),
                      np.asarray(seg_lo, np.int64), np.asarray(seg_ctx, np.bool_), tab_off, freq, cum,
-                     1.0 / np.maximum(freq, 1), out)
+                     *reciprocals(freq), out)
     return bytes(tables) + bytes(raw), out[:n][::-1].copy()
 
 
@@ -307,13 +371,8 @@ def decode_codes(tables, words, sizes):
         start += size
     freqs, freq, cum, tab_off = _tables(counts_list)
     tab_len = np.array([len(f) for f in freqs] or [0], np.int64)
-    bucket = np.zeros(max(len(freqs), 1) << LUT_BITS, np.int64)
-    starts = np.arange(1 << LUT_BITS, dtype=np.int64) << (PROB_BITS - LUT_BITS)
-    for t, f in enumerate(freqs):
-        if f.sum() == PROB_SCALE:  # the symbol holding each bucket's first slot
-            c = np.cumsum(f)
-            bucket[t << LUT_BITS:(t + 1) << LUT_BITS] = np.searchsorted(c, starts, side="right")
-    codes = np.zeros(start, dtype=np.int64)
+    bucket = _buckets(freq, tab_off, tab_len)
+    codes = np.zeros(start, dtype=np.int32)
     used = _rans_decode(np.asarray(words, dtype=np.uint16), np.asarray(seg_start, np.int64),
                         np.asarray(seg_n, np.int64), np.asarray(seg_lo, np.int64), np.asarray(seg_ctx, np.bool_),
                         tab_off, tab_len, freq, cum,
@@ -329,4 +388,4 @@ def decode_codes(tables, words, sizes):
             pos += 4 * size
         elif kinds[g] == 0:
             codes[a:a + size] = seg_lo[g]
-    return codes.astype(np.int32), pos
+    return codes, pos

@@ -35,7 +35,7 @@ import numpy as np
 import zstandard
 from numba import njit
 
-from .baselines import sz3_at_psnr
+from .baselines import sz3_match
 from .metrics import ErrorStats, psnr_from_mse
 from .step_encode import BlockCode
 from .stream_codec import decode_frame, encode_frame, fit_weights
@@ -178,7 +178,7 @@ def encode_stream_block(block, model, *, step, chain, chain_key, target_mse, abs
                            stream_stats=pad_statistics(fstats if temporal else np.zeros_like(fstats)),
                            encodes=encodes)
     if sample_sz3 and math.isfinite(code.local_psnr_db):
-        code.sz3_bytes, srec = sz3_at_psnr(block, code.local_psnr_db)
+        code.sz3_bytes, srec, _, _ = sz3_match(block, code.local_psnr_db, prefer_match=True)  # SZ3 at our PSNR
         d = (np.asarray(given, dtype=np.float64) - srec).ravel()
         code.sz3_sse = float(d @ d)
     return code

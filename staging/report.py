@@ -272,9 +272,9 @@ def print_summary(s, run_dir):
               f"{_fmt(s['compression_ratio_closed_loop_blocks'], '.2f')} "
               f"(PSNR {_fmt(s['psnr_db_closed_loop_blocks'], '.2f')} dB) on the same blocks")
     if s.get("encode_fraction") is not None:
-        side = "staging's coding time over the code's step interval" if s.get("simulation", {}).get(
-            "layout") == "in_transit" else "producer encode time over the simulation's compute time"
-        print(f"encode fraction {s['encode_fraction']:.3f} ({side} per step: {s['encode_s_per_step'] * 1e3:.1f} ms / "
+        side = "staging's coding time over the code's step interval per step" if s.get("simulation", {}).get(
+            "layout") == "in_transit" else "producer encode time over the simulation's compute time per step"
+        print(f"encode fraction {s['encode_fraction']:.3f} ({side}: {s['encode_s_per_step'] * 1e3:.1f} ms / "
               f"{s['step_interval_s'] * 1e3:.1f} ms, {s['encode_fraction_steps']} steps)")
     if "decoded_check" in s:
         d = s["decoded_check"]

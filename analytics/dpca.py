@@ -337,14 +337,21 @@ def _iag(A_r, V, k, comm, counter, run, *, tol, max_rounds, **_):
     return V
 
 
-def _gossip(A_r, V, k, comm, counter, run, *, tol, max_rounds, gossip_steps, graph, **_):
-    """Decentralised power iteration with gradient tracking and Chebyshev-accelerated gossip (DeEPCA)."""
-    p, r = comm.Get_size(), comm.Get_rank()
+def gossip_setup(graph, p, r):
+    """``(graph, neighbours of r, Metropolis weights, Chebyshev momentum)`` of DeEPCA's gossip on ``graph``
+    (default: a ring of ``p`` ranks); shared by ``gossip`` and the int8 baseline."""
     graph = graph or ring_graph(p)
     nbrs = graph[r]
     weights = metropolis_weights(nbrs, r, [len(g) for g in graph])
     lam2 = mixing_second_eigenvalue(graph)
     eta = (1 - math.sqrt(max(1 - lam2**2, 0.0))) / (1 + math.sqrt(max(1 - lam2**2, 0.0)))
+    return graph, nbrs, weights, eta
+
+
+def _gossip(A_r, V, k, comm, counter, run, *, tol, max_rounds, gossip_steps, graph, **_):
+    """Decentralised power iteration with gradient tracking and Chebyshev-accelerated gossip (DeEPCA)."""
+    p, r = comm.Get_size(), comm.Get_rank()
+    graph, nbrs, weights, eta = gossip_setup(graph, p, r)
 
     def mix(S):
         prev, cur = S, S

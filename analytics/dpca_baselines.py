@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
@@ -65,14 +64,10 @@ def krylov_f32(A_r, V, k, comm, counter, run, *, tol, max_rounds, blocks=3, **_)
 
 def gossip_int8(A_r, V, k, comm, counter, run, *, tol, max_rounds, gossip_steps, graph, **_):
     """DeEPCA with int8 delta-coded neighbour messages (same decentralised algorithm as ``gossip``)."""
-    from .dpca import _converged, metropolis_weights, mixing_second_eigenvalue, orthonormal, ring_graph
+    from .dpca import _converged, gossip_setup, orthonormal
 
     p, r = comm.Get_size(), comm.Get_rank()
-    graph = graph or ring_graph(p)
-    nbrs = graph[r]
-    weights = metropolis_weights(nbrs, r, [len(g) for g in graph])
-    lam2 = mixing_second_eigenvalue(graph)
-    eta = (1 - math.sqrt(max(1 - lam2 ** 2, 0.0))) / (1 + math.sqrt(max(1 - lam2 ** 2, 0.0)))
+    graph, nbrs, weights, eta = gossip_setup(graph, p, r)
     d = A_r.shape[0]
     refs = {j: np.zeros((d, k)) for j in [r, *nbrs]}  # decoded references: own message and each neighbour's
 

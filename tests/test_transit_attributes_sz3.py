@@ -35,6 +35,7 @@ from stagelearn.staging.adios import built_with_mpi
 from stagelearn.staging.output import CompressedOutputReader
 from stagelearn.staging.wire import report_get
 from test_pipeline import IN_TRANSIT, in_transit_config
+from test_sz3_closed_loop import pysz_psnr_mode
 
 pytestmark = [pytest.mark.sst, pytest.mark.mpi,
               pytest.mark.skipif(not built_with_mpi(), reason="the writer ranks and reader cohort need MPI ADIOS2")]
@@ -170,18 +171,6 @@ def _psnr(decoded, want):
     return 20 * math.log10(float(want.max() - want.min())) - 10 * math.log10(float(np.mean(d * d)))
 
 
-def _pysz(block, psnr_db):
-    import pysz
-
-    cfg = pysz.szConfig()
-    cfg.errorBoundMode = pysz.szErrorBoundMode.PSNR
-    cfg.psnrErrorBound = float(psnr_db)
-    data = np.ascontiguousarray(block, dtype=np.float32)
-    comp, _ = pysz.sz.compress(data, cfg)
-    rec, _ = pysz.sz.decompress(comp, np.float32, data.shape)
-    return int(comp.nbytes), rec
-
-
 @pytest.mark.timeout(300)
 def test_sz3_is_compared_in_transit_at_matched_psnr(tmp_path_factory):
     run_dir, _ = run_dir_for(tmp_path_factory, None)
@@ -241,7 +230,7 @@ def replay_closed_loop(blocks_by_step, rows_by_step):
         want, row = blocks_by_step[step], rows_by_step[step]
         block = want.astype(np.float32)
         prev = np.zeros_like(block) if prev is None else prev
-        nbytes, drec = _pysz(block - prev, report_get(row, "sz3_cl_setting"))
+        nbytes, drec = pysz_psnr_mode(block - prev, report_get(row, "sz3_cl_setting"))
         prev = (prev + drec).astype(np.float32)
         d = prev.astype(np.float64) - want
         out[step] = (nbytes, float(np.sum(d * d)), _psnr(prev, want))

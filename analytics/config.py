@@ -103,18 +103,18 @@ class ErrorBound(BaseModel):
 
 
 class CodecConfig(BaseModel):
-    """``codec:`` section: the error target and the raw-tile budget of the learned codec."""
+    """``codec:`` section: the codec, its error target and (learned codec) the raw-tile budget."""
 
     model_config = _STRICT
 
     kind: Literal["stream", "learned"] = Field(
-        "learned", description="learned: the PCA/autoencoder tile codec of learner.type; stream: interpolation + "
-        "temporal prediction with blend weights fitted in staging (analytics/stream_step.py, docs/codec.md).")
+        "stream", description="stream (default): interpolation + temporal prediction with blend weights fitted in "
+        "staging (analytics/stream_step.py, docs/codec.md); learned: the PCA/autoencoder tile codec of learner.type.")
     psnr_db: float = Field(
         42.0, gt=0, le=200, description="Target PSNR (dB) that sets the quantization step of each variable."
     )
     raw_fraction: float = Field(
-        0.01, ge=0.0, le=0.5, description="Fraction of tiles per block sent raw (the worst reconstructed)."
+        0.01, ge=0.0, le=0.5, description="kind learned: fraction of tiles per block sent raw (the worst reconstructed)."
     )
     zstd_level: int = Field(3, ge=1, le=22, description="zstd level of the lossless sections.")
     keyframe_every: Optional[int] = Field(
@@ -143,3 +143,39 @@ class AnomalyConfig(BaseModel):
     calibration_steps: int = Field(3, ge=1, description="Steps of error statistics before the first encoder that scores.")
     explained_variance: float = Field(0.999, gt=0, lt=1, description="The model whose residual is scored keeps the components explaining this fraction of the variance.")
     decay: float = Field(0.9, gt=0, lt=1, description="Forgetting factor of the running error histogram per step.")
+
+
+def stream_codec_conflicts(learner, codec, anomaly):
+    """Keys of a run YAML that the stream codec would ignore: set explicitly, they mean the learned codec.
+
+    The stream codec (``codec.kind: stream``, the default) fits blend weights in staging; the tile
+    settings of the learned codec (raw tiles, the learner family and its PCA/autoencoder options,
+    anomaly scoring of tile residuals) have no meaning for it. Running with them set would
+    silently ignore what the user asked for, so :class:`~stagelearn.staging.config.RunConfig`
+    refuses them with this list.
+
+    Parameters
+    ----------
+    learner : LearnerConfig
+    codec : CodecConfig
+    anomaly : AnomalyConfig
+
+    Returns
+    -------
+    list of str
+        Dotted keys (e.g. ``"learner.type autoencoder"``); empty for a learned codec or when
+        nothing conflicts.
+    """
+    if codec.kind != "stream":
+        return []
+    given = learner.model_fields_set
+    out = []
+    if "raw_fraction" in codec.model_fields_set:
+        out.append("codec.raw_fraction")
+    if learner.type != "pca":
+        out.append(f"learner.type {learner.type}")
+    out += [f"learner.{k}" for k in ("algorithm", "n_components", "forgetting_factor", "autoencoder", "replay")
+            if k in given]
+    if anomaly.enabled:
+        out.append("anomaly.enabled")
+    return out

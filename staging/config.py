@@ -19,7 +19,7 @@ from typing import List, Literal, Optional, Tuple
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, model_validator
 
-from ..analytics.config import AnomalyConfig, CodecConfig, LearnerConfig
+from ..analytics.config import AnomalyConfig, CodecConfig, LearnerConfig, stream_codec_conflicts
 from ..analytics.qoi_config import QoIConfig
 from ..sim_mocks.config import (ExternalSimConfig, GrayScottConfig, GyrokineticConfig, GyrokineticTurbulenceConfig,
                                 Heat2DConfig)
@@ -209,10 +209,12 @@ class RunConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _anomaly_needs_pca(self):
-        if self.anomaly.enabled and self.codec.kind == "stream":
-            raise ValueError("anomaly.enabled scores tiles by their PCA residual: the stream codec has no tiles; set "
-                             "codec.kind: learned (with learner.type pca) or anomaly.enabled: false")
+    def _codec_uses_its_settings(self):
+        ignored = stream_codec_conflicts(self.learner, self.codec, self.anomaly)
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} set the learned tile codec, but codec.kind is stream (the default: "
+                             "interpolation + temporal prediction, which has no tiles and learns no PCA or "
+                             "autoencoder): set codec.kind: learned to use them, or remove them")
         if self.anomaly.enabled and self.learner.type != "pca":
             raise ValueError("anomaly.enabled scores tiles by their PCA residual: it needs learner.type pca "
                              f"(got {self.learner.type!r}); disable anomaly or use the PCA learner")

@@ -93,6 +93,7 @@ def test_injected_spike_is_flagged_at_once_and_stored_exactly(tmp_path, stagelea
         "staging": {"ranks": 2},
         "adios2": {"config_file": str(REPO / "xml_configs" / "stagelearn.xml")},
         "learner": {"warmup_steps": 3, "publish_every": 10},
+        "codec": {"kind": "learned"},  # anomaly scores use the PCA tile residual
         "anomaly": {"enabled": True, "threshold": 8.0},
         "timeouts": {"open_s": 30, "step_s": 60, "run_s": 200},
     }

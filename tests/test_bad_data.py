@@ -106,7 +106,7 @@ def run_pipeline(tmp_path, scenario, *, producers=2, steps=20, codec=None):
         "staging": {"ranks": 1},
         "adios2": {"config_file": str(XML)},
         "learner": {"warmup_steps": 2, "publish_every": 5},
-        "codec": {"psnr_db": PSNR_DB, "raw_fraction": 0.02, **(codec or {})},
+        "codec": {"kind": "learned", "psnr_db": PSNR_DB, "raw_fraction": 0.02, **(codec or {})},
         "metrics": {"sz3_every": 0},
         "timeouts": {"open_s": 30, "step_s": 30, "run_s": 60},
     }

@@ -132,7 +132,7 @@ def test_restart_from_is_checked_before_anything_starts(tmp_path):
 
     ckpt = tmp_path / "ckpt"
     path = tmp_path / "run.yaml"
-    path.write_text("staging: {restart_from: ckpt}\n")
+    path.write_text("staging: {restart_from: ckpt}\ncodec: {kind: learned}\n")  # stream runs: test_stream_restart.py
     with pytest.raises(ConfigError, match="restart_from: .*holds no checkpoint"):
         load_config(path)
     ckpt.mkdir()
@@ -142,10 +142,10 @@ def test_restart_from_is_checked_before_anything_starts(tmp_path):
         load_config(path)
     (ckpt / "state.json").write_text(json.dumps({"format": "stagelearn.checkpoint/2", "learners": {"U": {"kind": "pca"}}}))
     assert load_config(path).staging.restart_from == str(ckpt)
-    path.write_text("staging: {restart_from: ckpt}\nlearner: {type: autoencoder}\n")
+    path.write_text("staging: {restart_from: ckpt}\ncodec: {kind: learned}\nlearner: {type: autoencoder}\n")
     with pytest.raises(ConfigError, match="holds a \\['pca'\\] learner"):
         load_config(path)
-    path.write_text("staging: {restart_from: ckpt}\nlearner: {algorithm: oja, n_components: 4}\n")
+    path.write_text("staging: {restart_from: ckpt}\ncodec: {kind: learned}\nlearner: {algorithm: oja, n_components: 4}\n")
     with pytest.raises(ConfigError, match="not checkpointed"):
         load_config(path)
 
@@ -211,3 +211,39 @@ def test_stream_queue_defaults_live_in_wire(tmp_path):
                                                                       SST_QUEUE_DEFAULTS["QueueFullPolicy"])
     stream = DEFAULTS["stream"][1]
     assert {k: stream[k] for k in SST_QUEUE_DEFAULTS} == {k: str(v) for k, v in SST_QUEUE_DEFAULTS.items()}
+
+
+@pytest.mark.parametrize("yaml_text, keys", [
+    ("codec: {raw_fraction: 0.02}\n", ["codec.raw_fraction"]),
+    ("learner: {type: autoencoder}\n", ["learner.type autoencoder"]),
+    ("learner: {algorithm: oja, n_components: 4}\n", ["learner.algorithm", "learner.n_components"]),
+    ("anomaly: {enabled: true}\n", ["anomaly.enabled"]),
+    ("learner: {replay: {kind: fifo}}\ncodec: {kind: stream}\n", ["learner.replay"]),
+])
+def test_stream_codec_refuses_learned_codec_keys(tmp_path, yaml_text, keys):
+    """The default codec is the stream codec; keys that only the learned tile codec reads are refused
+    (they would be ignored silently), naming each key and the fix; with codec.kind learned they load."""
+    from stagelearn.staging.config import load_config
+    from stagelearn.staging.errors import ConfigError
+
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert all(k in msg for k in keys) and "codec.kind: learned" in msg and str(path) in msg, msg
+    if "kind: stream" not in yaml_text:
+        path.write_text(yaml_text + "codec: {kind: learned}\n" if "codec:" not in yaml_text
+                        else yaml_text.replace("codec: {", "codec: {kind: learned, "))
+        assert load_config(path).codec.kind == "learned"
+
+
+def test_default_codec_is_stream_and_examples_load():
+    """`make demo`'s YAML and a bare YAML use the stream codec; the autoencoder example keeps the tile codec."""
+    from stagelearn.staging.config import RunConfig, load_config
+
+    assert RunConfig().codec.kind == "stream"
+    assert load_config(REPO / "examples" / "gray_scott.yaml").codec.kind == "stream"
+    assert load_config(REPO / "examples" / "gray_scott_ae.yaml").codec.kind == "learned"
+    for name in ("heat2d.yaml", "intransit/gray_scott.yaml", "pde_hook/run.yaml"):
+        assert load_config(REPO / "examples" / name).codec.kind == "stream", name

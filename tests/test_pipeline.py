@@ -26,7 +26,7 @@ def small_config(tmp_path, name, **overrides):
         "staging": {"ranks": 2},
         "adios2": {"config_file": str(REPO / "xml_configs" / "stagelearn.xml")},
         "learner": {"warmup_steps": 3, "publish_every": 8},
-        "codec": {"psnr_db": 40.0, "raw_fraction": 0.01},
+        "codec": {"kind": "learned", "psnr_db": 40.0},  # the tile codec (the stream codec: test_stream_pipeline.py)
         "metrics": {"sz3_every": 4},
         "timeouts": {"open_s": 30, "step_s": 60, "run_s": 240},
     }
@@ -229,7 +229,7 @@ def in_transit_config(tmp_path, name, command, variables, steps, **staging):
         "run_name": name, "output_dir": str(tmp_path / "results"),
         "simulation": {"type": "external", "ranks": 2, "command": command, "steps": steps, "plotgap": 1},
         "staging": {"ranks": 2, "mode": "in_transit", "stream": "sim.bp", "variables": variables, **staging},
-        "learner": {"warmup_steps": 3, "publish_every": 8}, "codec": {"psnr_db": 40.0},
+        "learner": {"warmup_steps": 3, "publish_every": 8}, "codec": {"kind": "learned", "psnr_db": 40.0},
         "timeouts": {"open_s": 30, "step_s": 60, "run_s": 240},
     }
     path = tmp_path / f"{name}.yaml"

@@ -57,7 +57,7 @@ def interface_with_ipv4():
 def tiny_config(tmp_path, name, **adios2):
     return small_config(tmp_path, name, simulation={"ranks": 2, "L": 16, "steps": 40, "plotgap": 5},
                         staging={"ranks": 2}, learner={"warmup_steps": 2, "publish_every": 3},
-                        codec={"psnr_db": PSNR_DB, "raw_fraction": 0.01}, metrics={"sz3_every": 0},
+                        codec={"kind": "learned", "psnr_db": PSNR_DB, "raw_fraction": 0.01}, metrics={"sz3_every": 0},
                         timeouts={"open_s": 40, "step_s": 40, "run_s": 120},
                         adios2={"config_file": str(REPO / "xml_configs" / "stagelearn.xml"), **adios2})
 

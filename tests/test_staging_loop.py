@@ -104,6 +104,7 @@ def make_config(tmp_path, *, steps=11, n_producers=2, warmup=3, every=4, staging
         "simulation": {"type": "gray_scott", "ranks": n_producers, "L": 32, "steps": steps, "plotgap": 1},
         "staging": {"ranks": staging_ranks, "checkpoint_every": 0, **staging},
         "learner": {"warmup_steps": warmup, "publish_every": every, "n_components": 4},
+        "codec": {"kind": "learned"},
     })
 
 

@@ -29,12 +29,15 @@ def sz3_at_psnr(block, psnr_db):
     import pysz
 
     data = np.ascontiguousarray(block, dtype=np.float32)
+    shape = data.shape
+    if data.ndim > 4:  # pysz refuses more than 4 dimensions: merge the leading axes
+        data = data.reshape((-1,) + shape[-3:])
     cfg = pysz.szConfig()
     cfg.errorBoundMode = pysz.szErrorBoundMode.PSNR
     cfg.psnrErrorBound = float(psnr_db)
     comp, _ = pysz.sz.compress(data, cfg)
     rec, _ = pysz.sz.decompress(comp, np.float32, data.shape)
-    return int(comp.nbytes), rec
+    return int(comp.nbytes), rec.reshape(shape)
 
 
 #: dB within which :func:`sz3_matched_psnr` matches SZ3's achieved PSNR to the target.

@@ -188,7 +188,8 @@ class Solve:
 
 
 def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, reference=None, counter=None,
-          seed=0, oja_local_steps=4, gossip_steps=4, graph=None, guard=None, state=None, patience=None):
+          seed=0, oja_local_steps=4, gossip_steps=4, graph=None, guard=None, state=None, patience=None,
+          sketch="auto", first_bits="auto", rate_target=None):
     """Run one distributed PCA algorithm on the local shares ``A_r`` (collective over ``comm``).
 
     Parameters
@@ -220,6 +221,10 @@ def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, referen
         ``delta_ritz`` stops on its certificate (upper bound on sin theta <= ``tol``), not on movement.
     patience : int, optional
         ``delta_*`` only: also stop when the certificate stalls (:func:`.dpca_delta.delta_ritz`).
+    sketch : {"auto", "always", "never"}
+        ``delta_*`` only: when to send the complement sketch (:mod:`.dpca_certificate`).
+    first_bits, rate_target :
+        ``delta_*`` only: the first round's code width and its target (:mod:`.dpca_rate`).
 
     Returns
     -------
@@ -260,7 +265,8 @@ def solve(algorithm, A_r, k, comm, *, V0=None, tol=1e-3, max_rounds=200, referen
                 "delta_ritz_rs": lambda *a, **kw: delta_ritz(*a, collective="two_phase", **kw),
                 "krylov_f32": krylov_f32, "gossip_int8": gossip_int8}[algorithm]
         V = step(A_r, V0, k, comm, counter, run, tol=tol, max_rounds=max_rounds, oja_local_steps=oja_local_steps,
-                 gossip_steps=gossip_steps, graph=graph, guard=guard, info=info, state=state, patience=patience)
+                 gossip_steps=gossip_steps, graph=graph, guard=guard, info=info, state=state, patience=patience,
+                 sketch=sketch, first_bits=first_bits, rate_target=rate_target)
     info.update(rounds=counter.rounds, bytes_sent=counter.bytes_sent, wire_bytes=counter.wire_bytes,
                 history=run.history, wire_history=run.wire)
     return V, info

@@ -31,7 +31,12 @@ With ``V`` the top-``k`` Ritz vectors, ``w`` the Ritz values and ``x`` the ``(k+
 - Davis-Kahan sin theta theorem (residual form, applied to the complement):
   ``s = (||(I - V V^T) G_V||_2 + eps) / (w_k - eps - beta)``;
 - the power step: ``tan theta(C V, U) <= (beta / (w_k - eps)) tan theta(V, U)``;
-- the quantization of the power step (Wedin): ``+ eps / (sigma_min(G_V) - eps)``.
+- the quantization of the power step (Wedin): ``+ eps / (sigma_min(G_V) - eps)``;
+- the QR of the power step: ``+ 10 d u`` (``u`` the unit round-off).
+
+``sum_r b_r`` may be replaced by any upper bound on ``lambda_max`` of ``C`` on the complement of
+``X``: ``delta_ritz`` also uses the complement sketch of :mod:`.dpca_certificate` when it is sent.
+The theorem, its sources and the tests against a serial eigendecomposition: docs/distributed_pca.md.
 
 The bound is ``1`` (no certificate) when ``w_k - eps <= beta``: with a tiny gap it never claims
 convergence it cannot prove.
@@ -43,14 +48,16 @@ import math
 
 import numpy as np
 
-from .dpca import orthonormal
-from .quantized_allreduce import GatherDeltaSum, TwoPhaseDeltaSum, encode_f32
+from .dpca import orthonormal, sin_theta
+from .dpca_certificate import sketch_bound, wants_sketch
+from .dpca_rate import next_first_bits
+from .quantized_allreduce import GatherDeltaSum, TwoPhaseDeltaSum, encode_f32, packed_size
 
 
-def message_bytes(d, k, guard_columns=1):
+def message_bytes(d, k, guard_columns=1, bits=8):
     """Payload bytes one rank sends per ``delta_ritz`` round (``delta_power``: ``guard_columns=0``)."""
     m = k + guard_columns
-    return d * m + 4 * m + 8
+    return packed_size(d * m, bits) + 4 * m + 8
 
 
 def _encode(D):
@@ -99,7 +106,8 @@ def certificate(X, G, Q, w, eps, B, k):
     -------
     dict
         ``bound`` (sin theta of the returned basis; 1.0 when nothing can be certified),
-        ``ritz_bound`` (of the Ritz basis ``X Q[:, :k]``), ``beta``, ``lower_k``.
+        ``ritz_bound`` (of the Ritz basis ``X Q[:, :k]``), ``beta``, ``lower_k``, ``residual``
+        (``||(I - V V^T) G V||_2``, computed; the bound adds ``eps``).
     """
     V, GV = X @ Q[:, :k], G @ Q[:, :k]
     lower_k = w[k - 1] - eps
@@ -109,10 +117,11 @@ def certificate(X, G, Q, w, eps, B, k):
         x_res = np.linalg.norm(G @ Q[:, k] - X @ (X.T @ (G @ Q[:, k]))) + eps
         alpha = w[k] + eps
         beta = (alpha + B) / 2 + math.sqrt(((alpha - B) / 2) ** 2 + x_res ** 2)
-    out = {"bound": 1.0, "ritz_bound": 1.0, "beta": beta, "lower_k": lower_k}
+    raw = float(np.linalg.norm(GV - V @ (V.T @ GV), 2))
+    res = raw + eps
+    out = {"bound": 1.0, "ritz_bound": 1.0, "beta": beta, "lower_k": lower_k, "residual": raw}
     if lower_k <= beta:
         return out
-    res = np.linalg.norm(GV - V @ (V.T @ GV), 2) + eps
     s = min(res / (lower_k - beta), 1.0)
     out["ritz_bound"] = s
     if s >= 1.0:
@@ -120,12 +129,13 @@ def certificate(X, G, Q, w, eps, B, k):
     t = (beta / lower_k) * s / math.sqrt(1 - s * s)
     sig = np.linalg.svd(GV, compute_uv=False)[-1] - eps
     wedin = eps / sig if sig > 0 else 1.0
-    out["bound"] = min(t / math.sqrt(1 + t * t) + wedin, 1.0)
+    qr_round_off = 10 * X.shape[0] * np.finfo(float).eps  # the power step's QR (Householder backward error ~ d u)
+    out["bound"] = min(t / math.sqrt(1 + t * t) + wedin + qr_round_off, 1.0)
     return out
 
 
 def delta_ritz(A_r, V, k, comm, counter, run, *, tol, max_rounds, info, state=None, guard_columns=1,
-               collective="allgather", patience=None, **_):
+               collective="allgather", patience=None, sketch="auto", first_bits="auto", rate_target=None, **_):
     """Run ``delta_ritz`` rounds from the warm start ``V`` until the certificate is below ``tol``.
 
     ``guard_columns=0`` is ``delta_power``: the same delta coding and certificate on ``k`` columns
@@ -139,33 +149,74 @@ def delta_ritz(A_r, V, k, comm, counter, run, *, tol, max_rounds, info, state=No
     to ``d`` where ``lambda_k`` and ``lambda_(k+1)`` are too close to separate); the returned
     ``info["certificate"]`` then says what was certified (``info["stalled"]`` is True).
 
-    ``state`` (from ``info["state"]`` of the previous call) carries the guard column and the
-    references across calls. Returns the basis (d x k); ``info["certificate"]`` is the certified
+    ``sketch`` (``"auto"``, ``"always"``, ``"never"``): also send the complement sketch of
+    :mod:`.dpca_certificate` (about ``d`` more bytes per rank in that round) and certify with
+    ``B = min(sum_r b_r, sketch bound)``. ``"auto"`` sends it in a round (never the first of a
+    call, never on one rank, where ``b_r`` is exact) when ``sum_r b_r`` blocked the previous
+    round's certificate, and goes on while the sketch
+    helps (:func:`.dpca_certificate.wants_sketch`);
+    ``info["sketched"]`` says which rounds did, ``info["certificates_free"]`` what ``sum_r b_r``
+    alone certified.
+
+    ``first_bits`` (``"auto"`` or 8..16): bits per code in the first round of a call (later rounds
+    8). ``"auto"`` (:func:`.dpca_rate.next_first_bits`) starts at 8 and adapts from call to call:
+    after a warm-started call that ran past its first round, the first round's output is compared
+    with the final basis (no communication; only when the final certificate is below a quarter of
+    the difference), and the next call's first round gets the width whose predicted error is
+    ``<= rate_target / 2`` (default ``tol``).
+
+    ``state`` (from ``info["state"]`` of the previous call) carries the guard column, the
+    references and the first-round bits across calls; ``info["bits"]`` lists each round's.
+    Returns the basis (d x k); ``info["certificate"]`` is the certified
     upper bound on its sin theta, ``info["certificates"]`` one per round.
     """
+    if sketch not in ("auto", "always", "never"):
+        raise ValueError(f"dpca_delta.delta_ritz: sketch must be 'auto', 'always' or 'never', got {sketch!r}")
+    if first_bits != "auto" and first_bits not in range(8, 17):
+        raise ValueError(f"dpca_delta.delta_ritz: first_bits must be 'auto' or an integer 8..16, got {first_bits!r}")
     d, p = A_r.shape[0], comm.Get_size()
     m = k + guard_columns
     ok = state is not None and state["X"].shape == (d, m)
     guard = state["X"][:, k:] if ok else np.random.default_rng(4321).normal(size=(d, guard_columns))
     X = orthonormal(np.hstack([V, guard]))
     backend = {"allgather": GatherDeltaSum, "two_phase": TwoPhaseDeltaSum}[collective](p, d, m, state if ok else None)
-    certs = []
+    bits0 = (state.get("first_bits", 8) if ok else 8) if first_bits == "auto" else int(first_bits)
+    target = tol if rate_target is None else rate_target
+    rate = dict(state.get("rate", {})) if ok else {}
+    certs, free, sketched, bits = [], [], [], []
+    use = sketch == "always"  # "auto": never in a call's first round (new data; nothing known yet)
+    X1 = None
     for _ in range(max_rounds):
         P = A_r @ X
-        G, eps, B = backend.exchange(counter, P, complement_lambda_max(A_r, X))
+        B_sketch = sketch_bound(counter, A_r, X, mode=collective) if use else math.inf
+        bits.append(bits0 if not certs else 8)
+        G, eps, B = backend.exchange(counter, P, complement_lambda_max(A_r, X), bits=bits[-1])
         eps = eps * (1 + 1e-6) + 1e-13 * np.linalg.norm(G) * p  # floating-point slack of the local products and sums
         M = X.T @ G
         w, Q = np.linalg.eigh((M + M.T) / 2)
         Q, w = Q[:, ::-1], w[::-1]
-        cert = certificate(X, G, Q, w, eps, B, k)
+        cheap = certificate(X, G, Q, w, eps, B, k)
+        cert = certificate(X, G, Q, w, eps, B_sketch, k) if B_sketch < B else cheap
         certs.append(cert["bound"])
+        free.append(cheap["bound"])
+        sketched.append(use)
+        use = sketch == "always" or (sketch == "auto" and p > 1 and wants_sketch(cheap, cert, use))
         backend.rotate(Q)  # references follow the Ritz rotation: A_r (X Q) = (A_r X) Q
         X = orthonormal(G @ Q)  # power step; leading k columns span G V
         run.record(X[:, :k])
+        if len(certs) == 1:
+            X1 = X[:, :k]  # the first round's output (rate control)
         if cert["bound"] <= tol:
             break
         if patience and len(certs) > patience and min(certs[-patience:]) > 0.5 * min(certs[:-patience]):
             info["stalled"] = True
             break
-    info.update(state={"X": X, **backend.state()}, certificate=certs[-1] if certs else 1.0, certificates=certs)
+    if first_bits == "auto" and ok and len(certs) > 1:  # measure the first round against the final basis
+        first_error = sin_theta(X1, X[:, :k])
+        if certs[-1] <= first_error / 4:  # the final basis is a trustworthy reference
+            bits0 = next_first_bits(rate, bits0, first_error, target)
+            info["first_round_error"] = first_error
+    info.update(state={"X": X, "first_bits": bits0, "rate": rate, **backend.state()},
+                certificate=certs[-1] if certs else 1.0,
+                certificates=certs, certificates_free=free, sketched=sketched, bits=bits)
     return X[:, :k]

@@ -10,6 +10,7 @@ Example::
         - {name: energy, tolerance: 1.0e-3, scale: local}
         - {name: my_flux, weights: [...], tolerance: 1.0e-6, scale: absolute}   # any weight vector
       store_exact_moments: false         # true: the exact moments stored as float64 (else quantized)
+      raw_fraction: 0.0                  # raw slices of f (learned codec; replaces codec.raw_fraction for f)
 
 Everything that can be judged without the data is refused here, naming the key: a tolerance that
 is not a finite number > 0 (0 cannot be met by a lossy code), a relative tolerance below what
@@ -76,6 +77,12 @@ class QoIConfig(BaseModel):
     moments: List[MomentSpec] = Field(..., min_length=1, description="The moments to preserve.")
     store_exact_moments: bool = Field(False, description="Store the exact moments as float64 beside f (8 bytes per "
                                       "moment per point); otherwise they travel quantized to half the tolerance.")
+    raw_fraction: float = Field(
+        0.0, ge=0.0, le=0.5, description="Fraction of `variable`'s tiles sent raw with the learned codec (replaces "
+        "codec.raw_fraction for this variable). 0 by default: the moment correction guards the moments, and a raw "
+        "velocity slice costs as much as hundreds of coded ones (1 % raw slices were 95 % of the bytes in "
+        "benchmarks/gyrokinetic_moments.py). The raw slices are what the learner sees of this variable after the "
+        "first encoder: raise it (e.g. 0.01) for a model that keeps learning during the run.")
     metric: Literal["l2", "relative", "entropy"] = Field(
         "entropy", description="Norm of the correction: entropy (f' = f exp(W^T lambda): positive f), relative (change "
         "proportional to f) or l2 (least squares; the tails of f may go negative).")

@@ -9,7 +9,9 @@ the velocity grid and the magnetic field ``B`` at the block's points
 
 Policy keys: ``variable``, ``moments`` (list of ``{name, tolerance, scale}``), ``weights`` (name ->
 list of float, the moments given by weights), ``velocity_shape`` (``[n_vpar, n_mu]``), ``geometry``
-(``{"n_r", "n_theta"}`` of a gyrokinetic mock, or None), ``precision`` and ``metric``.
+(``{"n_r", "n_theta"}`` of a gyrokinetic mock, or None), ``precision``, ``metric`` and ``raw_fraction``
+(the raw-tile budget of the variable with the learned codec, :func:`raw_fraction_for`; absent in the
+specs of files written before it existed: the encoder's ``raw_fraction`` then applies).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .qoi_side import protect, restore
 logger = logging.getLogger(__name__)
 
 _KEYS = {"variable", "moments", "weights", "velocity_shape", "geometry", "precision", "metric"}
+_OPTIONAL = {"raw_fraction"}
 
 
 def qoi_policy(qoi, simulation=None):
@@ -52,13 +55,17 @@ def qoi_policy(qoi, simulation=None):
             "weights": {m.name: [float(w) for w in m.weights] for m in qoi.moments if m.weights is not None},
             "velocity_shape": shape,
             "geometry": {"n_r": int(simulation.n_r), "n_theta": int(simulation.n_theta)} if gk else None,
-            "precision": qoi.precision, "metric": qoi.metric}
+            "precision": qoi.precision, "metric": qoi.metric, "raw_fraction": float(qoi.raw_fraction)}
 
 
 def check_policy(policy):
     """Validate a policy read from an encoder spec; ValueError naming what is wrong."""
-    if not isinstance(policy, dict) or set(policy) != _KEYS:
-        raise ValueError(f"encoder qoi policy must have keys {sorted(_KEYS)}, got {policy!r}")
+    if not isinstance(policy, dict) or not _KEYS <= set(policy) <= _KEYS | _OPTIONAL:
+        raise ValueError(f"encoder qoi policy must have keys {sorted(_KEYS)} (and optionally {sorted(_OPTIONAL)}), "
+                         f"got {policy!r}")
+    rf = policy.get("raw_fraction", 0.0)
+    if not (isinstance(rf, (int, float)) and 0.0 <= rf <= 1.0):
+        raise ValueError(f"encoder qoi raw_fraction {rf!r} is not a number in [0, 1]")
     shape = policy["velocity_shape"]
     if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n >= 1 for n in shape)):
         raise ValueError(f"encoder qoi velocity_shape {shape!r} is not [n_vpar, n_mu]")
@@ -76,6 +83,25 @@ def check_policy(policy):
     if policy["precision"] not in ("quantized", "float32", "float64") or policy["metric"] not in ("l2", "relative", "entropy"):
         raise ValueError(f"encoder qoi precision {policy['precision']!r} or metric {policy['metric']!r} is unknown")
     return policy
+
+
+def raw_fraction_for(encoder, var):
+    """The raw-tile budget of ``var``'s blocks under ``encoder``: its moment policy's for the policy's variable
+    (``qoi.raw_fraction``), else the encoder's ``raw_fraction`` (``codec.raw_fraction``).
+
+    Parameters
+    ----------
+    encoder : Encoder
+    var : str
+
+    Returns
+    -------
+    float
+    """
+    q = getattr(encoder, "qoi", None)
+    if q is not None and var == q["variable"] and q.get("raw_fraction") is not None:
+        return float(q["raw_fraction"])
+    return float(encoder.raw_fraction)
 
 
 def block_moment_set(policy, start, count):

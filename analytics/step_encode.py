@@ -29,6 +29,7 @@ from .codec import encode_block
 from .metrics import ErrorStats, psnr_from_mse
 from .payload import encode_raw_block
 from .prediction import max_block_sse, predict_tiles
+from .qoi_policy import raw_fraction_for
 from .tiling import tile_grid
 
 logger = logging.getLogger(__name__)
@@ -122,8 +123,9 @@ def _spendable(blocks, encoder, chain, keys, name):
             prev = chain.reference(key, block.shape)[1]
             prediction = predict_tiles(block, model.codec(), model.tile_shape, prev)
             chain.keep_prediction(key, block, model, prediction)  # encode_step_block codes with it
-            out.append((max_block_sse(block, model.codec(), model.tile_shape, raw_fraction=encoder.raw_fraction,
-                                      prediction=prediction), int(block.size)))
+            raw = raw_fraction_for(encoder, name)
+            out.append((max_block_sse(block, model.codec(), model.tile_shape, raw_fraction=raw, prediction=prediction),
+                        int(block.size)))
     return out
 
 

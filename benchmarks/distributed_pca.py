@@ -14,6 +14,10 @@ from a random basis). Its error is the sine of the largest principal angle to th
 that step's data (worst rank). Writes results/distributed_pca/{summary.csv, summary.md,
 error_vs_bytes.png, error_vs_rounds.png}.
 
+The delta_* methods run with their defaults (complement sketch and first-round rate control aimed at
+1e-3: analytics/dpca_certificate.py, analytics/dpca_rate.py); delta_ritz_rs_int8 is delta_ritz_rs without
+them (int8 in every round, no sketch), the method as it was before 2026-12-07.
+
 Columns: bytes_to_tol / rounds_to_tol = mean over the tracking steps t=1..T-1 of the bytes (all
 ranks together) and rounds needed to reach sin(theta) <= 1e-3 (empty if some step never does);
 *_t0: the same at the cold first step; final_sin_theta: mean final error; ev_gap: relative gap
@@ -45,7 +49,11 @@ VARIANTS = [("exact", "exact", False, None), ("exact_triu", "exact_triu", False,
             ("gossip_ring", "gossip", True, "ring"), ("gossip_grid", "gossip", True, "grid"),
             ("warm_ritz", "warm_ritz", True, None), ("delta_ritz", "delta_ritz", True, None),
             ("delta_power", "delta_power", True, None), ("delta_ritz_rs", "delta_ritz_rs", True, None),
-            ("krylov_f32", "krylov_f32", True, None), ("gossip_grid_int8", "gossip_int8", True, "grid")]
+            ("krylov_f32", "krylov_f32", True, None), ("gossip_grid_int8", "gossip_int8", True, "grid"),
+            ("delta_ritz_rs_int8", "delta_ritz_rs", True, None)]
+# delta_* options: the first round's rate aims at TOL (dpca_rate); delta_ritz_rs_int8 is delta_ritz_rs as before
+# 2026-12-07 (int8 in every round, no complement sketch: dpca_certificate)
+OPTIONS = {"delta_ritz_rs_int8": {"sketch": "never", "first_bits": 8}}
 
 
 def gray_scott_tiles(comm, t):
@@ -131,7 +139,8 @@ def worker(out, only):
                 comm.Barrier()
                 t0 = time.perf_counter()
                 V, info = solve(alg, A, K, comm, V0=V0, tol=TOL / 10, max_rounds=max_rounds, reference=U,
-                                graph=graphs.get(graph), guard=st["guard"], state=st["state"], counter=CommCounter(comm))
+                                graph=graphs.get(graph), guard=st["guard"], state=st["state"], counter=CommCounter(comm),
+                                rate_target=TOL, **OPTIONS.get(label, {}))
                 wall = np.array([time.perf_counter() - t0])
                 comm.Allreduce(MPI.IN_PLACE, wall, op=MPI.MAX)
                 st["V"], st["guard"], st["state"] = V, info.get("guard", st["guard"]), info.get("state")
@@ -224,7 +233,7 @@ def summarise(out, ranks=RANKS, only=()):
     base = {(r["n_ranks"], r["heterogeneity"]): r for r in rows if r["algorithm"] == "subspace_f32"}
     for r in rows:
         b = base.get((r["n_ranks"], r["heterogeneity"]))
-        if r["algorithm"] not in ("delta_ritz", "delta_power", "delta_ritz_rs", "warm_ritz", "subspace", "exact_triu",
+        if r["algorithm"] not in ("delta_ritz", "delta_power", "delta_ritz_rs", "delta_ritz_rs_int8", "warm_ritz", "subspace", "exact_triu",
                                   "subspace_f32", "krylov_f32", "gossip_grid_int8") or not b:
             continue
         ratio = r["bytes_to_tol"] / b["bytes_to_tol"] if r["bytes_to_tol"] != "" and b["bytes_to_tol"] != "" else ""

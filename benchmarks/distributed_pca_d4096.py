@@ -11,7 +11,9 @@ covariance as a factor (:class:`stagelearn.analytics.dpca.FactorShare`, d x n_r)
 be 134 MB per rank, and the exact merge all-reduces it (``8 d^2`` bytes per rank per update, then an
 O(d^3) eigendecomposition). The iterative methods run warm-started from the previous step (t >= 1)
 and the error is measured against the exact top-k of the pooled samples (an SVD of all tiles,
-evaluation only). Prints one table and writes results/distributed_pca/d4096.{json,md}.
+evaluation only). The delta_* methods run with their defaults (complement sketch, first-round rate control
+aimed at 1e-3); "delta_ritz_rs:never" is delta_ritz_rs without them. Prints the table and the certificate
+against the true sin theta per round, and writes results/distributed_pca/d4096.{json,md}.
 """
 
 import argparse
@@ -25,7 +27,9 @@ import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 L, TILE, K, T, SPIN_UP, GAP, TOL = 64, 16, 4, 5, 300, 10, 1e-3
-ALGORITHMS = ("subspace_f32", "krylov_f32", "warm_ritz", "delta_ritz", "delta_ritz_rs")
+ALGORITHMS = ("subspace_f32", "krylov_f32", "warm_ritz", "delta_ritz", "delta_ritz_rs", "delta_ritz_rs:never")
+# "name:never": the same algorithm without the complement sketch (analytics/dpca_certificate.py) and with int8
+# codes in every round (no rate control, analytics/dpca_rate.py): the method as before 2026-12-07
 
 
 def worker(out):
@@ -50,13 +54,15 @@ def worker(out):
         everything = np.vstack(comm.allgather(tiles))  # evaluation only: the exact basis of the pooled tiles
         s, Vt = np.linalg.svd(everything - everything.mean(axis=0), full_matrices=False)[1:]
         U, lam = Vt[:K].T, s ** 2 / max(n - 1, 1)
-        for alg in ALGORITHMS:
-            st = state[alg]
+        for name in ALGORITHMS:
+            alg, _, sketch = name.partition(":")
+            st = state[name]
             comm.Barrier()
             t0 = time.perf_counter()
             counter = CommCounter(comm)
             V, info = solve(alg, share, K, comm, V0=st["V"], tol=TOL / 10, max_rounds=60, reference=U,
-                            guard=st["guard"], state=st["state"], counter=counter)
+                            guard=st["guard"], state=st["state"], counter=counter, sketch=sketch or "auto",
+                            rate_target=TOL, first_bits=8 if sketch else "auto")
             wall = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
             st["V"], st["guard"], st["state"] = V, info.get("guard", st["guard"]), info.get("state")
             err = [e for _, _, e in info["history"]]
@@ -66,7 +72,7 @@ def worker(out):
             mine = (info["history"][hit][1], info["wire_history"][hit]) if hit is not None else (0, 0)
             total = comm.allreduce(np.array(mine, dtype=np.float64))  # all ranks together
             if comm.rank == 0:
-                rows.append({"algorithm": alg, "t": t, "ranks": p, "d": d, "k": K, "tiles": n,
+                rows.append({"algorithm": name, "t": t, "ranks": p, "d": d, "k": K, "tiles": n,
                              "rounds_to_tol": None if hit is None else info["history"][hit][0],
                              "bytes_to_tol": None if hit is None else float(total[0]),
                              "wire_to_tol": None if hit is None else float(total[1]),
@@ -74,7 +80,11 @@ def worker(out):
                              "final_sin_theta": sin_theta(V, U), "certificate": info.get("certificate"),
                              "sound": all(c >= e for c, e in zip(certs, err)) if certs else None,
                              "rho": float(lam[K] / lam[K - 1]), "wall_ms": 1e3 * wall,
-                             "sin_theta_per_round": err, "certificate_per_round": certs})
+                             "sin_theta_per_round": err, "certificate_per_round": certs,
+                             "free_certificate_per_round": info.get("certificates_free", []),
+                             "sketched_per_round": info.get("sketched", []),
+                             "bytes_per_round": [b for _, b, _ in info["history"]],
+                             "bits_per_round": info.get("bits", [])})
     if comm.rank == 0:
         with open(os.path.join(out, "d4096.json"), "w") as f:
             json.dump(rows, f, indent=1)
@@ -93,6 +103,16 @@ def table(rows, p):
                      f"{fmt(r['wire_to_tol'], ',.0f')} | {fmt(r['rounds_certified'], 'd')} | {r['final_sin_theta']:.1e} | "
                      f"{'' if r['certificate'] is None else format(r['certificate'], '.1e')} | "
                      f"{'' if r['sound'] is None else r['sound']} | {r['wall_ms']:.0f} |")
+    lines += ["", "Certificate against the true sin θ per round (`delta_ritz_rs`, rank 0's cumulative payload bytes; "
+              "free: the bound with `Σ_r b_r` alone; sketch: whether the round sent the complement sketch):", "",
+              "| t | round | bits | true sin θ | certificate | free bound | sketch | bytes (rank 0) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["algorithm"] != "delta_ritz_rs":
+            continue
+        for i, e in enumerate(r["sin_theta_per_round"]):
+            lines.append(f"| {r['t']} | {i + 1} | {r['bits_per_round'][i]} | {e:.1e} | {r['certificate_per_round'][i]:.1e} | "
+                         f"{r['free_certificate_per_round'][i]:.1e} | {'yes' if r['sketched_per_round'][i] else ''} | "
+                         f"{r['bytes_per_round'][i]:,} |")
     return lines
 
 

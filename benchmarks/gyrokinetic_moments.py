@@ -1,8 +1,9 @@
 """Gysela-like 5-D f coded with every velocity moment within tolerance at every point: ours vs SZ3 and ZFP.
 
-    python benchmarks/gyrokinetic_moments.py            # both mocks, PCA (several minutes on 2 cores)
-    python benchmarks/gyrokinetic_moments.py --ae       # also the autoencoder
+    python benchmarks/gyrokinetic_moments.py            # both mocks, PCA and stream codec (~10 min on 2 cores)
+    python benchmarks/gyrokinetic_moments.py --ae       # also the autoencoder (~1 min of training per mock)
     python benchmarks/gyrokinetic_moments.py --quick    # smaller grid (smoke test)
+    python benchmarks/gyrokinetic_moments.py --explain-raw   # what 1 % raw slices cost and buy (PCA, one frame)
 
 Data: two mocks on the same grid ``(r, theta, phi, v_par, mu) = 16 x 32 x 8 x 32 x 16`` (``v_par`` in
 ``[-4, 4]``, ``mu`` in ``[0, 8]``), relative noise 1e-4: ``three-mode``
@@ -18,13 +19,19 @@ gyrokinetic_moment_set`, Jacobian ``2 pi B``) at every spatial point, each withi
 their local value, the flow relative to the local density times ``v_th`` (the flow itself crosses
 zero). A method passes when every moment is within tolerance at every point of every coded frame.
 
-- ours: the product's encode path (:func:`~stagelearn.analytics.step_encode.encode_step_block`, block
-  ``(n_points, n_vpar, n_mu)``, tile ``(1, n_vpar, n_mu)``, 1% raw tiles) with a PCA or AE model
-  trained on the first 6 frames, at a PSNR target (searched over :data:`OUR_TARGETS_DB`) and a raw tile
-  fraction (:data:`RAW_FRACTIONS`), then the moment correction (:func:`~stagelearn.analytics.qoi_side.
-  protect`: exact moments quantized to half the tolerance as side information, Lagrange-multiplier
-  correction in the ``--metric`` norm, ``entropy`` by default (positive ``f``), verified against the
-  raw ``f``). Bytes = payload + side information.
+- ours (PCA / AE): the product's encode path (:func:`~stagelearn.analytics.step_encode.encode_step_block`,
+  block ``(n_points, n_vpar, n_mu)``, tile ``(1, n_vpar, n_mu)``) with a PCA or AE model trained on the
+  first 6 frames, at a PSNR target (searched over :data:`OUR_TARGETS_DB`), with the raw-tile fraction of a
+  ``qoi:`` run (``qoi.raw_fraction``, 0 by default) and, for comparison, ``codec.raw_fraction``'s default
+  0.01 (what f was coded with before ``qoi.raw_fraction``), then the moment correction
+  (:func:`~stagelearn.analytics.qoi_side.protect`: exact moments quantized to half the tolerance as side
+  information, Lagrange-multiplier correction in the ``--metric`` norm, ``entropy`` by default (positive
+  ``f``), verified against the raw ``f``). Bytes = payload + side information (the model, pushed once,
+  is not counted).
+- ours (stream codec): ``codec.kind: stream`` through the same encode path on the 5-D frame, blend
+  weights fitted from the training frames' statistics (as staging fits them), closed loop over the
+  test frames (its chain started on the last training frame, not counted; a keyframe every 16 steps),
+  each decoded with ``decode_stream_block`` and checked bit for bit, then the same correction.
 - SZ3 (``pysz``, ABS mode) and ZFP (``zfpy``, fixed accuracy), each at the loosest absolute error
   bound that keeps every moment within tolerance (bisection on ``log(bound)`` on the same frames,
   no correction), on the 4-D view ``(n_r, n_theta * n_phi, n_vpar, n_mu)`` (SZ3's best layout here).
@@ -55,8 +62,12 @@ from stagelearn.analytics.codec import decode_block
 from stagelearn.analytics.encoder import VariableModel
 from stagelearn.analytics.metrics import psnr
 from stagelearn.analytics.qoi import check_moments, gyrokinetic_moment_set, negative_count, tolerance
+from stagelearn.analytics.qoi_config import QoIConfig
 from stagelearn.analytics.qoi_side import protect, restore
 from stagelearn.analytics.step_encode import encode_step_block
+from stagelearn.analytics.stream_learner import StreamWeightsLearner
+from stagelearn.analytics.stream_model import statistics
+from stagelearn.analytics.stream_step import StreamStates, decode_stream_block
 from stagelearn.analytics.temporal import PredictionChain
 from stagelearn.sim_mocks import GyrokineticMock5D, TurbulentGyrokineticMock5D
 
@@ -65,8 +76,12 @@ OUT = os.path.join(REPO, "results", "gyrokinetic")
 TOLERANCES = (1e-2, 1e-3)
 SCALES = ("local", "density", "local")  # density, parallel flow (relative to n v_th), energy
 OUR_TARGETS_DB = (25.0, 35.0, 45.0)
-RAW_FRACTIONS = (0.01, 0.0)  # codec.raw_fraction: the default, and none (the correction guards the moments)
-SZ3_FRACTIONS = (1e-2, 3e-2, 1e-1)
+#: the raw-tile fraction of f in a run with a ``qoi:`` section (``qoi.raw_fraction``'s default), and
+#: ``codec.raw_fraction``'s default (what f was coded with before ``qoi.raw_fraction`` existed)
+QOI_RAW_FRACTION = QoIConfig.model_fields["raw_fraction"].default
+RAW_FRACTIONS = (QOI_RAW_FRACTION, 0.01)
+SZ3_FRACTIONS = (1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+STREAM_KEYFRAME_EVERY = 16  # codec.keyframe_every's default with codec.kind stream
 METRICS = ("entropy", "relative", "l2")  # correction norms (analytics/qoi.py); --metric picks one, entropy by default
 MOCKS = {"three-mode": GyrokineticMock5D, "turbulent": TurbulentGyrokineticMock5D}
 
@@ -107,6 +122,33 @@ def train_ae(train, tile, *, passes, iterations_per_step):
     return VariableModel(tile, lo, hi, "ae", autoencoder=spec.to_dict(), ae_arrays=named_arrays(trainer.model))
 
 
+def train_stream(train, shape):
+    """The stream codec's blend weights fitted from consecutive training frames (as staging fits them)."""
+    learner = StreamWeightsLearner(None)
+    for a, b in zip(train[:-1], train[1:]):
+        learner.partial_fit_statistics(statistics(b.reshape(shape), a.reshape(shape)))
+    return learner.model(float(min(f.min() for f in train)), float(max(f.max() for f in train)))
+
+
+def encode_stream(model, last_train, test, target_db, shape):
+    """The stream codec on the test frames in closed loop, its chain started on the last training frame (not
+    counted), a keyframe every :data:`STREAM_KEYFRAME_EVERY` steps; ``[(payload bytes, decoded block)]``."""
+    chain, states, out, prev = PredictionChain(STREAM_KEYFRAME_EVERY), StreamStates(), [], None
+    for i, f in enumerate([last_train] + list(test)):
+        x = f.reshape(shape)
+        span = float(f.max() - f.min())
+        code = encode_step_block(x.astype(np.float32), model, step=i, chain=chain, chain_key="f",
+                                 target_mse=span ** 2 * 10 ** (-target_db / 10), reference=x, stream_state=states,
+                                 header={"step": i, "variable": "f", "rank": 0})
+        dec = decode_stream_block(code.payload, prev)[0]
+        assert dec.tobytes() == code.reconstruction.tobytes(), "decoder disagrees with the producer's reconstruction"
+        chain.end_step()
+        prev = dec
+        if i:
+            out.append((len(code.payload), dec.reshape(f.shape)))
+    return out
+
+
 def encode_ours(model, f, target_db, step, raw_fraction):
     """The product's encode path on one frame; returns (payload bytes, decoded float32 block)."""
     block = f.astype(np.float32)
@@ -141,19 +183,48 @@ def corrected(name, frames, decoded, sizes, ms, tol, scales, metric):
             "min_over_max": lowest}
 
 
-def ours(name, model, test, ms, tol, cache, raw_fraction, metric):
-    """Best ratio over the PSNR targets with every moment within ``tol`` after correction."""
+def ours(name, model, test, ms, tol, cache, raw_fraction, metric, coder=None):
+    """Best ratio over the PSNR targets with every moment within ``tol`` after correction.
+
+    ``coder(target_db) -> [(payload bytes, decoded)]`` codes all test frames (default: the learned codec,
+    each frame on its own, with ``raw_fraction``)."""
     best = None
     for target in OUR_TARGETS_DB:
         key = (target, raw_fraction)
         if key not in cache:
-            cache[key] = [encode_ours(model, f, target, i, raw_fraction) for i, f in enumerate(test)]
+            cache[key] = (coder(target) if coder is not None else
+                          [encode_ours(model, f, target, i, raw_fraction) for i, f in enumerate(test)])
         sizes, decoded = zip(*cache[key])
         r = corrected(name, test, decoded, sizes, ms, tol, SCALES, metric)
         if r is not None:
             r["setting"] = f"{target:g} dB"
             best = r if best is None or r["ratio"] > best["ratio"] else best
     return best
+
+
+def explain_raw(model, f, ms, grid, tol=1e-2, target_db=25.0):
+    """Why raw slices do not pay with a moment guarantee: one frame coded with 1 % raw tiles and with none.
+
+    Prints the payload's sections, the side information and the worst moment error after correction
+    for both, and where the raw slices lie (histogram over the radial index)."""
+    import zstandard
+    from stagelearn.analytics.payload import parse_payload
+
+    span = float(f.max() - f.min())
+    for rf in (0.01, 0.0):
+        code = encode_step_block(f.astype(np.float32), model, step=0, chain=PredictionChain(0), chain_key="f",
+                                 target_mse=span ** 2 * 10 ** (-target_db / 10), raw_fraction=rf, reference=f)
+        dec, header, _ = decode_block(code.payload, model.codec())
+        _, sec = parse_payload(code.payload)
+        blob, _, checks = protect(f, dec, ms, [tol] * 3, SCALES)
+        print(f"  raw_fraction {rf:g}: payload {len(code.payload)} B (sections {({k: len(v) for k, v in sec.items()})}), "
+              f"{header['n_raw']} raw slices, side information {len(blob)} B, worst moment error after correction "
+              f"{max(c.worst for c in checks):.3f} x tolerance {tol:g}")
+        if header["n_raw"]:
+            idx = np.frombuffer(zstandard.ZstdDecompressor().decompress(sec["raw_index"]), np.int32)
+            amp = f.max(axis=(1, 2))
+            print(f"    raw slices per radial index: {np.bincount(idx // (grid[1] * grid[2]), minlength=grid[0]).tolist()}; "
+                  f"their max f is above that of {100 * np.mean(amp[idx][:, None] > amp[None, :]):.1f} % of the slices")
 
 
 def classic(compress, view):
@@ -209,6 +280,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller grid, PCA only (smoke test)")
     ap.add_argument("--ae", action="store_true", help="also the autoencoder (trains about 2-3 minutes per mock)")
+    ap.add_argument("--explain-raw", action="store_true", help="only: what 1 %% raw slices cost and buy (PCA, first "
+                    "coded frame of each mock)")
     ap.add_argument("--metric", choices=METRICS, default=METRICS[0], help="norm of the moment correction")
     ap.add_argument("--out", default=OUT)
     args = ap.parse_args(argv)
@@ -225,15 +298,23 @@ def main(argv=None):
         ms = gyrokinetic_moment_set(sim.grid, sim.B)
         print(f"{mock}: {len(frames)} frames of {'x'.join(map(str, grid + velocity))} in {time.perf_counter() - t0:.1f} s")
         models = {"PCA": train_pca(train, tile)}
+        if args.explain_raw:
+            explain_raw(models["PCA"], test[0], ms, grid)
+            continue
+        shape5 = grid + velocity
+        stream = train_stream(train, shape5)
         if args.ae:
             t0 = time.perf_counter()
             models["AE"] = train_ae(train, tile, passes=4, iterations_per_step=40)
             print(f"{mock}: AE trained in {time.perf_counter() - t0:.1f} s")
-        caches = {k: {} for k in models}
+        caches = {k: {} for k in list(models) + ["stream"]}
         sz3_run, zfp_run = classic(lambda a, b: sz3(a, b), view), classic(zfp_fixed_accuracy, view)
         for tol in TOLERANCES:
-            found = [ours(f"ours ({k}, raw {rf:g}) + correction", m, test, ms, tol, caches[k], rf, args.metric)
+            found = [ours(f"ours ({k}, raw {rf:g}{' = qoi default' if rf == QOI_RAW_FRACTION else ''}) + correction",
+                          m, test, ms, tol, caches[k], rf, args.metric)
                      for k, m in models.items() for rf in RAW_FRACTIONS]
+            found.append(ours("ours (stream codec) + correction", stream, test, ms, tol, caches["stream"], None,
+                              args.metric, coder=lambda db: encode_stream(stream, train[-1], test, db, shape5)))
             found += [classic_row("SZ3", sz3_run, test, ms, tol, iters), classic_row("ZFP", zfp_run, test, ms, tol, iters),
                       sz3_corrected(sz3_run, test, ms, tol, args.metric)]
             for r in found:
@@ -246,7 +327,9 @@ def main(argv=None):
                       f"correction {1e3 * r.get('correction_s_per_frame', 0):.0f} ms/frame")
     wall = time.perf_counter() - t_start
     print(f"wall_s: {wall:.1f}")
-    meta = {"grid": list(grid + velocity), "quick": args.quick, "wall_s": wall, "scales": SCALES, "metric": args.metric,
+    if args.explain_raw:
+        return
+    meta = {"grid": list(grid + velocity), "quick": args.quick, "ae": args.ae, "wall_s": wall, "scales": SCALES, "metric": args.metric,
             "rows": rows}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "summary.json"), "w") as fh:
@@ -257,15 +340,21 @@ def main(argv=None):
 
 
 def summary_md(meta):
-    lines = [f"`python benchmarks/gyrokinetic_moments.py{' --quick' if meta['quick'] else ''} --metric {meta['metric']}` "
+    flags = (" --quick" if meta["quick"] else "") + (" --ae" if meta.get("ae") else "")
+    lines = [f"`python benchmarks/gyrokinetic_moments.py{flags} --metric {meta['metric']}` "
              f"(grid {' x '.join(map(str, meta['grid']))}, 6 coded frames, correction metric {meta['metric']}, "
              f"wall {meta['wall_s']:.0f} s)", "",
-             "| mock | tol | method | ratio | vs SZ3 | PSNR of f (dB) | setting | side info B/frame | correction ms/frame "
-             "| values made < 0 /frame | min f / max f |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| mock | tol | method | ratio | vs SZ3 | vs SZ3 + correction | PSNR of f (dB) | setting | side info B/frame "
+             "| correction ms/frame | values made < 0 /frame | min f / max f |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ref(r, method):
+        return next((x["ratio"] for x in meta["rows"] if x["mock"] == r["mock"] and x["tolerance"] == r["tolerance"]
+                     and x["method"] == method), float("nan"))
+
     for r in meta["rows"]:
-        ref = next((x["ratio"] for x in meta["rows"] if x["mock"] == r["mock"] and x["tolerance"] == r["tolerance"]
-                    and x["method"] == "SZ3"), float("nan"))
-        lines.append(f"| {r['mock']} | {r['tolerance']:g} | {r['method']} | {r['ratio']:.1f} | {r['ratio'] / ref:.2f}x | "
+        lines.append(f"| {r['mock']} | {r['tolerance']:g} | {r['method']} | {r['ratio']:.1f} | "
+                     f"{r['ratio'] / ref(r, 'SZ3'):.2f}x | {r['ratio'] / ref(r, 'SZ3 + correction'):.2f}x | "
                      f"{r['psnr_db']:.1f} | {r['setting']} | {r.get('side_bytes_per_frame', 0):.0f} | "
                      f"{1e3 * r.get('correction_s_per_frame', 0):.0f} | {r.get('negative_values_per_frame', 0):.0f} | "
                      f"{r.get('min_over_max', 0):.1e} |")

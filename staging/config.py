@@ -189,6 +189,9 @@ class RunConfig(BaseModel):
         q, sim = self.qoi, self.simulation
         if q is None:
             return self
+        if self.codec.kind == "stream" and q.raw_fraction > 0:
+            raise ValueError(f"qoi.raw_fraction {q.raw_fraction:g} sends raw tiles of {q.variable!r} with the learned "
+                             "codec; codec.kind stream has no tiles: remove qoi.raw_fraction or set codec.kind: learned")
         if self.staging.variables is not None and q.variable not in self.staging.variables:
             raise ValueError(f"qoi.variable {q.variable!r} is not in staging.variables {self.staging.variables}: add it "
                              "or name one of them")

@@ -18,8 +18,9 @@ step of the first variable is assembled on rank 0 (:meth:`InTransitCoder.save_re
 end-to-end check of ``stagelearn report``. With a moment policy (``encoder.qoi``: moments given by
 weight vectors, the code's blocks holding whole velocity slices in their last two axes) each coded
 block of its variable gets side information verified against the writer's own values
-(:func:`~stagelearn.analytics.qoi_policy.protect_block`); a block that does not fit the policy is
-sent without it and an error is logged once per variable.
+(:func:`~stagelearn.analytics.qoi_policy.protect_block`) and is coded with the policy's raw-tile
+budget (``qoi.raw_fraction``, :func:`~stagelearn.analytics.qoi_policy.raw_fraction_for`); a block that
+does not fit the policy is sent without side information and an error is logged once per variable.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 from ..analytics.correction import absolute_bound
 from ..analytics.framing import pack_frame, unpack_frame
 from ..analytics.metrics import ErrorStats
-from ..analytics.qoi_policy import protect_block
+from ..analytics.qoi_policy import protect_block, raw_fraction_for
 from ..analytics.step_encode import encode_step_block, step_targets
 from ..analytics.sz3_closed_loop import ClosedLoopSZ3, follows
 from ..analytics.stream_step import StreamStates
@@ -119,7 +120,7 @@ class InTransitCoder:
             code = encode_step_block(b.raw, enc.variables[b.var], step=b.step, chain=self._chain,
                                      chain_key=(b.var, b.rank), target_mse=targets[b.var],
                                      abs_bound=absolute_bound(enc.error_bound, spans[b.var]),
-                                     raw_fraction=enc.raw_fraction, reference=b.source, sample_sz3=sample,
+                                     raw_fraction=raw_fraction_for(enc, b.var), reference=b.source, sample_sz3=sample,
                                      stream_state=self._stream_states,
                                      header={"step": b.step, "variable": b.var, "rank": b.rank,
                                              "encoder_version": enc.version, "shape": list(b.shape),

@@ -25,7 +25,7 @@ import numpy as np
 from ..analytics.anomaly import AnomalyScorer, PersistenceTracker
 from ..analytics.correction import absolute_bound
 from ..analytics.metrics import ErrorStats
-from ..analytics.qoi_policy import protect_block
+from ..analytics.qoi_policy import protect_block, raw_fraction_for
 from ..analytics.step_encode import check_bound, encode_step_block, step_targets
 from ..analytics.sz3_closed_loop import ClosedLoopSZ3, follows
 from ..analytics.stream_step import StreamStates
@@ -151,7 +151,7 @@ class StepCoder:
                   "shape": list(shape), "start": list(start), "count": list(block.shape)}
         t0 = time.perf_counter()
         code = encode_step_block(block, model, step=step, chain=self.chain, chain_key=name, target_mse=targets[name],
-                                 abs_bound=bound, raw_fraction=encoder.raw_fraction, header=header, reference=given,
+                                 abs_bound=bound, raw_fraction=raw_fraction_for(encoder, name), header=header, reference=given,
                                  scorer=scorer, sample_sz3=sample_sz3, stream_state=self.stream_states)
         blob, qoi_worst, stats = None, 0.0, code.stats
         if encoder.qoi is not None and name == encoder.qoi["variable"]:

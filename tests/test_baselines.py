@@ -62,3 +62,16 @@ def test_ssim_and_spectrum():
     assert 0 < spectrum_relative_error(x, y) < 0.1
     # a pure scaling by 2 scales every power-spectrum shell by 4: relative error 3
     assert spectrum_relative_error(x, 2 * x) == pytest.approx(3.0)
+
+
+def test_sz3_at_psnr_takes_a_5d_gyrokinetic_block():
+    """pysz codes at most 4 axes: a 5-D f (r, theta, phi, v_par, mu) is coded with its leading axes merged
+    and comes back in its own shape, at the requested PSNR (recomputed here over the block's range)."""
+    rng = np.random.default_rng(3)
+    r, th, ph, vp, mu = np.meshgrid(*(np.linspace(0, 1, n) for n in (3, 4, 5, 16, 8)), indexing="ij")
+    f = np.exp(-8 * (vp - 0.5) ** 2 - 2 * mu) * (1 + 0.1 * np.sin(6 * th + 4 * ph + r)) + 1e-4 * rng.random(r.shape)
+    nbytes, rec = baselines.sz3_at_psnr(f, 50.0)
+    assert rec.shape == f.shape and 0 < nbytes < f.astype(np.float32).nbytes
+    span = float(f.max() - f.min())
+    psnr = 20 * np.log10(span) - 10 * np.log10(np.mean((rec.astype(np.float64) - f) ** 2))
+    assert psnr >= 49.0, psnr

@@ -247,3 +247,17 @@ def test_default_codec_is_stream_and_examples_load():
     assert load_config(REPO / "examples" / "gray_scott_ae.yaml").codec.kind == "learned"
     for name in ("heat2d.yaml", "intransit/gray_scott.yaml", "pde_hook/run.yaml"):
         assert load_config(REPO / "examples" / name).codec.kind == "stream", name
+
+
+def test_qoi_raw_fraction_needs_the_learned_codec(tmp_path):
+    """qoi.raw_fraction sends raw tiles of f: the stream codec has none, so it is refused naming the key."""
+    from stagelearn.staging.config import load_config
+    from stagelearn.staging.errors import ConfigError
+
+    path = tmp_path / "run.yaml"
+    path.write_text("simulation: {type: gyrokinetic, ranks: 2}\nqoi: {variable: f, raw_fraction: 0.01, "
+                    "moments: [{name: density, tolerance: 1.0e-2}]}\n")
+    with pytest.raises(ConfigError, match="qoi.raw_fraction 0.01 .*codec.kind: learned"):
+        load_config(path)
+    path.write_text(path.read_text() + "codec: {kind: learned}\n")
+    assert load_config(path).qoi.raw_fraction == 0.01

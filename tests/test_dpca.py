@@ -6,6 +6,7 @@ from mpi4py import MPI
 
 from stagelearn.analytics.comm_counter import CommCounter
 from stagelearn.analytics.dpca import grid_graph, local_problem, orthonormal, ring_graph, sin_theta, solve
+from stagelearn.analytics.dpca_certificate import sketch_message_bytes
 from stagelearn.analytics.dpca_delta import _encode, _pack, message_bytes
 from stagelearn.analytics.synthetic import sample
 
@@ -36,9 +37,14 @@ def test_byte_accounting_of_the_new_method_and_baselines():
     A = np.cov(sample(0, 1, 300, d, k, heterogeneity=0.0), rowvar=False)
     codes, scale = _encode(np.ones((d, k + 1)))
     assert _pack(codes, scale, 1.0).nbytes == message_bytes(d, k) == d * (k + 1) + 4 * (k + 1) + 8
-    _, info = solve("delta_ritz", A, k, MPI.COMM_SELF, max_rounds=rounds, tol=0.0)
+    _, info = solve("delta_ritz", A, k, MPI.COMM_SELF, max_rounds=rounds, tol=0.0, sketch="never")
     assert info["rounds"] == rounds and info["bytes_sent"] == rounds * message_bytes(d, k)
-    _, info = solve("delta_power", A, k, MPI.COMM_SELF, max_rounds=rounds, tol=0.0)
+    _, info = solve("delta_ritz", A, k, MPI.COMM_SELF, max_rounds=rounds, tol=0.0, sketch="always")
+    assert info["rounds"] == rounds and info["bytes_sent"] == rounds * (message_bytes(d, k) + d + 4 + 16)
+    _, info = solve("delta_ritz", A, k, MPI.COMM_SELF, max_rounds=rounds, tol=0.0)  # "auto": never on one rank
+    assert info["bytes_sent"] == rounds * message_bytes(d, k) and not any(info["sketched"])
+    assert sketch_message_bytes(d) == d + 4 + 16
+    _, info = solve("delta_power", A, k, MPI.COMM_SELF, max_rounds=rounds, tol=0.0, sketch="never")
     assert info["bytes_sent"] == rounds * message_bytes(d, k, guard_columns=0) == rounds * (d * k + 4 * k + 8)
     _, info = solve("subspace_f32", A, k, MPI.COMM_SELF, max_rounds=rounds, tol=0.0)
     assert info["bytes_sent"] == rounds * d * k * 4
@@ -201,7 +207,8 @@ def test_delta_ritz_tracks_the_exact_basis_within_its_certificate(mpirun):
             errors = [e for _, _, e in info["history"]]
             assert all(c >= e for c, e in zip(info["certificates"], errors)), (t, info["certificates"], errors)
             assert sin_theta(V, U) <= info["certificate"] <= 1e-3, (t, sin_theta(V, U), info["certificate"])
-            assert counter.bytes_sent == info["rounds"] * message_bytes(d, k)
+            sent = sum(message_bytes(d, k, bits=b) for b in info["bits"]) + sum(info["sketched"]) * (d + 20)
+            assert counter.bytes_sent == sent
             assert comm.allreduce(V.tobytes()) == V.tobytes() * comm.size  # identical basis on every rank
             if t > 0:
                 assert info["rounds"] <= 4, (t, info["rounds"])

@@ -23,17 +23,20 @@ def test_learner_summary_counts_what_delta_ritz_sent():
     d, k, steps = 16, 3, 4
     ls = LearnerSet(LearnerConfig(algorithm="delta_ritz", n_components=k), MPI.COMM_SELF)
     ls.add("T", (d,))
-    seen = []
+    seen, expected = [], 0
+    est = ls.learners["T"]
     for t in range(steps):
         X = sample(0, 1, 400, d, k, heterogeneity=0.0, t=t, drift=0.05)
         seen.append(X)
+        first = (getattr(est, "_state", None) or {}).get("first_bits", 8)  # the first round's code width (dpca_rate)
+        before = getattr(est, "solver_rounds_", 0)
         ls.learn("T", X, np.zeros(len(X), dtype=int), t)
+        rounds = est.solver_rounds_ - before
+        # per step: mean all-reduce (d + 1) float64, explained variance (k + 1) float64; per round one message
+        expected += (d + 1) * 8 + (k + 1) * 8 + message_bytes(d, k, bits=first) + (rounds - 1) * message_bytes(d, k)
     s = ls.training_summary()
-    est = ls.learners["T"]
     solver_rounds = s["learner_solver_rounds_per_step"] * steps
     assert solver_rounds == int(solver_rounds) and solver_rounds >= steps
-    # per step: mean all-reduce (d + 1) float64, explained variance (k + 1) float64; per round one message
-    expected = steps * ((d + 1) * 8 + (k + 1) * 8) + int(solver_rounds) * message_bytes(d, k)
     assert s["learner_bytes_rank0"] == expected == est.bytes_sent_
     assert s["learner_rounds_rank0"] == steps * 2 + solver_rounds
     assert s["learner_steps"] == steps and s["learner_algorithm"] == "delta_ritz"

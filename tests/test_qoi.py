@@ -213,6 +213,8 @@ def _bad(moment_index, **change):
     (_bad(3, weights=None), "qoi.moments.3", "not one of"),
     (_bad(0, scale="mean"), "qoi", "scale 'mean' of moment 'density'"),
     (_bad(0, tolerance_pct=1), "qoi.moments.0.tolerance_pct", "Extra inputs"),
+    (dict(GOOD_QOI, raw_fraction=0.6), "qoi.raw_fraction", "less than or equal to 0.5"),
+    (dict(GOOD_QOI, raw_fraction=-0.01), "qoi.raw_fraction", "greater than or equal to 0"),
     ({"moments": []}, "qoi.moments", "at least 1"),
 ])
 def test_bad_qoi_values_name_the_key(tmp_path, qoi, key, words):
@@ -241,6 +243,29 @@ def test_qoi_against_the_simulation(tmp_path):
     _, load = _load(tmp_path, GOOD_QOI, staging={"variables": ["g"]})
     with pytest.raises(ConfigError, match=r"qoi.variable 'f' is not in staging.variables"):
         load()
+
+
+def test_raw_slices_of_the_moment_variable_follow_qoi_raw_fraction(tmp_path):
+    """The moment variable is coded with ``qoi.raw_fraction`` raw tiles (0 by default: the correction guards the
+    moments), other variables with ``codec.raw_fraction``; an older policy without the key keeps the codec's."""
+    from types import SimpleNamespace
+
+    from stagelearn.analytics.qoi_policy import check_policy, qoi_policy, raw_fraction_for
+
+    _, load = _load(tmp_path, GOOD_QOI, codec={"kind": "learned", "raw_fraction": 0.02})
+    cfg = load()
+    assert cfg.qoi.raw_fraction == 0.0
+    policy = check_policy(qoi_policy(cfg.qoi, cfg.simulation))
+    enc = SimpleNamespace(raw_fraction=cfg.codec.raw_fraction, qoi=policy)
+    assert raw_fraction_for(enc, "f") == 0.0 and raw_fraction_for(enc, "phi") == 0.02
+    _, load = _load(tmp_path, dict(GOOD_QOI, raw_fraction=0.01))
+    cfg = load()
+    assert raw_fraction_for(SimpleNamespace(raw_fraction=0.02, qoi=qoi_policy(cfg.qoi, cfg.simulation)), "f") == 0.01
+    older = {k: v for k, v in policy.items() if k != "raw_fraction"}  # a spec written before the key existed
+    assert raw_fraction_for(SimpleNamespace(raw_fraction=0.02, qoi=check_policy(older)), "f") == 0.02
+    assert raw_fraction_for(SimpleNamespace(raw_fraction=0.02, qoi=None), "f") == 0.02
+    with pytest.raises(ValueError, match="raw_fraction 2 is not a number in"):
+        check_policy(dict(policy, raw_fraction=2))
 
 
 def test_validate_cli_refuses_a_zero_tolerance(tmp_path, stagelearn_cli):

@@ -5,7 +5,9 @@ import pytest
 from mpi4py import MPI
 
 from stagelearn.analytics.dpca import solve
-from stagelearn.analytics.quantized_allreduce import encode_pow2, message_bytes_two_phase, pow2_up, segments
+from stagelearn.analytics.comm_counter import CommCounter
+from stagelearn.analytics.quantized_allreduce import (GatherDeltaSum, TwoPhaseDeltaSum, encode_f32, encode_pow2,
+                                                      message_bytes_two_phase, pack, packed_size, pow2_up, segments)
 
 
 def test_power_of_two_quantizer_error_is_within_half_a_step():
@@ -18,6 +20,49 @@ def test_power_of_two_quantizer_error_is_within_half_a_step():
     assert not zero_codes.any()
     x = np.array([0.0, 1e-9, 0.3, 1.0, 5.0])
     assert np.all(np.ldexp(1.0, pow2_up(x).astype(np.int64)) >= x)
+
+
+def test_packed_bytes_written_by_hand():
+    """8 bits: the int8 codes' own bytes; 9 bits: offset binary (code + 255), least significant bit first."""
+    assert pack(np.array([-1, 0, 127, -127]), 8).tolist() == [255, 0, 127, 129]
+    # u = 0 and 510 = 0b111111110: bits 0..9 zero, 10..17 one -> 00000000 00111111 11000000
+    assert pack(np.array([-255, 255]), 9).tolist() == [0, 63, 192] and packed_size(2, 9) == 3
+    with pytest.raises(ValueError, match="bits must be an integer 8..16, got 17"):
+        encode_f32(np.ones((2, 1)), 17)
+
+
+class _Recorder(CommCounter):
+    """One rank: keeps every message the exchanges hand to the collectives."""
+
+    def __init__(self):
+        super().__init__(MPI.COMM_SELF)
+        self.sent = []
+
+    def allgather(self, x, dtype=np.float64):
+        self.sent.append(bytes(x))
+        return super().allgather(x, dtype=dtype)
+
+    def allgatherv(self, x, *, new_round=True):
+        self.sent.append(bytes(x))
+        return super().allgatherv(x, new_round=new_round)
+
+    def alltoallv(self, chunks, *, new_round=True):
+        self.sent.extend(bytes(c) for c in chunks)
+        return super().alltoallv(chunks, new_round=new_round)
+
+
+def test_default_exchanges_send_int8_bytes_written_by_hand():
+    """bits=8 (the default): codes 127, -64 (rint(-63.5), half to even), 0 as int8 bytes 127, 192, 0."""
+    P = np.array([[127.0], [-63.5], [0.0]])
+    rec = _Recorder()
+    G, _, B = GatherDeltaSum(1, 3, 1).exchange(rec, P, 0.5)  # scale 127 / 127 = 1.0 (float32)
+    assert rec.sent == [bytes([127, 192, 0]) + np.float32(1.0).tobytes() + np.float64(0.5).tobytes()]
+    assert G.ravel().tolist() == [127.0, -64.0, 0.0] and B == 0.5
+    rec = _Recorder()
+    G, _, B = TwoPhaseDeltaSum(1, 3, 1).exchange(rec, P, 0.5)  # exponent 0 (2**0 = 127 / 127); phase-1 bound 2**-1
+    f32 = np.float32(0.5).tobytes()
+    assert rec.sent == [bytes([127, 192, 0, 0]) + f32, bytes([127, 192, 0, 0, 255]) + f32]
+    assert G.ravel().tolist() == [127.0, -64.0, 0.0] and B == 0.5
 
 
 def test_segments_cover_the_rows():

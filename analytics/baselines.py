@@ -30,8 +30,7 @@ def sz3_at_psnr(block, psnr_db):
 
     data = np.ascontiguousarray(block, dtype=np.float32)
     shape = data.shape
-    if data.ndim > 4:  # pysz refuses more than 4 dimensions: merge the leading axes
-        data = data.reshape((-1,) + shape[-3:])
+    data = sz3_view(data)
     cfg = pysz.szConfig()
     cfg.errorBoundMode = pysz.szErrorBoundMode.PSNR
     cfg.psnrErrorBound = float(psnr_db)
@@ -174,11 +173,22 @@ def zfp_fixed_accuracy(data, tolerance):
     return payload, lambda: zfpy.decompress_numpy(payload)
 
 
+def sz3_view(arr):
+    """``arr`` as SZ3 can code it: pysz takes at most 4 axes, so a 5-D (or higher) array has its middle
+    axes merged (``(r, theta, phi, v_par, mu)`` -> ``(r, theta*phi, v_par, mu)``); fewer axes unchanged."""
+    if arr.ndim <= 4:
+        return arr
+    return arr.reshape((arr.shape[0], -1) + arr.shape[-2:])
+
+
 def sz3(data, bound, mode="ABS"):
-    """SZ3 (``pysz``) with an absolute (``ABS``) or value-range-relative (``REL``) error bound."""
+    """SZ3 (``pysz``) with an absolute (``ABS``) or value-range-relative (``REL``) error bound.
+
+    Any number of axes (:func:`sz3_view`); the decoded array has ``data``'s shape."""
     import pysz
 
-    arr = np.ascontiguousarray(data, dtype=np.float32)
+    shape = np.shape(data)
+    arr = sz3_view(np.ascontiguousarray(data, dtype=np.float32))
     cfg = pysz.szConfig()
     if mode == "ABS":
         cfg.errorBoundMode = pysz.szErrorBoundMode.ABS
@@ -189,7 +199,7 @@ def sz3(data, bound, mode="ABS"):
     else:
         raise ValueError(f"SZ3 mode {mode!r}: use ABS or REL")
     comp, _ = pysz.sz.compress(arr, cfg)
-    return comp.tobytes(), lambda: pysz.sz.decompress(comp, np.float32, arr.shape)[0]
+    return comp.tobytes(), lambda: pysz.sz.decompress(comp, np.float32, arr.shape)[0].reshape(shape)
 
 
 def keepbits_for_information(data, inflevel, dim=0):

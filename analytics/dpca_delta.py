@@ -127,9 +127,11 @@ def certificate(X, G, Q, w, eps, B, k):
     if s >= 1.0:
         return out
     t = (beta / lower_k) * s / math.sqrt(1 - s * s)
-    sig = np.linalg.svd(GV, compute_uv=False)[-1] - eps
+    sv = np.linalg.svd(GV, compute_uv=False)
+    sig = sv[-1] - eps
     wedin = eps / sig if sig > 0 else 1.0
-    qr_round_off = 10 * X.shape[0] * np.finfo(float).eps  # the power step's QR (Householder backward error ~ d u)
+    # the power step's QR: Householder backward error ~ d u ||GV||, so the subspace moves by ~ d u kappa(GV)
+    qr_round_off = 10 * X.shape[0] * np.finfo(float).eps * (sv[0] / sv[-1] if sv[-1] > 0 else math.inf)
     out["bound"] = min(t / math.sqrt(1 + t * t) + wedin + qr_round_off, 1.0)
     return out
 

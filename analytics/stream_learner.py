@@ -17,6 +17,7 @@ import numpy as np
 
 from .stream_model import KIND, MAX_LEVELS, StreamVariableModel, fit_from_statistics
 from .stream_codec.interpolation import N_STATS
+from .stream_codec.tuning import CANDIDATES, choose_factors, trial_bytes
 
 
 class StreamWeightsLearner:
@@ -28,17 +29,17 @@ class StreamWeightsLearner:
         The staging ranks (None: this process alone).
     decay : float, default=0.5
         Weight of the past sums at each new step (0: the last step only; 1: never forget).
-    alpha, beta, refit
-        Passed to the exported :class:`StreamVariableModel`.
+    alpha, beta, refit, entropy
+        Passed to the exported :class:`StreamVariableModel` (``entropy``: ``codec.entropy``).
     """
 
     kind = KIND
 
-    def __init__(self, comm=None, *, decay=0.5, alpha=1.5, beta=4.0, refit="local"):
+    def __init__(self, comm=None, *, decay=0.5, alpha=1.5, beta=4.0, refit="local", entropy="rans"):
         if not 0.0 <= float(decay) <= 1.0:
             raise ValueError(f"stream learner: decay must be in [0, 1], got {decay!r}")
         self.comm, self.decay = comm, float(decay)
-        self.alpha, self.beta, self.refit = float(alpha), float(beta), refit
+        self.alpha, self.beta, self.refit, self.entropy = float(alpha), float(beta), refit, entropy
         self.stats = np.zeros((MAX_LEVELS, N_STATS))
         self.weights = None
         self.steps = 0
@@ -64,6 +65,27 @@ class StreamWeightsLearner:
             self.weights, _ = fit_from_statistics(self.stats, None)
         return self
 
+    def tune_factors(self, pairs, target_mse, candidates=CANDIDATES):
+        """Choose the level factors ``alpha``, ``beta`` from trial encodes of this rank's block pairs
+        (collective over ``comm``: one ``Allreduce`` of the byte counts; the same choice on every rank).
+
+        Parameters
+        ----------
+        pairs : list of (ndarray, ndarray)
+            ``(previous, current)`` blocks of the variable on this rank (may be empty).
+        target_mse : float
+            MSE per value of the run's target (:func:`~stagelearn.analytics.step_encode.step_targets`).
+
+        Returns
+        -------
+        alpha, beta : float
+            Also kept here and published with the next :meth:`model`.
+        """
+        costs = (trial_bytes(pairs, target_mse, candidates, adaptive=self.entropy == "adaptive") if pairs
+                 else np.zeros(len(candidates)))
+        self.alpha, self.beta = choose_factors(costs, candidates, self.comm)
+        return self.alpha, self.beta
+
     def params_finite(self):
         return self.weights is None or bool(np.isfinite(self.weights).all())
 
@@ -74,7 +96,7 @@ class StreamWeightsLearner:
             used = np.flatnonzero(self.stats[:, 0] > 0)
             w = self.weights[:int(used.max()) + 1] if used.size else None
         return StreamVariableModel(weights=w, alpha=self.alpha, beta=self.beta, refit=self.refit,
-                                   data_min=data_min, data_max=data_max)
+                                   entropy=self.entropy, data_min=data_min, data_max=data_max)
 
     def model_arrays(self):
         return self.model().arrays()

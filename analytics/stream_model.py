@@ -33,7 +33,9 @@ from .stream_codec.interpolation import N_STATS, as_3d_shape, encode_field, n_le
 MAX_LEVELS = 32  # interpolation levels a block may have (strides up to 2^31): the merged array's rows
 KIND = "stream"
 REFIT = ("local", "published")
-_STREAM_KEYS = {"alpha", "beta", "refit"}
+_STREAM_KEYS = {"alpha", "beta", "refit", "entropy"}
+#: ``codec.entropy``: static interleaved rANS only, or also the context-adaptive binary coder per frame
+ENTROPY = ("rans", "adaptive")
 DEFAULT_WEIGHTS = (1.0, 1.0, -1.0)
 
 
@@ -148,6 +150,10 @@ class StreamVariableModel:
         ``local``: a producer refits each block's weights from that block's previous frame (the
         codec's own statistics, no communication) and uses ``weights`` only where it has none yet
         (after a keyframe, a new block); ``published``: always ``weights``.
+    entropy : {"rans", "adaptive"}
+        ``rans``: static interleaved rANS (payload format 3, fast); ``adaptive``: each frame is also
+        coded with the context-adaptive binary coder and the shorter payload is sent (format 2 or
+        3; 3-8x the encode time for 0.5-36 % fewer bytes, docs/codec.md). Decoders read both.
     data_min, data_max : float
         Value range seen (as :class:`~stagelearn.analytics.encoder.VariableModel`).
     """
@@ -156,6 +162,7 @@ class StreamVariableModel:
     alpha: float = 1.5
     beta: float = 4.0
     refit: str = "local"
+    entropy: str = "rans"
     data_min: float = 0.0
     data_max: float = 0.0
     kind: str = KIND
@@ -164,6 +171,8 @@ class StreamVariableModel:
     def __post_init__(self):
         if self.refit not in REFIT:
             raise StreamModelError(f"stream model: refit {self.refit!r} (expected one of {', '.join(REFIT)})")
+        if self.entropy not in ENTROPY:
+            raise StreamModelError(f"stream model: entropy {self.entropy!r} (expected one of {', '.join(ENTROPY)})")
         for name in ("alpha", "beta"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and 1.0 <= v <= 16.0):
@@ -174,6 +183,11 @@ class StreamVariableModel:
                 raise StreamModelError(f"stream model: weights of shape {w.shape} (expected finite (L <= "
                                        f"{MAX_LEVELS}, 3))")
             self.weights = quantize_weights(w)
+
+    @property
+    def adaptive(self):
+        """True when frames may use the context-adaptive binary coder (``entropy == "adaptive"``)."""
+        return self.entropy == "adaptive"
 
     def level_weights(self, levels):
         """The weights of a block with ``levels`` levels, shape ``(max(levels, 1), 3)``."""
@@ -199,7 +213,8 @@ class StreamVariableModel:
         """The variable's JSON entry in an encoder spec (``arrays`` lists shape and dtype)."""
         return {"kind": KIND, "tile_shape": list(self.tile_shape), "data_min": float(self.data_min),
                 "data_max": float(self.data_max), "autoencoder": None,
-                "stream": {"alpha": float(self.alpha), "beta": float(self.beta), "refit": self.refit},
+                "stream": {"alpha": float(self.alpha), "beta": float(self.beta), "refit": self.refit,
+                           "entropy": self.entropy},
                 "arrays": {a: {"shape": list(v.shape), "dtype": "float32"} for a, v in self.arrays().items()}}
 
     @classmethod
@@ -234,8 +249,13 @@ class StreamVariableModel:
                                                       != w.astype(np.float64) * WEIGHT_SCALE):
                     raise StreamModelError(f"encoder array {name}/stream/weights: non-finite or off the 2^-16 grid")
                 w = w.astype(np.float64)
+            for key in ("alpha", "beta"):
+                v = st.get(key, 1.0)
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise StreamModelError(f"encoder variable {name}: stream.{key} must be a number in [1, 16], "
+                                           f"got {v!r}")
             return cls(weights=w, alpha=float(st.get("alpha", 1.5)), beta=float(st.get("beta", 4.0)),
-                       refit=st.get("refit", "local"), data_min=float(entry.get("data_min", 0.0)),
+                       refit=st.get("refit", "local"), entropy=st.get("entropy", "rans"), data_min=float(entry.get("data_min", 0.0)),
                        data_max=float(entry.get("data_max", 0.0)))
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             if isinstance(exc, StreamModelError):

@@ -38,14 +38,19 @@ from numba import njit
 from .baselines import sz3_match
 from .metrics import ErrorStats, psnr_from_mse
 from .step_encode import BlockCode
-from .stream_codec import decode_frame, encode_frame, fit_weights
+from .stream_codec import decode_frame, encode_frame, finish_frame, first_weights, fit_weights
 from .stream_codec.interpolation import as_3d_shape, n_levels
 from .stream_codec.varint import read_varint, write_varint
 from .stream_model import pad_statistics
 from .stream_payload import KIND_CODED, KIND_EXACT, StreamPayloadError, pack_stream_payload, parse_stream_payload
 
-MAX_RETRIES = 4
+MAX_TRIALS = 4  # encoder passes of the search; one more, guarded, when none held the target
 MIN_MSE_FACTOR = 0.1  # as the prototype: the step is at most ~3.2 sqrt(12 target MSE)
+BAND = 10.0 ** (-0.03)  # a block's MSE is accepted in [BAND, 1] x target: PSNR in [target, target + 0.3 dB]
+AIM = 10.0 ** (-0.0175)  # where a trial aims: 0.175 dB above the target (the first lands within +-2 % in MSE)
+SLOPE_MIN, SLOPE_MAX = 0.3, 4.0  # d log MSE / d log step: 2 for busy blocks, flatter where most codes are 0
+SLOPE_FLAT = 0.5  # below it a larger step barely adds error: the search stops at the smaller step
+GROWTH, GROWTH_TRIAL = 1.25, 2.0  # the step grows by at most these factors per frame / per trial (shrinks at any rate)
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -53,8 +58,8 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 class BlockState:
     """The rate control's memory of one (variable, block) between steps."""
 
-    mse_factor: dict = field(default_factory=lambda: {False: 1.0, True: 1.0})  # measured MSE / (q^2/12)
-    margin: float = 0.97
+    last: dict = field(default_factory=lambda: {False: None, True: None})  # last accepted (step, MSE)
+    slope: dict = field(default_factory=lambda: {False: 2.0, True: 2.0})  # d log MSE / d log step, measured
     stats: np.ndarray = None  # the last predicted frame's blend statistics (L, 13)
     encodes: int = 0
 
@@ -143,7 +148,7 @@ def encode_stream_block(block, model, *, step, chain, chain_key, target_mse, abs
     """
     if scorer is not None:
         raise ValueError("stream codec: anomaly scoring needs the PCA codec (anomaly.enabled with codec.kind: "
-                         "stream is not supported; set codec.kind: pca or anomaly.enabled: false)")
+                         "stream is not supported; set codec.kind: learned (learner.type pca) or anomaly.enabled: false)")
     given = block if reference is None else np.asarray(reference)
     if given.shape != block.shape:
         raise ValueError(f"stream codec: reference of shape {given.shape} for a block of shape {block.shape}")
@@ -156,14 +161,28 @@ def encode_stream_block(block, model, *, step, chain, chain_key, target_mse, abs
     if prev is not None:
         levels = max(n_levels(as_3d_shape(block.shape)), 1)
         own = st.stats is not None and st.stats.shape[0] == levels and np.any(st.stats[:, 0] > 0)
-        weights = fit_weights(st.stats) if model.refit == "local" and own else model.level_weights(levels)
+        if model.refit == "local" and own:
+            weights = fit_weights(st.stats)
+        elif model.weights is None:  # nothing fitted yet (start, after a keyframe): fit on this frame, one extra pass
+            fitted = first_weights(source, prev)
+            weights = model.level_weights(levels) if fitted is None else fitted
+        else:
+            weights = model.level_weights(levels)
+    stats = None
     if source.size:
         frame, encodes = _rate_controlled(source, prev, weights, target_mse, abs_bound, model, st)
+        stats = error_stats(given, frame.reconstruction)  # the target verified against the caller's values
+        if _target_ok(target_mse) and stats.mse > target_mse:  # the codec's sum and ours differ in rounding
+            e = math.sqrt(target_mse) * (1.0 - 1e-6)
+            e = e if abs_bound is None else min(e, float(abs_bound))
+            frame, encodes = encode_frame(source, 2.0 * e, eb_abs=e, prev=prev, weights=weights, alpha=model.alpha,
+                                          beta=model.beta, adaptive=model.adaptive), encodes + 1
+            stats = error_stats(given, frame.reconstruction)
         kind, body, rec, fstats = KIND_CODED, frame.payload, frame.reconstruction, frame.stats
     else:  # an empty block (a rank without data this step)
         encodes, kind, body, rec, fstats = 0, KIND_EXACT, exact_body(source), source.copy(), np.zeros((1, 13))
     if kind == KIND_CODED and len(body) > source.nbytes + 16:  # never beyond the exact values: store them
-        kind, body, rec = KIND_EXACT, exact_body(source), source.copy()
+        kind, body, rec, stats = KIND_EXACT, exact_body(source), source.copy(), None
     temporal = kind == KIND_CODED and prev is not None
     st.stats = fstats if temporal else None
     hdr = {"step": int(step), "rank": 0, "encoder_version": 0, "shape": list(block.shape),
@@ -172,7 +191,7 @@ def encode_stream_block(block, model, *, step, chain, chain_key, target_mse, abs
     hdr["ref_step"] = prev_step if temporal else None
     payload = pack_stream_payload(hdr, kind, body)
     chain.record(chain_key, step, rec)
-    stats = error_stats(given, rec)
+    stats = stats if stats is not None else error_stats(given, rec)
     code = StreamBlockCode(payload=payload, reconstruction=rec, stats=stats, n_raw_tiles=0,
                            local_psnr_db=psnr_from_mse(stats.mse, stats.data_range),
                            stream_stats=pad_statistics(fstats if temporal else np.zeros_like(fstats)),
@@ -220,40 +239,131 @@ def error_stats(given, rec):
     return ErrorStats.from_arrays(given, rec)
 
 
-def _rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
-    """Encode ``x`` so that its MSE is at most ``target_mse`` and every error at most ``abs_bound``.
+def _target_ok(target_mse):
+    """True for a usable target MSE (a positive finite number)."""
+    return target_mse is not None and math.isfinite(target_mse) and target_mse > 0
 
-    The step is predicted from the block's last measured ``MSE / (q^2 / 12)``; a frame that misses
-    the target is re-encoded with a smaller step (at most ``MAX_RETRIES`` times), then with the
-    pointwise bound ``sqrt(target_mse)``, which meets the target on every value.
+
+def _rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
+    """Encode ``x`` so that its MSE lands in ``[BAND * target_mse, target_mse]`` (PSNR in [target, target + 0.3 dB])
+    and every error is at most ``abs_bound``; returns ``(frame, encoder passes)``.
+
+    The closed loop's MSE is, on a log-log scale, nearly a line in the step ``q`` that moves little
+    from frame to frame: slope 2 where most codes are non-zero (``q^2/12``), flatter where most are
+    0. The first pass aims at ``AIM * target_mse`` from the block's last kept ``(q, MSE)`` and the
+    slope measured on its earlier frames (:class:`BlockState`; keyframes and predicted frames apart),
+    the step growing by ``GROWTH`` at most from frame to frame. A pass outside the band is followed
+    by a secant step on ``(log q, log MSE)`` through the passes that bracket the aim (else the last
+    two; where the error does not grow with the step, the block's slope from the pass nearest the
+    aim), at most ``MAX_TRIALS`` passes. The pass kept is the one with the largest error at or under
+    the target; if none holds it, a last pass with the pointwise bound ``sqrt(target_mse)`` meets the
+    target on every value.
+
+    A block that cannot spend the budget stops early, under the band: at the step cap (``2
+    abs_bound``, or ``sqrt(12 target_mse / MIN_MSE_FACTOR)``), exact, or where a larger step barely
+    adds error (slope under ``SLOPE_FLAT`` between two passes under the band: the error is the
+    prediction's, and a larger step only lets the reconstruction lag behind a slowly moving field
+    and pay a burst later; the smaller step is kept).
     """
     eb = float(abs_bound) if abs_bound is not None else 0.0
     if abs_bound is not None and not (math.isfinite(eb) and eb > 0):
         raise ValueError(f"stream codec: abs_bound must be a positive finite number, got {abs_bound!r}")
-    ok_target = target_mse is not None and math.isfinite(target_mse) and target_mse > 0
+    ok_target = _target_ok(target_mse)
     if not ok_target and abs_bound is None:
         raise ValueError(f"stream codec: target_mse {target_mse!r} is not a positive finite number and no abs_bound")
-    kw = {"prev": prev, "weights": weights, "alpha": model.alpha, "beta": model.beta}
+    kw = {"prev": prev, "weights": weights, "alpha": model.alpha, "beta": model.beta, "adaptive": model.adaptive}
     if not ok_target:
+        st.encodes += 1
         return encode_frame(x, 2.0 * eb, eb_abs=eb, **kw), 1
     temporal = prev is not None
-    step = st.margin * math.sqrt(12.0 * target_mse / st.mse_factor[temporal])
-    if eb > 0:
-        step = min(step, 2.0 * eb)
     n = max(x.size, 1)
-    for k in range(MAX_RETRIES + 1):
-        frame = encode_frame(x, step, eb_abs=eb, **kw)
+    cap = math.sqrt(12.0 * target_mse / MIN_MSE_FACTOR)
+    if eb > 0:
+        cap = min(cap, 2.0 * eb)
+    aim, low = AIM * target_mse, BAND * target_mse
+    slope, last = st.slope[temporal], st.last[temporal]
+    if last is None:  # the uniform-noise model
+        q = math.sqrt(12.0 * aim)
+    else:  # log MSE = log MSE_last + slope (log q - log q_last), the step growing by GROWTH at most
+        q = last[0] * min(math.exp((math.log(aim) - math.log(last[1])) / slope), GROWTH)
+    q = min(q, cap)
+    trials, prev_frame = [], None  # (q, mse) of each pass; the frame of the pass before the last
+    best = None  # the trial kept: (q, mse, frame)
+    for k in range(MAX_TRIALS):
+        frame = encode_frame(x, q, eb_abs=eb, payload=False, **kw)  # entropy-coded only if kept
         st.encodes += 1
         mse = frame.sse / n
-        if mse > 0:
-            st.mse_factor[temporal] = max(mse / (step ** 2 / 12.0), MIN_MSE_FACTOR)
-        if mse <= target_mse:
-            st.margin = min(0.99, st.margin * 1.002)
-            return frame, k + 1
-        st.margin = max(0.85, st.margin * 0.97)
-        step *= 0.98 * math.sqrt(target_mse / mse)
+        trials.append((q, mse))
+        if mse <= target_mse and (best is None or mse > best[1]):
+            best = (q, mse, frame)
+        if low <= mse <= target_mse or mse == 0.0 or (mse < low and q >= cap):
+            break
+        if mse < low and len(trials) >= 2 and trials[-2][1] < low and _flat(trials[-2], trials[-1]):
+            # a larger step barely adds error: the error is the prediction's (most codes 0), and a larger
+            # step only lets the reconstruction lag behind the field; keep the smaller step
+            best = (trials[-2][0], trials[-2][1], prev_frame)
+            break
+        q_next = min(_next_step(trials, aim, slope), cap)
+        if mse < low:
+            q_next = min(q_next, GROWTH_TRIAL * q)
+        if best is not None and q_next <= best[0]:  # aiming below a trial that already holds the target
+            break
+        q, prev_frame = q_next, frame
+    measured = _measured_slope(trials)
+    if measured is not None:
+        st.slope[temporal] = min(max(0.5 * slope + 0.5 * measured, SLOPE_MIN), SLOPE_MAX)
+    if best is not None:
+        st.last[temporal] = (best[0], best[1]) if best[1] > 0 else st.last[temporal]
+        return finish_frame(best[2]), len(trials)
+    st.last[temporal] = (trials[-1][0], trials[-1][1])
     e = math.sqrt(target_mse) if eb <= 0 else min(math.sqrt(target_mse), eb)
-    return encode_frame(x, 2.0 * e, eb_abs=e, **kw), MAX_RETRIES + 2
+    st.encodes += 1
+    return encode_frame(x, 2.0 * e, eb_abs=e, **kw), len(trials) + 1
+
+
+def _next_step(trials, aim, slope):
+    """The next trial step: a secant on ``(log q, log MSE)`` towards ``aim``.
+
+    Through the two trials that bracket ``aim`` when there are (the closest on each side), else the
+    last two, else the last one with ``slope``; the secant's slope is clamped to
+    ``[SLOPE_MIN, SLOPE_MAX]`` and the new step kept strictly inside a bracket."""
+    la = math.log(aim)
+    pts = [(math.log(q), math.log(m)) for q, m in trials if m > 0]
+    if not pts:  # every trial exact: a much larger step
+        return trials[-1][0] * 4.0
+    under = [p for p in pts if p[1] <= la]
+    over = [p for p in pts if p[1] > la]
+    if under and over:
+        a, b = max(under, key=lambda p: p[1]), min(over, key=lambda p: p[1])
+    elif len(pts) >= 2:
+        a, b = pts[-2], pts[-1]
+    else:
+        a = b = pts[-1]
+    s = (b[1] - a[1]) / (b[0] - a[0]) if b[0] != a[0] else slope
+    if under and over:  # inside the bracket (a fifth of it from either end at least; its middle if not increasing)
+        lo, hi = sorted((a[0], b[0]))
+        lq = b[0] + (la - b[1]) / s if s > 0 else 0.5 * (lo + hi)
+        return math.exp(min(max(lq, lo + 0.2 * (hi - lo)), hi - 0.2 * (hi - lo)))
+    if not SLOPE_MIN <= s <= SLOPE_MAX:  # not a usable secant (error not increasing with the step): the model's
+        s = slope
+        b = min(pts, key=lambda p: abs(p[1] - la))  # from the trial nearest the aim
+    return math.exp(b[0] + (la - b[1]) / s)
+
+
+def _flat(a, b):
+    """True when two trials ``(q, MSE)`` with different steps have ``d log MSE / d log q < SLOPE_FLAT``."""
+    if a[0] == b[0] or a[1] <= 0 or b[1] <= 0:
+        return False
+    return (math.log(b[1]) - math.log(a[1])) / (math.log(b[0]) - math.log(a[0])) < SLOPE_FLAT
+
+
+def _measured_slope(trials):
+    """``d log MSE / d log q`` of a frame's two last trials with non-zero errors (None with fewer), clamped."""
+    pts = [(math.log(q), math.log(m)) for q, m in trials if m > 0]
+    if len(pts) < 2 or pts[-1][0] == pts[-2][0]:
+        return None
+    s = (pts[-1][1] - pts[-2][1]) / (pts[-1][0] - pts[-2][0])
+    return min(max(s, SLOPE_MIN), SLOPE_MAX)
 
 
 def exact_body(values):

@@ -45,7 +45,7 @@ def run_case(name, case, out, threshold):
     return run_stagelearn(out, name, {
         "simulation": case["simulation"], "staging": case["staging"],
         "adios2": {"config_file": os.path.join(REPO, "xml_configs", "stagelearn.xml")},
-        "learner": {"warmup_steps": 5, "publish_every": 40}, "codec": {"psnr_db": 41.0},
+        "learner": {"warmup_steps": 5, "publish_every": 40}, "codec": {"kind": "learned", "psnr_db": 41.0},
         "anomaly": dict(ANOMALY, threshold=threshold), "metrics": {"sz3_every": 0}})
 
 

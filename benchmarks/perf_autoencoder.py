@@ -312,7 +312,7 @@ def coupled(tmp, name, sim, learner):
 
     run_dir = run_stagelearn(tmp, name, {
         "simulation": sim, "staging": {"ranks": 2}, "adios2": {"config_file": os.path.join(REPO, "xml_configs", "stagelearn.xml")},
-        "learner": learner, "codec": {"psnr_db": 41}, "metrics": {"sz3_every": 0}})
+        "learner": learner, "codec": {"kind": "learned", "psnr_db": 41}, "metrics": {"sz3_every": 0}})
     return read_json(run_dir, "producer.json"), read_json(run_dir, "summary.json")
 
 

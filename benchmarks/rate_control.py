@@ -3,6 +3,7 @@
     python benchmarks/rate_control.py                      # every bundled example and benchmark field
     python benchmarks/rate_control.py --examples heat2d    # some of them
     python benchmarks/rate_control.py --steps 30           # more output steps per example
+    python benchmarks/rate_control.py --codec stream       # the stream codec, old and new controller side by side
 
 For each bundled run YAML (``examples/*.yaml``, ``examples/own_simulation``, ``examples/pde_hook``;
 ``examples/intransit`` runs the Gray-Scott mock's settings too) the mock simulation runs on one
@@ -204,7 +205,13 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=16, help="frames per benchmark field (default 16)")
     ap.add_argument("--plain-targets", action="store_true",
                     help="the plain per-block target of step_targets(comm, blocks, psnr_db), no budget sharing")
+    ap.add_argument("--codec", choices=("learned", "stream"), default="learned",
+                    help="learned: the PCA/autoencoder codec (default); stream: the stream codec, its old (commit "
+                    "49d3564) and new rate control side by side (benchmarks/rate_control_stream.py)")
+    ap.add_argument("--controllers", nargs="*", default=["old", "new"], help="--codec stream: controllers to run")
     args = ap.parse_args(argv)
+    if args.codec == "stream":
+        return stream_main(args)
     print(f"{'example':<18} {'variable':<8} {'target':>6} {'min-tgt':>8} {'max-tgt':>8} {'ratio':>8} {'steps':>5}  s")
     worst = (math.inf, -math.inf)
     jobs = [(run_example, n, args.steps) for n in args.examples] + [(run_bench_field, f, args.frames) for f in args.fields]
@@ -216,6 +223,35 @@ def main(argv=None):
                   f"{time.perf_counter() - t:.0f}", flush=True)
     print(f"all: achieved - target in [{worst[0]:.3f}, {worst[1]:.3f}] dB")
     return 0 if worst[0] >= 0.0 and worst[1] <= 0.5 else 1
+
+
+def stream_main(args):
+    """``--codec stream``: achieved - target per coded step (mean, min, max), ratio, encoder passes per block."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import rate_control_stream as rcs
+
+    print(f"{'example':<16} {'ctl':<4} {'variable':<8} {'target':>6} {'mean-tgt':>8} {'min-tgt':>8} {'max-tgt':>8} "
+          f"{'ratio':>9} {'enc/bl':>6} {'steps':>5}  encode s")
+    worst = (math.inf, -math.inf)
+    for name in args.examples:
+        if name == "gray_scott_ae":  # the autoencoder's example: its codec is the learned one
+            continue
+        rows = rcs.example_rows(name, args.steps, EXAMPLES, REPO, split_blocks, args.controllers)
+        rcs.print_rows(rows)
+        worst = _worst(worst, rows)
+    for f in args.fields:
+        rows = rcs.field_rows(f, args.frames, controllers=args.controllers)
+        rcs.print_rows(rows)
+        worst = _worst(worst, rows)
+    print(f"new: achieved - target in [{worst[0]:.3f}, {worst[1]:.3f}] dB")
+    return 0 if worst[0] >= 0.0 and worst[1] <= 0.5 else 1
+
+
+def _worst(worst, rows):
+    for _, which, var, _, d, _, _, _ in rows:
+        if which == "new" and var != "summary":
+            worst = (min(worst[0], min(d)), max(worst[1], max(d)))
+    return worst
 
 
 if __name__ == "__main__":

@@ -22,7 +22,14 @@ information, models) and the single-thread encode and decode MB/s (of raw data).
   reconstruction and the demo's ``raw_fraction`` 0.01;
 - ``stream`` / ``stream_frozen`` / ``stream_intra``: :mod:`stagelearn.analytics.stream_codec`
   (interpolation + temporal prediction with blend weights refitted every frame / fitted once on
-  the first frame pair / no temporal prediction);
+  the first frame pair / no temporal prediction), entropy-coded with static interleaved rANS (the
+  product's default, ``codec.entropy: rans``);
+- ``stream_adaptive``: ``stream`` with ``codec.entropy: adaptive``: each frame also coded with the
+  context-adaptive binary coder, the shorter payload sent;
+- ``stream_tuned``: ``stream`` with the level factors ``alpha``, ``beta`` chosen from frames 0 and 1
+  by trial encodes at the setting's MSE (:mod:`stagelearn.analytics.stream_codec.tuning`, what
+  staging would publish after seeing two steps), used from frame 2 on (the trial encodes' time is
+  staging's, not counted in the encode MB/s);
 - ``stream_step``: the same codec through the product adapter (``analytics/stream_step.py``): one
   block per frame in a ``PredictionChain`` with a keyframe every 16 frames, target MSE from the
   frame's range, the block envelope counted, decoded from ``ref_step`` as the output reader does.
@@ -52,6 +59,7 @@ from stagelearn.analytics import IncrementalPCA, TransformCodec  # noqa: E402
 from stagelearn.analytics.codec import decode_block, encode_block  # noqa: E402
 from stagelearn.analytics.stream_codec import StreamDecoder, StreamEncoder  # noqa: E402
 from stagelearn.analytics.stream_codec.interpolation import as_3d_shape  # noqa: E402
+from stagelearn.analytics.stream_codec.tuning import choose_factors, trial_bytes  # noqa: E402
 from stagelearn.analytics.tiling import to_tiles  # noqa: E402
 
 try:
@@ -64,7 +72,7 @@ OUT = os.path.join(REPO, "results", "rate_distortion")
 WARMUP, PUBLISH_EVERY = 2, 10
 TILES = {2: (8, 8), 3: (4, 4, 4)}
 METHODS = ("sz3", "sz3_closed_loop", "sperr", "sperr_closed_loop", "zfp", "ours", "ours_frozen", "stream",
-           "stream_frozen", "stream_intra", "stream_step")
+           "stream_adaptive", "stream_frozen", "stream_intra", "stream_tuned", "stream_step")
 
 
 def stream_psnr(frames, recs):
@@ -185,13 +193,17 @@ def run_ours(frames, setting, timer, frozen):
 
 
 # ----------------------------------------------------------------------------- the new stream codec
-def run_stream(frames, setting, timer, temporal=True, refit=True):
-    enc = StreamEncoder("psnr", setting, temporal=temporal, fit=True)
+def run_stream(frames, setting, timer, temporal=True, refit=True, tune=False, adaptive=False):
+    enc = StreamEncoder("psnr", setting, temporal=temporal, fit=True, adaptive=adaptive)
     dec = StreamDecoder()
     total, recs = 0, []
     for i, x in enumerate(frames):
         if not refit and i >= 2:
             enc.fit = False  # keep the weights fitted on the first frame pair
+        if tune and i == 2:  # staging has seen frames 0 and 1: it tunes alpha, beta and publishes them
+            span = float(np.float64(frames[1].max()) - np.float64(frames[1].min())) or 1.0
+            costs = trial_bytes([(frames[0], frames[1])], span ** 2 * 10 ** (-setting / 10))
+            enc.alpha, enc.beta = choose_factors(costs)
         t = time.perf_counter(); fr = enc.encode(x); timer.enc.append(time.perf_counter() - t)
         t = time.perf_counter(); rec = dec.decode(fr.payload); timer.dec.append(time.perf_counter() - t)
         if not np.array_equal(rec.view(np.uint32), fr.reconstruction.view(np.uint32)):
@@ -244,10 +256,14 @@ def run_method(method, frames, setting):
         total, recs = run_ours(frames, setting, timer, frozen=method == "ours_frozen")
     elif method == "stream":
         total, recs = run_stream(frames, setting, timer)
+    elif method == "stream_adaptive":
+        total, recs = run_stream(frames, setting, timer, adaptive=True)
     elif method == "stream_frozen":
         total, recs = run_stream(frames, setting, timer, refit=False)
     elif method == "stream_intra":
         total, recs = run_stream(frames, setting, timer, temporal=False)
+    elif method == "stream_tuned":
+        total, recs = run_stream(frames, setting, timer, tune=True)
     elif method == "stream_step":
         total, recs = run_stream_step(frames, setting, timer)
     else:

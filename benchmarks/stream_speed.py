@@ -16,8 +16,11 @@ on a shared machine do not count; every method runs in the calling thread with o
   ``decode_stream_block``).
 
 Threads are pinned to one (numba, OpenMP, OpenBLAS) before numpy is imported. Writes
-``<out>/stream_speed.csv`` and ``stream_speed.md`` and, with ``--hashes FILE``, the SHA-256 of every
-payload (compare two runs' files: an optimisation must not change a byte).
+``<out>/stream_speed.csv`` and ``<out>/summary.md`` (the command first) and, with ``--hashes FILE``,
+the SHA-256 of every payload and, with ``--recs FILE``, of every reconstruction (compare two runs'
+files: a speed-up that changes the byte format must still give the same reconstructions). The
+column ``formats`` counts the timed frames per payload format version (``frame_info``): the encoder
+may pick another entropy coder per frame, with another speed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ for _v in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_
     os.environ[_v] = "1"
 
 import argparse  # noqa: E402
+import collections  # noqa: E402
 import copy  # noqa: E402
 import csv  # noqa: E402
 import hashlib  # noqa: E402
@@ -41,7 +45,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from rd_datasets import DATASETS  # noqa: E402
 
-from stagelearn.analytics.stream_codec import StreamDecoder, StreamEncoder  # noqa: E402
+from stagelearn.analytics.stream_codec import StreamDecoder, StreamEncoder, frame_info  # noqa: E402
 from stagelearn.analytics.stream_model import StreamVariableModel  # noqa: E402
 from stagelearn.analytics.stream_step import StreamStates, decode_stream_block, encode_stream_block  # noqa: E402
 from stagelearn.analytics.temporal import PredictionChain  # noqa: E402
@@ -77,7 +81,7 @@ def _sz3(psnr_db):
     return cfg
 
 
-def run(ds, frames, psnr_db, timed, repeat, hashes):
+def run(ds, frames, psnr_db, timed, repeat, hashes, recs=None):
     """Time every method on the last ``timed`` frames (the earlier ones only build the state)."""
     import pysz
 
@@ -86,6 +90,7 @@ def run(ds, frames, psnr_db, timed, repeat, hashes):
              "stream_step": _Step(psnr_db)}
     times = {m: [0.0, 0.0] for m in METHODS}
     nbytes = {m: 0 for m in METHODS}
+    formats = {m: collections.Counter() for m in METHODS}
     first = len(frames) - timed
     for i, x in enumerate(frames):
         best = {m: [np.inf, np.inf, None] for m in METHODS}
@@ -124,6 +129,11 @@ def run(ds, frames, psnr_db, timed, repeat, hashes):
                 payload = out[1].payload
             if m != "sz3" and hashes is not None:
                 hashes[f"{ds}/{m}/{i}"] = hashlib.sha256(payload).hexdigest()
+            if m != "sz3" and recs is not None:
+                rec = state[m].prev
+                recs[f"{ds}/{m}/{i}"] = hashlib.sha256(np.ascontiguousarray(rec).tobytes()).hexdigest()
+            if m in ("stream", "stream_intra") and i >= first:
+                formats[m][int(frame_info(payload).get("version", 1))] += 1
             if i >= first:
                 times[m][0] += best[m][0]
                 times[m][1] += best[m][1]
@@ -133,13 +143,15 @@ def run(ds, frames, psnr_db, timed, repeat, hashes):
     for m in METHODS:
         rows.append({"dataset": ds, "method": m, "psnr_setting": psnr_db, "frames": timed,
                      "encode_mb_s": mb / times[m][0], "decode_mb_s": mb / times[m][1],
-                     "ratio": mb * 1e6 / max(nbytes[m], 1)})
+                     "ratio": mb * 1e6 / max(nbytes[m], 1),
+                     "formats": " ".join(f"v{v}:{n}" for v, n in sorted(formats[m].items()))})
     sz = rows[0]
     for r in rows:
         r["encode_vs_sz3"] = r["encode_mb_s"] / sz["encode_mb_s"]
         r["decode_vs_sz3"] = r["decode_mb_s"] / sz["decode_mb_s"]
         print(f"  {ds:12s} {r['method']:13s} enc {r['encode_mb_s']:7.1f} MB/s ({r['encode_vs_sz3']:.2f}x sz3) "
-              f"dec {r['decode_mb_s']:7.1f} MB/s ({r['decode_vs_sz3']:.2f}x) ratio {r['ratio']:8.1f}", flush=True)
+              f"dec {r['decode_mb_s']:7.1f} MB/s ({r['decode_vs_sz3']:.2f}x) ratio {r['ratio']:8.1f} {r['formats']}",
+              flush=True)
     return rows
 
 
@@ -159,29 +171,35 @@ def main(argv=None):
     ap.add_argument("--psnr", type=float, default=50.0)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(HERE), "results", "stream_speed"))
     ap.add_argument("--hashes", default=None, help="write the payloads' SHA-256 here (JSON)")
+    ap.add_argument("--recs", default=None, help="write the reconstructions' SHA-256 here (JSON)")
     args = ap.parse_args(argv)
     warm_up()
-    rows, hashes = [], ({} if args.hashes else None)
+    rows, hashes, recs = [], ({} if args.hashes else None), ({} if args.recs else None)
     for ds in args.datasets:
         frames, desc = DATASETS[ds](args.frames)
         print(f"{ds}: {desc}", flush=True)
-        rows += run(ds, frames, args.psnr, min(args.timed, len(frames) - 1), args.repeat, hashes)
+        rows += run(ds, frames, args.psnr, min(args.timed, len(frames) - 1), args.repeat, hashes, recs)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "stream_speed.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    lines = [f"Single thread, {args.psnr:g} dB, {args.timed} frames timed, min of {args.repeat} runs per frame "
-             f"(`python benchmarks/stream_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}`)", "",
-             "| dataset | method | encode MB/s | decode MB/s | encode / sz3 | decode / sz3 | ratio |",
-             "|---|---|---|---|---|---|---|"]
+    command = f"python benchmarks/stream_speed.py {' '.join(argv if argv is not None else sys.argv[1:])}".strip()
+    lines = [f"Command: `{command}`", "",
+             f"Single thread (numba, OpenMP, OpenBLAS), {args.psnr:g} dB, {args.timed} frames timed, each frame "
+             f"the minimum of {args.repeat} runs of the calling thread's CPU time, the methods interleaved frame by "
+             "frame; `/ sz3` is the MB/s over SZ3's on the same frames in this run.", "",
+             "| dataset | method | encode MB/s | decode MB/s | encode / sz3 | decode / sz3 | ratio | formats |",
+             "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['dataset']} | {r['method']} | {r['encode_mb_s']:.0f} | {r['decode_mb_s']:.0f} | "
-              f"{r['encode_vs_sz3']:.2f} | {r['decode_vs_sz3']:.2f} | {r['ratio']:.1f} |" for r in rows]
-    with open(os.path.join(args.out, "stream_speed.md"), "w") as f:
+              f"{r['encode_vs_sz3']:.2f} | {r['decode_vs_sz3']:.2f} | {r['ratio']:.1f} | {r['formats']} |"
+              for r in rows]
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
-    if args.hashes:
-        with open(args.hashes, "w") as f:
-            json.dump(hashes, f, indent=0, sort_keys=True)
+    for path, table in ((args.hashes, hashes), (args.recs, recs)):
+        if path:
+            with open(path, "w") as f:
+                json.dump(table, f, indent=0, sort_keys=True)
     print("\n".join(lines))
 
 

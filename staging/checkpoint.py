@@ -13,12 +13,22 @@ Arrays per variable ``X``:
   the other fitted attributes, float64;
 - autoencoder (:class:`~stagelearn.analytics.learners.autoencoder.AutoencoderLearner`): ``X/ae/<parameter>`` (float32,
   :func:`~stagelearn.analytics.autoencoder.named_arrays`); per rank ``X/buffer/{tiles,sources,steps}``
-  and ``X/opt/<i>/{exp_avg,exp_avg_sq,step}`` (and ``X/buffer/counts``).
+  and ``X/opt/<i>/{exp_avg,exp_avg_sq,step}`` (and ``X/buffer/counts``);
+- the stream codec's blend weights (``codec.kind: stream``,
+  :class:`~stagelearn.analytics.stream_learner.StreamWeightsLearner`, the same on every rank):
+  ``X/stats`` (the forgotten sums of the blend statistics, float64: the whole state) and, because
+  the weights it publishes are a fit of those sums rather than the state itself,
+  ``X/published/stream/weights`` (float32, what its encoder entry carries).
+
+A learner whose published arrays are a fit of its state (kinds in :data:`PUBLISHED_KINDS`) has them
+stored under ``X/published/``; :func:`load` checks that the restored learner publishes exactly those
+values, so a restarted run goes on with the weights the checkpoint held or refuses to start.
 
 Files are loaded with ``allow_pickle=False``. Each is written under a temporary name and renamed;
 ``state.json`` goes last, and every file carries the number of steps learned, so a checkpoint cut by
 a crash mid-write is refused rather than mixed. Restarting (``staging.restart_from``) rebuilds the
-learners: the PCA state and the autoencoder weights bit for bit, buffers and optimizer moments per
+learners: the PCA state, the autoencoder weights and the stream learner's statistics and published
+weights bit for bit, buffers and optimizer moments per
 rank (with the same number of staging ranks; otherwise buffers start empty). The replay buffers'
 random generators and the reservoir's acceptance history restart (``n_seen_`` is kept).
 """
@@ -31,17 +41,27 @@ import os
 
 import numpy as np
 
-from ..analytics.learners import checkpointable, learner_kind
+from ..analytics.learners import STREAM_KIND, checkpointable, learner_kind
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "stagelearn.checkpoint/2"
+PUBLISHED = "published/"  # prefix of the published arrays of a learner whose model is a fit of its state
+PUBLISHED_KINDS = (STREAM_KIND,)
+_KIND_WORDS = {STREAM_KIND: "the stream codec's blend weights (codec.kind stream)",
+               "pca": "a PCA learner (codec.kind learned, learner.type pca)",
+               "ae": "an autoencoder (codec.kind learned, learner.type autoencoder)"}
 
 
-def supported(learner_cfg):
-    """True when the configured learner can be checkpointed (exact incremental PCA, or the autoencoder)."""
-    return checkpointable(learner_cfg)
+def supported(learner_cfg, codec_kind="learned"):
+    """True when the run's learner can be checkpointed: the stream codec's (``codec_kind`` ``"stream"``),
+    the exact incremental PCA or the autoencoder."""
+    return checkpointable(learner_cfg, codec_kind)
+
+
+def _what(kind):
+    return _KIND_WORDS.get(kind, f"a {kind!r} learner")
 
 
 def _write_npz(path, arrays):
@@ -92,6 +112,8 @@ def save(directory, *, learners, step, encoder_version, published, tile_shapes, 
         state = est.get_state()
         scalars[var] = state["meta"]
         model.update({f"{var}/{k}": v for k, v in state["arrays"].items()})
+        if est.kind in PUBLISHED_KINDS:
+            model.update({f"{var}/{PUBLISHED}{k}": np.asarray(v) for k, v in est.model_arrays().items()})
         mine.update({f"{var}/{k}": v for k, v in state["rank_arrays"].items()})
     if rank == 0:
         _write_npz(os.path.join(directory, "learner.npz"), model)
@@ -109,17 +131,29 @@ def save(directory, *, learners, step, encoder_version, published, tile_shapes, 
     logger.info("checkpoint at step %d (encoder version %d) in %s", step, encoder_version, directory)
 
 
-def check(directory, learner_cfg, source="<config>"):
-    """Check, before anything starts, that ``directory`` holds a readable checkpoint for ``learner_cfg``.
+def check(directory, learner_cfg, source="<config>", codec_kind=None):
+    """Check, before anything starts, that ``directory`` holds a readable checkpoint for the run's learner.
+
+    Parameters
+    ----------
+    directory : str
+    learner_cfg : LearnerConfig
+    source : str
+        The run YAML, for the messages.
+    codec_kind : {"learned", "stream"} or None
+        The run's ``codec.kind``. None (not known here): a checkpoint of the stream codec's weights
+        is accepted as well as one of ``learner_cfg``'s kind; :func:`load` refuses a mismatch when
+        the run starts.
 
     Raises
     ------
     ConfigError
         Naming ``staging.restart_from`` and what is wrong.
     """
-    if not supported(learner_cfg):
+    if not supported(learner_cfg, codec_kind or "learned") and codec_kind is not None:
         raise ConfigError(f"{source}: staging.restart_from: learner.algorithm {learner_cfg.algorithm!r} is not "
-                          "checkpointed (only the exact PCA and the autoencoder are); remove restart_from")
+                          "checkpointed (only the exact PCA, the autoencoder and the stream codec's weights are); "
+                          "remove restart_from")
     state_path = os.path.join(directory, "state.json")
     if not (os.path.exists(state_path) and os.path.exists(os.path.join(directory, "learner.npz"))):
         raise ConfigError(f"{source}: staging.restart_from: {directory} holds no checkpoint (state.json + "
@@ -132,13 +166,21 @@ def check(directory, learner_cfg, source="<config>"):
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ConfigError(f"{source}: staging.restart_from: {state_path} is not a {FORMAT} checkpoint")
     kinds = {v.get("kind") for v in state.get("learners", {}).values()}
-    want = learner_kind(learner_cfg)
     if not kinds:
         raise ConfigError(f"{source}: staging.restart_from: {directory} holds no trained learner yet (written before "
                           "the end of the warm-up)")
+    if codec_kind is None and kinds == {STREAM_KIND}:
+        return
+    if not supported(learner_cfg, codec_kind or "learned"):
+        raise ConfigError(f"{source}: staging.restart_from: learner.algorithm {learner_cfg.algorithm!r} is not "
+                          "checkpointed (only the exact PCA, the autoencoder and the stream codec's weights are); "
+                          "remove restart_from")
+    want = learner_kind(learner_cfg, codec_kind or "learned")
     if kinds != {want}:
-        raise ConfigError(f"{source}: staging.restart_from: the checkpoint holds a {sorted(kinds)} learner, the run "
-                          f"configures learner.type {learner_cfg.type!r}")
+        held = " and ".join(_what(k) for k in sorted(kinds, key=str))
+        raise ConfigError(f"{source}: staging.restart_from: the checkpoint holds a {sorted(kinds, key=str)} learner "
+                          f"({held}), the run trains {_what(want)}; restart from a checkpoint of a run with the "
+                          "same codec.kind and learner.type, or remove restart_from")
 
 
 def load(directory, comm, make_learner):
@@ -185,12 +227,33 @@ def load(directory, comm, make_learner):
         rank_arrays = None if mine is None else {k[len(prefix):]: v for k, v in mine.items() if k.startswith(prefix)}
         est = make_learner(var, tuple(state["tile_shapes"][var]))
         if est.kind != meta["kind"]:
-            raise ConfigError(f"{state_path}: variable {var} holds a {meta['kind']!r} learner, the run trains "
-                              f"{est.kind!r}")
+            raise ConfigError(f"{state_path}: variable {var} holds a {meta['kind']!r} learner ({_what(meta['kind'])}), "
+                              f"the run trains {est.kind!r} ({_what(est.kind)}); restart from a checkpoint of a run "
+                              "with the same codec.kind and learner.type")
+        published = {k[len(PUBLISHED):]: v for k, v in own.items() if k.startswith(PUBLISHED)}
+        own = {k: v for k, v in own.items() if not k.startswith(PUBLISHED)}
         learners[var] = est.set_state({"meta": meta, "arrays": own, "rank_arrays": rank_arrays})
+        _check_published(learners[var], published, var, state_path)
     state["tile_shapes"] = {k: tuple(v) for k, v in state["tile_shapes"].items()}
     state["ranges"] = {k: tuple(v) for k, v in state["ranges"].items()}
     return state, learners
+
+
+def _check_published(est, saved, var, state_path):
+    """The restored learner of ``var`` publishes exactly the arrays the checkpoint stored (if it stored any)."""
+    if not saved:
+        return
+    now = {k: np.asarray(v) for k, v in est.model_arrays().items()}
+    for name in sorted(set(saved) | set(now)):
+        a, b = saved.get(name), now.get(name)
+        if a is None or b is None or a.shape != b.shape or a.dtype != b.dtype or a.tobytes() != b.tobytes():
+            diff = (float(np.max(np.abs(a.astype(np.float64) - b.astype(np.float64))))
+                    if a is not None and b is not None and a.shape == b.shape else None)
+            raise ConfigError(f"{state_path}: variable {var}: the restored learner would publish {name} "
+                              f"{'missing' if b is None else 'of shape ' + str(b.shape)} where the checkpoint holds "
+                              f"{'none' if a is None else 'shape ' + str(a.shape)}"
+                              f"{'' if diff is None else f' (values differ by up to {diff:.3g})'}; the checkpoint "
+                              "does not match this stagelearn's learner: restart from a checkpoint written by it")
 
 
 def _read_npz(path, seen):

@@ -213,6 +213,9 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _codec_uses_its_settings(self):
+        if self.codec.kind == "learned" and "entropy" in self.codec.model_fields_set:
+            raise ValueError("codec.entropy chooses the stream codec's entropy coder; codec.kind learned codes tiles "
+                             "with its own range coder: remove codec.entropy or set codec.kind: stream")
         ignored = stream_codec_conflicts(self.learner, self.codec, self.anomaly)
         if ignored:
             raise ValueError(f"{', '.join(ignored)} set the learned tile codec, but codec.kind is stream (the default: "
@@ -271,7 +274,7 @@ def load_config(path):
                                                                  for a in cfg.simulation.command])
     if cfg.staging.restart_from:
         restart = os.path.normpath(os.path.join(base, cfg.staging.restart_from))
-        checkpoint.check(restart, cfg.learner, path)
+        checkpoint.check(restart, cfg.learner, path, codec_kind=cfg.codec.kind)
         update["staging"] = _updated(cfg.staging, restart_from=restart)
     cfg = cfg.model_copy(update=update)
     check_ios(cfg, path)

@@ -52,9 +52,13 @@ class LearnerSet:
         The staging ranks; they learn together.
     seed_rank : int, optional
         Seeds per-rank randomness (replay buffers); default ``comm.Get_rank()``.
+    codec_kind : {"learned", "stream"}
+        ``codec.kind``: ``stream`` learns the stream codec's blend weights instead of ``learner.type``.
+    entropy : {"rans", "adaptive"}
+        ``codec.entropy`` of the stream models it publishes.
     """
 
-    def __init__(self, learner_cfg, comm, *, seed_rank=None, codec_kind="learned"):
+    def __init__(self, learner_cfg, comm, *, seed_rank=None, codec_kind="learned", entropy="rans"):
         self.cfg, self.comm = learner_cfg, comm
         self.rank = comm.Get_rank()
         self.seed_rank = self.rank if seed_rank is None else int(seed_rank)
@@ -62,8 +66,9 @@ class LearnerSet:
         self.tiles_learned, self.nonfinite_tiles = 0, {}
         budget = training_budget(learner_cfg)
         self.pace = TrainingPace(budget[0], adaptive=budget[1]) if budget else None
-        self.checkpointable = checkpointable(learner_cfg)
         self.stream = codec_kind == "stream"  # learners of the stream codec's blend weights
+        self.entropy = entropy  # codec.entropy of the stream codec's published models
+        self.checkpointable = checkpointable(learner_cfg, codec_kind)  # the stream learner always is
         self._last = {}  # stream: (variable, producer rank) -> that block at the last step (raw or decoded)
 
     def add(self, var, tile_shape):
@@ -75,7 +80,7 @@ class LearnerSet:
         tile_shape : tuple of int
         """
         self.tile_shapes[var] = tuple(int(t) for t in tile_shape)
-        self.learners[var] = StreamWeightsLearner(self.comm) if self.stream else \
+        self.learners[var] = StreamWeightsLearner(self.comm, entropy=self.entropy) if self.stream else \
             make_learner(self.cfg, self.tile_shapes[var], self.comm, seed_rank=self.seed_rank)
         if var not in self.variables:
             self.variables.append(var)
@@ -241,6 +246,11 @@ class LearnerSet:
     def restore(self, directory):
         """Replace the learners by a checkpoint's (collective over ``comm`` for the autoencoder).
 
+        With the stream codec the learners' statistics and the weights they publish come back as
+        stored (:func:`.checkpoint.load` checks the weights against the checkpoint's); the last
+        block of each producer, which the next step's statistics pair with, is not stored, so the
+        first step after a restart adds no statistics.
+
         Returns
         -------
         state : dict
@@ -258,7 +268,7 @@ class LearnerSet:
 
     def _fresh(self, var, tile_shape):
         if self.stream:
-            return StreamWeightsLearner(self.comm)
+            return StreamWeightsLearner(self.comm, entropy=self.entropy)
         return make_learner(self.cfg, tuple(tile_shape), self.comm, seed_rank=self.seed_rank)
 
     # ----------------------------------------------------------------- summary, end

@@ -215,6 +215,7 @@ def test_stream_queue_defaults_live_in_wire(tmp_path):
 
 @pytest.mark.parametrize("yaml_text, keys", [
     ("codec: {raw_fraction: 0.02}\n", ["codec.raw_fraction"]),
+    ("codec: {zstd_level: 9, encode_threads: 2}\n", ["codec.zstd_level", "codec.encode_threads"]),
     ("learner: {type: autoencoder}\n", ["learner.type autoencoder"]),
     ("learner: {algorithm: oja, n_components: 4}\n", ["learner.algorithm", "learner.n_components"]),
     ("anomaly: {enabled: true}\n", ["anomaly.enabled"]),

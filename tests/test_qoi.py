@@ -258,7 +258,7 @@ def test_raw_slices_of_the_moment_variable_follow_qoi_raw_fraction(tmp_path):
     policy = check_policy(qoi_policy(cfg.qoi, cfg.simulation))
     enc = SimpleNamespace(raw_fraction=cfg.codec.raw_fraction, qoi=policy)
     assert raw_fraction_for(enc, "f") == 0.0 and raw_fraction_for(enc, "phi") == 0.02
-    _, load = _load(tmp_path, dict(GOOD_QOI, raw_fraction=0.01))
+    _, load = _load(tmp_path, dict(GOOD_QOI, raw_fraction=0.01), codec={"kind": "learned"})
     cfg = load()
     assert raw_fraction_for(SimpleNamespace(raw_fraction=0.02, qoi=qoi_policy(cfg.qoi, cfg.simulation)), "f") == 0.01
     older = {k: v for k, v in policy.items() if k != "raw_fraction"}  # a spec written before the key existed

@@ -277,16 +277,28 @@ def test_reciprocal_division_of_the_rans_encoder_is_exact():
 
 
 def test_decoder_lookup_buckets_hold_the_symbol_of_each_bucket_start():
-    """The compiled bucket table equals a searchsorted of each bucket's first slot in the cumulative
-    frequencies; tables of contexts that never occur (all zeros) stay zero."""
-    from stagelearn.analytics.stream_codec.entropy_coding import LUT_BITS, PROB_BITS, _buckets, _tables
+    """Each packed bucket holds the symbol of the bucket's first slot (a searchsorted in the cumulative
+    frequencies), its frequency and its cumulative frequency; ``skip`` points past empty bins."""
+    from stagelearn.analytics.stream_codec.rans_tables import LUT_BITS, PROB_BITS, build_tables, buckets
 
     rng = np.random.default_rng(5)
     counts = [rng.integers(0, 50, n) * (rng.random(n) < 0.7) for n in (1, 2, 7, 300, 5000)]
     counts = [c if c.sum() else np.ones_like(c) for c in counts] + [np.zeros(4, np.int64)]
-    freqs, freq, _, tab_off = _tables(counts)
-    bucket = _buckets(freq, tab_off, np.array([len(f) for f in freqs], np.int64))
+    lengths = np.array([c.size for c in counts], np.int64)
+    freq, cum, tab_off = build_tables(np.concatenate(counts).astype(np.int64), lengths)
+    bucket, skip = buckets(freq, cum, tab_off, lengths)
     starts = np.arange(1 << LUT_BITS, dtype=np.int64) << (PROB_BITS - LUT_BITS)
-    for t, f in enumerate(freqs):
-        want = np.searchsorted(np.cumsum(f), starts, side="right") if f.sum() else np.zeros(starts.size)
-        assert np.array_equal(bucket[t << LUT_BITS:(t + 1) << LUT_BITS], want)
+    for t, c in enumerate(counts):
+        f = quantize_frequencies(c)
+        assert np.array_equal(freq[tab_off[t]:tab_off[t] + c.size], f)
+        packed = bucket[t << LUT_BITS:(t + 1) << LUT_BITS]
+        if not f.sum():  # a context that never occurs: symbol 0 of full width (a corrupt stream never searches)
+            assert np.all(packed == PROB_SCALE << 21)
+            continue
+        nonzero = np.flatnonzero(f)
+        want_skip = [nonzero[nonzero > i][0] if np.any(nonzero > i) else f.size - 1 for i in range(f.size)]
+        assert np.array_equal(skip[tab_off[t]:tab_off[t] + f.size], want_skip)
+        sym = np.searchsorted(np.cumsum(f), starts, side="right")
+        assert np.array_equal(packed & 0x1FFFFF, sym)
+        assert np.array_equal((packed >> 21) & 0x1FFFF, f[sym])
+        assert np.array_equal(packed >> 40, (np.cumsum(f) - f)[sym])

@@ -2,7 +2,8 @@
 
 Payload::
 
-    b"SLC1" | varint len(H) | H = zstd(header) | rANS words (uint16, little endian)
+    b"SLC1" | varint len(H) | H = zstd(header) | rANS words (uint16, little endian)   (versions 1, 3)
+    b"SLC1" | varint len(H) | H = zstd(header) | adaptive binary code stream (bytes)  (version 2)
 
 ``header`` (zstd-compressed when that is smaller; bit 0 of the length varint says which) holds, as
 varints unless noted: format version, flags (bit 0: temporal prediction from the previous
@@ -10,27 +11,36 @@ reconstructed frame; bit 1: float64), ndim and the shape, the number of levels `
 step and the level factors ``alpha``, ``beta`` (3 float32; :func:`level_steps`), the blend weights
 of the levels with many points (integers, units of 2^-16, zigzag varints; only with temporal
 prediction; :func:`_fitted_levels`; coarser levels reuse them), the code radius, the
-number of rANS words, the outliers (count, then raw values), the CRC-32 of the reconstruction
-(uint32) and the segment histograms. Every byte a decoder needs is in the payload except the
+number of rANS words (version 2: of code-stream bytes), the outliers (count, then raw values), the
+CRC-32 of the reconstruction (uint32) and (versions 1, 3) the segment histograms. The encoder
+writes whichever of the two entropy codings (:mod:`.entropy_coding`'s static rANS with transmitted
+histograms, version 3; :mod:`.adaptive_coding`'s context-adaptive binary coder, version 2) gives the
+shorter payload; the decoder reads both. Every byte a decoder needs is in the payload except the
 previous reconstructed frame.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import zstandard
 
+from .adaptive_coding import decode_codes_adaptive, encode_codes_adaptive
 from .entropy_coding import MIN_SEGMENT, decode_codes, encode_codes, merge_segments
 from .interpolation import as_3d_shape, decode_field, encode_field, level_counts, n_levels
 from .varint import read_varint, unzigzag, write_varint, zigzag
 
 MAGIC = b"SLC1"
-VERSION = 1
+VERSION = 3  # static rANS, histograms in the header, up to 4 interleaved states (entropy_coding.py)
+STATIC_VERSIONS = (1, VERSION)  # version 1 (one rANS state) has the layout of a one-state version 3
+VERSION_ADAPTIVE = 2  # context-adaptive binary arithmetic coding, no tables
 RADIUS = 32767
+#: values per frame a decoder accepts (2^34: 128 GiB of float64); a header declaring more is corrupt
+MAX_VALUES = 2 ** 34
 _FLAG_TEMPORAL, _FLAG_F64 = 1, 2
 # blend weights travel as integers / 2^16 (with units of 1/256 the blend's DC gain is off enough to cost 30 % at 60 dB)
 WEIGHT_SCALE, WEIGHT_MAX = 1 << 16, 1 << 24
@@ -76,11 +86,12 @@ class EncodedFrame:
         Sum of squared errors of the reconstruction against the input.
     """
 
-    payload: bytes
+    payload: bytes  # None until finish_frame for encode_frame(..., payload=False)
     reconstruction: np.ndarray
     stats: np.ndarray
     n_outliers: int
     sse: float
+    _pending: tuple = field(default=None, repr=False)  # what finish_frame codes (payload=False)
 
 
 def level_steps(step, levels, alpha, beta):
@@ -102,7 +113,8 @@ def level_steps(step, levels, alpha, beta):
     return out
 
 
-def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, beta=4.0, zstd_level=3):
+def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, beta=4.0, zstd_level=3,
+                 adaptive=False, payload=True):
     """Encode one frame at quantization step ``step`` (closed loop).
 
     Parameters
@@ -119,6 +131,12 @@ def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, bet
         Pointwise absolute bound enforced on every value (0: none); values that miss it are stored exactly.
     alpha, beta : float
         Level-wise steps (:func:`level_steps`).
+    payload : bool
+        False: quantize only (``reconstruction``, ``stats``, ``sse``; ``payload`` None): a rate
+        control's trial pass; :func:`finish_frame` then entropy-codes the pass it keeps.
+    adaptive : bool
+        Also try the context-adaptive binary coder (:mod:`.adaptive_coding`) and keep the shorter
+        payload (False: static rANS only, format version 3).
 
     Returns
     -------
@@ -132,7 +150,7 @@ def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, bet
     x = np.ascontiguousarray(x)
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"stream codec: dtype {x.dtype} (float32 or float64 expected)")
-    if not (step > 0 and np.isfinite(step)):
+    if not (step > 0 and np.isfinite(step) and np.float32(step) > 0):
         raise ValueError(f"stream codec: quantization step must be positive and finite, got {step}")
     shape3 = as_3d_shape(x.shape)
     levels = n_levels(shape3)
@@ -153,18 +171,47 @@ def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, bet
         wq = _spread(wq, fitted)
     codes, outliers, rec3, stats, sse = encode_field(x3, prev3, qlev.astype(np.float64), wq / WEIGHT_SCALE,
                                                      eb_abs=eb_abs, radius=RADIUS)
+    frame = EncodedFrame(None, rec3.reshape(x.shape), stats, len(outliers), float(sse))
+    frame._pending = (x, prev3, shape3, levels, qlev, wq[fitted], codes, outliers, (step, alpha, beta), zstd_level,
+                      adaptive)
+    return finish_frame(frame) if payload else frame
+
+
+def finish_frame(frame):
+    """Entropy-code a frame quantized with ``encode_frame(..., payload=False)`` (sets and returns it).
+
+    The payload is the one ``encode_frame`` with ``payload=True`` writes for the same arguments."""
+    if frame.payload is not None:
+        return frame
+    x, prev3, shape3, levels, qlev, wfit, codes, outliers, factors, zstd_level, adaptive = frame._pending
+    rec = frame.reconstruction
     sizes = merge_segments(level_counts(shape3))
     tables, words = encode_codes(codes, sizes)
-    rec = rec3.reshape(x.shape)
+    static = _payload(VERSION, x, prev3 is not None, levels, factors, wfit, outliers, rec,
+                      len(words), tables, np.asarray(words, dtype="<u2").tobytes(), zstd_level)
+    out = static
+    if adaptive:
+        stream = encode_codes_adaptive(codes, shape3, prev3, qlev.astype(np.float64))
+        if len(stream) < len(static):
+            alt = _payload(VERSION_ADAPTIVE, x, prev3 is not None, levels, factors, wfit, outliers,
+                           rec, len(stream), b"", stream, zstd_level)
+            if len(alt) < len(static):
+                out = alt
+    frame.payload, frame._pending = out, None
+    return frame
+
+
+def _payload(version, x, temporal, levels, factors, wfit, outliers, rec, n_body, tables, body, zstd_level):
+    """Assemble a payload: magic, header (zstd when smaller), then the entropy-coded body."""
     hdr = bytearray()
-    flags = (_FLAG_TEMPORAL if prev is not None else 0) | (_FLAG_F64 if x.dtype == np.float64 else 0)
-    for v in (VERSION, flags, x.ndim, *x.shape, levels):
+    flags = (_FLAG_TEMPORAL if temporal else 0) | (_FLAG_F64 if x.dtype == np.float64 else 0)
+    for v in (version, flags, x.ndim, *x.shape, levels):
         write_varint(hdr, v)
-    hdr += np.array([step, alpha, beta], "<f4").tobytes()
-    if prev is not None:
-        for v in wq[fitted].ravel():
+    hdr += np.array(factors, "<f4").tobytes()
+    if temporal:
+        for v in wfit.ravel():
             write_varint(hdr, zigzag(int(v)))
-    for v in (RADIUS, len(words), len(outliers)):
+    for v in (RADIUS, n_body, len(outliers)):
         write_varint(hdr, v)
     hdr += outliers.astype(x.dtype.newbyteorder("<")).tobytes()
     hdr += struct.pack("<I", zlib.crc32(memoryview(np.ascontiguousarray(rec)).cast("B")))
@@ -176,8 +223,8 @@ def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, bet
     out = bytearray(MAGIC)
     write_varint(out, 2 * len(hz) + int(packed))
     out += hz
-    out += np.asarray(words, dtype="<u2").tobytes()
-    return EncodedFrame(bytes(out), rec, stats, len(outliers), float(sse))
+    out += body
+    return bytes(out)
 
 
 def frame_info(payload):
@@ -186,7 +233,7 @@ def frame_info(payload):
     Returns
     -------
     info : dict
-        ``shape``, ``dtype``, ``temporal`` (bool), ``levels``, ``steps``, ``weights``, ``crc32``,
+        ``shape``, ``dtype``, ``temporal`` (bool), ``levels``, ``steps``, ``weights``, ``crc32``, ``version``,
         ``n_outliers`` and the private fields :func:`decode_frame` needs.
 
     Raises
@@ -211,17 +258,23 @@ def frame_info(payload):
             v, p = read_varint(hdr, p)
             vals.append(v)
         version, flags, ndim = vals
-        if version != VERSION:
-            raise StreamFormatError(f"stream codec: format version {version}, this decoder reads {VERSION}")
+        if version not in STATIC_VERSIONS + (VERSION_ADAPTIVE,):
+            raise StreamFormatError(f"stream codec: format version {version}, this decoder reads 1, "
+                                    f"{VERSION_ADAPTIVE} and {VERSION}")
         shape = []
         for _ in range(ndim):
             v, p = read_varint(hdr, p)
             shape.append(v)
+        if ndim > 32 or math.prod(shape) > MAX_VALUES:
+            raise StreamFormatError(f"stream codec: a frame of shape {tuple(shape)} (more than {MAX_VALUES} values "
+                                    "or 32 axes: corrupt payload)")
         levels, p = read_varint(hdr, p)
         if levels != n_levels(as_3d_shape(shape)):
             raise StreamFormatError(f"stream codec: {levels} levels for shape {tuple(shape)} (corrupt payload)")
         step, alpha, beta = (float(v) for v in np.frombuffer(hdr, "<f4", 3, p))
         p += 12
+        if not (math.isfinite(step) and step > 0 and 1.0 <= alpha <= 16.0 and 1.0 <= beta <= 16.0):
+            raise StreamFormatError(f"stream codec: step {step!r}, level factors {alpha!r}, {beta!r} (corrupt payload)")
         steps = level_steps(step, levels, alpha, beta).astype(np.float64)
         temporal = bool(flags & _FLAG_TEMPORAL)
         wq = np.tile(np.array([WEIGHT_SCALE, WEIGHT_SCALE, -WEIGHT_SCALE], np.int64), (max(levels, 1), 1))
@@ -242,14 +295,19 @@ def frame_info(payload):
         p += n_out * dtype.itemsize
         (crc,) = struct.unpack_from("<I", hdr, p)
         p += 4
-        words = np.frombuffer(payload, "<u2", n_words, words_at).astype(np.uint16)
-    except (IndexError, struct.error, ValueError, zstandard.ZstdError) as err:
+        if version == VERSION_ADAPTIVE:
+            words = payload[words_at:words_at + n_words]
+            if len(words) != n_words:
+                raise StreamFormatError(f"stream codec: truncated payload ({len(words)} of {n_words} code bytes)")
+        else:
+            words = np.frombuffer(payload, "<u2", n_words, words_at).astype(np.uint16)
+    except (IndexError, struct.error, ValueError, OverflowError, zstandard.ZstdError) as err:
         if isinstance(err, StreamFormatError):
             raise
-        raise StreamFormatError(f"stream codec: truncated or corrupt payload ({err})") from err
+        raise StreamFormatError(f"stream codec: truncated or corrupt payload ({err!r})") from err
     return {"shape": tuple(shape), "dtype": dtype, "temporal": temporal, "levels": levels, "steps": steps,
             "weights": weights, "radius": radius, "n_outliers": n_out, "crc32": crc, "_outliers": outliers,
-            "_tables": hdr[p:], "_words": words}
+            "_tables": hdr[p:], "_words": words, "version": version}
 
 
 def decode_frame(payload, prev=None, *, verify=True):
@@ -287,11 +345,14 @@ def decode_frame(payload, prev=None, *, verify=True):
         prev3 = prev.reshape(shape3)
     sizes = merge_segments(level_counts(shape3))
     try:
-        codes, _ = decode_codes(info["_tables"], info["_words"], sizes)
+        if info["version"] == VERSION_ADAPTIVE:
+            codes = decode_codes_adaptive(info["_words"], shape3, prev3, info["steps"])
+        else:
+            codes, _ = decode_codes(info["_tables"], info["_words"], sizes)
         rec = decode_field(codes, info["_outliers"], shape3, info["dtype"], prev3, info["steps"], info["weights"],
                            radius=info["radius"])
-    except (IndexError, ValueError) as err:
-        raise StreamFormatError(f"stream codec: corrupt payload ({err})") from err
+    except (IndexError, ValueError, OverflowError, ZeroDivisionError, MemoryError) as err:
+        raise StreamFormatError(f"stream codec: corrupt payload ({err!r})") from err
     rec = rec.reshape(info["shape"])
     if verify and zlib.crc32(memoryview(np.ascontiguousarray(rec)).cast("B")) != info["crc32"]:
         raise StreamFormatError("stream codec: decoded frame differs from the producer's reconstruction (CRC-32); "

@@ -23,11 +23,14 @@ reconstruction misses the pointwise bound are *outliers*: stored exactly, with t
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit
 
 N_FEATURES = 3  # S(rec), p, S(p)
 N_STATS = N_FEATURES * N_FEATURES + N_FEATURES + 1  # Gram matrix, right-hand side, sum of x^2
+_U = np.uint64  # array indices in the kernels are unsigned: no negative-index wrap-around code
 
 
 def as_3d_shape(shape):
@@ -63,6 +66,12 @@ def level_counts(shape3):
     counts : ndarray of int64, shape (L + 1,)
         ``counts[0] = 1`` (the anchor), then one entry per level from the coarsest to the finest.
     """
+    return np.array(_level_counts(tuple(int(n) for n in shape3)), dtype=np.int64)
+
+
+@functools.lru_cache(maxsize=256)
+def _level_counts(shape3):
+    """:func:`level_counts` as a tuple, computed once per shape (it is asked for on every frame)."""
     levels = n_levels(shape3)
     out = [1]
     for lev in range(levels - 1, -1, -1):
@@ -77,23 +86,32 @@ def level_counts(shape3):
                 n *= len(range(start, shape3[a], step))
             total += n
         out.append(total)
-    return np.asarray(out, dtype=np.int64)
+    return tuple(out)
+
+
+@njit(cache=True, inline="always")
+def pass_ranges(d, s):
+    """Start and stride along axes 0, 1, 2 of the pass along axis ``d`` at stride ``s`` (SZ3's
+    traversal): along ``d`` the odd multiples of ``s``; earlier axes multiples of ``s``; later axes
+    multiples of ``2 s``. Returns ``(b0, e0, b1, e1, b2, e2)``."""
+    return (s if d == 0 else 0, 2 * s if d == 0 else s, s if d == 1 else 0, s if d == 2 else 2 * s,
+            s if d == 2 else 0, 2 * s)
 
 
 @njit(cache=True, inline="always")
 def _interp(a, j, st, i, s, n):
     """Spatial prediction of flat index ``j`` (coordinate ``i`` along an axis of length ``n``, stride ``st``)."""
-    m1 = a[j - s * st]
+    m1 = a[_U(j - s * st)]
     if i + s < n:
-        p1 = a[j + s * st]
+        p1 = a[_U(j + s * st)]
         has_m3 = i - 3 * s >= 0
         has_p3 = i + 3 * s < n
         if has_m3 and has_p3:
-            return (-np.float64(a[j - 3 * s * st]) + 9.0 * m1 + 9.0 * p1 - a[j + 3 * s * st]) / 16.0
+            return (-np.float64(a[_U(j - 3 * s * st)]) + 9.0 * m1 + 9.0 * p1 - a[_U(j + 3 * s * st)]) / 16.0
         if has_p3:
-            return (3.0 * m1 + 6.0 * p1 - a[j + 3 * s * st]) / 8.0
+            return (3.0 * m1 + 6.0 * p1 - a[_U(j + 3 * s * st)]) / 8.0
         if has_m3:
-            return (-np.float64(a[j - 3 * s * st]) + 6.0 * m1 + 3.0 * p1) / 8.0
+            return (-np.float64(a[_U(j - 3 * s * st)]) + 6.0 * m1 + 3.0 * p1) / 8.0
         return (np.float64(m1) + p1) / 2.0
     return np.float64(m1)
 
@@ -103,27 +121,28 @@ def _code_point(x, rec, j, pred, ql, inv, eb_abs, radius, codes, pos, outliers, 
     """Quantize ``x[j]`` against ``pred``; write the reconstruction and the code.
 
     Returns the outlier count and the running sum of squared errors."""
-    xv = np.float64(x[j])
+    ju = _U(j)
+    xv = np.float64(x[ju])
     k = np.floor((xv - pred) * inv + 0.5)  # encoder only: the decoder never recomputes k
     if abs(k) <= radius:
-        rec[j] = pred + k * ql
-        err = xv - np.float64(rec[j])
+        rec[ju] = pred + k * ql
+        err = xv - np.float64(rec[ju])
         if eb_abs <= 0.0 or abs(err) <= eb_abs:
-            codes[pos] = np.int32(k)
+            codes[_U(pos)] = np.int32(k)
             return n_out, sse + err * err
-    rec[j] = x[j]
-    codes[pos] = np.int32(radius + 1)
-    outliers[n_out] = x[j]
+    rec[ju] = x[ju]
+    codes[_U(pos)] = np.int32(radius + 1)
+    outliers[_U(n_out)] = x[ju]
     return n_out + 1, sse
 
 
 @njit(cache=True, inline="always")
 def _decode_point(rec, j, pred, ql, radius, codes, pos, outliers, n_out):
-    k = codes[pos]
-    if k == radius + 1:
-        rec[j] = outliers[n_out]
+    k = codes[_U(pos)]
+    if k == radius + 1:  # ``outliers`` ends with a spare value: a corrupt stream with more escapes reads it
+        rec[_U(j)] = outliers[_U(min(n_out, outliers.size - 1))]
         return n_out + 1
-    rec[j] = pred + np.float64(k) * ql
+    rec[_U(j)] = pred + np.float64(k) * ql
     return n_out
 
 
@@ -166,13 +185,7 @@ def _run(encode, x, rec, prev, has_prev, n0, n1, n2, qlev, weights, eb_abs, radi
             if nd <= s:
                 continue
             st = strides[d]
-            # along d: odd multiples of s; earlier axes: multiples of s; later axes: multiples of 2 s
-            b0 = s if d == 0 else 0
-            e0 = 2 * s if d == 0 else s
-            b1 = s if d == 1 else 0
-            e1 = s if d == 2 else 2 * s
-            b2 = s if d == 2 else 0
-            e2 = 2 * s
+            b0, e0, b1, e1, b2, e2 = pass_ranges(d, s)
             for i0 in range(b0, n0, e0):
                 for i1 in range(b1, n1, e1):
                     for i2 in range(b2, n2, e2):
@@ -180,14 +193,14 @@ def _run(encode, x, rec, prev, has_prev, n0, n1, n2, qlev, weights, eb_abs, radi
                         i = i0 if d == 0 else (i1 if d == 1 else i2)
                         sr = _interp(rec, j, st, i, s, nd)
                         if has_prev:
-                            pj = np.float64(prev[j])
+                            pj = np.float64(prev[_U(j)])
                             sp = _interp(prev, j, st, i, s, nd)
                             pred = w0 * sr + w1 * pj + w2 * sp
                         else:
                             pred = sr
                         if encode:
                             if collect and has_prev:
-                                xv = np.float64(x[j])
+                                xv = np.float64(x[_U(j)])
                                 g00 += sr * sr
                                 g01 += sr * pj
                                 g02 += sr * sp
@@ -289,16 +302,17 @@ def decode_field(codes, outliers, shape3, dtype, prev3, qlev, weights, *, radius
     size = n0 * n1 * n2
     if codes.size != size:
         raise ValueError(f"stream codec: {codes.size} codes for a field of {size} values")
-    n_esc = int(np.count_nonzero(codes == radius + 1))
-    if n_esc != outliers.size:
-        raise ValueError(f"stream codec: {n_esc} outlier codes but {outliers.size} outlier values")
     rec = np.empty(size, dtype=dtype)
     has_prev = prev3 is not None
     prev = prev3.ravel() if has_prev else np.zeros(1, dtype=dtype)
     stats = np.zeros((1, N_STATS), dtype=np.float64)
+    padded = np.zeros(outliers.size + 1, dtype=dtype)  # a spare value: see _decode_point
+    padded[:outliers.size] = outliers
     kernel = _decode_temporal if has_prev else _decode_intra
-    kernel(rec, prev, n0, n1, n2, qlev, weights, int(radius), codes.astype(np.int32, copy=False),
-           outliers.astype(dtype, copy=False), stats)
+    _, n_esc, _ = kernel(rec, prev, n0, n1, n2, qlev, weights, int(radius), codes.astype(np.int32, copy=False),
+                         padded, stats)
+    if n_esc != outliers.size:
+        raise ValueError(f"stream codec: {n_esc} outlier codes but {outliers.size} outlier values")
     return rec.reshape(shape3)
 
 

@@ -41,11 +41,15 @@ def unzigzag(u):
     return u // 2 if u % 2 == 0 else -(u + 1) // 2
 
 
+MAX_COUNT = 1 << 40  # larger histogram counts are corrupt (sums of a segment's counts stay far from overflow)
+
+
 @njit(cache=True)
 def parse_histograms(buf, pos, n_bins, n_hist, counts):
     """Read ``n_hist`` histograms of ``n_bins`` bins written by :func:`histogram_varints` into ``counts``.
 
-    Returns the new position, or -1 on a corrupt or truncated buffer.
+    Returns the new position, or -1 on a corrupt or truncated buffer (a bin past ``n_bins`` or a
+    count above ``MAX_COUNT``).
     """
     for h in range(n_hist):
         i = -1
@@ -69,10 +73,14 @@ def parse_histograms(buf, pos, n_bins, n_hist, counts):
                     break
                 continue
             if k % 2 == 0:
+                if v >= n_bins:  # checked before the addition: no overflow on a corrupt run length
+                    return -1
                 i += v + 1
                 if i >= n_bins:
                     return -1
             else:
+                if v > MAX_COUNT:
+                    return -1
                 counts[h, i] = v
                 n_nz -= 1
             k += 1

@@ -1,0 +1,221 @@
+"""Interleaved static rANS of the stream codec's quantization codes (numba; tables in :mod:`.rans_tables`).
+
+``lanes`` rANS states (1 or ``N_LANES``; 32-bit, 16-bit words, F. Giesen's ``rans_word``
+construction) take the codes of a segment in turn (code ``t`` of a segment starting at ``a`` goes
+to state ``(t - a) % lanes``) and share one word stream: the encoder runs backwards over the codes,
+the decoder forwards, and each state's chain of dependent multiplications is independent of the
+others', so the processor overlaps them. Each state emits or reads at most one word per code (it
+stays in ``[2^16, 2^32)`` with 16-bit frequencies), so renormalisation is a select, not a loop
+(with one state a branch: on near-constant streams it is predicted). The decoder finds a symbol,
+its frequency and its cumulative frequency in one packed lookup per code
+(:func:`.rans_tables.buckets`). The
+context of code ``t`` is ``min(|code[t - 1]|, N_CONTEXTS - 1)`` (the previous code of the segment,
+whichever state coded it). All arithmetic is on integers, array indices unsigned (no wrap-around
+code in the loops): the same codes on every machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .rans_tables import LUT_BITS, N_CONTEXTS, PROB_BITS, PROB_SCALE, RANS_L, _U
+
+
+@njit(cache=True, inline="always")
+def _enc_put(x, s, freq, cum, rcp_m, rcp_l, out, n):
+    """Code table entry ``s`` into state ``x``; at most one word out. Returns ``(x, n)``."""
+    su = _U(s)
+    f = freq[su]
+    out[_U(n)] = x & 0xFFFF  # written always, kept only when the state must shrink
+    big = np.int64(x >= (f << 16))
+    x >>= big << 4
+    xu = _U(x)
+    q = np.int64((xu + ((xu * rcp_m[su]) >> _U(32))) >> rcp_l[su])
+    return (q << PROB_BITS) + (x - q * f) + cum[su], n + big
+
+
+@njit(cache=True, inline="always")
+def _enc_entry(codes, t, a, cm, lo_off):
+    """Table entry of code ``t`` of a segment starting at ``a``: ``lo_off[ctx] + code``."""
+    ctx = min(abs(np.int64(codes[_U(t - 1)])), cm) if t > a else 0
+    return np.int64(codes[_U(t)]) + lo_off[ctx]
+
+
+@njit(cache=True)
+def rans_encode(codes, seg_start, seg_n, seg_lo, seg_ctx, tab_off, freq, cum, rcp_m, rcp_l, lanes, out):
+    """Encode the coded segments (last code first); returns the number of 16-bit words in ``out``
+    (in reverse reading order: the caller reverses them).
+
+    ``tab_off[g * N_CONTEXTS + c]``: where (segment g, context c)'s table starts in ``freq``/``cum``.
+    ``lanes`` (1 or 4): interleaved states; ``out`` needs ``len(codes) + 2 * lanes`` words. The
+    states are flushed even when no segment is coded (the first format's layout).
+    """
+    mask = lanes - 1
+    x0 = x1 = x2 = x3 = np.int64(RANS_L)
+    n = 0
+    lo_off = np.zeros(N_CONTEXTS, np.int64)
+    for g in range(seg_start.size - 1, -1, -1):
+        if seg_n[g] == 0:
+            continue
+        a = seg_start[g]
+        cm = N_CONTEXTS - 1 if seg_ctx[g] else 0
+        for c in range(N_CONTEXTS):
+            lo_off[c] = tab_off[g * N_CONTEXTS + c] - seg_lo[g]
+        t = a + seg_n[g] - 1
+        full = a + (seg_n[g] & ~mask)  # codes from here on: the incomplete last round of the lanes
+        while t >= full:
+            s = _enc_entry(codes, t, a, cm, lo_off)
+            lane = (t - a) & mask
+            if lane == 0:
+                x0, n = _enc_put(x0, s, freq, cum, rcp_m, rcp_l, out, n)
+            elif lane == 1:
+                x1, n = _enc_put(x1, s, freq, cum, rcp_m, rcp_l, out, n)
+            else:
+                x2, n = _enc_put(x2, s, freq, cum, rcp_m, rcp_l, out, n)
+            t -= 1
+        if lanes == 1:
+            while t >= a:
+                x0, n = _enc_put(x0, _enc_entry(codes, t, a, cm, lo_off), freq, cum, rcp_m, rcp_l, out, n)
+                t -= 1
+        else:
+            while t >= a:
+                x3, n = _enc_put(x3, _enc_entry(codes, t, a, cm, lo_off), freq, cum, rcp_m, rcp_l, out, n)
+                x2, n = _enc_put(x2, _enc_entry(codes, t - 1, a, cm, lo_off), freq, cum, rcp_m, rcp_l, out, n)
+                x1, n = _enc_put(x1, _enc_entry(codes, t - 2, a, cm, lo_off), freq, cum, rcp_m, rcp_l, out, n)
+                x0, n = _enc_put(x0, _enc_entry(codes, t - 3, a, cm, lo_off), freq, cum, rcp_m, rcp_l, out, n)
+                t -= 4
+    if lanes > 2:  # the decoder reads x0 first
+        n = _flush(x3, out, n)
+        n = _flush(x2, out, n)
+    if lanes > 1:
+        n = _flush(x1, out, n)
+    return _flush(x0, out, n)
+
+
+@njit(cache=True, inline="always")
+def _flush(x, out, n):
+    out[n] = x & 0xFFFF
+    out[n + 1] = x >> 16
+    return n + 2
+
+
+@njit(cache=True, inline="always")
+def _dec_get(x, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words):
+    """Decode one symbol (index in its table) from state ``x`` in context ``ctx``; at most one word in.
+
+    ``tab0``, ``off0``, ``nb``: the segment's first table, where its entries start and their number
+    (every context of a segment has ``nb`` entries). Returns ``(x, p, sym)``; ``p`` may run past
+    ``n_words`` on a corrupt stream (``words[n_words]`` is a spare zero; the caller checks ``p``).
+    Indices are unsigned: no negative-index wrap-around in the compiled loop.
+    """
+    slot = x & (PROB_SCALE - 1)
+    e = bucket[_U(((tab0 + ctx) << LUT_BITS) | (slot >> (PROB_BITS - LUT_BITS)))]
+    sym = e & 0x1FFFFF
+    f = (e >> 21) & 0x1FFFF
+    c = e >> 40
+    if slot - c >= f:  # the bucket holds more than one symbol and the slot is past its first
+        off = off0 + ctx * nb
+        while slot - c >= f and sym < nb - 1:  # over the nonzero symbols only (``skip``)
+            sym = skip[off + sym]
+            f = freq[off + sym]
+            c = cum[off + sym]
+    x = f * (x >> PROB_BITS) + slot - c
+    w = np.int64(words[_U(min(p, n_words))])
+    small = np.int64(x < RANS_L)
+    x = (x << (small << 4)) | (w & -small)
+    return x, p + small, sym
+
+
+@njit(cache=True)
+def rans_decode(words, seg_start, seg_n, seg_lo, seg_ctx, tab_off, tab_len, freq, cum, bucket, skip, lanes,
+                codes):
+    """Inverse of :func:`rans_encode` (``words`` in reading order, one spare zero word at the end).
+
+    ``bucket``, ``skip`` from :func:`buckets`. Returns the words consumed, or -1 when the stream is shorter
+    than the codes need.
+    """
+    n_words = words.size - 1
+    n_coded = 0
+    for g in range(seg_n.size):
+        n_coded += seg_n[g]
+    if n_coded == 0:
+        return 0
+    if n_words < 2 * lanes:
+        return -1
+    mask = lanes - 1
+    x0 = x1 = x2 = x3 = np.int64(RANS_L)
+    x0 = (np.int64(words[0]) << 16) | np.int64(words[1])
+    if lanes > 1:
+        x1 = (np.int64(words[2]) << 16) | np.int64(words[3])
+    if lanes > 2:
+        x2 = (np.int64(words[4]) << 16) | np.int64(words[5])
+        x3 = (np.int64(words[6]) << 16) | np.int64(words[7])
+    p = 2 * lanes
+    for g in range(seg_start.size):
+        if seg_n[g] == 0:
+            continue
+        a = seg_start[g]
+        end = a + seg_n[g]
+        lo = seg_lo[g]
+        cm = N_CONTEXTS - 1 if seg_ctx[g] else 0  # context = min(|previous code|, cm)
+        tab0 = g * N_CONTEXTS
+        off0 = tab_off[tab0]
+        nb = tab_len[tab0]
+        ctx = 0
+        t = a
+        if lanes == 4:
+            while t + 4 <= end:
+                x0, p, sym = _dec_get(x0, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
+                code = sym + lo
+                codes[_U(t)] = code
+                ctx = min(abs(code), cm)
+                x1, p, sym = _dec_get(x1, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
+                code = sym + lo
+                codes[_U(t + 1)] = code
+                ctx = min(abs(code), cm)
+                x2, p, sym = _dec_get(x2, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
+                code = sym + lo
+                codes[_U(t + 2)] = code
+                ctx = min(abs(code), cm)
+                x3, p, sym = _dec_get(x3, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
+                code = sym + lo
+                codes[_U(t + 3)] = code
+                ctx = min(abs(code), cm)
+                t += 4
+        if lanes == 1:  # one state: a predictable branch beats a select on low-entropy streams
+            for t in range(a, end):
+                slot = x0 & (PROB_SCALE - 1)
+                e = bucket[_U(((tab0 + ctx) << LUT_BITS) | (slot >> (PROB_BITS - LUT_BITS)))]
+                sym = e & 0x1FFFFF
+                f = (e >> 21) & 0x1FFFF
+                c = e >> 40
+                if slot - c >= f:
+                    off = off0 + ctx * nb
+                    while slot - c >= f and sym < nb - 1:
+                        sym = skip[off + sym]
+                        f = freq[off + sym]
+                        c = cum[off + sym]
+                x0 = f * (x0 >> PROB_BITS) + slot - c
+                if x0 < RANS_L:
+                    x0 = (x0 << 16) | np.int64(words[_U(min(p, n_words))])
+                    p += 1
+                code = sym + lo
+                codes[_U(t)] = code
+                ctx = min(abs(code), cm)
+            continue
+        while t < end:  # the last codes of a segment, fewer than 4
+            lane = (t - a) & mask
+            if lane == 0:
+                x0, p, sym = _dec_get(x0, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
+            elif lane == 1:
+                x1, p, sym = _dec_get(x1, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
+            elif lane == 2:
+                x2, p, sym = _dec_get(x2, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
+            else:
+                x3, p, sym = _dec_get(x3, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
+            code = sym + lo
+            codes[t] = code
+            ctx = min(abs(code), cm)
+            t += 1
+    return p if p <= n_words else -1

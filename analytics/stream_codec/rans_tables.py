@@ -1,0 +1,203 @@
+"""Tables of the stream codec's rANS coder (numba, integers only): code ranges and context
+histograms of segments (encoder), 16-bit frequency tables from counts (both sides, the same
+integers), reciprocals for a divide-free encoder, packed decoder lookups (:mod:`.rans`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+PROB_BITS = 16
+PROB_SCALE = 1 << PROB_BITS
+RANS_L = 1 << 16  # state in [RANS_L, 2^32)
+N_CONTEXTS = 3
+N_LANES = 4  # interleaved rANS states
+LUT_BITS = 12  # decoder lookup buckets per table
+_U = np.uint64  # unsigned indices: no negative-index wrap-around in compiled loops
+
+
+@njit(cache=True)
+def segment_ranges(codes, starts, sizes):
+    """``(lo, hi)`` of each segment (``(0, 0)`` for an empty one), int64 arrays."""
+    n_seg = starts.size
+    lo = np.zeros(n_seg, np.int64)
+    hi = np.zeros(n_seg, np.int64)
+    for g in range(n_seg):
+        a, n = starts[g], sizes[g]
+        if n == 0:
+            continue
+        mn = np.int32(codes[a])
+        mx = mn
+        for t in range(a + 1, a + n):  # branch-free min/max: vectorised
+            v = codes[t]
+            mn = min(mn, v)
+            mx = max(mx, v)
+        lo[g], hi[g] = mn, mx
+    return lo, hi
+
+
+@njit(cache=True)
+def context_counts(seg, lo, nb):
+    """Counts of ``seg - lo`` per context, shape ``(N_CONTEXTS, nb)``.
+
+    Counted into four interleaved copies (positions modulo 4) and added: runs of one code then do
+    not wait on the previous increment of the same counter.
+    """
+    c4 = np.zeros((4, N_CONTEXTS, nb), np.int64)
+    cm = N_CONTEXTS - 1
+    ctx = 0
+    n = seg.size
+    t = 0
+    while t + 3 < n:
+        v0 = np.int64(seg[_U(t)])
+        c4[0, ctx, _U(v0 - lo)] += 1
+        ctx = min(abs(v0), cm)
+        v1 = np.int64(seg[_U(t + 1)])
+        c4[1, ctx, _U(v1 - lo)] += 1
+        ctx = min(abs(v1), cm)
+        v2 = np.int64(seg[_U(t + 2)])
+        c4[2, ctx, _U(v2 - lo)] += 1
+        ctx = min(abs(v2), cm)
+        v3 = np.int64(seg[_U(t + 3)])
+        c4[3, ctx, _U(v3 - lo)] += 1
+        ctx = min(abs(v3), cm)
+        t += 4
+    while t < n:
+        v0 = np.int64(seg[_U(t)])
+        c4[0, ctx, _U(v0 - lo)] += 1
+        ctx = min(abs(v0), cm)
+        t += 1
+    return c4[0] + c4[1] + c4[2] + c4[3]
+
+
+@njit(cache=True)
+def quantize_table(counts, f):
+    """16-bit frequencies summing to ``2^16`` from integer ``counts`` into ``f`` (same length).
+
+    Every nonzero count gets a frequency >= 1; a rounding deficit goes to the first largest count,
+    a surplus is taken from the (first) largest frequencies. All zeros in, all zeros out.
+    """
+    n = counts.size
+    total = 0
+    for i in range(n):
+        total += counts[i]
+    if total == 0:
+        for i in range(n):
+            f[i] = 0
+        return
+    s = 0
+    for i in range(n):
+        v = counts[i] * PROB_SCALE // total
+        if v == 0 and counts[i] > 0:
+            v = 1
+        f[i] = v
+        s += v
+    diff = PROB_SCALE - s
+    if diff > 0:
+        best = 0
+        for i in range(1, n):
+            if counts[i] > counts[best]:
+                best = i
+        f[best] += diff
+    while diff < 0:
+        best = 0
+        for i in range(1, n):
+            if f[i] > f[best]:
+                best = i
+        take = min(-diff, f[best] - 1)
+        if take <= 0:  # more than 2^16 nonzero counts: no table exists (callers refuse such counts)
+            break
+        f[best] -= take
+        diff += take
+
+
+@njit(cache=True)
+def build_tables(counts, lengths):
+    """Frequency and cumulative tables of every (segment, context), concatenated.
+
+    Parameters
+    ----------
+    counts : int64 array
+        Every table's counts, concatenated (table ``t`` has ``lengths[t]`` entries).
+
+    Returns
+    -------
+    freq, cum, tab_off : int64 arrays (``freq``/``cum`` with one spare zero at the end)
+    """
+    n_tab = lengths.size
+    tab_off = np.zeros(max(n_tab, 1), np.int64)
+    total = 0
+    for t in range(n_tab):
+        tab_off[t] = total
+        total += lengths[t]
+    freq = np.zeros(total + 1, np.int64)
+    cum = np.zeros(total + 1, np.int64)
+    for t in range(n_tab):
+        off, n = tab_off[t], lengths[t]
+        quantize_table(counts[off:off + n], freq[off:off + n])
+        c = 0
+        for i in range(n):
+            cum[off + i] = c
+            c += freq[off + i]
+    return freq, cum, tab_off
+
+
+@njit(cache=True)
+def reciprocals(f):
+    """Exact division by each frequency without a divide: ``x // f == (x + (x * m >> 32)) >> l``.
+
+    Granlund and Montgomery (1994, theorem 4.2): with ``l = ceil(log2 f)`` and
+    ``m = ceil(2^(32 + l) / f) - 2^32`` (``0 <= m < 2^32``) the identity holds for every
+    ``0 <= x < 2^32``; the encoder's state is below ``f * 2^16 <= 2^32`` when it divides.
+    Returns ``m, l`` (uint64; zeros where ``f == 0``: never used).
+    """
+    m = np.zeros(f.size, np.uint64)
+    sh = np.zeros(f.size, np.uint64)
+    for i in range(f.size):
+        v = np.int64(f[i])
+        if v > 0:
+            lv = 0
+            while (np.int64(1) << lv) < v:
+                lv += 1
+            num = np.int64(1) << (32 + lv)  # at most 2^48 for 16-bit frequencies
+            m[i] = np.uint64((num + v - 1) // v - (np.int64(1) << 32))
+            sh[i] = np.uint64(lv)
+    return m, sh
+
+
+@njit(cache=True)
+def buckets(freq, cum, tab_off, tab_len):
+    """Decoder lookup, one int64 per bucket: ``bucket[t << LUT_BITS | k]`` packs the symbol ``s`` of
+    table ``t`` holding slot ``k << (PROB_BITS - LUT_BITS)`` (bits 0-20), its frequency (bits 21-37)
+    and its cumulative frequency (bits 40-55); ``skip[off + i]`` is the next symbol after ``i``
+    with a nonzero frequency (the decoder's search past a bucket's first symbol visits no empty
+    bins: an escape code far from the others costs one step, not one per bin between). Tables
+    whose frequencies do not sum to ``PROB_SCALE`` (contexts that never occur) get symbol 0 with
+    frequency ``PROB_SCALE``: a corrupt stream that reaches them decodes wrong codes quickly.
+    Integer-only; ``s`` is the same as a ``searchsorted`` of the slot in the table's cumulative
+    frequencies (side ``right``)."""
+    n_tab = tab_len.size
+    bucket = np.full(max(n_tab, 1) << LUT_BITS, PROB_SCALE << 21, np.int64)  # symbol 0 of full width
+    skip = np.zeros(freq.size, np.int64)
+    for t in range(n_tab):
+        off, n = tab_off[t], tab_len[t]
+        total = 0
+        for i in range(n):
+            total += freq[off + i]
+        if total != PROB_SCALE:  # never used by a valid stream: the symbol 0 of full width, no search
+            continue
+        nxt = n - 1
+        for i in range(n - 1, -1, -1):
+            skip[off + i] = nxt
+            if freq[off + i] > 0:
+                nxt = i
+        sym = 0
+        end = freq[off]  # cumulative frequency up to and including ``sym``
+        for k in range(1 << LUT_BITS):
+            slot = k << (PROB_BITS - LUT_BITS)
+            while end <= slot:
+                sym += 1
+                end += freq[off + sym]
+            bucket[(t << LUT_BITS) | k] = (cum[off + sym] << 40) | (freq[off + sym] << 21) | sym
+    return bucket, skip

@@ -80,8 +80,7 @@ class LearnerSet:
         tile_shape : tuple of int
         """
         self.tile_shapes[var] = tuple(int(t) for t in tile_shape)
-        self.learners[var] = StreamWeightsLearner(self.comm, entropy=self.entropy) if self.stream else \
-            make_learner(self.cfg, self.tile_shapes[var], self.comm, seed_rank=self.seed_rank)
+        self.learners[var] = self._fresh(var, self.tile_shapes[var])
         if var not in self.variables:
             self.variables.append(var)
 
@@ -267,6 +266,7 @@ class LearnerSet:
         return state
 
     def _fresh(self, var, tile_shape):
+        """A new learner of ``var`` for this run's codec and ``learner:`` settings (no communication)."""
         if self.stream:
             return StreamWeightsLearner(self.comm, entropy=self.entropy)
         return make_learner(self.cfg, tuple(tile_shape), self.comm, seed_rank=self.seed_rank)

@@ -11,7 +11,7 @@ autoencoder
     import it from its module).
 factory
     :func:`make_learner` and the questions asked of ``learner:`` settings
-    (:func:`learner_kind` and :func:`checkpointable`, here, also take ``codec.kind``).
+    (:func:`learner_kind` and :func:`checkpointable` also take ``codec.kind``).
 
 The learner protocol
 --------------------
@@ -37,38 +37,8 @@ autoencoder learner has ``spec`` and ``model``.
 """
 
 from .distributed_pca import DistributedPCA
-from .factory import checkpointable as _learned_checkpointable
-from .factory import learner_kind as _learned_kind
-from .factory import make_learner, training_budget
+from .factory import STREAM_KIND, checkpointable, learner_kind, make_learner, training_budget
 from .incremental_pca import IncrementalPCA
-
-STREAM_KIND = "stream"  # the stream codec's blend-weight learner (analytics/stream_learner.py)
-
-
-def learner_kind(learner_cfg, codec_kind="learned"):
-    """The kind of learner a run trains, as checkpoints and encoders name it.
-
-    Parameters
-    ----------
-    learner_cfg : LearnerConfig
-        ``learner:`` section.
-    codec_kind : {"learned", "stream"}
-        ``codec.kind``: with ``stream`` staging learns the stream codec's blend weights, whatever
-        ``learner:`` says.
-
-    Returns
-    -------
-    str
-        ``"stream"``, ``"ae"`` or ``"pca"``.
-    """
-    return STREAM_KIND if codec_kind == STREAM_KIND else _learned_kind(learner_cfg)
-
-
-def checkpointable(learner_cfg, codec_kind="learned"):
-    """True when the run's learner has a checkpoint state: the stream codec's blend-weight learner,
-    the exact incremental PCA or the autoencoder (see :func:`learner_kind` for ``codec_kind``)."""
-    return codec_kind == STREAM_KIND or _learned_checkpointable(learner_cfg)
-
 
 __all__ = ["DistributedPCA", "IncrementalPCA", "STREAM_KIND", "checkpointable", "learner_kind", "make_learner",
            "training_budget"]

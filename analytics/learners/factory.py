@@ -10,23 +10,33 @@ from .distributed_pca import DistributedPCA
 from .incremental_pca import IncrementalPCA
 
 
-def learner_kind(learner_cfg):
-    """``"ae"`` or ``"pca"``: the model family ``learner_cfg`` trains (checkpoints and encoders use it).
+STREAM_KIND = "stream"  # the stream codec's blend-weight learner (analytics/stream_learner.py)
+
+
+def learner_kind(learner_cfg, codec_kind="learned"):
+    """The model family a run trains, as checkpoints and encoders name it.
 
     Parameters
     ----------
     learner_cfg : LearnerConfig
+    codec_kind : {"learned", "stream"}
+        ``codec.kind``: with ``stream`` staging learns the stream codec's blend weights, whatever
+        ``learner:`` says.
 
     Returns
     -------
     str
+        ``"stream"``, ``"ae"`` or ``"pca"``.
     """
+    if codec_kind == STREAM_KIND:
+        return STREAM_KIND
     return "ae" if learner_cfg.type == "autoencoder" else "pca"
 
 
-def checkpointable(learner_cfg):
-    """True when the configured learner has a checkpoint state (exact incremental PCA, or the autoencoder)."""
-    return learner_cfg.type == "autoencoder" or learner_cfg.algorithm == "exact"
+def checkpointable(learner_cfg, codec_kind="learned"):
+    """True when the run's learner has a checkpoint state: the stream codec's blend-weight learner,
+    the exact incremental PCA or the autoencoder (``codec_kind`` as in :func:`learner_kind`)."""
+    return codec_kind == STREAM_KIND or learner_cfg.type == "autoencoder" or learner_cfg.algorithm == "exact"
 
 
 def training_budget(learner_cfg):

@@ -150,10 +150,14 @@ def check(directory, learner_cfg, source="<config>", codec_kind=None):
     ConfigError
         Naming ``staging.restart_from`` and what is wrong.
     """
-    if not supported(learner_cfg, codec_kind or "learned") and codec_kind is not None:
-        raise ConfigError(f"{source}: staging.restart_from: learner.algorithm {learner_cfg.algorithm!r} is not "
-                          "checkpointed (only the exact PCA, the autoencoder and the stream codec's weights are); "
-                          "remove restart_from")
+    def refuse_unless_supported():
+        if not supported(learner_cfg, codec_kind or "learned"):
+            raise ConfigError(f"{source}: staging.restart_from: learner.algorithm {learner_cfg.algorithm!r} is not "
+                              "checkpointed (only the exact PCA, the autoencoder and the stream codec's weights are); "
+                              "remove restart_from")
+
+    if codec_kind is not None:  # known: refused before the files are read
+        refuse_unless_supported()
     state_path = os.path.join(directory, "state.json")
     if not (os.path.exists(state_path) and os.path.exists(os.path.join(directory, "learner.npz"))):
         raise ConfigError(f"{source}: staging.restart_from: {directory} holds no checkpoint (state.json + "
@@ -171,10 +175,7 @@ def check(directory, learner_cfg, source="<config>", codec_kind=None):
                           "the end of the warm-up)")
     if codec_kind is None and kinds == {STREAM_KIND}:
         return
-    if not supported(learner_cfg, codec_kind or "learned"):
-        raise ConfigError(f"{source}: staging.restart_from: learner.algorithm {learner_cfg.algorithm!r} is not "
-                          "checkpointed (only the exact PCA, the autoencoder and the stream codec's weights are); "
-                          "remove restart_from")
+    refuse_unless_supported()
     want = learner_kind(learner_cfg, codec_kind or "learned")
     if kinds != {want}:
         held = " and ".join(_what(k) for k in sorted(kinds, key=str))

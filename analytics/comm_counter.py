@@ -20,6 +20,8 @@ call               payload (per rank)              wire (per rank)
 ``allgatherv(x)``  ``x.nbytes``                    ``(p - 1) * mean block size`` (ring)
 ``alltoallv(c)``   bytes of the chunks to others   the same (each chunk travels once)
 ``bcast(x, root)`` ``(p - 1) * x.nbytes`` at root  the same, at the root
+``control(flags)`` ``(p - 1) * flags.nbytes`` at   the same, at rank 0 (not a round: see below)
+                   rank 0
 ``neighbours(x)``  ``x.nbytes`` per neighbour      the same
 =================  ==============================  ============================================
 
@@ -27,6 +29,13 @@ Each call is one round, except that ``new_round=False`` lets the second phase of
 collective (``alltoallv`` then ``allgatherv``: a quantized all-reduce) count with the first, as
 the reduce-scatter and all-gather inside a ring all-reduce do. ``total_bytes`` sums ``bytes_sent``
 over ranks.
+
+``control`` carries rank 0's control decisions of a round (stop, what the next message holds: a
+few flag bits in one byte) to every rank, so that ranks whose floating point differs (mixed CPUs
+or BLAS builds in one job) still agree on the shape of every message. Its bytes are counted in
+full; it is not counted as a round, as the baselines' convergence test (one MAX all-reduce of a
+scalar per round, :func:`.dpca._converged`) is not either: both are the per-round agreement on
+whether and how to go on, not a message of the algorithm.
 """
 
 from __future__ import annotations
@@ -132,6 +141,31 @@ class CommCounter:
         sent = x.nbytes * (self.comm.Get_size() - 1) if self.comm.Get_rank() == root else 0
         self._count(sent, sent)
         return x
+
+    def control(self, flags):
+        """Rank 0's ``flags`` (uint8 array, same size on every rank) on every rank: its decisions are followed.
+
+        One ``Bcast`` from rank 0; bytes counted at rank 0 (``(p - 1) * flags.nbytes``, payload and
+        wire), not a round (module docstring). On one rank ``flags`` is returned as is.
+
+        Parameters
+        ----------
+        flags : array_like of uint8
+            This rank's decisions; the same size on every rank. Collective over the counter's ``comm``.
+
+        Returns
+        -------
+        numpy.ndarray of uint8
+            Rank 0's ``flags``, on every rank.
+        """
+        flags = np.array(flags, dtype=np.uint8).ravel()
+        p = self.comm.Get_size()
+        if p == 1:
+            return flags
+        self.comm.Bcast(flags, root=0)
+        sent = flags.nbytes * (p - 1) if self.comm.Get_rank() == 0 else 0
+        self._count(sent, sent, new_round=False)
+        return flags
 
     def neighbours_bytes(self, x, neighbours):
         """:meth:`neighbours` for a packed 1-D uint8 message (e.g. int8 codes with their scales)."""

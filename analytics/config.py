@@ -66,6 +66,12 @@ class LearnerConfig(BaseModel):
     forgetting_factor: float = Field(
         1.0, gt=0.0, le=1.0, description="Weight of past statistics per update; 1 = exact PCA of all data seen."
     )
+    tol: Optional[float] = Field(
+        None, gt=0.0, lt=1.0, description="Iterative algorithms: an update ends when the basis is within this sin theta "
+        "of the exact one (certified for delta_ritz, delta_ritz_rs; an estimate or the basis' movement for the others). "
+        "null (default): for delta_ritz and delta_ritz_rs what codec.psnr_db needs, 2 * 0.1 * 10**(-psnr_db / 20), not "
+        "below 1e-6 (1.6e-3 at 42 dB: the basis error then costs at most about 1 % of the codec's error budget), "
+        "otherwise and with codec.error_bound 1e-3 (docs/distributed_pca.md).")
     warmup_steps: int = Field(5, ge=1, description="Output steps learned before the first encoder is published.")
     publish_every: int = Field(20, ge=1, description="Output steps between encoder versions.")
 
@@ -78,6 +84,10 @@ class LearnerConfig(BaseModel):
         if self.algorithm != "exact" and self.n_components is None:
             raise ValueError(f"learner.n_components is required with algorithm {self.algorithm!r} (iterative methods "
                              "compute a k-dimensional basis; exact can keep the full one)")
+        if "tol" in self.model_fields_set and (self.type != "pca" or self.algorithm == "exact"):
+            raise ValueError(f"learner.tol sets when an iterative PCA algorithm stops; type {self.type!r} with algorithm "
+                             f"{self.algorithm!r} has none: remove learner.tol, or set type pca and an iterative "
+                             "learner.algorithm (e.g. delta_ritz)")
         if self.algorithm != "exact" and self.forgetting_factor != 1.0:
             raise ValueError(f"learner.forgetting_factor applies to algorithm 'exact' only, not {self.algorithm!r}")
         return self
@@ -177,7 +187,7 @@ def stream_codec_conflicts(learner, codec, anomaly):
     out += [f"codec.{k}" for k in ("raw_fraction", "zstd_level", "encode_threads") if k in codec.model_fields_set]
     if learner.type != "pca":
         out.append(f"learner.type {learner.type}")
-    out += [f"learner.{k}" for k in ("algorithm", "n_components", "forgetting_factor", "autoencoder", "replay")
+    out += [f"learner.{k}" for k in ("algorithm", "n_components", "forgetting_factor", "tol", "autoencoder", "replay")
             if k in given]
     if anomaly.enabled:
         out.append("anomaly.enabled")

@@ -32,7 +32,9 @@ all-gather: fewer wire bytes (:mod:`.quantized_allreduce`). ``krylov_f32`` (rest
 float32) and ``gossip_int8`` (DeEPCA with int8 delta-coded messages) are the same-precision
 baselines of :mod:`.dpca_baselines`.
 ``exact_triu`` is ``exact`` sending only the upper triangle (d (d + 1) / 2 numbers);
-``subspace_f32`` is ``subspace`` with float32 messages.
+``subspace_f32`` is ``subspace`` with float32 messages. The gossip methods' graphs and mixing
+weights are in :mod:`.dpca_graphs`; the ``delta_*`` methods' per-round control decisions are rank
+0's (:mod:`.dpca_control`), as is ``warm_ritz``'s stop.
 
 :func:`solve` runs one algorithm for one problem with a stopping rule and records the subspace
 error after every round; :class:`~stagelearn.analytics.learners.distributed_pca.DistributedPCA`
@@ -46,6 +48,8 @@ import math
 import numpy as np
 
 from .comm_counter import CommCounter
+# the graphs moved to dpca_graphs; importable from here as before
+from .dpca_graphs import gossip_setup, grid_graph, metropolis_weights, mixing_second_eigenvalue, ring_graph  # noqa: F401
 
 ALGORITHMS = ("exact", "exact_triu", "oneshot", "subspace", "subspace_f32", "oja", "iag", "gossip", "warm_ritz",
               "delta_ritz", "delta_power", "delta_ritz_rs", "krylov_f32", "gossip_int8")
@@ -124,53 +128,6 @@ def local_factor(X, counter):
     s = counter.allreduce(np.concatenate([[X.shape[0]], X.sum(axis=0)]))
     n, mean = s[0], s[1:] / max(s[0], 1)
     return FactorShare((X - mean).T / math.sqrt(max(n - 1, 1))), mean, int(n)
-
-
-def metropolis_weights(neighbours, rank, degrees):
-    """Row ``rank`` of the Metropolis-Hastings mixing matrix of a graph (symmetric, doubly stochastic)."""
-    w = {j: 1.0 / (1 + max(degrees[rank], degrees[j])) for j in neighbours}
-    w[rank] = 1.0 - sum(w.values())
-    return w
-
-
-def ring_graph(size):
-    """Neighbours of each rank on a ring."""
-    if size == 1:
-        return [[]]
-    if size == 2:
-        return [[1], [0]]
-    return [sorted({(r - 1) % size, (r + 1) % size}) for r in range(size)]
-
-
-def grid_graph(dims):
-    """Neighbours on a non-periodic Cartesian process grid (the simulation's decomposition adjacency)."""
-    size = int(np.prod(dims))
-    coords = list(np.ndindex(*dims))
-    index = {c: i for i, c in enumerate(coords)}
-    nbrs = []
-    for c in coords:
-        out = []
-        for ax in range(len(dims)):
-            for step in (-1, 1):
-                n = list(c)
-                n[ax] += step
-                if 0 <= n[ax] < dims[ax]:
-                    out.append(index[tuple(n)])
-        nbrs.append(sorted(out))
-    assert len(nbrs) == size
-    return nbrs
-
-
-def mixing_second_eigenvalue(graph):
-    """Second largest eigenvalue magnitude of the Metropolis mixing matrix (computed locally, no communication)."""
-    size = len(graph)
-    deg = [len(g) for g in graph]
-    W = np.zeros((size, size))
-    for r in range(size):
-        for j, v in metropolis_weights(graph[r], r, deg).items():
-            W[r, j] = v
-    ev = np.sort(np.abs(np.linalg.eigvalsh(W)))[::-1]
-    return float(ev[1]) if size > 1 else 0.0
 
 
 # ----------------------------------------------------------------------------- solver
@@ -343,17 +300,6 @@ def _iag(A_r, V, k, comm, counter, run, *, tol, max_rounds, **_):
     return V
 
 
-def gossip_setup(graph, p, r):
-    """``(graph, neighbours of r, Metropolis weights, Chebyshev momentum)`` of DeEPCA's gossip on ``graph``
-    (default: a ring of ``p`` ranks); shared by ``gossip`` and the int8 baseline."""
-    graph = graph or ring_graph(p)
-    nbrs = graph[r]
-    weights = metropolis_weights(nbrs, r, [len(g) for g in graph])
-    lam2 = mixing_second_eigenvalue(graph)
-    eta = (1 - math.sqrt(max(1 - lam2**2, 0.0))) / (1 + math.sqrt(max(1 - lam2**2, 0.0)))
-    return graph, nbrs, weights, eta
-
-
 def _gossip(A_r, V, k, comm, counter, run, *, tol, max_rounds, gossip_steps, graph, **_):
     """Decentralised power iteration with gradient tracking and Chebyshev-accelerated gossip (DeEPCA)."""
     p, r = comm.Get_size(), comm.Get_rank()
@@ -409,7 +355,7 @@ def _warm_ritz(A_r, V, k, comm, counter, run, *, tol, max_rounds, info, guard=No
         bound = np.linalg.norm(R) / max(w[k - 1] - w[k] - guard_residual, 1e-300)
         X = orthonormal(W)  # one power step, free: C X is already here
         run.record(X[:, :k])
-        if bound < tol / 2:
+        if counter.control([bound < tol / 2])[0]:  # rank 0's decision, followed by every rank (dpca_control.py)
             break
     info["guard"] = X[:, k:]
     return X[:, :k]

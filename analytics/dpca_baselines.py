@@ -64,7 +64,8 @@ def krylov_f32(A_r, V, k, comm, counter, run, *, tol, max_rounds, blocks=3, **_)
 
 def gossip_int8(A_r, V, k, comm, counter, run, *, tol, max_rounds, gossip_steps, graph, **_):
     """DeEPCA with int8 delta-coded neighbour messages (same decentralised algorithm as ``gossip``)."""
-    from .dpca import _converged, gossip_setup, orthonormal
+    from .dpca import _converged, orthonormal
+    from .dpca_graphs import gossip_setup
 
     p, r = comm.Get_size(), comm.Get_rank()
     graph, nbrs, weights, eta = gossip_setup(graph, p, r)

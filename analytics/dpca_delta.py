@@ -50,6 +50,7 @@ import numpy as np
 
 from .dpca import orthonormal, sin_theta
 from .dpca_certificate import sketch_bound, wants_sketch
+from .dpca_control import Decision, agree
 from .dpca_rate import next_first_bits
 from .quantized_allreduce import GatherDeltaSum, TwoPhaseDeltaSum, encode_f32, packed_size
 
@@ -136,6 +137,21 @@ def certificate(X, G, Q, w, eps, B, k):
     return out
 
 
+def _next_width(first_bits, ok, certs, X1, V, bits, rate, target, info):
+    """The next call's first-round width (:func:`.dpca_rate.next_first_bits`), measured at the end of a call.
+
+    Only with ``first_bits="auto"`` after a warm-started call that ran past its first round, and only
+    when the final certificate is below a quarter of the first round's distance to the final basis
+    ``V`` (the difference then measures the first round's error within 25 %); else ``bits``.
+    """
+    if first_bits == "auto" and ok and len(certs) > 1:
+        first_error = sin_theta(X1, V)
+        if certs[-1] <= first_error / 4:
+            info["first_round_error"] = first_error
+            return next_first_bits(rate, bits, first_error, target)
+    return bits
+
+
 def delta_ritz(A_r, V, k, comm, counter, run, *, tol, max_rounds, info, state=None, guard_columns=1,
                collective="allgather", patience=None, sketch="auto", first_bits="auto", rate_target=None, **_):
     """Run ``delta_ritz`` rounds from the warm start ``V`` until the certificate is below ``tol``.
@@ -166,6 +182,12 @@ def delta_ritz(A_r, V, k, comm, counter, run, *, tol, max_rounds, info, state=No
     with the final basis (no communication; only when the final certificate is below a quarter of
     the difference), and the next call's first round gets the width whose predicted error is
     ``<= rate_target / 2`` (default ``tol``).
+
+    Every round's control decisions (stop, stalled, sketch in the next round, the next call's
+    first-round width) are rank 0's, broadcast in one byte (:mod:`.dpca_control`): ranks whose
+    floating point differs still agree on the shape of every message and on when to stop (an
+    identical basis and a sound certificate still need identical arithmetic on every rank: each
+    rank rotates its own references).
 
     ``state`` (from ``info["state"]`` of the previous call) carries the guard column, the
     references and the first-round bits across calls; ``info["bits"]`` lists each round's.
@@ -202,22 +224,28 @@ def delta_ritz(A_r, V, k, comm, counter, run, *, tol, max_rounds, info, state=No
         certs.append(cert["bound"])
         free.append(cheap["bound"])
         sketched.append(use)
-        use = sketch == "always" or (sketch == "auto" and p > 1 and wants_sketch(cheap, cert, use))
+        want = sketch == "always" or (sketch == "auto" and p > 1 and wants_sketch(cheap, cert, use))
         backend.rotate(Q)  # references follow the Ritz rotation: A_r (X Q) = (A_r X) Q
         X = orthonormal(G @ Q)  # power step; leading k columns span G V
         run.record(X[:, :k])
         if len(certs) == 1:
             X1 = X[:, :k]  # the first round's output (rate control)
-        if cert["bound"] <= tol:
+        stop = cert["bound"] <= tol
+        stalled = bool(not stop and patience and len(certs) > patience
+                       and min(certs[-patience:]) > 0.5 * min(certs[:-patience]))
+        last = len(certs) == max_rounds
+        trial = dict(rate)
+        own = Decision(stop, stalled, want, _next_width(first_bits, ok, certs, X1, X[:, :k], bits0, trial, target, info)
+                       if stop or stalled or last else bits0)
+        agreed = agree(counter, own)  # rank 0's decision, followed by every rank (analytics/dpca_control.py)
+        use = agreed.sketch
+        if agreed.ends or last:
+            if own.ends or last:
+                rate = trial
+            bits0 = agreed.next_bits
+            if agreed.stalled and not agreed.stop:
+                info["stalled"] = True
             break
-        if patience and len(certs) > patience and min(certs[-patience:]) > 0.5 * min(certs[:-patience]):
-            info["stalled"] = True
-            break
-    if first_bits == "auto" and ok and len(certs) > 1:  # measure the first round against the final basis
-        first_error = sin_theta(X1, X[:, :k])
-        if certs[-1] <= first_error / 4:  # the final basis is a trustworthy reference
-            bits0 = next_first_bits(rate, bits0, first_error, target)
-            info["first_round_error"] = first_error
     info.update(state={"X": X, "first_bits": bits0, "rate": rate, **backend.state()},
                 certificate=certs[-1] if certs else 1.0,
                 certificates=certs, certificates_free=free, sketched=sketched, bits=bits)

@@ -115,7 +115,8 @@ def worker(out, only):
     from mpi4py import MPI
 
     from stagelearn.analytics.comm_counter import CommCounter
-    from stagelearn.analytics.dpca import grid_graph, local_problem, orthonormal, ring_graph, solve
+    from stagelearn.analytics.dpca import local_problem, orthonormal, solve
+    from stagelearn.analytics.dpca_graphs import grid_graph, ring_graph
 
     comm = MPI.COMM_WORLD
     p = comm.Get_size()

@@ -56,10 +56,15 @@ class LearnerSet:
         ``codec.kind``: ``stream`` learns the stream codec's blend weights instead of ``learner.type``.
     entropy : {"rans", "adaptive"}
         ``codec.entropy`` of the stream models it publishes.
+    psnr_db : float, optional
+        ``codec.psnr_db`` when the codec has a PSNR target (no ``codec.error_bound``): sets an iterative
+        PCA learner's ``tol`` when ``learner.tol`` is not given
+        (:func:`~stagelearn.analytics.learners.distributed_pca.codec_tolerance`).
     """
 
-    def __init__(self, learner_cfg, comm, *, seed_rank=None, codec_kind="learned", entropy="rans"):
+    def __init__(self, learner_cfg, comm, *, seed_rank=None, codec_kind="learned", entropy="rans", psnr_db=None):
         self.cfg, self.comm = learner_cfg, comm
+        self.psnr_db = psnr_db  # codec.psnr_db when the codec has a PSNR target: an iterative PCA's default tol
         self.rank = comm.Get_rank()
         self.seed_rank = self.rank if seed_rank is None else int(seed_rank)
         self.learners, self.tile_shapes, self.variables = {}, {}, []
@@ -70,6 +75,25 @@ class LearnerSet:
         self.entropy = entropy  # codec.entropy of the stream codec's published models
         self.checkpointable = checkpointable(learner_cfg, codec_kind)  # the stream learner always is
         self._last = {}  # stream: (variable, producer rank) -> that block at the last step (raw or decoded)
+
+    @classmethod
+    def for_run(cls, cfg, comm):
+        """The learners of a run: ``learner:`` with the ``codec:`` settings they depend on (no communication).
+
+        Parameters
+        ----------
+        cfg : RunConfig
+        comm : mpi4py.MPI.Comm
+            The staging ranks.
+
+        Returns
+        -------
+        LearnerSet
+            With ``codec.kind``, ``codec.entropy`` and, when the codec has a PSNR target (no
+            ``codec.error_bound``), ``codec.psnr_db``.
+        """
+        psnr_db = cfg.codec.psnr_db if cfg.codec.error_bound is None else None
+        return cls(cfg.learner, comm, codec_kind=cfg.codec.kind, entropy=cfg.codec.entropy, psnr_db=psnr_db)
 
     def add(self, var, tile_shape):
         """Create the learner of ``var`` for tiles of ``tile_shape`` (no communication).
@@ -269,7 +293,7 @@ class LearnerSet:
         """A new learner of ``var`` for this run's codec and ``learner:`` settings (no communication)."""
         if self.stream:
             return StreamWeightsLearner(self.comm, entropy=self.entropy)
-        return make_learner(self.cfg, tuple(tile_shape), self.comm, seed_rank=self.seed_rank)
+        return make_learner(self.cfg, tuple(tile_shape), self.comm, seed_rank=self.seed_rank, psnr_db=self.psnr_db)
 
     # ----------------------------------------------------------------- summary, end
     def training_summary(self):
@@ -297,7 +321,8 @@ class LearnerSet:
         Only learners that count their communication (``learner.algorithm`` other than ``exact``:
         :class:`~stagelearn.analytics.learners.DistributedPCA`) contribute; ``{}`` otherwise. Figures
         are this rank's (rank 0 writes the summary; every rank of an all-reduce or all-gather sends
-        the same payload), summed over variables; "per step" divides by the steps learned.
+        the same payload, and rank 0 also the per-round control byte to each other rank, so rank 0's
+        figure is the largest), summed over variables; "per step" divides by the steps learned.
 
         Returns
         -------

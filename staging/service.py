@@ -85,7 +85,7 @@ class StagingService:
         self.steps_seen = 0
         self.n_corrupt = 0  # blocks this rank flagged corrupt
         self.end_status = "clean"  # or producer_lost, interrupted
-        self.learning = LearnerSet(cfg.learner, comm, codec_kind=cfg.codec.kind, entropy=cfg.codec.entropy)
+        self.learning = LearnerSet.for_run(cfg, comm)
 
     # ----------------------------------------------------------------- channels (a test overrides these)
     def _stream_path(self):

@@ -20,10 +20,16 @@ def _shares(rng, d, p, spectrum, kind):
     """p PSD shares summing to a covariance with the given spectrum (kind: how the ranks' parts line up)."""
     Q = orthonormal(rng.normal(size=(d, d)))
     C = (Q * spectrum) @ Q.T
-    if kind == "split":  # random PSD split: A_r = C^(1/2) W_r C^(1/2), sum W_r = I
-        W = [rng.random() * np.eye(d) for _ in range(p)]
-        W = [w / sum(np.trace(x) for x in W) * d for w in W]
-        return [(Q * np.sqrt(spectrum)) @ Q.T @ w @ (Q * np.sqrt(spectrum)) @ Q.T for w in W], C
+    if kind == "split":  # random PSD split: A_r = C^(1/2) W_r C^(1/2), W_r = S^(-1/2) M_r S^(-1/2), S = sum_r M_r
+        ranks = [int(rng.integers(1, d + 1)) for _ in range(p)]  # M_r = F_r F_r^T of random rank (non-i.i.d. shares)
+        ranks[-1] = max(ranks[-1], d - sum(ranks[:-1]))  # S of full rank
+        M = [F @ F.T for F in (rng.normal(size=(d, r)) * rng.lognormal(0, 1, size=r) for r in ranks)]
+        ws, Vs = np.linalg.eigh(sum(M))
+        S_inv_half = (Vs / np.sqrt(ws)) @ Vs.T
+        C_half = (Q * np.sqrt(spectrum)) @ Q.T
+        shares = [C_half @ S_inv_half @ m @ S_inv_half @ C_half for m in M]
+        shares = [(a + a.T) / 2 for a in shares]
+        return shares, sum(shares)  # the truth is taken from the shares' own sum (equal to C up to round-off)
     if kind == "disjoint":  # every rank holds different eigen-directions (non-i.i.d.)
         parts = np.array_split(rng.permutation(d), p)
         return [(Q[:, i] * spectrum[i]) @ Q[:, i].T for i in parts], C

@@ -7,11 +7,41 @@ algorithms of :data:`~stagelearn.analytics.dpca.ALGORITHMS`, warm-started from i
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..comm_counter import CommCounter
 from ..dpca import ALGORITHMS, solve
 from .base import PCAModel
+
+
+def codec_tolerance(psnr_db, share=0.01):
+    """The sin theta of a truncated basis whose error costs at most ``share`` of the codec's error budget.
+
+    A tile's values lie in the step's range ``span``, so the variance of the mean-removed tile is at
+    most ``d span^2 / 4``. A k-dimensional basis ``V`` at sin theta ``s`` from the exact one ``U``
+    leaves at most ``s^2 sum_(j<=k) lambda_j <= s^2 d span^2 / 4`` more energy per tile outside the
+    basis than ``U`` does, against the codec's budget ``d span^2 10^(-psnr_db / 10)`` per tile
+    (:func:`~stagelearn.analytics.transform.quant_step_for_psnr`). So ``s <= 2 sqrt(share)
+    10^(-psnr_db / 20)`` keeps the extra below ``share`` of the budget, for tiles distributed like the
+    covariance the basis was learned from and a coded step whose range is no smaller than that of the
+    data learned (with drift, the basis error can cost more, to first order in ``s``). With a
+    complete basis (k = d) nothing leaks: the basis error then costs rate only.
+
+    Parameters
+    ----------
+    psnr_db : float
+        ``codec.psnr_db``.
+    share : float, default=0.01
+        The share of the codec's error budget (MSE per tile) the basis error may cost.
+
+    Returns
+    -------
+    float
+        1.8e-3 at 41 dB, 1.0e-3 at 46 dB (``share=0.01``).
+    """
+    return 2.0 * math.sqrt(share) * 10.0 ** (-float(psnr_db) / 20.0)
 
 
 class DistributedPCA(PCAModel):
@@ -27,6 +57,8 @@ class DistributedPCA(PCAModel):
     algorithm : str, default="warm_ritz"
         One of :data:`ALGORITHMS`.
     tol : float, default=1e-3
+        ``learner.tol`` in staging; :func:`codec_tolerance` says what the codec's PSNR target needs
+        (1e-3 suffices up to 45 dB).
     max_rounds : int, default=50
         Per ``partial_fit``.
     comm : mpi4py.MPI.Comm or None

@@ -6,7 +6,14 @@ functions instead of looking at ``learner.type`` or ``learner.algorithm`` themse
 
 from __future__ import annotations
 
-from .distributed_pca import DistributedPCA
+from .distributed_pca import DistributedPCA, codec_tolerance
+
+#: Algorithms whose stop is a certified bound on sin theta: only there is a codec-derived tol a guarantee
+#: (the others stop on an estimate or on the basis' movement, and keep 1e-3 unless learner.tol is given).
+CERTIFIED = ("delta_ritz", "delta_ritz_rs")
+#: The codec-derived tol is not taken below this (codec.psnr_db above 126 dB): finer bases cost rounds that
+#: float32 products cannot buy.
+TOL_FLOOR = 1e-6
 from .incremental_pca import IncrementalPCA
 
 
@@ -53,7 +60,7 @@ def training_budget(learner_cfg):
     return ac.iterations_per_step, ac.adaptive_iterations
 
 
-def make_learner(learner_cfg, tile_shape, comm, *, seed_rank=None):
+def make_learner(learner_cfg, tile_shape, comm, *, seed_rank=None, psnr_db=None):
     """A fresh learner for one variable (no communication; its ``partial_fit`` is collective over ``comm``).
 
     Parameters
@@ -66,6 +73,10 @@ def make_learner(learner_cfg, tile_shape, comm, *, seed_rank=None):
         The ranks that learn together.
     seed_rank : int, optional
         Seeds per-rank randomness (the autoencoder's replay buffer); default ``comm.Get_rank()``.
+    psnr_db : float, optional
+        ``codec.psnr_db`` of a run with a PSNR target: a certified algorithm (:data:`CERTIFIED`) without
+        ``learner.tol`` stops at :func:`~.distributed_pca.codec_tolerance` of it, not below
+        :data:`TOL_FLOOR`; otherwise (and when None) ``tol`` is 1e-3.
 
     Returns
     -------
@@ -81,4 +92,7 @@ def make_learner(learner_cfg, tile_shape, comm, *, seed_rank=None):
                                   seed_rank=comm.Get_rank() if seed_rank is None else seed_rank)
     if lc.algorithm == "exact":
         return IncrementalPCA(lc.n_components, forgetting_factor=lc.forgetting_factor, comm=comm)
-    return DistributedPCA(lc.n_components, algorithm=lc.algorithm, comm=comm)
+    tol = lc.tol if lc.tol is not None else 1e-3
+    if lc.tol is None and psnr_db is not None and lc.algorithm in CERTIFIED:
+        tol = max(codec_tolerance(psnr_db), TOL_FLOOR)
+    return DistributedPCA(lc.n_components, algorithm=lc.algorithm, tol=tol, comm=comm)

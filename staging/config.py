@@ -1,5 +1,10 @@
 """The run YAML: one pydantic model per section, composed by :class:`RunConfig`.
 
+Its own sections (``adios2:``, ``staging:``, ``fallback:``, ``metrics:``, ``timeouts:``) are in
+:mod:`.config_sections`, the checks against the ADIOS2 XML (IO names, the stream's SST queue) in
+:mod:`.config_ios`; both are importable from here as before. ``RunConfig`` holds the checks that
+span sections.
+
 ``load_config(path)`` reads the file with ``yaml.safe_load``, validates it (unknown keys are
 errors), resolves paths relative to the YAML file, and checks that the IO names exist in the
 ADIOS2 XML. Problems raise :class:`~stagelearn.staging.errors.ConfigError`, listing every one
@@ -14,10 +19,10 @@ from __future__ import annotations
 import importlib.resources
 import os
 from pathlib import Path
-from typing import List, Literal, Optional, Tuple
+from typing import Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 from ..analytics.config import AnomalyConfig, CodecConfig, LearnerConfig, stream_codec_conflicts
 from ..analytics.qoi_config import QoIConfig
@@ -25,11 +30,13 @@ from ..sim_mocks.config import (ExternalSimConfig, GrayScottConfig, GyrokineticC
                                 Heat2DConfig)
 from . import checkpoint
 from .config_errors import format_error, yaml_error_message
+from .config_ios import check_ios, in_transit_output_io, resolve_stream_params, sst_parameters
+from .config_sections import (FROZEN, Adios2Config, FallbackConfig, MetricsConfig, StagingConfig, TimeoutConfig,
+                              updated)
 from .errors import ConfigError
-from .wire import SST_QUEUE_DEFAULTS
-from .xmlconfig import read_ios
 
-_FROZEN = ConfigDict(extra="forbid", frozen=True)
+__all__ = ["Adios2Config", "FallbackConfig", "MetricsConfig", "RunConfig", "StagingConfig", "TimeoutConfig",
+           "check_ios", "default_xml", "load_config", "resolve_stream_params", "sst_parameters"]
 
 
 def default_xml():
@@ -37,97 +44,10 @@ def default_xml():
     return str(importlib.resources.files("stagelearn.xml_configs") / "stagelearn.xml")
 
 
-class Adios2Config(BaseModel):
-    """``adios2:`` section: XML file, IO names and stream layout."""
-
-    model_config = _FROZEN
-
-    config_file: Optional[str] = Field(None, description="ADIOS2 XML, relative to the YAML; default: packaged stagelearn.xml.")
-    stream_io: str = Field("SimulationOutput", description="IO of the simulation's output stream.")
-    model_io: str = Field("ModelUpdates", description="IO of the reverse stream carrying encoders.")
-    output_io: Optional[str] = Field("CompressedOutput", description="IO of the compressed output file written by "
-                                     "staging. In transit, when adios2.config_file (e.g. the code's own XML) does not "
-                                     "define it, staging writes a plain BP5 file (the value becomes null).")
-    layout: Literal["auto", "shared", "per_rank"] = Field(
-        "auto",
-        description="shared: all producer ranks are one SST writer (ADIOS2 with MPI); per_rank: one writer per rank; "
-        "auto: shared when ADIOS2 has MPI.",
-    )
-    queue_limit: Optional[int] = Field(
-        None, ge=1, le=10_000, description="SST QueueLimit of the simulation's stream: steps a producer holds for "
-        "staging before the policy applies. Default: the XML's value, else 4 (never unbounded).")
-    queue_full_policy: Optional[Literal["Block", "Discard"]] = Field(
-        None, description="SST QueueFullPolicy when the queue is full: Block (the simulation waits; stalls are counted) "
-        "or Discard (the newest step is dropped and recorded in the ledger). Default: the XML's value, else Block.")
-    allow_discard: bool = Field(
-        False, description="In transit: accept QueueFullPolicy=Discard in the simulation's own XML (its writer then "
-        "drops steps while staging is busy: they are lost). Without it, validate and run refuse such an XML.")
-    network_interface: Optional[str] = Field(
-        None, pattern=r"^[A-Za-z0-9_.:-]+$", description="SST NetworkInterface of the stream and model channel "
-        "(e.g. lo for one node, ib0 or hsn0 across nodes). Default: the XML's value, else lo (loopback).")
-
-
-class StagingConfig(BaseModel):
-    """``staging:`` section."""
-
-    model_config = _FROZEN
-
-    ranks: int = Field(2, ge=1, description="Staging MPI ranks (N).")
-    variables: Optional[List[str]] = Field(None, description="Variables to learn; default: all found on the stream.")
-    tile_shape: Optional[Tuple[PositiveInt, ...]] = Field(
-        None, description="Tile shape; default 4x4x4 for 3D fields, 8x8 for 2D (64 features either way)."
-    )
-    mode: Literal["in_situ", "in_transit"] = Field(
-        "in_situ", description="in_situ: producers use stagelearn's Producer and encode with pushed encoders; "
-        "in_transit: an unchanged ADIOS2 code streams raw arrays and staging encodes them.")
-    stream: Optional[str] = Field(
-        None, description="in_transit: the stream name the simulation opens (its SST contact file is <stream>.sst), "
-        "relative to the run directory.")
-    checkpoint_every: int = Field(
-        10, ge=0, description="Write the learner checkpoint (model, encoder version, step) every n steps; it is also "
-        "written at the end and when a producer is lost. 0: only then.")
-    restart_from: Optional[str] = Field(
-        None, description="Checkpoint directory of an earlier run (<run>/checkpoint) to start the learner from; the "
-        "first encoder is published at once and version numbers continue. Relative to the YAML.")
-
-
-class FallbackConfig(BaseModel):
-    """``fallback:`` section: where producers write when staging is gone."""
-
-    model_config = _FROZEN
-
-    dir: Optional[str] = Field(None, description="Directory for the per-rank fallback BP5 files (node-local disk on a "
-                               "cluster); default <run_dir>/fallback.")
-    encode: bool = Field(True, description="Encode fallback steps with the last encoder (else, or before any "
-                         "encoder, raw float32).")
-
-
-class MetricsConfig(BaseModel):
-    """``metrics:`` section."""
-
-    model_config = _FROZEN
-
-    sz3_every: int = Field(
-        5, ge=0, description="Producers also compress every n-th encoded step with SZ3 at the PSNR reached (0: never)."
-    )
-
-
-class TimeoutConfig(BaseModel):
-    """``timeouts:`` section (seconds). Every blocking wait uses one of these."""
-
-    model_config = _FROZEN
-
-    open_s: float = Field(60.0, gt=0, description="Waiting for the other side to open a stream.")
-    step_s: float = Field(120.0, gt=0, description="Waiting for one step (reader BeginStep, writer EndStep).")
-    run_s: float = Field(3600.0, gt=0, description="Whole run, for `stagelearn run`.")
-    peer_s: float = Field(30.0, gt=0, description="Producers declare staging lost when it acknowledged nothing for "
-                          "this long while their queue is full (a dead staging is seen at once).")
-
-
 class RunConfig(BaseModel):
     """A whole run: simulation, staging, learner, codec, anomaly, ADIOS2, metrics, timeouts."""
 
-    model_config = _FROZEN
+    model_config = FROZEN
 
     run_name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str = Field("results", description="Results go to <output_dir>/<run_name>/ (relative to the cwd).")
@@ -267,100 +187,18 @@ def load_config(path):
         raise ConfigError.from_problems([format_error(path, err, RunConfig) for err in exc.errors()], path) from None
     base = os.path.dirname(os.path.abspath(path))
     xml = cfg.adios2.config_file
-    update = {"source": path, "adios2": _updated(cfg.adios2, config_file=os.path.normpath(os.path.join(base, xml))
-                                                  if xml else default_xml())}
+    update = {"source": path, "adios2": updated(cfg.adios2, config_file=os.path.normpath(os.path.join(base, xml))
+                                                 if xml else default_xml())}
     if cfg.simulation.type == "external":  # script and config files named relative to the YAML, like the XML
-        update["simulation"] = _updated(cfg.simulation, command=[_resolve_file_arg(a, base, cfg.staging.stream)
-                                                                 for a in cfg.simulation.command])
+        update["simulation"] = updated(cfg.simulation, command=[_resolve_file_arg(a, base, cfg.staging.stream)
+                                                                for a in cfg.simulation.command])
     if cfg.staging.restart_from:
         restart = os.path.normpath(os.path.join(base, cfg.staging.restart_from))
         checkpoint.check(restart, cfg.learner, path, codec_kind=cfg.codec.kind)
-        update["staging"] = _updated(cfg.staging, restart_from=restart)
+        update["staging"] = updated(cfg.staging, restart_from=restart)
     cfg = cfg.model_copy(update=update)
     check_ios(cfg, path)
-    return resolve_stream_params(_in_transit_output_io(cfg), path)
-
-
-def _updated(model, **values):
-    """A copy of the frozen ``model`` with ``values`` (already valid) in place of its own."""
-    return model.model_copy(update=values)
-
-
-_QUEUE_KEYS = (("queue_limit", "QueueLimit"), ("queue_full_policy", "QueueFullPolicy"),
-               ("network_interface", "NetworkInterface"))
-_DEFAULTS = {"queue_limit": SST_QUEUE_DEFAULTS["QueueLimit"], "queue_full_policy": SST_QUEUE_DEFAULTS["QueueFullPolicy"],
-             "network_interface": "lo"}
-
-
-def resolve_stream_params(cfg, source="<config>"):
-    """Settle the stream's SST queue settings from the YAML and the XML (one value per key, never unbounded).
-
-    A key set in both with different values is an error (say it in one place); unset in both, the
-    queue is :data:`~stagelearn.staging.wire.SST_QUEUE_DEFAULTS` (4 steps, ``Block``) on the loopback
-    interface. Staging and producers apply the result with ``IO.SetParameter``. (In transit the
-    simulation's own writer reads only its own XML: ``stagelearn xml --check`` warns when that
-    leaves its queue unbounded.)
-
-    Parameters
-    ----------
-    cfg : RunConfig
-        With ``adios2.config_file`` resolved.
-    source : str
-        The run YAML, for messages.
-
-    Returns
-    -------
-    cfg : RunConfig
-        ``cfg`` itself when the stream IO is not SST, else a copy whose ``adios2`` section holds
-        the settled ``queue_limit``, ``queue_full_policy`` and ``network_interface``.
-
-    Raises
-    ------
-    ConfigError
-        Listing every conflicting or invalid key.
-    """
-    ios = read_ios(cfg.adios2.config_file)
-    io = ios.get(cfg.adios2.stream_io)
-    if io is None or io.type.lower() != "sst":
-        return cfg
-    xml = cfg.adios2.config_file
-    settled, problems = {}, []
-    for key, sst_key in _QUEUE_KEYS:
-        mine, theirs = getattr(cfg.adios2, key), io.parameters.get(sst_key)
-        if theirs is not None and key == "queue_limit":
-            try:
-                theirs = int(theirs)
-            except ValueError:
-                problems.append(f"{xml}: IO {cfg.adios2.stream_io}: QueueLimit={io.parameters[sst_key]!r} is not an "
-                                "integer; use e.g. 4")
-                continue
-            if theirs <= 0:
-                problems.append(f"{xml}: IO {cfg.adios2.stream_io}: QueueLimit={theirs} means an unbounded queue (the "
-                                "writer's memory grows while staging is slow); set 4, or remove it and set "
-                                f"adios2.queue_limit in {source}")
-                continue
-        if theirs is not None and key == "queue_full_policy":
-            canonical = {"block": "Block", "discard": "Discard"}.get(theirs.lower())  # SST reads the value in any case
-            if canonical is None:
-                problems.append(f"{xml}: IO {cfg.adios2.stream_io}: QueueFullPolicy={theirs!r}; SST accepts Block or "
-                                "Discard")
-                continue
-            theirs = canonical
-        if mine is not None and theirs is not None and str(mine) != str(theirs):
-            problems.append(f"{source}: adios2.{key}: {mine!r} differs from {sst_key}={theirs!r} in IO "
-                            f"{cfg.adios2.stream_io} of {xml}; set it in one place")
-        elif mine is None:
-            settled[key] = theirs if theirs is not None else _DEFAULTS.get(key)
-    if problems:
-        raise ConfigError.from_problems(problems, source)
-    return cfg.model_copy(update={"adios2": _updated(cfg.adios2, **settled)})
-
-
-def sst_parameters(cfg):
-    """SST parameters of the simulation's stream settled by :func:`resolve_stream_params` (for ``IO.SetParameter``)."""
-    a = cfg.adios2
-    out = {"QueueLimit": a.queue_limit, "QueueFullPolicy": a.queue_full_policy, "NetworkInterface": a.network_interface}
-    return {k: str(v) for k, v in out.items() if v is not None}
+    return resolve_stream_params(in_transit_output_io(cfg), path)
 
 
 _FILE_SUFFIXES = (".py", ".sh", ".xml", ".yaml", ".yml", ".json", ".toml", ".ini", ".cfg", ".nml")
@@ -375,36 +213,3 @@ def _resolve_file_arg(arg, base, stream):
         return os.path.normpath(path)
     return arg
 
-
-def check_ios(cfg, source="<config>"):
-    """Check that the configured IO names exist in the ADIOS2 XML.
-
-    Returns
-    -------
-    ios : dict of str to EngineSpec
-        The XML's IOs (:func:`~stagelearn.staging.xmlconfig.read_ios`).
-
-    Raises
-    ------
-    ConfigError
-        Naming every IO missing from the XML.
-    """
-    ios = read_ios(cfg.adios2.config_file)
-    keys = ("stream_io",) if cfg.staging.mode == "in_transit" else ("stream_io", "model_io", "output_io")
-    problems = [f"{source}: adios2.{key}: IO {name!r} is not defined in {cfg.adios2.config_file} "
-                f"(it defines {sorted(ios)}); fix the name or add <io name=\"{name}\"> to the XML"
-                for key, name in ((k, getattr(cfg.adios2, k)) for k in keys)
-                if name not in ios]
-    if problems:
-        raise ConfigError.from_problems(problems, source)
-    return ios
-
-
-def _in_transit_output_io(cfg):
-    """In transit nothing goes back to the code (no model IO is needed) and the output IO may be
-    missing from the XML (the code's own): staging then writes a plain BP5 file (``output_io`` None)."""
-    if cfg.staging.mode != "in_transit" or cfg.adios2.output_io is None:
-        return cfg
-    if cfg.adios2.output_io in read_ios(cfg.adios2.config_file):
-        return cfg
-    return cfg.model_copy(update={"adios2": _updated(cfg.adios2, output_io=None)})

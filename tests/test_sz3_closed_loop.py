@@ -235,7 +235,9 @@ def test_sz3_closed_loop_and_encode_fraction_in_situ(tmp_path, stagelearn_cli):
         coded = check_closed_loop(summary, reader, known_situ, ["T", "U"])
         check_encode_fraction(summary, reader, ["T", "U"])
         # the rows' timings against the script's own clock: interval_s is the compute between its writes
-        # (on each rank's first coded row, T), and a rank's coding time fits inside its write call
+        # (on each rank's first coded row, T), and a rank's coding time fits inside its write call.
+        # The producer reads its clock inside write(): its interval spans the script's compute_s and at
+        # most the two write calls around it (no timing tolerance: the bounds hold under any load).
         timing = {r: json.loads((run_dir / f"timing.{r}.json").read_text()) for r in (0, 1)}
         for step in coded:
             for var in ("T", "U"):
@@ -243,7 +245,8 @@ def test_sz3_closed_loop_and_encode_fraction_in_situ(tmp_path, stagelearn_cli):
                     rank = int(report_get(row, "rank"))
                     t = timing[rank][str(step)]
                     if var == "T":
-                        assert report_get(row, "interval_s") == pytest.approx(t["compute_s"], abs=3e-3)
+                        around = t["write_s"] + timing[rank].get(str(step - 1), {"write_s": 0.0})["write_s"]
+                        assert t["compute_s"] <= report_get(row, "interval_s") <= t["compute_s"] + around
                     else:
                         assert report_get(row, "interval_s") == 0.0
             for rank in (0, 1):

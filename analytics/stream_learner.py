@@ -13,8 +13,11 @@ Learner protocol (:mod:`stagelearn.analytics.learners`): ``kind``, ``ready``, ``
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from . import stream_rate
 from .stream_model import KIND, MAX_LEVELS, StreamVariableModel, fit_from_statistics
 from .stream_codec.interpolation import N_STATS
 from .stream_codec.tuning import CANDIDATES, choose_factors, trial_bytes
@@ -65,7 +68,7 @@ class StreamWeightsLearner:
             self.weights, _ = fit_from_statistics(self.stats, None)
         return self
 
-    def tune_factors(self, pairs, target_mse, candidates=CANDIDATES):
+    def tune_factors(self, pairs, target_mse, candidates=CANDIDATES, max_step=None):
         """Choose the level factors ``alpha``, ``beta`` from trial encodes of this rank's block pairs
         (collective over ``comm``: one ``Allreduce`` of the byte counts; the same choice on every rank).
 
@@ -75,14 +78,21 @@ class StreamWeightsLearner:
             ``(previous, current)`` blocks of the variable on this rank (may be empty).
         target_mse : float
             MSE per value of the run's target (:func:`~stagelearn.analytics.step_encode.step_targets`).
+        max_step : float, optional
+            The largest step of the trial encodes; default the run's rate control's cap,
+            ``sqrt(12 target_mse / MIN_MSE_FACTOR)`` (:mod:`~stagelearn.analytics.stream_rate`): factors
+            that reach the target only at a larger step are charged what they cost at the cap (a run
+            would code at the cap, above the target PSNR).
 
         Returns
         -------
         alpha, beta : float
             Also kept here and published with the next :meth:`model`.
         """
-        costs = (trial_bytes(pairs, target_mse, candidates, adaptive=self.entropy == "adaptive") if pairs
-                 else np.zeros(len(candidates)))
+        if max_step is None:
+            max_step = math.sqrt(12.0 * target_mse / stream_rate.MIN_MSE_FACTOR) if target_mse > 0 else math.inf
+        costs = (trial_bytes(pairs, target_mse, candidates, adaptive=self.entropy == "adaptive", max_step=max_step)
+                 if pairs else np.zeros(len(candidates)))
         self.alpha, self.beta = choose_factors(costs, candidates, self.comm)
         return self.alpha, self.beta
 

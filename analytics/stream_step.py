@@ -18,8 +18,9 @@ the chain says the step is a keyframe (every ``keyframe_every``-th coded step, a
 (:mod:`.stream_payload`) carries ``ref_step`` for a predicted block, so a decoder that starts at
 step ``S`` walks back to the last block coded on its own (at most ``keyframe_every - 1`` steps)
 and decodes forward: what :meth:`~stagelearn.staging.output_reader.CompressedOutputReader.decoded_block`
-already does with ``ref_step`` / ``n_inter``. :class:`StreamStates` holds the rest of a block's
-state (the rate control's error model, the last frame's blend statistics).
+already does with ``ref_step`` / ``n_inter``. :class:`~stagelearn.analytics.stream_rate.StreamStates`
+holds the rest of a block's state (the rate control's memory, :mod:`.stream_rate`; the last frame's
+blend statistics).
 
 Blend weights: with ``model.refit == "local"`` a predicted block uses the weights fitted from its
 own previous frame's statistics (no communication), and the model's published weights when it has
@@ -29,7 +30,7 @@ none (first predicted frame after a keyframe); ``"published"``: always the model
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import zstandard
@@ -38,45 +39,16 @@ from numba import njit
 from .baselines import sz3_match
 from .metrics import ErrorStats, psnr_from_mse
 from .step_encode import BlockCode
-from .stream_codec import decode_frame, encode_frame, finish_frame, first_weights, fit_weights
+from .stream_codec import decode_frame, encode_frame, first_weights, fit_weights
 from .stream_codec.interpolation import as_3d_shape, n_levels
 from .stream_codec.varint import read_varint, write_varint
 from .stream_model import pad_statistics
 from .stream_payload import KIND_CODED, KIND_EXACT, StreamPayloadError, pack_stream_payload, parse_stream_payload
+from .stream_rate import StreamStates  # noqa: F401  (staging imports it from here)
+from .stream_rate import rate_controlled as _rate_controlled
+from .stream_rate import target_ok as _target_ok
 
-MAX_TRIALS = 4  # encoder passes of the search; one more, guarded, when none held the target
-MIN_MSE_FACTOR = 0.1  # as the prototype: the step is at most ~3.2 sqrt(12 target MSE)
-BAND = 10.0 ** (-0.03)  # a block's MSE is accepted in [BAND, 1] x target: PSNR in [target, target + 0.3 dB]
-AIM = 10.0 ** (-0.0175)  # where a trial aims: 0.175 dB above the target (the first lands within +-2 % in MSE)
-SLOPE_MIN, SLOPE_MAX = 0.3, 4.0  # d log MSE / d log step: 2 for busy blocks, flatter where most codes are 0
-SLOPE_FLAT = 0.5  # below it a larger step barely adds error: the search stops at the smaller step
-GROWTH, GROWTH_TRIAL = 1.25, 2.0  # the step grows by at most these factors per frame / per trial (shrinks at any rate)
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-@dataclass
-class BlockState:
-    """The rate control's memory of one (variable, block) between steps."""
-
-    last: dict = field(default_factory=lambda: {False: None, True: None})  # last accepted (step, MSE)
-    slope: dict = field(default_factory=lambda: {False: 2.0, True: 2.0})  # d log MSE / d log step, measured
-    stats: np.ndarray = None  # the last predicted frame's blend statistics (L, 13)
-    encodes: int = 0
-
-
-class StreamStates:
-    """Per-(variable, block) state of the stream codec on one encoding rank (keys as the chain's)."""
-
-    def __init__(self):
-        self._states = {}
-
-    def get(self, key):
-        """The state of ``key`` (created on first use)."""
-        return self._states.setdefault(key, BlockState())
-
-    def forget(self):
-        """Drop every block's state (with ``PredictionChain`` restarts: a new file)."""
-        self._states.clear()
 
 
 @dataclass
@@ -237,133 +209,6 @@ def error_stats(given, rec):
             return ErrorStats(sse=float(sse), n=int(given.size), max_abs_error=float(emax), vmin=float(lo),
                               vmax=float(hi))
     return ErrorStats.from_arrays(given, rec)
-
-
-def _target_ok(target_mse):
-    """True for a usable target MSE (a positive finite number)."""
-    return target_mse is not None and math.isfinite(target_mse) and target_mse > 0
-
-
-def _rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
-    """Encode ``x`` so that its MSE lands in ``[BAND * target_mse, target_mse]`` (PSNR in [target, target + 0.3 dB])
-    and every error is at most ``abs_bound``; returns ``(frame, encoder passes)``.
-
-    The closed loop's MSE is, on a log-log scale, nearly a line in the step ``q`` that moves little
-    from frame to frame: slope 2 where most codes are non-zero (``q^2/12``), flatter where most are
-    0. The first pass aims at ``AIM * target_mse`` from the block's last kept ``(q, MSE)`` and the
-    slope measured on its earlier frames (:class:`BlockState`; keyframes and predicted frames apart),
-    the step growing by ``GROWTH`` at most from frame to frame. A pass outside the band is followed
-    by a secant step on ``(log q, log MSE)`` through the passes that bracket the aim (else the last
-    two; where the error does not grow with the step, the block's slope from the pass nearest the
-    aim), at most ``MAX_TRIALS`` passes. The pass kept is the one with the largest error at or under
-    the target; if none holds it, a last pass with the pointwise bound ``sqrt(target_mse)`` meets the
-    target on every value.
-
-    A block that cannot spend the budget stops early, under the band: at the step cap (``2
-    abs_bound``, or ``sqrt(12 target_mse / MIN_MSE_FACTOR)``), exact, or where a larger step barely
-    adds error (slope under ``SLOPE_FLAT`` between two passes under the band: the error is the
-    prediction's, and a larger step only lets the reconstruction lag behind a slowly moving field
-    and pay a burst later; the smaller step is kept).
-    """
-    eb = float(abs_bound) if abs_bound is not None else 0.0
-    if abs_bound is not None and not (math.isfinite(eb) and eb > 0):
-        raise ValueError(f"stream codec: abs_bound must be a positive finite number, got {abs_bound!r}")
-    ok_target = _target_ok(target_mse)
-    if not ok_target and abs_bound is None:
-        raise ValueError(f"stream codec: target_mse {target_mse!r} is not a positive finite number and no abs_bound")
-    kw = {"prev": prev, "weights": weights, "alpha": model.alpha, "beta": model.beta, "adaptive": model.adaptive}
-    if not ok_target:
-        st.encodes += 1
-        return encode_frame(x, 2.0 * eb, eb_abs=eb, **kw), 1
-    temporal = prev is not None
-    n = max(x.size, 1)
-    cap = math.sqrt(12.0 * target_mse / MIN_MSE_FACTOR)
-    if eb > 0:
-        cap = min(cap, 2.0 * eb)
-    aim, low = AIM * target_mse, BAND * target_mse
-    slope, last = st.slope[temporal], st.last[temporal]
-    if last is None:  # the uniform-noise model
-        q = math.sqrt(12.0 * aim)
-    else:  # log MSE = log MSE_last + slope (log q - log q_last), the step growing by GROWTH at most
-        q = last[0] * min(math.exp((math.log(aim) - math.log(last[1])) / slope), GROWTH)
-    q = min(q, cap)
-    trials, prev_frame = [], None  # (q, mse) of each pass; the frame of the pass before the last
-    best = None  # the trial kept: (q, mse, frame)
-    for k in range(MAX_TRIALS):
-        frame = encode_frame(x, q, eb_abs=eb, payload=False, **kw)  # entropy-coded only if kept
-        st.encodes += 1
-        mse = frame.sse / n
-        trials.append((q, mse))
-        if mse <= target_mse and (best is None or mse > best[1]):
-            best = (q, mse, frame)
-        if low <= mse <= target_mse or mse == 0.0 or (mse < low and q >= cap):
-            break
-        if mse < low and len(trials) >= 2 and trials[-2][1] < low and _flat(trials[-2], trials[-1]):
-            # a larger step barely adds error: the error is the prediction's (most codes 0), and a larger
-            # step only lets the reconstruction lag behind the field; keep the smaller step
-            best = (trials[-2][0], trials[-2][1], prev_frame)
-            break
-        q_next = min(_next_step(trials, aim, slope), cap)
-        if mse < low:
-            q_next = min(q_next, GROWTH_TRIAL * q)
-        if best is not None and q_next <= best[0]:  # aiming below a trial that already holds the target
-            break
-        q, prev_frame = q_next, frame
-    measured = _measured_slope(trials)
-    if measured is not None:
-        st.slope[temporal] = min(max(0.5 * slope + 0.5 * measured, SLOPE_MIN), SLOPE_MAX)
-    if best is not None:
-        st.last[temporal] = (best[0], best[1]) if best[1] > 0 else st.last[temporal]
-        return finish_frame(best[2]), len(trials)
-    st.last[temporal] = (trials[-1][0], trials[-1][1])
-    e = math.sqrt(target_mse) if eb <= 0 else min(math.sqrt(target_mse), eb)
-    st.encodes += 1
-    return encode_frame(x, 2.0 * e, eb_abs=e, **kw), len(trials) + 1
-
-
-def _next_step(trials, aim, slope):
-    """The next trial step: a secant on ``(log q, log MSE)`` towards ``aim``.
-
-    Through the two trials that bracket ``aim`` when there are (the closest on each side), else the
-    last two, else the last one with ``slope``; the secant's slope is clamped to
-    ``[SLOPE_MIN, SLOPE_MAX]`` and the new step kept strictly inside a bracket."""
-    la = math.log(aim)
-    pts = [(math.log(q), math.log(m)) for q, m in trials if m > 0]
-    if not pts:  # every trial exact: a much larger step
-        return trials[-1][0] * 4.0
-    under = [p for p in pts if p[1] <= la]
-    over = [p for p in pts if p[1] > la]
-    if under and over:
-        a, b = max(under, key=lambda p: p[1]), min(over, key=lambda p: p[1])
-    elif len(pts) >= 2:
-        a, b = pts[-2], pts[-1]
-    else:
-        a = b = pts[-1]
-    s = (b[1] - a[1]) / (b[0] - a[0]) if b[0] != a[0] else slope
-    if under and over:  # inside the bracket (a fifth of it from either end at least; its middle if not increasing)
-        lo, hi = sorted((a[0], b[0]))
-        lq = b[0] + (la - b[1]) / s if s > 0 else 0.5 * (lo + hi)
-        return math.exp(min(max(lq, lo + 0.2 * (hi - lo)), hi - 0.2 * (hi - lo)))
-    if not SLOPE_MIN <= s <= SLOPE_MAX:  # not a usable secant (error not increasing with the step): the model's
-        s = slope
-        b = min(pts, key=lambda p: abs(p[1] - la))  # from the trial nearest the aim
-    return math.exp(b[0] + (la - b[1]) / s)
-
-
-def _flat(a, b):
-    """True when two trials ``(q, MSE)`` with different steps have ``d log MSE / d log q < SLOPE_FLAT``."""
-    if a[0] == b[0] or a[1] <= 0 or b[1] <= 0:
-        return False
-    return (math.log(b[1]) - math.log(a[1])) / (math.log(b[0]) - math.log(a[0])) < SLOPE_FLAT
-
-
-def _measured_slope(trials):
-    """``d log MSE / d log q`` of a frame's two last trials with non-zero errors (None with fewer), clamped."""
-    pts = [(math.log(q), math.log(m)) for q, m in trials if m > 0]
-    if len(pts) < 2 or pts[-1][0] == pts[-2][0]:
-        return None
-    s = (pts[-1][1] - pts[-2][1]) / (pts[-1][0] - pts[-2][0])
-    return min(max(s, SLOPE_MIN), SLOPE_MAX)
 
 
 def exact_body(values):

@@ -32,7 +32,13 @@ information, models) and the single-thread encode and decode MB/s (of raw data).
   staging's, not counted in the encode MB/s);
 - ``stream_step``: the same codec through the product adapter (``analytics/stream_step.py``): one
   block per frame in a ``PredictionChain`` with a keyframe every 16 frames, target MSE from the
-  frame's range, the block envelope counted, decoded from ``ref_step`` as the output reader does.
+  frame's range, the block envelope counted, decoded from ``ref_step`` as the output reader does;
+  ``stream_step_plain``: the same with the keyframe offset off (``stream_rate.KNOBS["max"] = 0``:
+  every keyframe aims at the target, the controller before the offset was learned);
+  ``stream_step_tuned``: ``stream_step`` whose model's ``alpha``, ``beta`` are tuned as staging does
+  (``StreamWeightsLearner.tune_factors``) on raw frames 0-1, used from frame 2 on;
+  ``stream_step_retuned``: also re-tuned every 10 frames on the last two decoded frames (in situ
+  staging sees the producers' reconstructions); the tuning time is staging's, not counted.
 
 Fields of more than three axes are given to every method as the same 3-D view (leading axes
 merged), so that SZ3 and SPERR code one volume. Writes ``results/rate_distortion/summary.csv``
@@ -54,6 +60,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rd_datasets import DATASETS  # noqa: E402
 from rd_report import TARGETS, read_csv, write_speed, write_summary  # noqa: E402
+from rd_speed import speed_pass  # noqa: E402
 
 from stagelearn.analytics import IncrementalPCA, TransformCodec  # noqa: E402
 from stagelearn.analytics.codec import decode_block, encode_block  # noqa: E402
@@ -72,7 +79,8 @@ OUT = os.path.join(REPO, "results", "rate_distortion")
 WARMUP, PUBLISH_EVERY = 2, 10
 TILES = {2: (8, 8), 3: (4, 4, 4)}
 METHODS = ("sz3", "sz3_closed_loop", "sperr", "sperr_closed_loop", "zfp", "ours", "ours_frozen", "stream",
-           "stream_adaptive", "stream_frozen", "stream_intra", "stream_tuned", "stream_step")
+           "stream_adaptive", "stream_frozen", "stream_intra", "stream_tuned", "stream_step", "stream_step_plain",
+           "stream_step_tuned", "stream_step_retuned")
 
 
 def stream_psnr(frames, recs):
@@ -213,18 +221,32 @@ def run_stream(frames, setting, timer, temporal=True, refit=True, tune=False, ad
     return total, recs
 
 
-def run_stream_step(frames, setting, timer, keyframe_every=16):
+def run_stream_step(frames, setting, timer, keyframe_every=16, key_offset=True, tune_every=0):
     """The product adapter (analytics/stream_step.py) on one block per frame, as a producer runs it:
     a PredictionChain with a keyframe every ``keyframe_every`` steps, the target MSE from the frame's
     range, the block envelope counted, and a reader that decodes each block from its ``ref_step``."""
+    from stagelearn.analytics import stream_rate
     from stagelearn.analytics.stream_model import StreamVariableModel
     from stagelearn.analytics.stream_step import StreamStates, decode_stream_block, encode_stream_block
     from stagelearn.analytics.temporal import PredictionChain
 
+    if not key_offset:
+        saved = dict(stream_rate.KNOBS)
+        stream_rate.KNOBS["max"] = 0.0
+        try:
+            return run_stream_step(frames, setting, timer, keyframe_every)
+        finally:
+            stream_rate.KNOBS.update(saved)
+    from stagelearn.analytics.stream_learner import StreamWeightsLearner
+
     chain, states, model = PredictionChain(keyframe_every), StreamStates(), StreamVariableModel()
-    total, recs, prev = 0, [], None
+    total, recs, prev, learner = 0, [], None, StreamWeightsLearner()
     for i, x in enumerate(frames):
         target = (float(np.float64(x.max()) - np.float64(x.min())) or 1.0) ** 2 * 10 ** (-setting / 10)
+        if tune_every and i >= 2 and (i == 2 or (tune_every > 0 and (i - 2) % tune_every == 0)):
+            pair = (frames[0], frames[1]) if i == 2 else (recs[i - 2], recs[i - 1])  # what staging holds
+            t = time.perf_counter(); model.alpha, model.beta = learner.tune_factors([pair], target)
+            print(f"    frame {i}: alpha, beta = {model.alpha}, {model.beta} ({time.perf_counter() - t:.2f} s)")
         t = time.perf_counter()
         code = encode_stream_block(x, model, step=i, chain=chain, chain_key="v", target_mse=target, state=states)
         timer.enc.append(time.perf_counter() - t)
@@ -266,6 +288,10 @@ def run_method(method, frames, setting):
         total, recs = run_stream(frames, setting, timer, tune=True)
     elif method == "stream_step":
         total, recs = run_stream_step(frames, setting, timer)
+    elif method == "stream_step_plain":
+        total, recs = run_stream_step(frames, setting, timer, key_offset=False)
+    elif method in ("stream_step_tuned", "stream_step_retuned"):
+        total, recs = run_stream_step(frames, setting, timer, tune_every=-1 if method.endswith("_tuned") else 10)
     else:
         raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     raw = sum(x.nbytes for x in frames)
@@ -296,70 +322,6 @@ def sweep(ds, method, frames, settings, extra=2):
             hi += 10
             one(hi)
     return out
-
-
-def speed_pass(ds, frames, setting=50.0, n=6, repeat=3):
-    """Single-thread MB/s with the methods interleaved frame by frame (min of ``repeat`` runs per frame).
-
-    A busy machine slows every method alike when they alternate this closely; the main sweep's
-    per-method timings, taken minutes apart, are not comparable on a shared machine.
-    """
-    import copy
-
-    import pysz
-    import zfpy
-
-    first = max(1, min(max(WARMUP + 1, len(frames) // 2 - n // 2), len(frames) - 1))
-    chosen = range(first, min(len(frames), first + n))
-    stream, intra = StreamEncoder("psnr", setting), StreamEncoder("psnr", setting, temporal=False)
-    est = IncrementalPCA().partial_fit(to_tiles(frames[0], TILES[frames[0].ndim]))
-    codec = TransformCodec(est.mean_, est.components_, 1.0)
-    cfg = pysz.szConfig()
-    cfg.errorBoundMode = pysz.szErrorBoundMode.PSNR
-    cfg.psnrErrorBound = float(setting)
-    times = {}
-    for i, x in enumerate(frames[:chosen.stop]):
-        if i not in chosen:
-            stream.encode(x)
-            intra.encode(x)
-            continue
-        target = float(x.max() - x.min()) ** 2 * 10 ** (-setting / 10)
-        tol = float(x.max() - x.min()) * 10 ** (-setting / 20) * 1.5
-        prev_x = frames[i - 1]
-        state = {"stream": stream, "stream_intra": intra}
-        for _ in range(repeat):
-            for m in ("sz3", "zfp", "ours", "stream", "stream_intra"):
-                if m == "sz3":
-                    t = time.perf_counter(); c = pysz.sz.compress(x, cfg)[0]; te = time.perf_counter() - t
-                    t = time.perf_counter(); pysz.sz.decompress(c, x.dtype, x.shape); td = time.perf_counter() - t
-                elif m == "zfp":
-                    t = time.perf_counter(); c = zfpy.compress_numpy(x, tolerance=tol); te = time.perf_counter() - t
-                    t = time.perf_counter(); zfpy.decompress_numpy(c); td = time.perf_counter() - t
-                elif m == "ours":
-                    t = time.perf_counter()
-                    c = encode_block(x, codec, TILES[x.ndim], raw_fraction=0.01, target_mse=target, prev=prev_x).payload
-                    te = time.perf_counter() - t
-                    t = time.perf_counter(); decode_block(c, codec, prev=prev_x); td = time.perf_counter() - t
-                else:
-                    enc = copy.deepcopy(state[m])
-                    t = time.perf_counter(); fr = enc.encode(x); te = time.perf_counter() - t
-                    dec = StreamDecoder()
-                    dec.prev = state[m].prev
-                    t = time.perf_counter(); dec.decode(fr.payload); td = time.perf_counter() - t
-                old = times.setdefault((m, i), [np.inf, np.inf])
-                old[0], old[1] = min(old[0], te), min(old[1], td)
-        stream.encode(x)
-        intra.encode(x)
-    mb = frames[0].nbytes / 1e6
-    rows = []
-    for m in ("sz3", "zfp", "ours", "stream", "stream_intra"):
-        te = sum(times[(m, i)][0] for i in chosen)
-        td = sum(times[(m, i)][1] for i in chosen)
-        rows.append({"dataset": ds, "method": m, "encode_mb_s": mb * len(chosen) / te,
-                     "decode_mb_s": mb * len(chosen) / td, "frames": len(chosen), "setting": setting})
-        print(f"  speed {m:14s} enc {rows[-1]['encode_mb_s']:7.1f} MB/s dec {rows[-1]['decode_mb_s']:7.1f} MB/s",
-              flush=True)
-    return rows
 
 
 def warm_up():
@@ -423,7 +385,7 @@ def main(argv=None):
             except ImportError as err:
                 print(f"  {m}: skipped ({err})", flush=True)
         if args.speed:
-            speed += speed_pass(ds, frames)
+            speed += speed_pass(ds, frames, tiles=TILES, warmup=WARMUP)
     command = ("python benchmarks/rate_distortion.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
     for m in meta.values():
         m["command"] = command

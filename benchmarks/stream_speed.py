@@ -2,6 +2,10 @@
 
     python benchmarks/stream_speed.py                        # gray_scott 64^3 and heat2d 256^2, 50 dB
     python benchmarks/stream_speed.py --datasets heat2d --psnr 40 --repeat 5
+    python benchmarks/stream_speed.py --datasets turbulence2d allen_cahn gyrokinetic --repeat 5
+
+Fields of more than three axes (the gyrokinetic mock) are given to every method as the same 3-D view
+(leading axes merged: the view the stream codec codes anyway), as in ``rate_distortion.py``.
 
 Methods, interleaved frame by frame, each frame timed ``--repeat`` times from the same state and
 the minimum kept; the time is the calling thread's CPU time (``time.thread_time``: other processes
@@ -46,6 +50,7 @@ sys.path.insert(0, HERE)
 from rd_datasets import DATASETS  # noqa: E402
 
 from stagelearn.analytics.stream_codec import StreamDecoder, StreamEncoder, frame_info  # noqa: E402
+from stagelearn.analytics.stream_codec.interpolation import as_3d_shape  # noqa: E402
 from stagelearn.analytics.stream_model import StreamVariableModel  # noqa: E402
 from stagelearn.analytics.stream_step import StreamStates, decode_stream_block, encode_stream_block  # noqa: E402
 from stagelearn.analytics.temporal import PredictionChain  # noqa: E402
@@ -177,6 +182,8 @@ def main(argv=None):
     rows, hashes, recs = [], ({} if args.hashes else None), ({} if args.recs else None)
     for ds in args.datasets:
         frames, desc = DATASETS[ds](args.frames)
+        # more than three axes: every method gets the same 3-D view (pysz takes at most 4; as rate_distortion.py)
+        frames = [np.ascontiguousarray(f.reshape(as_3d_shape(f.shape)) if f.ndim > 3 else f) for f in frames]
         print(f"{ds}: {desc}", flush=True)
         rows += run(ds, frames, args.psnr, min(args.timed, len(frames) - 1), args.repeat, hashes, recs)
     os.makedirs(args.out, exist_ok=True)

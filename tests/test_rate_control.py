@@ -188,7 +188,7 @@ def test_stream_codec_blocks_land_in_the_band_above_the_target(dtype):
     (a keyframe every 8 steps): every block reaches the 45 dB target against the caller's own values
     (recomputed here from the decoded payloads, in float64, over the range the target was set from) and lands
     within 0.3 dB above it, 0.1-0.2 dB on average, at a bounded number of encoder passes."""
-    from stagelearn.analytics import stream_step
+    from stagelearn.analytics import stream_rate
     from stagelearn.analytics.stream_model import StreamVariableModel
     from stagelearn.analytics.stream_payload import parse_stream_payload
     from stagelearn.analytics.stream_step import StreamStates, decode_stream_block, encode_stream_block
@@ -216,4 +216,68 @@ def test_stream_codec_blocks_land_in_the_band_above_the_target(dtype):
     over = np.array(over)
     assert over.min() >= 0.0 and over.max() <= 0.3, over
     assert 0.1 <= over.mean() <= 0.2, over
-    assert max(passes) <= stream_step.MAX_TRIALS + 1 and np.mean(passes) <= 2.0, passes
+    assert max(passes) <= stream_rate.MAX_TRIALS + 1 and np.mean(passes) <= 2.0, passes
+
+
+def _stream_blocks(frames, db, keyframe_every):
+    """Code ``frames`` (one block, key 'f') as a producer does; decode each payload as a reader does.
+    Returns per frame ``(achieved - target dB, payload bytes, keyframe?)``, recomputed from the decoded values."""
+    from stagelearn.analytics.stream_model import StreamVariableModel
+    from stagelearn.analytics.stream_payload import parse_stream_payload
+    from stagelearn.analytics.stream_step import StreamStates, decode_stream_block, encode_stream_block
+
+    chain, states, model = PredictionChain(keyframe_every), StreamStates(), StreamVariableModel()
+    out, prev = [], None
+    for t, x in enumerate(frames):
+        g64 = np.asarray(x, np.float64)
+        target = float(g64.max() - g64.min()) ** 2 * 10 ** (-db / 10)
+        code = encode_stream_block(np.asarray(x, np.float32), model, step=t, chain=chain, chain_key="f",
+                                   target_mse=target, state=states)
+        key = parse_stream_payload(code.payload)[0]["ref_step"] is None
+        rec, _ = decode_stream_block(code.payload, None if key else prev)
+        assert rec.tobytes() == code.reconstruction.tobytes()
+        out.append((10 * np.log10(target / float(np.mean((g64 - rec) ** 2))), len(code.payload), key))
+        chain.end_step()
+        prev = rec
+    return out
+
+
+def test_keyframe_offset_is_learned_from_the_bytes_of_the_frames_after_it(monkeypatch):
+    """On the smooth gyrokinetic mock a predicted frame costs a small part of a keyframe: the second keyframe
+    (a keyframe every 16 steps) aims several dB above the target (analytics/stream_rate.py key_offset, learned
+    from the first group's bytes) and the 32 steps cost fewer bytes than with the offset off; every frame
+    still reaches the target (recomputed here from the decoded payloads); the first keyframe (nothing learned
+    yet) aims at the target as before."""
+    from stagelearn.analytics import stream_rate
+
+    sim = GyrokineticMock5D(8, 16, 4, 32, 16, comm=MPI.COMM_SELF, noise=1e-4, seed=0)
+    sim.advance(20)
+    frames = []
+    for _ in range(32):
+        frames.append(np.array(sim.fields()["f"], dtype=np.float32))
+        sim.advance(2)
+    learned = _stream_blocks(frames, 50.0, 16)
+    over = np.array([o for o, _, _ in learned])
+    assert over.min() >= 0.0, over
+    assert [k for _, _, k in learned] == [t % 16 == 0 for t in range(32)]
+    assert over[0] < 1.0 and over[16] >= over[0] + 2.0, over  # the learned offset
+    monkeypatch.setitem(stream_rate.KNOBS, "max", 0.0)  # the offset off: every keyframe aims at the target
+    plain = _stream_blocks(frames, 50.0, 16)
+    assert min(o for o, _, _ in plain) >= 0.0 and max(plain[t][0] for t in (0, 16)) < 1.0
+    assert sum(b for _, b, _ in learned) < sum(b for _, b, _ in plain)
+
+
+def test_keyframe_offset_rule():
+    """key_offset: 0 dB without predicted frames or where a keyframe costs at most KEY_RHO0 predicted frames
+    (in a group of KEY_GROUP), KEY_GAIN dB per doubling beyond, at most KEY_DB_MAX; shorter groups need more, longer ones count as KEY_GROUP."""
+    from stagelearn.analytics.stream_rate import KEY_DB_MAX, KEY_GAIN, KEY_GROUP, KEY_RHO0, key_offset
+
+    n = KEY_GROUP
+    assert key_offset(1000, 0, 0) == 0.0  # every step coded on its own
+    assert key_offset(1000, n * 1000, n) == 0.0  # a predicted frame costs a keyframe (busy field)
+    assert key_offset(KEY_RHO0 * 100, n * 100, n) == 0.0
+    assert key_offset(4 * KEY_RHO0 * 100, n * 100, n) == pytest.approx(min(2 * KEY_GAIN, KEY_DB_MAX))
+    assert key_offset(4 * KEY_RHO0 * 100, 7 * 100, 7) == pytest.approx(KEY_GAIN * np.log2(4 * 7 / n))
+    assert key_offset(10 ** 9, 1, 1) == KEY_DB_MAX
+    # longer groups than measured get no more than a KEY_GROUP one (same rho)
+    assert key_offset(2 * KEY_RHO0 * 100, 4 * n * 100, 4 * n) == key_offset(2 * KEY_RHO0 * 100, n * 100, n)

@@ -89,3 +89,35 @@ def test_trial_bytes_rejects_bad_targets_and_candidates():
         trial_bytes(pair, 1e-5, candidates=((0.5, 4.0),))
     with pytest.raises(ValueError, match="pair"):
         trial_bytes([(plume(0), plume(1, (32, 32)))], 1e-5)
+
+
+def test_trial_bytes_at_a_step_cap_charge_each_candidate_its_bytes_at_the_cap():
+    """A run's rate control never takes a step above its cap: a candidate whose MSE at the cap is
+    still under the target is charged the bytes of the pair coded at the cap (as a run would code it)."""
+    x0, x1 = plume(0), plume(1)
+    target = float(x1.max() - x1.min()) ** 2 * 10 ** (-45 / 10)
+    cap = 0.05 * math.sqrt(12 * target)  # far below the step that reaches the target
+    costs = trial_bytes([(x0, x1)], target, max_step=cap)
+    for (a, b), cost in zip(CANDIDATES, costs):
+        rec0 = encode_frame(x0, cap, alpha=a, beta=b).reconstruction
+        enc = StreamEncoder("step", cap, alpha=a, beta=b)
+        enc.prev, enc.frames = rec0, 1
+        fr = enc.encode(x1)
+        assert fr.sse / x1.size < 0.5 * target
+        assert cost == len(fr.payload), (a, b)
+    uncapped = trial_bytes([(x0, x1)], target)
+    assert np.all(uncapped < costs)  # at the target MSE every candidate costs less than at the small cap
+
+
+def test_learner_tunes_under_the_rate_controls_cap_by_default(monkeypatch):
+    from stagelearn.analytics import stream_learner, stream_rate
+
+    seen = {}
+
+    def spy(pairs, target_mse, candidates, adaptive=False, max_step=math.inf):
+        seen["max_step"] = max_step
+        return np.zeros(len(candidates))
+
+    monkeypatch.setattr(stream_learner, "trial_bytes", spy)
+    StreamWeightsLearner(None).tune_factors([(plume(0), plume(1))], 1e-4)
+    assert seen["max_step"] == pytest.approx(math.sqrt(12 * 1e-4 / stream_rate.MIN_MSE_FACTOR))

@@ -22,14 +22,11 @@ A decoder that predates interleaving refuses such tables (unknown segment kind).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from numba import njit
 
 from . import rans, rans_tables as tabs
 from .rans_tables import N_CONTEXTS, N_LANES, PROB_SCALE
-from .varint import histogram_varints, parse_histograms, read_varint, unzigzag, write_varint, zigzag
+from .varint import histograms_varints, parse_histograms, read_varint, unzigzag, write_varint, zigzag
 
 MIN_SEGMENT = 4096  # codes: smaller consecutive segments are merged (their histograms cost more than they save)
 ENTROPY_TAG = 4  # added to the first segment's kind (first byte of ``tables``) when N_LANES states interleave
@@ -81,49 +78,6 @@ def reciprocals(freq):
     return tabs.reciprocals(np.asarray(freq, dtype=np.int64))
 
 
-@njit(cache=True)
-def _cost(hist):
-    """Estimated bytes of coding with these histograms (one row per context): their varint tables
-    plus the codes' entropy. Only the encoder's choice of a layout depends on it."""
-    nbytes = 0
-    bits = 0.0
-    for r in range(hist.shape[0]):
-        row = hist[r]
-        tot = 0
-        nz = 0
-        for i in range(row.size):
-            c = row[i]
-            tot += c
-            if c != 0:
-                nz += 1
-        nbytes += _varint_len(nz)
-        last = -1
-        for i in range(row.size):
-            c = row[i]
-            if c != 0:
-                nbytes += _varint_len(i - last - 1) + _varint_len(c)
-                last = i
-                bits += c * math.log2(tot / c)
-    return nbytes + bits / 8.0
-
-
-@njit(cache=True, inline="always")
-def _varint_len(v):
-    n = 1
-    while v >= 0x80:
-        v >>= 7
-        n += 1
-    return n
-
-
-def _varints(hist):
-    buf = np.empty(hist.shape[0] * (20 * hist.shape[1] + 10), np.uint8)
-    n = 0
-    for c in hist:
-        n += histogram_varints(c, buf[n:])
-    return buf[:n].tobytes()
-
-
 def _layout(tab_counts):
     """Concatenated counts of every (segment, context) table and each table's length."""
     lengths = np.array([c.size for c in tab_counts] or [0], np.int64)
@@ -166,18 +120,14 @@ def encode_codes(codes, sizes, lanes=None):
         lo, nb = int(los[g]), int(his[g] - los[g]) + 1
         kind, per_ctx, hist_bytes = _KIND_CONST, [zero] * N_CONTEXTS, b""
         if size and nb > 1:
-            hist = tabs.context_counts(codes[starts[g]:starts[g] + size], lo, nb) if nb <= 1 << 20 else None
-            if hist is None or int(np.count_nonzero(hist.sum(axis=0))) > PROB_SCALE // 4:
+            too_wide, hist, cost = tabs.segment_layout(codes[starts[g]:starts[g] + size], lo, nb) if nb <= 1 << 20 \
+                else (True, None, 0.0)
+            if too_wide:  # more distinct codes than a frequency table holds
                 kind = _KIND_RAW
                 raw += codes[starts[g]:starts[g] + size].astype("<i4").tobytes()
-            else:
-                merged = hist.sum(axis=0, keepdims=True)
-                with_ctx, without = _cost(hist), _cost(merged)
-                if without <= with_ctx:  # contexts do not pay for their tables: one histogram
-                    kind, hist, est = _KIND_ONE, merged, est + without
-                else:
-                    kind, est = _KIND_CTX, est + with_ctx
-                hist_bytes = _varints(hist)
+            else:  # one histogram where the contexts do not pay for their tables
+                kind, est = (_KIND_ONE if len(hist) == 1 else _KIND_CTX), est + cost
+                hist_bytes = histograms_varints(hist).tobytes()
                 per_ctx = list(hist) + [zero] * (N_CONTEXTS - len(hist))
         write_varint(body, kind)
         write_varint(body, zigzag(lo))
@@ -256,17 +206,16 @@ def decode_codes(tables, words, sizes):
         seg_lo.append(lo)
         start += size
     flat, lengths = _layout(tab_counts)
-    freq, cum, tab_off = tabs.build_tables(flat, lengths)
-    bucket, skip = tabs.buckets(freq, cum, tab_off, lengths)
+    seg_lo_a, seg_ctx_a = np.asarray(seg_lo, np.int64), np.asarray(seg_ctx, np.bool_)
+    freq, cum, tab_off, bucket, skip, nctx = tabs.decoder_tables(flat, lengths, seg_lo_a, seg_ctx_a, lanes)
     codes = np.empty(start, dtype=np.int32)
     padded = np.zeros(len(words) + 1, np.uint16)  # a spare word: the decoder reads without a branch
     padded[:len(words)] = words
     seg_start = np.zeros(len(sizes), np.int64)
     if sizes:
         seg_start[1:] = np.cumsum(sizes)[:-1]
-    used = rans.rans_decode(padded, seg_start, np.asarray(seg_n, np.int64), np.asarray(seg_lo, np.int64),
-                            np.asarray(seg_ctx, np.bool_), tab_off, lengths, freq, cum, bucket, skip, lanes,
-                            codes)
+    used = rans.rans_decode(padded, seg_start, np.asarray(seg_n, np.int64), seg_lo_a, seg_ctx_a, tab_off, lengths,
+                            freq, cum, bucket, nctx, skip, lanes, tabs.LUT_BITS, codes)
     if used < 0:
         raise ValueError("stream codec: truncated rANS stream")
     for g, size in enumerate(sizes):

@@ -21,8 +21,10 @@ previous reconstructed frame.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, field
 
@@ -46,6 +48,33 @@ _FLAG_TEMPORAL, _FLAG_F64 = 1, 2
 WEIGHT_SCALE, WEIGHT_MAX = 1 << 16, 1 << 24
 
 
+# zstd contexts cost 20-35 us to create (much of a small frame's decode) and are not thread safe: one per thread
+_ZSTD = threading.local()
+
+
+def _compressor(level):
+    """This thread's zstd compressor at ``level`` (created once; a one-shot ``compress`` resets it)."""
+    cache = _ZSTD.__dict__.setdefault("c", {})
+    if level not in cache:
+        cache[level] = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+    return cache[level]
+
+
+def _decompressor():
+    """This thread's zstd decompressor (created once)."""
+    d = getattr(_ZSTD, "d", None)
+    if d is None:
+        d = _ZSTD.d = zstandard.ZstdDecompressor()
+    return d
+
+
+def _default_weights(levels):
+    """Integer blend weights ``(1, 1, -1) * WEIGHT_SCALE`` for every level (a new array)."""
+    wq = np.empty((max(levels, 1), 3), np.int64)
+    wq[:] = (WEIGHT_SCALE, WEIGHT_SCALE, -WEIGHT_SCALE)
+    return wq
+
+
 def _spread(wq, fitted):
     """Give each level without weights of its own those of the coarsest level that has them."""
     wq = wq.copy()
@@ -59,9 +88,13 @@ def _fitted_levels(shape3):
 
     The coarser ones (few points) reuse the coarsest transmitted level's weights (:func:`_spread`).
     """
+    return np.asarray(_fitted_tuple(tuple(int(n) for n in shape3)), np.int64)
+
+
+@functools.lru_cache(maxsize=256)
+def _fitted_tuple(shape3):
     counts = level_counts(shape3)[1:][::-1]  # finest first
-    fitted = [lev for lev, c in enumerate(counts) if c >= MIN_SEGMENT // 2]
-    return np.asarray(fitted or [0], np.int64)
+    return tuple(lev for lev, c in enumerate(counts) if c >= MIN_SEGMENT // 2) or (0,)
 
 
 class StreamFormatError(ValueError):
@@ -103,14 +136,20 @@ def level_steps(step, levels, alpha, beta):
     multiplication and division in float64, rounded to float32: the same values on every machine.
     """
     step, alpha, beta = (float(np.float32(v)) for v in (step, alpha, beta))
-    out = np.empty(levels + 1, dtype=np.float32)
+    return np.array(_level_steps(step, int(levels), alpha, beta), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _level_steps(step, levels, alpha, beta):
+    """:func:`level_steps` in float64 (the caller rounds each to float32), once per frame's arguments."""
+    out = []
     f = 1.0
     for lev in range(levels + 1):
-        out[lev] = step / min(f, beta)
+        out.append(step / min(f, beta))
         f *= alpha
     if levels >= 1:
         out[levels] = out[levels - 1]
-    return out
+    return tuple(out)
 
 
 def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, beta=4.0, zstd_level=3,
@@ -164,7 +203,7 @@ def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, bet
         prev3 = prev.reshape(shape3)
     qlev = level_steps(float(step), levels, alpha, beta)
     fitted = _fitted_levels(shape3)
-    wq = np.tile(np.array([WEIGHT_SCALE, WEIGHT_SCALE, -WEIGHT_SCALE], np.int64), (max(levels, 1), 1))
+    wq = _default_weights(levels)
     if weights is not None and prev is not None:
         w = np.asarray(weights, dtype=np.float64).reshape(max(levels, 1), 3)
         wq[fitted] = np.clip(np.round(w[fitted] * WEIGHT_SCALE), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int64)
@@ -216,7 +255,7 @@ def _payload(version, x, temporal, levels, factors, wfit, outliers, rec, n_body,
     hdr += outliers.astype(x.dtype.newbyteorder("<")).tobytes()
     hdr += struct.pack("<I", zlib.crc32(memoryview(np.ascontiguousarray(rec)).cast("B")))
     hdr += tables
-    hz = zstandard.ZstdCompressor(level=zstd_level, write_content_size=True, write_checksum=False).compress(bytes(hdr))
+    hz = _compressor(zstd_level).compress(bytes(hdr))
     packed = len(hz) < len(hdr)
     if not packed:  # small headers do not compress: stored as they are
         hz = bytes(hdr)
@@ -251,7 +290,7 @@ def frame_info(payload):
         if len(hdr) < n:
             raise StreamFormatError("stream codec: truncated payload header")
         if packed:
-            hdr = zstandard.ZstdDecompressor().decompress(hdr, max_output_size=1 << 31)
+            hdr = _decompressor().decompress(hdr, max_output_size=1 << 31)
         words_at = pos + n
         vals, p = [], 0
         for _ in range(3):
@@ -277,7 +316,7 @@ def frame_info(payload):
             raise StreamFormatError(f"stream codec: step {step!r}, level factors {alpha!r}, {beta!r} (corrupt payload)")
         steps = level_steps(step, levels, alpha, beta).astype(np.float64)
         temporal = bool(flags & _FLAG_TEMPORAL)
-        wq = np.tile(np.array([WEIGHT_SCALE, WEIGHT_SCALE, -WEIGHT_SCALE], np.int64), (max(levels, 1), 1))
+        wq = _default_weights(levels)
         if temporal:
             fitted = _fitted_levels(as_3d_shape(shape))
             vals = []

@@ -320,6 +320,8 @@ _T = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, -1.0], [-1.0, 0.0, 1.0]])  # (S(rec),
 _PRIOR = np.array([1.0, 1.0, 0.0])  # interpolate the temporal difference: S(rec) + p - S(p)
 _CANDIDATES = (_PRIOR, np.array([1.0, 0.0, 0.0]), np.array([1.0, 1.0, 1.0]))  # also: spatial only, temporal only
 _LOW, _HIGH = np.array([0.0, 0.0, -0.5]), np.array([1.5, 1.2, 1.5])  # a physically sensible box for the fit
+_CANDIDATE_ROWS = np.array(_CANDIDATES)
+_EYE, _DEFAULT = np.eye(3), np.array([1.0, 1.0, -1.0])
 
 
 def fit_weights(stats, shrink=0.05):
@@ -353,19 +355,29 @@ def fit_weights(stats, shrink=0.05):
     d = np.diagonal(gt, axis1=1, axis2=2)
     scale = np.trace(gt, axis1=1, axis2=2)
     ok = np.isfinite(gt).all(axis=(1, 2)) & np.isfinite(bt).all(axis=1) & (scale > 0)
-    out = np.tile(np.array([1.0, 1.0, -1.0]), (n, 1))
+    out = np.empty((n, 3))
+    out[:] = _DEFAULT
     if not ok.any():
         return out
-    gt, bt, d, scale, xx = gt[ok], bt[ok], d[ok], scale[ok], stats[ok, 12]
+    every = bool(ok.all())  # (the usual case: no copies; the same values either way)
+    if every:
+        xx = stats[:, 12]
+    else:
+        gt, bt, d, scale, xx = gt[ok], bt[ok], d[ok], scale[ok], stats[ok, 12]
     reg = shrink * d + 1e-12 * scale[:, None]
-    a = gt + reg[:, :, None] * np.eye(3)
+    a = gt + reg[:, :, None] * _EYE
     try:
         v = np.linalg.solve(a, (bt + reg * _PRIOR)[:, :, None])[:, :, 0]
     except np.linalg.LinAlgError:
         return out
-    cands = np.stack([np.clip(v, _LOW, _HIGH)] + [np.broadcast_to(c, v.shape) for c in _CANDIDATES], axis=1)
+    cands = np.empty((v.shape[0], 1 + len(_CANDIDATES), 3))  # C order, as np.stack(..., axis=1) gave
+    cands[:, 0] = np.clip(v, _LOW, _HIGH)
+    cands[:, 1:] = _CANDIDATE_ROWS
     sse = (xx[:, None] - 2.0 * np.einsum("mkc,mc->mk", cands, bt)
            + np.einsum("mkc,mcd,mkd->mk", cands, gt, cands))
     best = cands[np.arange(len(cands)), np.argmin(sse, axis=1)]
-    out[ok] = best @ _T
+    if every:
+        out[:] = best @ _T
+    else:
+        out[ok] = best @ _T
     return out

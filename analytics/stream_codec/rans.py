@@ -10,8 +10,17 @@ stays in ``[2^16, 2^32)`` with 16-bit frequencies), so renormalisation is a sele
 its frequency and its cumulative frequency in one packed lookup per code
 (:func:`.rans_tables.buckets`). The
 context of code ``t`` is ``min(|code[t - 1]|, N_CONTEXTS - 1)`` (the previous code of the segment,
-whichever state coded it). All arithmetic is on integers, array indices unsigned (no wrap-around
+whichever state coded it). That context chains every code to the one before, whatever the state,
+so with 4 states the decoder reads the next context from a one-byte table per bucket
+(:func:`.rans_tables.next_contexts`, in the first-level cache with the 2^10-bucket tables) and
+computes it from the symbol only where the slot is past the bucket's first symbol. The encoder
+adds ``q (2^16 - f)`` to the state (one multiplication on its chain; the same integer as
+``(q << 16) + x - q f``). All arithmetic is on integers, array indices unsigned (no wrap-around
 code in the loops): the same codes on every machine.
+
+The decoder's loops are written out per state: helpers that take arrays and branch, inlined by
+numba, kept reference counting in the loop (7x slower); only ``_search`` (rarely taken) and
+``_renorm`` (scalars) are helpers.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .rans_tables import LUT_BITS, N_CONTEXTS, PROB_BITS, PROB_SCALE, RANS_L, _U
+from .rans_tables import N_CONTEXTS, PROB_BITS, PROB_SCALE, RANS_L, _U
 
 
 @njit(cache=True, inline="always")
@@ -32,7 +41,8 @@ def _enc_put(x, s, freq, cum, rcp_m, rcp_l, out, n):
     x >>= big << 4
     xu = _U(x)
     q = np.int64((xu + ((xu * rcp_m[su]) >> _U(32))) >> rcp_l[su])
-    return (q << PROB_BITS) + (x - q * f) + cum[su], n + big
+    # (q << PROB_BITS) + (x - q * f) + cum, with one multiplication on the state's chain
+    return (x + cum[su]) + q * (PROB_SCALE - f), n + big
 
 
 @njit(cache=True, inline="always")
@@ -74,9 +84,17 @@ def rans_encode(codes, seg_start, seg_n, seg_lo, seg_ctx, tab_off, freq, cum, rc
             else:
                 x2, n = _enc_put(x2, s, freq, cum, rcp_m, rcp_l, out, n)
             t -= 1
-        if lanes == 1:
+        if lanes == 1:  # one state: a predictable branch (low-entropy streams) keeps the renormalisation off its chain
             while t >= a:
-                x0, n = _enc_put(x0, _enc_entry(codes, t, a, cm, lo_off), freq, cum, rcp_m, rcp_l, out, n)
+                su = _U(_enc_entry(codes, t, a, cm, lo_off))
+                f = freq[su]
+                if x0 >= (f << 16):
+                    out[_U(n)] = x0 & 0xFFFF
+                    n += 1
+                    x0 >>= 16
+                xu = _U(x0)
+                q = np.int64((xu + ((xu * rcp_m[su]) >> _U(32))) >> rcp_l[su])
+                x0 = (x0 + cum[su]) + q * (PROB_SCALE - f)
                 t -= 1
         else:
             while t >= a:
@@ -100,40 +118,34 @@ def _flush(x, out, n):
     return n + 2
 
 
-@njit(cache=True, inline="always")
-def _dec_get(x, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words):
-    """Decode one symbol (index in its table) from state ``x`` in context ``ctx``; at most one word in.
+@njit(cache=True)
+def _search(slot, sym, f, c, off, nb, freq, cum, skip):
+    """The symbol holding ``slot`` from the bucket's first symbol on (over the nonzero symbols, ``skip``)."""
+    while slot - c >= f and sym < nb - 1:
+        sym = skip[off + sym]
+        f = freq[off + sym]
+        c = cum[off + sym]
+    return sym, f, c
 
-    ``tab0``, ``off0``, ``nb``: the segment's first table, where its entries start and their number
-    (every context of a segment has ``nb`` entries). Returns ``(x, p, sym)``; ``p`` may run past
-    ``n_words`` on a corrupt stream (``words[n_words]`` is a spare zero; the caller checks ``p``).
-    Indices are unsigned: no negative-index wrap-around in the compiled loop.
-    """
-    slot = x & (PROB_SCALE - 1)
-    e = bucket[_U(((tab0 + ctx) << LUT_BITS) | (slot >> (PROB_BITS - LUT_BITS)))]
-    sym = e & 0x1FFFFF
-    f = (e >> 21) & 0x1FFFF
-    c = e >> 40
-    if slot - c >= f:  # the bucket holds more than one symbol and the slot is past its first
-        off = off0 + ctx * nb
-        while slot - c >= f and sym < nb - 1:  # over the nonzero symbols only (``skip``)
-            sym = skip[off + sym]
-            f = freq[off + sym]
-            c = cum[off + sym]
+
+@njit(cache=True, inline="always")
+def _renorm(x, slot, f, c, words, p, n_words):
+    """The state after a symbol of frequency ``f`` and cumulative frequency ``c``; at most one word in."""
     x = f * (x >> PROB_BITS) + slot - c
     w = np.int64(words[_U(min(p, n_words))])
     small = np.int64(x < RANS_L)
-    x = (x << (small << 4)) | (w & -small)
-    return x, p + small, sym
+    return (x << (small << 4)) | (w & -small), p + small
 
 
 @njit(cache=True)
-def rans_decode(words, seg_start, seg_n, seg_lo, seg_ctx, tab_off, tab_len, freq, cum, bucket, skip, lanes,
-                codes):
+def rans_decode(words, seg_start, seg_n, seg_lo, seg_ctx, tab_off, tab_len, freq, cum, bucket, nctx, skip, lanes,
+                lut_bits, codes):
     """Inverse of :func:`rans_encode` (``words`` in reading order, one spare zero word at the end).
 
-    ``bucket``, ``skip`` from :func:`buckets`. Returns the words consumed, or -1 when the stream is shorter
-    than the codes need.
+    ``bucket``, ``skip`` from :func:`.rans_tables.buckets` (``2^lut_bits`` buckets per table: an argument,
+    not a global, so that code compiled and cached here never disagrees with the tables built in
+    :mod:`.rans_tables`), ``nctx`` from :func:`.rans_tables.next_contexts`. Returns the words consumed,
+    or -1 when the stream is shorter than the codes need.
     """
     n_words = words.size - 1
     n_coded = 0
@@ -144,6 +156,7 @@ def rans_decode(words, seg_start, seg_n, seg_lo, seg_ctx, tab_off, tab_len, freq
     if n_words < 2 * lanes:
         return -1
     mask = lanes - 1
+    sh = PROB_BITS - lut_bits
     x0 = x1 = x2 = x3 = np.int64(RANS_L)
     x0 = (np.int64(words[0]) << 16) | np.int64(words[1])
     if lanes > 1:
@@ -160,42 +173,75 @@ def rans_decode(words, seg_start, seg_n, seg_lo, seg_ctx, tab_off, tab_len, freq
         lo = seg_lo[g]
         cm = N_CONTEXTS - 1 if seg_ctx[g] else 0  # context = min(|previous code|, cm)
         tab0 = g * N_CONTEXTS
+        base = tab0 << lut_bits
         off0 = tab_off[tab0]
         nb = tab_len[tab0]
         ctx = 0
         t = a
         if lanes == 4:
             while t + 4 <= end:
-                x0, p, sym = _dec_get(x0, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
-                code = sym + lo
-                codes[_U(t)] = code
-                ctx = min(abs(code), cm)
-                x1, p, sym = _dec_get(x1, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
-                code = sym + lo
-                codes[_U(t + 1)] = code
-                ctx = min(abs(code), cm)
-                x2, p, sym = _dec_get(x2, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
-                code = sym + lo
-                codes[_U(t + 2)] = code
-                ctx = min(abs(code), cm)
-                x3, p, sym = _dec_get(x3, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
-                code = sym + lo
-                codes[_U(t + 3)] = code
-                ctx = min(abs(code), cm)
-                t += 4
-        if lanes == 1:  # one state: a predictable branch beats a select on low-entropy streams
-            for t in range(a, end):
                 slot = x0 & (PROB_SCALE - 1)
-                e = bucket[_U(((tab0 + ctx) << LUT_BITS) | (slot >> (PROB_BITS - LUT_BITS)))]
+                i = _U((base + (ctx << lut_bits)) | (slot >> sh))
+                nc = np.int64(nctx[i])
+                e = bucket[i]
                 sym = e & 0x1FFFFF
                 f = (e >> 21) & 0x1FFFF
                 c = e >> 40
                 if slot - c >= f:
-                    off = off0 + ctx * nb
-                    while slot - c >= f and sym < nb - 1:
-                        sym = skip[off + sym]
-                        f = freq[off + sym]
-                        c = cum[off + sym]
+                    sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
+                    nc = min(abs(sym + lo), cm)
+                x0, p = _renorm(x0, slot, f, c, words, p, n_words)
+                codes[_U(t)] = sym + lo
+                ctx = nc
+                slot = x1 & (PROB_SCALE - 1)
+                i = _U((base + (ctx << lut_bits)) | (slot >> sh))
+                nc = np.int64(nctx[i])
+                e = bucket[i]
+                sym = e & 0x1FFFFF
+                f = (e >> 21) & 0x1FFFF
+                c = e >> 40
+                if slot - c >= f:
+                    sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
+                    nc = min(abs(sym + lo), cm)
+                x1, p = _renorm(x1, slot, f, c, words, p, n_words)
+                codes[_U(t + 1)] = sym + lo
+                ctx = nc
+                slot = x2 & (PROB_SCALE - 1)
+                i = _U((base + (ctx << lut_bits)) | (slot >> sh))
+                nc = np.int64(nctx[i])
+                e = bucket[i]
+                sym = e & 0x1FFFFF
+                f = (e >> 21) & 0x1FFFF
+                c = e >> 40
+                if slot - c >= f:
+                    sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
+                    nc = min(abs(sym + lo), cm)
+                x2, p = _renorm(x2, slot, f, c, words, p, n_words)
+                codes[_U(t + 2)] = sym + lo
+                ctx = nc
+                slot = x3 & (PROB_SCALE - 1)
+                i = _U((base + (ctx << lut_bits)) | (slot >> sh))
+                nc = np.int64(nctx[i])
+                e = bucket[i]
+                sym = e & 0x1FFFFF
+                f = (e >> 21) & 0x1FFFF
+                c = e >> 40
+                if slot - c >= f:
+                    sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
+                    nc = min(abs(sym + lo), cm)
+                x3, p = _renorm(x3, slot, f, c, words, p, n_words)
+                codes[_U(t + 3)] = sym + lo
+                ctx = nc
+                t += 4
+        if lanes == 1:  # one state: a predictable branch beats a select on low-entropy streams
+            for t in range(a, end):
+                slot = x0 & (PROB_SCALE - 1)
+                e = bucket[_U(((tab0 + ctx) << lut_bits) | (slot >> sh))]
+                sym = e & 0x1FFFFF
+                f = (e >> 21) & 0x1FFFF
+                c = e >> 40
+                if slot - c >= f:
+                    sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
                 x0 = f * (x0 >> PROB_BITS) + slot - c
                 if x0 < RANS_L:
                     x0 = (x0 << 16) | np.int64(words[_U(min(p, n_words))])
@@ -206,16 +252,27 @@ def rans_decode(words, seg_start, seg_n, seg_lo, seg_ctx, tab_off, tab_len, freq
             continue
         while t < end:  # the last codes of a segment, fewer than 4
             lane = (t - a) & mask
+            x = x0 if lane == 0 else (x1 if lane == 1 else (x2 if lane == 2 else x3))
+            slot = x & (PROB_SCALE - 1)
+            i = _U((base + (ctx << lut_bits)) | (slot >> sh))
+            nc = np.int64(nctx[i])
+            e = bucket[i]
+            sym = e & 0x1FFFFF
+            f = (e >> 21) & 0x1FFFF
+            c = e >> 40
+            if slot - c >= f:
+                sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
+                nc = min(abs(sym + lo), cm)
+            x, p = _renorm(x, slot, f, c, words, p, n_words)
+            codes[_U(t)] = sym + lo
+            ctx = nc
             if lane == 0:
-                x0, p, sym = _dec_get(x0, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
+                x0 = x
             elif lane == 1:
-                x1, p, sym = _dec_get(x1, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
+                x1 = x
             elif lane == 2:
-                x2, p, sym = _dec_get(x2, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
+                x2 = x
             else:
-                x3, p, sym = _dec_get(x3, ctx, tab0, off0, nb, freq, cum, bucket, skip, words, p, n_words)
-            code = sym + lo
-            codes[t] = code
-            ctx = min(abs(code), cm)
+                x3 = x
             t += 1
     return p if p <= n_words else -1

@@ -5,6 +5,8 @@ integers), reciprocals for a divide-free encoder, packed decoder lookups (:mod:`
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -13,7 +15,7 @@ PROB_SCALE = 1 << PROB_BITS
 RANS_L = 1 << 16  # state in [RANS_L, 2^32)
 N_CONTEXTS = 3
 N_LANES = 4  # interleaved rANS states
-LUT_BITS = 12  # decoder lookup buckets per table
+LUT_BITS = 10  # decoder lookup buckets per table: 8 KB of packed entries + 1 KB of next contexts (first-level cache)
 _U = np.uint64  # unsigned indices: no negative-index wrap-around in compiled loops
 
 
@@ -27,10 +29,10 @@ def segment_ranges(codes, starts, sizes):
         a, n = starts[g], sizes[g]
         if n == 0:
             continue
-        mn = np.int32(codes[a])
+        mn = np.int32(codes[_U(a)])
         mx = mn
-        for t in range(a + 1, a + n):  # branch-free min/max: vectorised
-            v = codes[t]
+        for k in range(_U(1), _U(n)):  # unsigned indices, branch-free min/max: vectorised
+            v = codes[_U(a) + k]
             mn = min(mn, v)
             mx = max(mx, v)
         lo[g], hi[g] = mn, mx
@@ -201,3 +203,101 @@ def buckets(freq, cum, tab_off, tab_len):
                 end += freq[off + sym]
             bucket[(t << LUT_BITS) | k] = (cum[off + sym] << 40) | (freq[off + sym] << 21) | sym
     return bucket, skip
+
+
+@njit(cache=True)
+def next_contexts(bucket, tab_lo, tab_cm):
+    """The context that the symbol of each bucket's first slot gives the next code:
+    ``min(|sym + lo|, cm)`` of table ``t``'s segment (``tab_lo[t]``, ``tab_cm[t]``), one uint8 per bucket.
+
+    The decoder's chain from one code to the next then goes through this small table (in the first
+    level cache) instead of the packed bucket and the code's arithmetic; where the slot is past the
+    bucket's first symbol the decoder searches and computes the context from the symbol it finds.
+    """
+    out = np.zeros(bucket.size, np.uint8)
+    for i in range(bucket.size):
+        t = i >> LUT_BITS
+        if t < tab_lo.size:
+            out[i] = min(abs((bucket[i] & 0x1FFFFF) + tab_lo[t]), tab_cm[t])
+    return out
+
+
+@njit(cache=True)
+def decoder_tables(counts, lengths, seg_lo, seg_ctx, lanes):
+    """:func:`build_tables`, :func:`buckets` and (with ``lanes > 1``) :func:`next_contexts` in one
+    call (a frame's tables cost one dispatch, not three): ``freq, cum, tab_off, bucket, skip, nctx``.
+
+    ``seg_lo``, ``seg_ctx``: each segment's lowest code and whether it codes with contexts (its
+    ``N_CONTEXTS`` tables follow each other in ``lengths``). With one state ``nctx`` is a single zero
+    (that decoder computes each context from the code)."""
+    freq, cum, tab_off = build_tables(counts, lengths)
+    bucket, skip = buckets(freq, cum, tab_off, lengths)
+    if lanes == 1:
+        return freq, cum, tab_off, bucket, skip, np.zeros(1, np.uint8)
+    n_seg = seg_lo.size
+    tab_lo = np.zeros(n_seg * N_CONTEXTS, np.int64)
+    tab_cm = np.zeros(n_seg * N_CONTEXTS, np.int64)
+    for g in range(n_seg):
+        for c in range(N_CONTEXTS):
+            tab_lo[g * N_CONTEXTS + c] = seg_lo[g]
+            tab_cm[g * N_CONTEXTS + c] = N_CONTEXTS - 1 if seg_ctx[g] else 0
+    return freq, cum, tab_off, bucket, skip, next_contexts(bucket, tab_lo, tab_cm)
+
+
+@njit(cache=True)
+def _cost(hist):
+    """Estimated bytes of coding with these histograms (one row per context): their varint tables
+    plus the codes' entropy. Only the encoder's choice of a layout depends on it."""
+    nbytes = 0
+    bits = 0.0
+    for r in range(hist.shape[0]):
+        row = hist[r]
+        tot = 0
+        nz = 0
+        for i in range(row.size):
+            c = row[i]
+            tot += c
+            if c != 0:
+                nz += 1
+        nbytes += _varint_len(nz)
+        last = -1
+        for i in range(row.size):
+            c = row[i]
+            if c != 0:
+                nbytes += _varint_len(i - last - 1) + _varint_len(c)
+                last = i
+                bits += c * math.log2(tot / c)
+    return nbytes + bits / 8.0
+
+
+@njit(cache=True, inline="always")
+def _varint_len(v):
+    n = 1
+    while v >= 0x80:
+        v >>= 7
+        n += 1
+    return n
+
+
+@njit(cache=True)
+def segment_layout(seg, lo, nb):
+    """How a segment is coded, in one call: ``(too_wide, histograms, estimated bytes)``.
+
+    ``too_wide``: more distinct codes than a 16-bit frequency table holds (the segment is stored
+    raw); else the ``N_CONTEXTS`` context histograms of :func:`context_counts` or, where the contexts
+    do not pay for their tables (:func:`_cost`), one histogram of the segment (one row)."""
+    hist = context_counts(seg, lo, nb)
+    merged = np.zeros((1, nb), np.int64)
+    for c in range(hist.shape[0]):
+        for i in range(nb):
+            merged[0, i] += hist[c, i]
+    nz = 0
+    for i in range(nb):
+        if merged[0, i] != 0:
+            nz += 1
+    if nz > PROB_SCALE // 4:
+        return True, merged, 0.0
+    with_ctx, without = _cost(hist), _cost(merged)
+    if without <= with_ctx:
+        return False, merged, without
+    return False, hist, with_ctx

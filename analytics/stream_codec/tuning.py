@@ -27,12 +27,12 @@ TOL = 0.05
 MAX_BISECT = 14
 
 
-def _bytes_at_mse(prev, cur, target_mse, alpha, beta, adaptive=False):
+def _bytes_at_mse(prev, cur, target_mse, alpha, beta, adaptive=False, max_step=math.inf):
     """Bytes of ``cur`` predicted from ``prev``'s own reconstruction, at the largest step found whose
-    MSE is at most ``target_mse`` (bisection on the log of the step)."""
+    MSE is at most ``target_mse`` (bisection on the log of the step), the step at most ``max_step``."""
     n = max(cur.size, 1)
     lo, hi = None, None  # steps known to meet / to miss the target
-    step = math.sqrt(12.0 * target_mse)
+    step = min(math.sqrt(12.0 * target_mse), max_step)
     best = None
     for _ in range(MAX_BISECT):
         rec0 = encode_frame(prev, step, alpha=alpha, beta=beta, payload=False).reconstruction
@@ -43,15 +43,16 @@ def _bytes_at_mse(prev, cur, target_mse, alpha, beta, adaptive=False):
             lo = step
             if best is None or len(fr.payload) < best:
                 best = len(fr.payload)
-            if mse >= (1.0 - TOL) * target_mse:
-                break
+            if mse >= (1.0 - TOL) * target_mse or step >= max_step:
+                break  # at the target, or at the largest step the rate control would take
         else:
             hi = step
         step = math.sqrt(lo * hi) if lo is not None and hi is not None else (step * 2.0 if hi is None else step / 2.0)
+        step = min(step, max_step)
     return best if best is not None else math.inf
 
 
-def trial_bytes(pairs, target_mse, candidates=CANDIDATES, adaptive=False):
+def trial_bytes(pairs, target_mse, candidates=CANDIDATES, adaptive=False, max_step=math.inf):
     """Bytes per candidate, summed over ``pairs`` of consecutive blocks, at MSE ``<= target_mse``.
 
     Parameters
@@ -63,6 +64,9 @@ def trial_bytes(pairs, target_mse, candidates=CANDIDATES, adaptive=False):
     candidates : sequence of (alpha, beta)
     adaptive : bool, default=False
         Count the bytes as ``codec.entropy: adaptive`` sends them (the shorter of both coders).
+    max_step : float, default=inf
+        The largest step tried (a run's rate control caps its step: with it a candidate that meets
+        the target only at a larger step is charged the bytes it costs at the cap, as in a run).
 
     Returns
     -------
@@ -87,7 +91,7 @@ def trial_bytes(pairs, target_mse, candidates=CANDIDATES, adaptive=False):
         if not (np.isfinite(prev).all() and np.isfinite(cur).all()) or cur.size == 0:
             continue  # non-finite values go exactly whatever the factors: nothing to learn here
         for k, (a, b) in enumerate(candidates):
-            costs[k] += _bytes_at_mse(prev, cur, target_mse, a, b, adaptive)
+            costs[k] += _bytes_at_mse(prev, cur, target_mse, a, b, adaptive, max_step)
     return costs
 
 

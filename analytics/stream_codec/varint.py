@@ -113,3 +113,13 @@ def histogram_varints(counts, out):
             n = _put_varint(out, n, counts[i])
             last = i
     return n
+
+
+@njit(cache=True)
+def histograms_varints(hist):
+    """:func:`histogram_varints` of each row of ``hist``, concatenated (uint8 array)."""
+    buf = np.empty(hist.shape[0] * (20 * hist.shape[1] + 10), np.uint8)
+    n = 0
+    for c in range(hist.shape[0]):
+        n += histogram_varints(hist[c], buf[n:])
+    return buf[:n]

@@ -298,12 +298,14 @@ class MomentCheck:
     ----------
     name : str
     ok : bool
-        ``|m - m_exact| <= abs_tol`` at every point.
+        ``|m - m_exact| + margin <= abs_tol`` at every point (:func:`check_moments`; margin 0 unless given).
     n_bad : int
         Points outside the tolerance.
     worst : float
-        ``max |m - m_exact| / abs_tol`` (``<= 1`` when ``ok``; inf where the tolerance is 0 and the error is not).
+        ``max (|m - m_exact| + margin) / abs_tol`` (``<= 1`` when ``ok``; inf where the tolerance is 0 and the
+        error is not).
     max_abs_error : float
+        ``max |m - m_exact|`` (without the margin).
     """
 
     name: str
@@ -313,23 +315,27 @@ class MomentCheck:
     max_abs_error: float
 
 
-def check_moments(m, m_exact, abs_tol, names):
-    """Per moment: is every point within its tolerance?
+def check_moments(m, m_exact, abs_tol, names, margin=0.0):
+    """Per moment: is every point within its tolerance (with ``margin`` to spare)?
 
     Parameters
     ----------
     m, m_exact, abs_tol : ndarray of shape (P, K)
     names : sequence of str
+    margin : float or ndarray of shape (P, K), default=0
+        What the error must leave free of the tolerance at every point (the rounding margin of
+        :func:`~stagelearn.analytics.qoi_side.rounding_margin`): ``|m - m_exact| + margin <= abs_tol``.
 
     Returns
     -------
     checks : list of MomentCheck
     """
     err = np.abs(np.asarray(m, dtype=np.float64) - np.asarray(m_exact, dtype=np.float64))
+    need = err + np.asarray(margin, dtype=np.float64)
     tol = np.asarray(abs_tol, dtype=np.float64)
-    bad = ~(err <= tol)
+    bad = ~(need <= tol)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(err == 0, 0.0, err / tol)
+        ratio = np.where(need == 0, 0.0, need / tol)
     return [MomentCheck(str(name), not bool(bad[:, k].any()), int(bad[:, k].sum()),
                         float(ratio[:, k].max(initial=0.0)), float(err[:, k].max(initial=0.0)))
             for k, name in enumerate(names)]

@@ -34,6 +34,10 @@ _FROZEN = ConfigDict(extra="forbid", frozen=True)
 #: resolution 6e-8 per value); below 1e-6 its rounding would use most of the tolerance.
 MIN_RELATIVE_TOLERANCE = 1e-6
 
+#: The largest ``qoi.raw_fraction`` (also what an encoder's stored moment policy may carry:
+#: :func:`~stagelearn.analytics.qoi_policy.check_policy`).
+MAX_RAW_FRACTION = 0.5
+
 
 class MomentSpec(BaseModel):
     """One moment to preserve (an item of ``qoi.moments``)."""
@@ -78,7 +82,7 @@ class QoIConfig(BaseModel):
     store_exact_moments: bool = Field(False, description="Store the exact moments as float64 beside f (8 bytes per "
                                       "moment per point); otherwise they travel quantized to half the tolerance.")
     raw_fraction: float = Field(
-        0.0, ge=0.0, le=0.5, description="Fraction of `variable`'s tiles sent raw with the learned codec (replaces "
+        0.0, ge=0.0, le=MAX_RAW_FRACTION, description="Fraction of `variable`'s tiles sent raw with the learned codec (replaces "
         "codec.raw_fraction for this variable). 0 by default: the moment correction guards the moments, and a raw "
         "velocity slice costs as much as hundreds of coded ones (1 % raw slices were 95 % of the bytes in "
         "benchmarks/gyrokinetic_moments.py). The raw slices are what the learner sees of this variable after the "

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..sim_mocks.gyrokinetic import VelocityGrid, block_B
 from .qoi import GYROKINETIC_MOMENTS, MomentSet, gyrokinetic_moment_set
+from .qoi_config import MAX_RAW_FRACTION
 from .qoi_side import protect, restore
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,9 @@ def check_policy(policy):
         raise ValueError(f"encoder qoi policy must have keys {sorted(_KEYS)} (and optionally {sorted(_OPTIONAL)}), "
                          f"got {policy!r}")
     rf = policy.get("raw_fraction", 0.0)
-    if not (isinstance(rf, (int, float)) and 0.0 <= rf <= 1.0):
-        raise ValueError(f"encoder qoi raw_fraction {rf!r} is not a number in [0, 1]")
+    if isinstance(rf, bool) or not (isinstance(rf, (int, float)) and 0.0 <= rf <= MAX_RAW_FRACTION):
+        raise ValueError(f"encoder qoi raw_fraction {rf!r} is not a number in [0, {MAX_RAW_FRACTION:g}] "
+                         "(qoi.raw_fraction's range)")
     shape = policy["velocity_shape"]
     if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n >= 1 for n in shape)):
         raise ValueError(f"encoder qoi velocity_shape {shape!r} is not [n_vpar, n_mu]")

@@ -23,6 +23,7 @@ from ..analytics.anomaly import parse_map
 from ..analytics.codec import decode_block
 from ..analytics.payload import parse_payload
 from ..analytics.qoi_policy import restore_block
+from ..analytics.qoi_side import SideInfoError
 from ..analytics.stream_payload import is_stream_payload, parse_stream_payload
 from ..analytics.stream_step import decode_stream_block
 from ..analytics.tiling import tile_grid
@@ -174,7 +175,8 @@ class CompressedOutputReader(OutputIndex):
         Raises
         ------
         StagelearnError
-            If the step or variable is not in the file, or a block is missing.
+            If the step or variable is not in the file, a block is missing, or a block's moment side
+            information is truncated or corrupt.
         """
         if var not in self.fields():
             raise UsageError(f"{self.path}: no variable {var!r} (fields: {self.fields()})")
@@ -184,7 +186,12 @@ class CompressedOutputReader(OutputIndex):
             block, header = self.decoded_block(step, var, i)
             if blobs[i] is not None:  # the moments restored (decoded_block stays the codec's: chains need it)
                 policy = self.encoder(int(report_get(row, "encoder_version"))).qoi
-                block = restore_block(policy, block, blobs[i], header["start"], header["count"])
+                try:
+                    block = restore_block(policy, block, blobs[i], header["start"], header["count"])
+                except SideInfoError as e:
+                    raise StagelearnError(f"{self.path}: step {step} of {var}, block {i}: the moment side information "
+                                          f"cannot be used ({e}); read with correct=False for the codec's own "
+                                          "reconstruction") from e
             if out is None:
                 out = np.zeros(header["shape"], dtype=np.result_type(np.float32, block.dtype))  # float64 stays
                 covered = np.zeros(header["shape"], dtype=bool)

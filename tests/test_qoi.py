@@ -120,7 +120,8 @@ def test_side_information_round_trip(precision):
     m_exact = rng.uniform(0.5, 2.0, (500, 3))
     m_dec = m_exact + 1e-3 * rng.standard_normal(m_exact.shape)
     steps = np.array([1e-4, 2e-4, 5e-5])
-    blob = encode_side_info(m_exact, m_dec, steps=steps, precision=precision)
+    blob = encode_side_info(m_exact, m_dec, steps=steps, precision=precision, spatial=(20, 25))
+    assert blob[:4] == (b"QOI2" if precision == "quantized" else b"QOI1")
     got = decode_side_info(blob, m_dec)
     if precision == "float64":
         np.testing.assert_array_equal(got, m_exact)
@@ -129,6 +130,76 @@ def test_side_information_round_trip(precision):
     else:
         assert np.all(np.abs(got - m_exact) <= steps / 2 * (1 + 1e-9))
         assert len(blob) < 500 * 3 * 2  # a few bits per moment, not 8 bytes
+
+
+@pytest.mark.parametrize("shape", [(600,), (10, 60), (5, 6, 20)])
+def test_residual_coding_round_trip_is_exact(shape):
+    """Format 2's integer coding (Lorenzo + cross-moment + rANS) gives back every integer, for smooth, noisy,
+    one-moment and constant residuals."""
+    from stagelearn.analytics.qoi_residual_coding import decode_residuals, encode_residuals, lorenzo, unlorenzo
+
+    rng = np.random.default_rng(7)
+    P = int(np.prod(shape))
+    smooth = np.cumsum(rng.integers(-3, 4, (P, 3)), axis=0)
+    cases = [smooth, smooth + rng.integers(-50000, 50000, (P, 3)), smooth[:, :1], np.zeros((P, 2), np.int64),
+             np.stack([smooth[:, 0], 3 * smooth[:, 0] + rng.integers(-1, 2, P)], 1)]
+    for q in cases:
+        np.testing.assert_array_equal(unlorenzo(lorenzo(q, shape), shape), q)
+        got = decode_residuals(encode_residuals(q, shape), P, q.shape[1], shape)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, q)
+    with pytest.raises(ValueError, match="does not hold"):
+        encode_residuals(smooth, (7, 7))
+
+
+def test_format_2_takes_each_moment_against_the_decoded_moments_or_none():
+    """Per moment the shorter base: a smooth exact moment with noisy decoded moments travels as itself (mode 1),
+    one whose decoded moments are close but rough travels against them (mode 0); both decode within step / 2."""
+    from stagelearn.analytics.qoi_side import MODE_DECODED, MODE_NONE
+
+    rng = np.random.default_rng(9)
+    x = np.linspace(0, 1, 400)
+    rough = 1.0 + 0.5 * rng.standard_normal(400)
+    m_exact = np.stack([1.0 + 0.2 * np.sin(6 * x), rough], axis=1)
+    m_dec = np.stack([m_exact[:, 0] + 0.05 * rng.standard_normal(400), rough + 1e-4 * rng.standard_normal(400)], 1)
+    steps = np.array([1e-3, 1e-3])
+    blob = encode_side_info(m_exact, m_dec, steps=steps, spatial=(400,))
+    off = 4 + 7 + 1 + 4 + 16
+    assert list(blob[off:off + 2]) == [MODE_NONE, MODE_DECODED]
+    got = decode_side_info(blob, m_dec)
+    assert np.all(np.abs(got - m_exact) <= steps / 2 * (1 + 1e-9))
+    assert np.all(np.abs(decode_side_info(blob, m_dec + 1.0)[:, 0] - m_exact[:, 0]) <= 5e-4 * (1 + 1e-9))  # mode 1
+
+
+def test_spatial_shape_of_a_field():
+    from stagelearn.analytics.qoi_side import spatial_shape
+
+    assert spatial_shape((4, 6, 2, 16, 8), 128) == (4, 6, 2)
+    assert spatial_shape((48, 16, 8), 128) == (48,)
+    assert spatial_shape((48, 128), 128) == (48,)
+    assert spatial_shape((3, 5, 7, 6), 42) == (3, 5)
+    assert spatial_shape((10, 12), 4) == (30,)  # the trailing axes do not hold whole slices: one axis of points
+
+
+def test_side_information_format_1_still_decodes_and_large_residuals_write_it():
+    """A format-1 blob built by hand (magic QOI1, int8 codes, zstd) as stored before format 2, and the fallback."""
+    import struct
+
+    import zstandard
+
+    rng = np.random.default_rng(8)
+    m_dec = rng.uniform(1, 2, (40, 3))
+    q = rng.integers(-100, 100, (40, 3)).astype(np.int8)
+    steps = np.array([1e-3, 2e-3, 4e-3])
+    blob = (b"QOI1" + struct.pack("<BHI", 0, 3, 40) + struct.pack("<B", 0) + steps.tobytes()
+            + zstandard.ZstdCompressor().compress(q.T.tobytes()))
+    np.testing.assert_array_equal(decode_side_info(blob, m_dec), m_dec + q * steps)
+    huge = m_dec + 1e9 * steps  # 1e9 steps: too large for format 2's 32-bit differences
+    blob = encode_side_info(huge, m_dec, steps=steps, spatial=(40,))
+    assert blob[:4] == b"QOI1"
+    np.testing.assert_allclose(decode_side_info(blob, m_dec), huge, rtol=0, atol=steps.max())
+    with pytest.raises(ValueError, match="bad magic|magic"):
+        decode_side_info(b"XXXX" + blob[4:], m_dec)
 
 
 def test_protect_then_restore_meets_every_tolerance(sim):
@@ -141,13 +212,43 @@ def test_protect_then_restore_meets_every_tolerance(sim):
     abs_tol = tolerance(m_exact, ms.names, tols, scales)
     assert not all(c.ok for c in check_moments(ms.apply(f_dec), m_exact, abs_tol, ms.names))  # uncorrected: fails
     blob, f_out, checks = protect(f, f_dec, ms, tols, scales)
-    assert all(c.ok for c in checks) and max(c.worst for c in checks) <= 0.5 + 1e-3
-    assert f_out.dtype == np.float32
+    assert all(c.ok for c in checks)
+    assert f_out.dtype == np.float32 and blob[:4] == b"QOI2"
+    # the margin the whole-tolerance step keeps: one float32 ulp of every value, from dense weights
+    dense = np.abs(ms.weights())  # (P, K, N)
+    margin = np.einsum("pkn,pn->pk", dense, np.abs(f_out.astype(np.float64)) + 2.0 ** -126) * 2.0 ** -23
+    assert np.all(np.abs(ms.apply(f_out) - m_exact) + margin <= abs_tol)
     np.testing.assert_array_equal(restore(f_dec, ms, blob), f_out)  # the decoder gets what was verified
     # independent check of the decoder's output
     dec = ms.apply(f_out)
     assert np.all(np.abs(dec - m_exact) <= abs_tol)
     assert negative_count(f_out, f_dec) >= 0
+
+
+def test_a_decoder_whose_moments_differ_in_the_last_bits_stays_within_tolerance(sim):
+    """Another machine's float64 sums give decoded moments a few units off in the last bits; with every moment
+    coded against the decoded moments (MODE_DECODED, asserted) on a 5-D block, that moves the targets, and the
+    corrected field still holds every tolerance."""
+    from stagelearn.analytics.qoi_side import MODE_DECODED
+
+    ms = gyrokinetic_moment_set(sim.grid, sim.B)
+    f = sim.fields()["f"]  # (4, 6, 2, 16, 8)
+    rng = np.random.default_rng(4)
+    f_dec = (f + 3e-4 * f.max() * rng.standard_normal(f.shape)).astype(np.float32)
+    tols, scales = [1e-3] * 3, ["local", "density", "local"]
+    m_exact = ms.apply(f)
+    abs_tol = tolerance(m_exact, ms.names, tols, scales)
+    blob, f_out, checks = protect(f, f_dec, ms, tols, scales)
+    assert all(c.ok for c in checks)
+    assert blob[:4] == b"QOI2" and blob[11] == 3  # three spatial axes (4, 6, 2)
+    off = 4 + 7 + 1 + 3 * 4 + 3 * 8
+    assert list(blob[off:off + 3]) == [MODE_DECODED] * 3
+    m_dec = ms.apply(f_dec)
+    for sign in (1, -1):
+        targets = decode_side_info(blob, m_dec * (1 + sign * 4e-16))
+        assert np.count_nonzero(targets != decode_side_info(blob, m_dec)) > targets.size // 2  # it matters
+        other = correct_moments(f_dec, ms, targets, metric="entropy").astype(np.float32)
+        assert np.all(np.abs(ms.apply(other) - m_exact) <= abs_tol)
 
 
 def test_relative_metric_keeps_zero_tails_zero():
@@ -266,6 +367,28 @@ def test_raw_slices_of_the_moment_variable_follow_qoi_raw_fraction(tmp_path):
     assert raw_fraction_for(SimpleNamespace(raw_fraction=0.02, qoi=None), "f") == 0.02
     with pytest.raises(ValueError, match="raw_fraction 2 is not a number in"):
         check_policy(dict(policy, raw_fraction=2))
+
+
+def test_policy_and_config_accept_the_same_raw_fractions(tmp_path):
+    """check_policy (a spec read back) and the qoi: section share one upper bound, MAX_RAW_FRACTION (0.5)."""
+    from stagelearn.analytics.qoi_config import MAX_RAW_FRACTION, QoIConfig
+    from stagelearn.analytics.qoi_policy import check_policy, qoi_policy
+
+    assert MAX_RAW_FRACTION == 0.5
+    _, load = _load(tmp_path, GOOD_QOI, codec={"kind": "learned"})
+    policy = qoi_policy(load().qoi, load().simulation)
+    for rf in (0.0, 0.25, 0.5):
+        QoIConfig(**dict(GOOD_QOI, raw_fraction=rf))
+        assert check_policy(dict(policy, raw_fraction=rf))["raw_fraction"] == rf
+    for rf in (0.51, 0.75, 1.0):  # accepted by check_policy up to 1 before
+        with pytest.raises(ValueError, match="less than or equal to 0.5"):
+            QoIConfig(**dict(GOOD_QOI, raw_fraction=rf))
+        with pytest.raises(ValueError, match=r"raw_fraction .* is not a number in \[0, 0.5\]"):
+            check_policy(dict(policy, raw_fraction=rf))
+    with pytest.raises(ValueError, match=r"is not a number in \[0, 0.5\]"):
+        check_policy(dict(policy, raw_fraction=-0.1))
+    with pytest.raises(ValueError, match="raw_fraction True"):
+        check_policy(dict(policy, raw_fraction=True))
 
 
 def test_validate_cli_refuses_a_zero_tolerance(tmp_path, stagelearn_cli):

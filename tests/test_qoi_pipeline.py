@@ -71,6 +71,7 @@ def test_moments_within_tolerance_through_sst(tmp_path, stagelearn_cli, learner)
         assert all(report_get(r, "encoder_version") >= 1 for r in rows)
         assert all(report_get(r, "qoi_bytes") > 0 and report_get(r, "qoi_worst") <= 1.0 for r in rows)
         decoded = reader.read(ref["step"], "f")
+        assert all(b[:4] == b"QOI2" for b in reader.qoi_blobs(ref["step"], "f"))  # side information format 2
         plain = reader.read(ref["step"], "f", correct=False)
         coded_steps = [s for s in reader.field_steps("f")
                        if all(report_get(r, "encoder_version") >= 1 for r in reader.reports(s, "f"))]
@@ -221,6 +222,15 @@ def test_in_transit_weights_only_policy(tmp_path):
     dec, header, _ = decode_block(blk.payload, model.codec())
     fixed = restore_block(enc.qoi, dec, blk.qoi, header["start"], header["count"])
     exact = (data.reshape(10, 6) @ w)
+    assert blk.qoi[:4] == b"QOI2"  # side information format 2 (analytics/qoi_residual_coding.py)
+    assert np.all(np.abs(fixed.reshape(10, 6).astype(np.float64) @ w - exact) <= 1e-4 * np.abs(exact).max() * (1 + 1e-3))
+    # side information stored before format 2 (format 1, half-tolerance steps) is still restored by the decoder
+    from stagelearn.analytics.qoi_policy import block_moment_set
+    from stagelearn.analytics.qoi_side import protect
+
+    old, _, _ = protect(data, dec, block_moment_set(enc.qoi, header["start"], header["count"]), [1e-4], ["max"], fmt=1)
+    assert old[:4] == b"QOI1"
+    fixed = restore_block(enc.qoi, dec, old, header["start"], header["count"])
     assert np.all(np.abs(fixed.reshape(10, 6).astype(np.float64) @ w - exact) <= 1e-4 * np.abs(exact).max() * (1 + 1e-3))
 
 

@@ -33,7 +33,6 @@ KEY_RHO0 = 4.0  # a keyframe aims above the target only where it costs more than
 KEY_GROUP = 15  # ... in a group of this many predicted frames (keyframe_every 16; shorter groups scaled down)
 KEY_GAIN = 4.0  # dB of keyframe offset per doubling beyond that
 KEY_DB_MAX = 9.0  # at most this many dB above the target
-KNOBS = {"rho0": KEY_RHO0, "gain": KEY_GAIN, "max": KEY_DB_MAX}  # KNOBS["max"] = 0: the offset off (benchmarks)
 
 
 @dataclass
@@ -45,18 +44,27 @@ class BlockState:
     stats: np.ndarray = None  # the last predicted frame's blend statistics (L, 13)
     encodes: int = 0
     key_db: float = 0.0  # how far above the target keyframes aim (key_offset)
+    key_offset: bool = True  # False: keyframes aim at the target (StreamStates(key_offset=False))
     group: list = field(default_factory=lambda: [0, 0, 0])  # keyframe bytes, predicted bytes, predicted frames
 
 
 class StreamStates:
-    """Per-(variable, block) state of the stream codec on one encoding rank (keys as the chain's)."""
+    """Per-(variable, block) state of the stream codec on one encoding rank (keys as the chain's).
 
-    def __init__(self):
+    Parameters
+    ----------
+    key_offset : bool, default=True
+        Keyframes aim :func:`key_offset` dB above the target (False: at the target, as every
+        predicted frame; the benchmarks' comparison without it).
+    """
+
+    def __init__(self, key_offset=True):
         self._states = {}
+        self.key_offset = bool(key_offset)
 
     def get(self, key):
         """The state of ``key`` (created on first use)."""
-        return self._states.setdefault(key, BlockState())
+        return self._states.setdefault(key, BlockState(key_offset=self.key_offset))
 
     def forget(self):
         """Drop every block's state (with ``PredictionChain`` restarts: a new file)."""
@@ -108,8 +116,8 @@ def key_offset(key_bytes, predicted_bytes, predicted):
     if predicted < 1 or key_bytes <= 0 or predicted_bytes <= 0:
         return 0.0
     rho = key_bytes / (predicted_bytes / predicted)
-    x = rho * min(predicted, KEY_GROUP) / (KNOBS["rho0"] * KEY_GROUP)  # longer groups: not measured, no more
-    return min(max(KNOBS["gain"] * math.log2(x), 0.0), KNOBS["max"])
+    x = rho * min(predicted, KEY_GROUP) / (KEY_RHO0 * KEY_GROUP)  # longer groups: not measured, no more
+    return min(max(KEY_GAIN * math.log2(x), 0.0), KEY_DB_MAX)
 
 
 def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
@@ -144,7 +152,7 @@ def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
     """
     temporal = prev is not None
     if not temporal:
-        st.key_db = key_offset(*st.group)
+        st.key_db = key_offset(*st.group) if st.key_offset else 0.0
     frame, passes = _search(x, prev, weights, target_mse, abs_bound, model, st)
     if temporal:
         st.group[1] += len(frame.payload)

@@ -17,7 +17,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import rd_datasets  # noqa: E402
 
-from stagelearn.analytics import stream_rate  # noqa: E402
 from stagelearn.analytics.stream_codec import StreamEncoder  # noqa: E402
 from stagelearn.analytics.stream_model import StreamVariableModel  # noqa: E402
 from stagelearn.analytics.stream_step import StreamStates, encode_stream_block  # noqa: E402
@@ -31,21 +30,15 @@ def psnr(x, rec):
 
 def run_step(frames, db, keyframe_every, offset):
     """Bytes, PSNR and keyframe offset (dB) per frame of the run's controller (offset on or off)."""
-    saved = dict(stream_rate.KNOBS)
-    if not offset:
-        stream_rate.KNOBS["max"] = 0.0
-    try:
-        chain, states, model = PredictionChain(keyframe_every or 10 ** 6), StreamStates(), StreamVariableModel()
-        out = []
-        for i, x in enumerate(frames):
-            span = float(np.float64(x.max()) - np.float64(x.min()))
-            code = encode_stream_block(x, model, step=i, chain=chain, chain_key="f",
-                                       target_mse=span ** 2 * 10 ** (-db / 10), state=states)
-            chain.end_step()
-            out.append((len(code.payload), psnr(x, code.reconstruction), states.get("f").key_db))
-        return out
-    finally:
-        stream_rate.KNOBS.update(saved)
+    chain, states, model = PredictionChain(keyframe_every or 10 ** 6), StreamStates(offset), StreamVariableModel()
+    out = []
+    for i, x in enumerate(frames):
+        span = float(np.float64(x.max()) - np.float64(x.min()))
+        code = encode_stream_block(x, model, step=i, chain=chain, chain_key="f",
+                                   target_mse=span ** 2 * 10 ** (-db / 10), state=states)
+        chain.end_step()
+        out.append((len(code.payload), psnr(x, code.reconstruction), states.get("f").key_db))
+    return out
 
 
 def main(argv=None):

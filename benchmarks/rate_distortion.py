@@ -33,7 +33,7 @@ information, models) and the single-thread encode and decode MB/s (of raw data).
 - ``stream_step``: the same codec through the product adapter (``analytics/stream_step.py``): one
   block per frame in a ``PredictionChain`` with a keyframe every 16 frames, target MSE from the
   frame's range, the block envelope counted, decoded from ``ref_step`` as the output reader does;
-  ``stream_step_plain``: the same with the keyframe offset off (``stream_rate.KNOBS["max"] = 0``:
+  ``stream_step_plain``: the same with the keyframe offset off (``StreamStates(key_offset=False)``:
   every keyframe aims at the target, the controller before the offset was learned);
   ``stream_step_tuned``: ``stream_step`` whose model's ``alpha``, ``beta`` are tuned as staging does
   (``StreamWeightsLearner.tune_factors``) on raw frames 0-1, used from frame 2 on;
@@ -225,21 +225,13 @@ def run_stream_step(frames, setting, timer, keyframe_every=16, key_offset=True, 
     """The product adapter (analytics/stream_step.py) on one block per frame, as a producer runs it:
     a PredictionChain with a keyframe every ``keyframe_every`` steps, the target MSE from the frame's
     range, the block envelope counted, and a reader that decodes each block from its ``ref_step``."""
-    from stagelearn.analytics import stream_rate
     from stagelearn.analytics.stream_model import StreamVariableModel
     from stagelearn.analytics.stream_step import StreamStates, decode_stream_block, encode_stream_block
     from stagelearn.analytics.temporal import PredictionChain
 
-    if not key_offset:
-        saved = dict(stream_rate.KNOBS)
-        stream_rate.KNOBS["max"] = 0.0
-        try:
-            return run_stream_step(frames, setting, timer, keyframe_every)
-        finally:
-            stream_rate.KNOBS.update(saved)
     from stagelearn.analytics.stream_learner import StreamWeightsLearner
 
-    chain, states, model = PredictionChain(keyframe_every), StreamStates(), StreamVariableModel()
+    chain, states, model = PredictionChain(keyframe_every), StreamStates(key_offset), StreamVariableModel()
     total, recs, prev, learner = 0, [], None, StreamWeightsLearner()
     for i, x in enumerate(frames):
         target = (float(np.float64(x.max()) - np.float64(x.min())) or 1.0) ** 2 * 10 ** (-setting / 10)

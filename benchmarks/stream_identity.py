@@ -54,6 +54,13 @@ def frames_of(name, n, cache):
     return frames
 
 
+def _record(out, key, fr):
+    """The hashes of one encoded frame: reconstruction, payload, statistics with the error sum."""
+    out[f"rec/{key}"] = _h(fr.reconstruction)
+    out[f"payload/{key}"] = _h(fr.payload)
+    out[f"stats/{key}"] = _h(np.append(fr.stats.ravel(), [fr.sse, fr.n_outliers]))
+
+
 def run(frames, ds, out):
     """Encode and decode ``frames`` every way; add the hashes to ``out``."""
     variants = [(f"psnr{p}", {"mode": "psnr", "target": p}) for p in (40.0, 50.0, 60.0)]
@@ -68,10 +75,7 @@ def run(frames, ds, out):
             rec = dec.decode(fr.payload)
             if rec.tobytes() != fr.reconstruction.tobytes():
                 raise AssertionError(f"{ds}/{name}/{i}: decoder differs from the producer")
-            key = f"{ds}/{name}/{i}"
-            out[f"rec/{key}"] = _h(fr.reconstruction)
-            out[f"payload/{key}"] = _h(fr.payload)
-            out[f"stats/{key}"] = _h(np.append(fr.stats.ravel(), [fr.sse, fr.n_outliers]))
+            _record(out, f"{ds}/{name}/{i}", fr)
     prev = None
     span = float(np.ptp(frames[0])) or 1.0
     for i, x in enumerate(frames):  # fixed steps, with and without temporal prediction, a pointwise bound
@@ -81,10 +85,7 @@ def run(frames, ds, out):
             rec = decode_frame(fr.payload, prev)
             if rec.tobytes() != fr.reconstruction.tobytes():
                 raise AssertionError(f"{ds}/{tag}/{i}: decoder differs from the producer")
-            key = f"{ds}/{tag}/{i}"
-            out[f"rec/{key}"] = _h(fr.reconstruction)
-            out[f"payload/{key}"] = _h(fr.payload)
-            out[f"stats/{key}"] = _h(np.append(fr.stats.ravel(), [fr.sse, fr.n_outliers]))
+            _record(out, f"{ds}/{tag}/{i}", fr)
         prev = encode_frame(x, span * 1e-4, prev=prev).reconstruction
 
 

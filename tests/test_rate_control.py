@@ -219,14 +219,14 @@ def test_stream_codec_blocks_land_in_the_band_above_the_target(dtype):
     assert max(passes) <= stream_rate.MAX_TRIALS + 1 and np.mean(passes) <= 2.0, passes
 
 
-def _stream_blocks(frames, db, keyframe_every):
+def _stream_blocks(frames, db, keyframe_every, key_offset=True):
     """Code ``frames`` (one block, key 'f') as a producer does; decode each payload as a reader does.
     Returns per frame ``(achieved - target dB, payload bytes, keyframe?)``, recomputed from the decoded values."""
     from stagelearn.analytics.stream_model import StreamVariableModel
     from stagelearn.analytics.stream_payload import parse_stream_payload
     from stagelearn.analytics.stream_step import StreamStates, decode_stream_block, encode_stream_block
 
-    chain, states, model = PredictionChain(keyframe_every), StreamStates(), StreamVariableModel()
+    chain, states, model = PredictionChain(keyframe_every), StreamStates(key_offset), StreamVariableModel()
     out, prev = [], None
     for t, x in enumerate(frames):
         g64 = np.asarray(x, np.float64)
@@ -242,14 +242,12 @@ def _stream_blocks(frames, db, keyframe_every):
     return out
 
 
-def test_keyframe_offset_is_learned_from_the_bytes_of_the_frames_after_it(monkeypatch):
+def test_keyframe_offset_is_learned_from_the_bytes_of_the_frames_after_it():
     """On the smooth gyrokinetic mock a predicted frame costs a small part of a keyframe: the second keyframe
     (a keyframe every 16 steps) aims several dB above the target (analytics/stream_rate.py key_offset, learned
     from the first group's bytes) and the 32 steps cost fewer bytes than with the offset off; every frame
     still reaches the target (recomputed here from the decoded payloads); the first keyframe (nothing learned
     yet) aims at the target as before."""
-    from stagelearn.analytics import stream_rate
-
     sim = GyrokineticMock5D(8, 16, 4, 32, 16, comm=MPI.COMM_SELF, noise=1e-4, seed=0)
     sim.advance(20)
     frames = []
@@ -261,8 +259,7 @@ def test_keyframe_offset_is_learned_from_the_bytes_of_the_frames_after_it(monkey
     assert over.min() >= 0.0, over
     assert [k for _, _, k in learned] == [t % 16 == 0 for t in range(32)]
     assert over[0] < 1.0 and over[16] >= over[0] + 2.0, over  # the learned offset
-    monkeypatch.setitem(stream_rate.KNOBS, "max", 0.0)  # the offset off: every keyframe aims at the target
-    plain = _stream_blocks(frames, 50.0, 16)
+    plain = _stream_blocks(frames, 50.0, 16, key_offset=False)  # the offset off: every keyframe aims at the target
     assert min(o for o, _, _ in plain) >= 0.0 and max(plain[t][0] for t in (0, 16)) < 1.0
     assert sum(b for _, b, _ in learned) < sum(b for _, b, _ in plain)
 

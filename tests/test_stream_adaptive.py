@@ -1,4 +1,4 @@
-"""Stream codec's context-adaptive binary coder (analytics/stream_codec/adaptive_coding.py, format version 2).
+"""Stream codec's context-adaptive binary coder (analytics/stream_codec/adaptive_coding.py, format versions 2 and 5).
 
 Round trips of the coder on codes written here (every magnitude class, the outlier marker), the
 frame-level choice (never a longer payload than the static rANS coding of the same codes, the same
@@ -55,7 +55,7 @@ def test_frame_keeps_the_shorter_coding_and_the_same_reconstruction():
         for step in (1e-3, 1e-2):
             a = encode_frame(x, step, prev=prev, adaptive=True)
             s = encode_frame(x, step, prev=prev, adaptive=False)
-            assert frame_info(s.payload)["version"] == 3
+            assert frame_info(s.payload)["version"] == 4
             assert len(a.payload) <= len(s.payload)
             assert a.reconstruction.tobytes() == s.reconstruction.tobytes()
             versions.add(frame_info(a.payload)["version"])
@@ -64,14 +64,14 @@ def test_frame_keeps_the_shorter_coding_and_the_same_reconstruction():
             # the error bound of the step holds (independent check)
             assert np.max(np.abs(rec.astype(np.float64) - x)) <= step / 2 * (1 + 1e-6) + 1e-7
         prev = a.reconstruction
-    assert versions == {3, 2} or versions == {2}
-    assert 2 in versions
+    assert versions == {4, 5} or versions == {5}
+    assert 5 in versions
 
 
 def test_truncated_or_corrupt_adaptive_payload_raises():
     prev = plume(0)
     f = encode_frame(plume(1), 1e-3, prev=prev, adaptive=True)
-    assert frame_info(f.payload)["version"] == 2
+    assert frame_info(f.payload)["version"] == 5
     with pytest.raises(StreamFormatError):
         decode_frame(f.payload[:-3], prev)
     bad = bytearray(f.payload)
@@ -122,7 +122,7 @@ def test_adaptive_frames_decode_bit_for_bit_in_another_process(tmp_path):
     tests = os.path.dirname(os.path.abspath(__file__))
     produced = _run(_PRODUCER.format(tests=tests, d=str(tmp_path)),
                     {"OPENBLAS_CORETYPE": "Haswell", "OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"})
-    assert any(v == 2 for _, v in produced)
+    assert any(v == 5 for _, v in produced)
     decoded = _run(_DECODER.format(d=str(tmp_path)),
                    {"OPENBLAS_CORETYPE": None, "OPENBLAS_NUM_THREADS": "2", "NUMBA_NUM_THREADS": "2"})
     assert decoded == [c for c, _ in produced]

@@ -291,17 +291,17 @@ def test_corrupt_header_fields_are_format_errors():
     from stagelearn.analytics.stream_codec.frame import MAGIC
     from stagelearn.analytics.stream_codec.varint import read_varint
 
-    f = encode_frame(moving_field(0), 1e-3)
+    f = encode_frame(moving_field(0), 1e-3, alpha=1.25)  # format 4 writes alpha, beta only when not 1.5, 4.0
     n, pos = read_varint(f.payload, len(MAGIC))
     hdr = f.payload[pos:pos + n // 2]
-    if n % 2:  # zstd-compressed header: unpack it and send it plain (bit 0 of the length clear)
-        hdr = zstandard.ZstdDecompressor().decompress(hdr)
+    if n % 2:  # zstd-compressed header (format 4: without zstd's magic): send it plain (bit 0 of the length clear)
+        hdr = zstandard.ZstdDecompressor(format=zstandard.FORMAT_ZSTD1_MAGICLESS).decompress(hdr)
     rest = f.payload[pos + n // 2:]
-    at = hdr.find(_struct.pack("<3f", np.float32(1e-3), 1.5, 4.0))
+    at = hdr.find(_struct.pack("<3f", np.float32(1e-3), 1.25, 4.0))
     assert at > 0
     assert decode_frame(bytes(MAGIC) + bytes(_varint(len(hdr) << 1)) + hdr + rest).tobytes() == \
         f.reconstruction.tobytes()  # the plain re-packing itself decodes
-    for bad in ((0.0, 1.5, 4.0), (1e-3, 0.5, 4.0), (1e-3, 1.5, 1e9), (float("nan"), 1.5, 4.0)):
+    for bad in ((0.0, 1.25, 4.0), (1e-3, 0.5, 4.0), (1e-3, 1.25, 1e9), (float("nan"), 1.25, 4.0)):
         h = hdr[:at] + _struct.pack("<3f", *bad) + hdr[at + 12:]
         with pytest.raises(StreamFormatError, match="corrupt payload"):
             decode_frame(bytes(MAGIC) + bytes(_varint(len(h) << 1)) + h + rest)

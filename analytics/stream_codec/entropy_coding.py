@@ -18,6 +18,11 @@ states' 4 bytes each, else ``N_LANES``. With one state the layout is the first s
 (payloads written before interleaving decode unchanged, and the reverse); with ``N_LANES`` the first
 byte of ``tables``, the first segment's kind (< 4), is raised by ``ENTROPY_TAG`` (no extra byte).
 A decoder that predates interleaving refuses such tables (unknown segment kind).
+
+With ``compact=True`` (payload format 4, :mod:`.frame_header`) every segment's kind, lowest code
+and number of bins come first, then the histograms of all segments as one bit stream
+(:mod:`.histogram_coding`: Exp-Golomb codes, each row dense or sparse, the first row's largest
+count implied by the segment's size; byte-aligned at its end), then the raw segments.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import rans, rans_tables as tabs
+from .histogram_coding import read_histograms, read_segment_heads, write_histograms, write_segment_heads
 from .rans_tables import N_CONTEXTS, N_LANES, PROB_SCALE
 from .varint import histograms_varints, parse_histograms, read_varint, unzigzag, write_varint, zigzag
 
@@ -85,7 +91,7 @@ def _layout(tab_counts):
     return np.ascontiguousarray(flat, np.int64), lengths
 
 
-def encode_codes(codes, sizes, lanes=None):
+def encode_codes(codes, sizes, lanes=None, compact=False):
     """Entropy-code ``codes`` segment by segment.
 
     Parameters
@@ -96,6 +102,8 @@ def encode_codes(codes, sizes, lanes=None):
     lanes : {None, 1, N_LANES}
         Interleaved rANS states (None: ``N_LANES`` unless the stream is estimated below
         ``MIN_LANE_BYTES``, where the extra states' flush would cost more than 1 %).
+    compact : bool
+        Format 4's tables (module docstring); False: formats 1 and 3.
 
     Returns
     -------
@@ -114,26 +122,31 @@ def encode_codes(codes, sizes, lanes=None):
         starts[1:] = np.cumsum(sizes)[:-1]
     seg_n_all = np.asarray(sizes, np.int64)
     los, his = tabs.segment_ranges(codes, starts, seg_n_all)
-    body, raw, tab_counts, seg_n, seg_ctx, est = bytearray(), bytearray(), [], [], [], 0.0
+    body, raw, tab_counts, seg_n, seg_ctx, est, hists, heads = bytearray(), bytearray(), [], [], [], 0.0, [], []
     zero = np.zeros(1, np.int64)
     for g, size in enumerate(sizes):
         lo, nb = int(los[g]), int(his[g] - los[g]) + 1
         kind, per_ctx, hist_bytes = _KIND_CONST, [zero] * N_CONTEXTS, b""
         if size and nb > 1:
-            too_wide, hist, cost = tabs.segment_layout(codes[starts[g]:starts[g] + size], lo, nb) if nb <= 1 << 20 \
-                else (True, None, 0.0)
+            seg = codes[starts[g]:starts[g] + size]
+            too_wide, hist, cost = tabs.segment_layout(seg, lo, nb, compact) if nb <= 1 << 20 else (True, None, 0.0)
             if too_wide:  # more distinct codes than a frequency table holds
                 kind = _KIND_RAW
                 raw += codes[starts[g]:starts[g] + size].astype("<i4").tobytes()
             else:  # one histogram where the contexts do not pay for their tables
                 kind, est = (_KIND_ONE if len(hist) == 1 else _KIND_CTX), est + cost
-                hist_bytes = histograms_varints(hist).tobytes()
+                if compact:
+                    hists.append(hist)
+                else:
+                    hist_bytes = histograms_varints(hist).tobytes()
                 per_ctx = list(hist) + [zero] * (N_CONTEXTS - len(hist))
-        write_varint(body, kind)
-        write_varint(body, zigzag(lo))
-        if kind in (_KIND_CTX, _KIND_ONE):
-            write_varint(body, nb)
-            body += hist_bytes
+        heads.append((kind, zigzag(lo), nb))
+        if not compact:
+            write_varint(body, kind)
+            write_varint(body, zigzag(lo))
+            if kind in (_KIND_CTX, _KIND_ONE):
+                write_varint(body, nb)
+                body += hist_bytes
         tab_counts += per_ctx
         seg_n.append(size if kind in (_KIND_CTX, _KIND_ONE) else 0)
         seg_ctx.append(kind == _KIND_CTX)
@@ -141,19 +154,37 @@ def encode_codes(codes, sizes, lanes=None):
         lanes = N_LANES if est >= MIN_LANE_BYTES else 1
     elif lanes not in (1, N_LANES):
         raise ValueError(f"stream codec: lanes={lanes!r} (1 or {N_LANES})")
+    if compact:  # segment headers and histograms in one bit stream (histogram_coding.py)
+        bits = np.zeros(sum(h.shape[0] * (11 * h.shape[1] + 16) for h in hists) + 24 * len(heads) + 1, np.uint8)
+        kinds, zlos, nbs = (np.array([h[i] for h in heads], np.int64) for i in range(3))
+        bp = write_segment_heads(lanes == N_LANES, kinds, zlos, nbs, bits, 0)
+        for h in hists:
+            bp = write_histograms(h, bits, bp)
+        body += bits[:(bp + 7) // 8].tobytes()
     flat, lengths = _layout(tab_counts)
     freq, cum, tab_off = tabs.build_tables(flat, lengths)
     rcp_m, rcp_l = tabs.reciprocals(freq)
     out = np.empty(codes.size + 2 * N_LANES + 1, dtype=np.uint16)
     n = rans.rans_encode(codes, starts, np.asarray(seg_n, np.int64), los, np.asarray(seg_ctx, np.bool_), tab_off,
                          freq, cum, rcp_m, rcp_l, lanes, out)
-    if lanes == N_LANES and body:
+    if lanes == N_LANES and body and not compact:
         body[0] += ENTROPY_TAG  # the first kind (< 4, one byte) carries the tag: no extra byte
     return bytes(body + raw), out[:n][::-1].copy()
 
 
-def decode_codes(tables, words, sizes):
-    """Inverse of :func:`encode_codes`.
+def _check_histograms(hist, size):
+    """Refuse histograms no encoder writes: more distinct codes than a table holds, or another count than ``size``."""
+    if int(np.count_nonzero(hist.sum(axis=0))) > PROB_SCALE // 4:
+        raise ValueError("stream codec: more distinct codes than a frequency table holds (corrupt payload)")
+    if int(hist.sum()) != size:
+        raise ValueError(f"stream codec: histograms count {int(hist.sum())} codes, the segment has {size}")
+
+
+def decode_codes(tables, words, sizes, compact=False, max_bins=1 << 20):
+    """Inverse of :func:`encode_codes` (``compact`` as it was encoded).
+
+    ``max_bins`` bounds the bins a histogram may declare (the codes' range, ``2 radius + 2``, from
+    the frame header): a corrupt header cannot make the decoder allocate more.
 
     Returns
     -------
@@ -169,31 +200,31 @@ def decode_codes(tables, words, sizes):
     """
     tables = bytes(tables)
     buf = np.frombuffer(tables, np.uint8)
+    if compact:
+        lanes, kinds, seg_lo, seg_ctx, seg_n, tab_counts, pos = _read_compact_tables(buf, sizes, max_bins)
+        return _decode_body(tables, words, sizes, lanes, kinds, seg_lo, seg_ctx, seg_n, tab_counts, pos)
     tag = tables[0] if tables and sizes else 0
     if tag >= 2 * ENTROPY_TAG:
         raise ValueError(f"stream codec: entropy format tag {tag} (this decoder reads the first segment kinds "
                          f"0-3, one rANS state, and {ENTROPY_TAG}-{2 * ENTROPY_TAG - 1}, {N_LANES} interleaved states)")
     lanes = N_LANES if tag >= ENTROPY_TAG else 1
     first_kind, pos = tag % ENTROPY_TAG, 0
-    tab_counts, kinds, seg_n, seg_lo, seg_ctx, start = [], [], [], [], [], 0
+    tab_counts, kinds, seg_n, seg_lo, seg_ctx = [], [], [], [], []
     zero = np.zeros(1, np.int64)
     for g, size in enumerate(sizes):
         kind, pos = read_varint(tables, pos)
         kind = first_kind if g == 0 else kind
         u, pos = read_varint(tables, pos)
-        lo = unzigzag(u)
+        lo = _check_lo(unzigzag(u))
         if kind in (_KIND_CTX, _KIND_ONE):
             nb, pos = read_varint(tables, pos)
-            if nb > 1 << 20:
+            if nb > max_bins:
                 raise ValueError(f"stream codec: {nb} histogram bins (corrupt payload)")
             hist = np.zeros((N_CONTEXTS if kind == _KIND_CTX else 1, nb), np.int64)
             pos = parse_histograms(buf, pos, nb, len(hist), hist)
             if pos < 0:
                 raise ValueError("stream codec: corrupt histogram")
-            if int(np.count_nonzero(hist.sum(axis=0))) > PROB_SCALE // 4:
-                raise ValueError("stream codec: more distinct codes than a frequency table holds (corrupt payload)")
-            if int(hist.sum()) != size:
-                raise ValueError(f"stream codec: histograms count {int(hist.sum())} codes, the segment has {size}")
+            _check_histograms(hist, size)
             per_ctx = list(hist) + [zero] * (N_CONTEXTS - len(hist))
         elif kind in (_KIND_CONST, _KIND_RAW):
             per_ctx = [zero] * N_CONTEXTS
@@ -204,7 +235,45 @@ def decode_codes(tables, words, sizes):
         seg_ctx.append(kind == _KIND_CTX)
         seg_n.append(size if kind in (_KIND_CTX, _KIND_ONE) else 0)
         seg_lo.append(lo)
-        start += size
+    return _decode_body(tables, words, sizes, lanes, kinds, seg_lo, seg_ctx, seg_n, tab_counts, pos)
+
+
+def _check_lo(lo):
+    """A segment's lowest code, refused outside int32 (codes are int32; the rANS kernels index with it)."""
+    if not -(1 << 31) <= lo < (1 << 31):
+        raise ValueError(f"stream codec: lowest code {lo} of a segment (corrupt payload)")
+    return lo
+
+
+def _read_compact_tables(buf, sizes, max_bins):
+    """Format 4's tables up to the raw segments: ``lanes, kinds, seg_lo, seg_ctx, seg_n, tab_counts, pos``."""
+    n_seg = len(sizes)
+    kinds, zlos, nbs = (np.zeros(n_seg, np.int64) for _ in range(3))
+    lanes4, bp = read_segment_heads(buf, kinds, zlos, nbs, int(max_bins))
+    if bp < 0:
+        raise ValueError("stream codec: truncated segment headers")
+    zero = np.zeros(1, np.int64)
+    tab_counts = []
+    for g, size in enumerate(sizes):
+        if kinds[g] in (_KIND_CTX, _KIND_ONE):
+            hist = np.zeros((N_CONTEXTS if kinds[g] == _KIND_CTX else 1, int(nbs[g])), np.int64)
+            bp = read_histograms(buf, bp, hist.shape[1], hist.shape[0], size, hist)
+            if bp < 0:
+                raise ValueError("stream codec: corrupt histogram")
+            _check_histograms(hist, size)
+            tab_counts += list(hist) + [zero] * (N_CONTEXTS - len(hist))
+        else:
+            tab_counts += [zero] * N_CONTEXTS
+    kinds = [int(k) for k in kinds]
+    seg_lo = [_check_lo(unzigzag(int(z))) for z in zlos]
+    seg_n = [size if k in (_KIND_CTX, _KIND_ONE) else 0 for k, size in zip(kinds, sizes)]
+    return (N_LANES if lanes4 else 1), kinds, seg_lo, [k == _KIND_CTX for k in kinds], seg_n, tab_counts, \
+        (bp + 7) // 8
+
+
+def _decode_body(tables, words, sizes, lanes, kinds, seg_lo, seg_ctx, seg_n, tab_counts, pos):
+    """The codes from the parsed tables (every format): rANS segments, then raw and constant ones."""
+    start = sum(sizes)
     flat, lengths = _layout(tab_counts)
     seg_lo_a, seg_ctx_a = np.asarray(seg_lo, np.int64), np.asarray(seg_ctx, np.bool_)
     freq, cum, tab_off, bucket, skip, nctx = tabs.decoder_tables(flat, lengths, seg_lo_a, seg_ctx_a, lanes)

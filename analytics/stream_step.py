@@ -14,13 +14,16 @@ copy), other real dtypes as float64. The reconstruction has that dtype.
 Closed loop and keyframes: the previous reconstruction of each (variable, block) lives in the
 ``chain`` (recorded here, promoted by ``chain.end_step()``); a block is predicted from it unless
 the chain says the step is a keyframe (every ``keyframe_every``-th coded step, and always when
-``keyframe_every == 0``), the block is new, or its shape or dtype changed. The payload's envelope
-(:mod:`.stream_payload`) carries ``ref_step`` for a predicted block, so a decoder that starts at
-step ``S`` walks back to the last block coded on its own (at most ``keyframe_every - 1`` steps)
-and decodes forward: what :meth:`~stagelearn.staging.output_reader.CompressedOutputReader.decoded_block`
-already does with ``ref_step`` / ``n_inter``. :class:`~stagelearn.analytics.stream_rate.StreamStates`
-holds the rest of a block's state (the rate control's memory, :mod:`.stream_rate`; the last frame's
-blend statistics).
+``keyframe_every == 0``), the block is new, or its shape or dtype changed; and where a predicted
+frame costs more than 1.5x the block's last keyframe the rate control also codes it on its own and
+keeps the smaller (an unscheduled keyframe, :func:`~stagelearn.analytics.stream_rate.intra_bound`).
+The payload's envelope (:mod:`.stream_payload`) carries ``ref_step`` for a predicted block, so a
+decoder that starts at step ``S`` walks back to the last block coded on its own (at most
+``keyframe_every - 1`` steps) and decodes forward: what
+:meth:`~stagelearn.staging.output_reader.CompressedOutputReader.decoded_block` already does with
+``ref_step`` / ``n_inter``. :class:`~stagelearn.analytics.stream_rate.StreamStates` holds the rest
+of a block's state (the rate control's memory, :mod:`.stream_rate`; the last frame's blend
+statistics).
 
 Blend weights: with ``model.refit == "local"`` a predicted block uses the weights fitted from its
 own previous frame's statistics (no communication), and the model's published weights when it has
@@ -143,6 +146,8 @@ def encode_stream_block(block, model, *, step, chain, chain_key, target_mse, abs
     stats = None
     if source.size:
         frame, encodes = _rate_controlled(source, prev, weights, target_mse, abs_bound, model, st)
+        if prev is not None and st.intra:  # a burst the rate control coded on its own: an unscheduled keyframe
+            prev_step, prev, weights = None, None, None
         stats = error_stats(given, frame.reconstruction)  # the target verified against the caller's values
         if _target_ok(target_mse) and stats.mse > target_mse:  # the codec's sum and ours differ in rounding
             e = math.sqrt(target_mse) * (1.0 - 1e-6)

@@ -7,8 +7,9 @@ previous frame (or set from outside with :meth:`StreamEncoder.set_weights`, e.g.
 from statistics merged over ranks: they merge by addition). The error target is met on the
 producer, against the caller's own values:
 
-- ``psnr``: the step is predicted from the last frame's ratio of measured MSE to ``step^2 / 12``;
-  if the measured PSNR misses the target the frame is re-encoded with a smaller step;
+- ``psnr``: the step is predicted from the last frame's ratio of measured MSE to ``step^2 / 12``
+  (floored: :func:`min_mse_factor`); if the measured PSNR misses the target the frame is re-encoded
+  with a smaller step;
 - ``abs``: every value within ``target`` (step ``2 target``, checked pointwise; misses stored exactly);
 - ``step``: a fixed finest-level quantization step.
 """
@@ -24,6 +25,84 @@ from .interpolation import as_3d_shape, encode_field, fit_weights, n_levels
 
 MODES = ("psnr", "abs", "step")
 MIN_MSE_FACTOR = 0.1  # the step is at most 3.2 sqrt(12 target MSE)
+MIN_MSE_FACTOR_PREDICTABLE = 0.01  # ... 10 sqrt(12 target MSE) on a predicted frame of a predictable block
+PREDICTABLE_RHO = 4.0  # predictable: its last keyframe cost more than this many of the predicted frames after it
+PREDICTED_WINDOW = 15  # the predicted frames' bytes are a mean over about this many frames (update_group)
+
+
+def update_group(group, nbytes, keyframe):
+    """Count a kept frame in a block's group ``[keyframe bytes, predicted bytes, predicted frames]``.
+
+    A keyframe starts a new group; a predicted frame adds its bytes and 1. Beyond
+    ``PREDICTED_WINDOW`` predicted frames the bytes and count are scaled down to that many (the
+    mean is then over about the last ``PREDICTED_WINDOW`` frames: with ``keyframe_every=0`` it
+    would never forget); groups of at most ``PREDICTED_WINDOW`` predicted frames are plain sums.
+    The one bookkeeping of :func:`min_mse_factor` (``StreamEncoder``) and of the run's rate control
+    (:mod:`stagelearn.analytics.stream_rate`: ``key_offset``, ``intra_bound``).
+
+    Parameters
+    ----------
+    group : list
+        ``[key_bytes, predicted_bytes, predicted]``; updated in place.
+    nbytes : int
+        Payload bytes of the kept frame.
+    keyframe : bool
+        True for a frame coded on its own.
+
+    Returns
+    -------
+    list
+        ``group``.
+    """
+    if keyframe:
+        group[:] = [nbytes, 0, 0]
+        return group
+    group[1] += nbytes
+    group[2] += 1
+    if group[2] > PREDICTED_WINDOW:
+        group[1] = group[1] * PREDICTED_WINDOW / group[2]
+        group[2] = PREDICTED_WINDOW
+    return group
+
+
+def min_mse_factor(key_bytes, predicted_bytes, predicted):
+    """Floor of the error model's ``MSE / (step^2 / 12)`` for a block's next predicted frame.
+
+    From the bytes of the block's last keyframe and of the ``predicted`` frames coded after it
+    (:func:`update_group`: about the last ``PREDICTED_WINDOW``): the step is at most
+    ``sqrt(12 target_mse / floor)`` (the rate control's step cap; keyframes: ``MIN_MSE_FACTOR``).
+
+    Where most codes are 0 the error is the prediction's and the model says little; a step far above
+    ``sqrt(12 target_mse)`` lets the reconstruction lag behind the field. On a block whose predicted
+    frames cost little next to its keyframe (more than ``PREDICTABLE_RHO`` of them to one keyframe:
+    the field changes slowly against the error target) the lag grows slowly and the cap is
+    ``MIN_MSE_FACTOR_PREDICTABLE``; elsewhere ``MIN_MSE_FACTOR``. The run's rate control
+    (:mod:`stagelearn.analytics.stream_rate`) also stops the step from creeping above the
+    ``MIN_MSE_FACTOR`` cap after a frame whose error did not grow with the step. Measured
+    (32 frames, settings 28-75 dB on five grids of settings, docs/codec.md): on the gyrokinetic mock
+    (predicted frames 1/3-1/78 of a keyframe) ``stream_step`` 1.09-1.11x / 1.06-1.13x / 1.00-1.02x
+    the ratio at 40 / 50 / 60 dB and ``stream`` 1.05-1.21x / 1.34-1.38x / 1.03-1.08x; heat2d's plume
+    (predicted frames ~1x a keyframe: header-bound), Gray-Scott and turbulence2d unchanged byte for
+    byte, Allen-Cahn within 0.3 %. A looser cap everywhere cost heat2d 3-13 % at 40 dB: a frame spent
+    its whole error on the lag and the next one paid a burst of 5-10x the bytes.
+
+    Parameters
+    ----------
+    key_bytes : int
+        Payload bytes of the block's last keyframe.
+    predicted_bytes : float
+        Payload bytes of the predicted frames coded after it (windowed: :func:`update_group`).
+    predicted : int
+        How many predicted frames that was (0: the first after the keyframe, ``MIN_MSE_FACTOR``).
+
+    Returns
+    -------
+    float
+        ``MIN_MSE_FACTOR`` or ``MIN_MSE_FACTOR_PREDICTABLE``.
+    """
+    if predicted >= 1 and predicted_bytes > 0 and key_bytes * predicted > PREDICTABLE_RHO * predicted_bytes:
+        return MIN_MSE_FACTOR_PREDICTABLE
+    return MIN_MSE_FACTOR
 
 
 def first_weights(x, prev):
@@ -113,6 +192,7 @@ class StreamEncoder:
         self.margin = 0.97  # aim this much below the step the last frame's error model predicts (fewer re-encodes)
         self.encodes = 0
         self._mse_factor = {False: 1.0, True: 1.0}  # measured MSE / (step^2 / 12), per prediction kind
+        self._group = [0, 0, 0]  # last keyframe's bytes, predicted bytes and frames after it (min_mse_factor)
 
     def set_weights(self, weights):
         """Use these blend weights (shape ``(L, 3)``) from the next frame on, e.g. fitted in staging."""
@@ -147,6 +227,7 @@ class StreamEncoder:
             frame = self._encode_psnr(x, prev is not None, kwargs)
         self.prev = frame.reconstruction
         self.frames += 1
+        update_group(self._group, len(frame.payload), prev is None)
         if prev is not None and self.fit:
             self.statistics = frame.stats
             levels = n_levels(as_3d_shape(x.shape))
@@ -161,15 +242,16 @@ class StreamEncoder:
         if span == 0.0:  # constant frame: exact
             return encode_frame(x, 1.0, eb_abs=np.finfo(np.float64).tiny, **kwargs)
         target_mse = span ** 2 * 10.0 ** (-self.target / 10.0)
-        step = self.margin * math.sqrt(12.0 * target_mse / self._mse_factor[temporal])
+        floor = min_mse_factor(*self._group) if temporal else MIN_MSE_FACTOR
+        step = self.margin * math.sqrt(12.0 * target_mse / max(self._mse_factor[temporal], floor))
         for _ in range(self.max_retries + 1):
             frame = encode_frame(x, step, **kwargs)
             self.encodes += 1
             mse = frame.sse / x.size
             if mse > 0:
-                # floored: where most codes are 0 the error is the prediction's and the model says little;
-                # a step far above sqrt(12 target) lets the reconstruction lag behind the field
-                self._mse_factor[temporal] = max(mse / (step ** 2 / 12.0), MIN_MSE_FACTOR)
+                # floored (min_mse_factor): where most codes are 0 the error is the prediction's and the model
+                # says little; a step far above sqrt(12 target) lets the reconstruction lag behind the field
+                self._mse_factor[temporal] = max(mse / (step ** 2 / 12.0), floor)
             if mse <= target_mse:
                 self.margin = min(0.99, self.margin * 1.002)
                 return frame

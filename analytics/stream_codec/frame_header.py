@@ -336,15 +336,7 @@ def _read_compact(hdr, p):
     step, alpha, beta = [float(v) for v in np.frombuffer(hdr, "<f4", nf, p)] + [ALPHA, BETA][nf - 1:]
     p += 4 * nf
     _check_factors(step, alpha, beta)
-    wq = default_weights(levels)
-    if flags & FLAG_TEMPORAL:
-        fitted = fitted_levels(as_3d_shape(shape))
-        vals = []
-        for _ in range(3 * len(fitted)):
-            v, p = read_varint(hdr, p)
-            vals.append(unzigzag(v))
-        wq[fitted] = _weights_from_residuals(vals, len(fitted))
-        wq = spread(wq, fitted)
+    wq, p = _read_weights(hdr, p, flags, shape, levels, _weights_from_residuals)
     radius = RADIUS
     if flags & FLAG_RADIUS:
         radius, p = read_varint(hdr, p)
@@ -353,6 +345,22 @@ def _read_compact(hdr, p):
     if flags & FLAG_OUTLIERS:
         n_out, p = read_varint(hdr, p)
     return _tail(hdr, p, flags, shape, levels, (step, alpha, beta), wq, radius, n_body, n_out)
+
+
+def _read_weights(hdr, p, flags, shape, levels, to_weights):
+    """The integer blend weights of every level: the default, or with temporal prediction the
+    fitted levels' ``3 n`` zigzag varints turned into ``(n, 3)`` weights by ``to_weights(vals, n)``
+    (each version's own layout) and spread to the coarser levels. Returns ``(wq, p)``."""
+    wq = default_weights(levels)
+    if flags & FLAG_TEMPORAL:
+        fitted = fitted_levels(as_3d_shape(shape))
+        vals = []
+        for _ in range(3 * len(fitted)):
+            v, p = read_varint(hdr, p)
+            vals.append(unzigzag(v))
+        wq[fitted] = to_weights(vals, len(fitted))
+        wq = spread(wq, fitted)
+    return wq, p
 
 
 def _read_v3(hdr, p):
@@ -365,15 +373,7 @@ def _read_v3(hdr, p):
     step, alpha, beta = (float(v) for v in np.frombuffer(hdr, "<f4", 3, p))
     p += 12
     _check_factors(step, alpha, beta)
-    wq = default_weights(levels)
-    if flags & FLAG_TEMPORAL:
-        fitted = fitted_levels(as_3d_shape(shape))
-        vals = []
-        for _ in range(3 * len(fitted)):
-            v, p = read_varint(hdr, p)
-            vals.append(unzigzag(v))
-        wq[fitted] = np.asarray(vals, np.int64).reshape(-1, 3)
-        wq = spread(wq, fitted)
+    wq, p = _read_weights(hdr, p, flags, shape, levels, lambda vals, n: np.asarray(vals, np.int64).reshape(-1, 3))
     radius, p = read_varint(hdr, p)
     n_body, p = read_varint(hdr, p)
     n_out, p = read_varint(hdr, p)

@@ -79,8 +79,9 @@ class StreamWeightsLearner:
         target_mse : float
             MSE per value of the run's target (:func:`~stagelearn.analytics.step_encode.step_targets`).
         max_step : float, optional
-            The largest step of the trial encodes; default the run's rate control's cap,
-            ``sqrt(12 target_mse / MIN_MSE_FACTOR)`` (:mod:`~stagelearn.analytics.stream_rate`): factors
+            The largest step of the trial encodes; default the run's rate control's tight cap,
+            ``sqrt(12 target_mse / MIN_MSE_FACTOR)`` (:mod:`~stagelearn.analytics.stream_codec.stream`;
+            predicted frames of predictable blocks may go up to ``MIN_MSE_FACTOR_PREDICTABLE``): factors
             that reach the target only at a larger step are charged what they cost at the cap (a run
             would code at the cap, above the target PSNR).
 

@@ -145,15 +145,15 @@ class StreamVariableModel:
     weights : ndarray of float64, shape (L, 3), or None
         Blend weights per level (row 0 finest); None: ``(1, 1, -1)`` until fitted.
     alpha, beta : float
-        Level-wise quantization steps (:func:`~stagelearn.analytics.stream_codec.frame.level_steps`).
+        Level-wise quantization steps (:func:`~stagelearn.analytics.stream_codec.frame_header.level_steps`).
     refit : {"local", "published"}
         ``local``: a producer refits each block's weights from that block's previous frame (the
         codec's own statistics, no communication) and uses ``weights`` only where it has none yet
         (after a keyframe, a new block); ``published``: always ``weights``.
     entropy : {"rans", "adaptive"}
-        ``rans``: static interleaved rANS (payload format 3, fast); ``adaptive``: each frame is also
-        coded with the context-adaptive binary coder and the shorter payload is sent (format 2 or
-        3; 3-8x the encode time for 0.5-36 % fewer bytes, docs/codec.md). Decoders read both.
+        ``rans``: static interleaved rANS (payload format 4, fast); ``adaptive``: each frame is also
+        coded with the context-adaptive binary coder and the shorter payload is sent (format 5 or
+        4; 3-8x the encode time for 0.5-36 % fewer bytes, docs/codec.md). Decoders read both.
     data_min, data_max : float
         Value range seen (as :class:`~stagelearn.analytics.encoder.VariableModel`).
     """

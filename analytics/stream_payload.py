@@ -7,7 +7,7 @@ Layout (varints are unsigned LEB128, ``z`` marks zigzag-coded signed values)::
 ``H``: ``z step``, ``ref_step + 1`` (0: coded on its own), ``z rank``, ``encoder_version``,
 ``ndim``, the global ``shape``, ``start`` and ``count`` (ndim varints each), then the variable
 name (varint length, UTF-8). ``kind`` 0: ``body`` is a stream-codec frame
-(:mod:`stagelearn.analytics.stream_codec.frame`, magic ``SLC1``, its own version and the CRC-32 of
+(:mod:`stagelearn.analytics.stream_codec.frame_header`, magic ``SLC1``, its own version and the CRC-32 of
 the producer's reconstruction); kind 1: ``body`` is the block stored exactly (varint dtype code,
 then zstd of its little-endian values). About 15-25 bytes of envelope per block where the JSON
 header of the PCA codec's ``SLP1`` payload takes ~150.

@@ -296,7 +296,7 @@ def encode_codes_adaptive(codes, shape3, prev3, qlev):
     prev3 : ndarray or None
         The previous reconstructed frame (activity contexts), as the decoder will hold it.
     qlev : ndarray of float64
-        The level steps (:func:`~.frame.level_steps`).
+        The level steps (:func:`~.frame_header.level_steps`).
 
     Returns
     -------

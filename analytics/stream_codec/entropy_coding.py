@@ -4,7 +4,8 @@ The code stream is cut into *segments* (consecutive runs of codes with similar s
 interpolation levels, small coarse levels merged). Within a segment each code is coded in one of
 ``N_CONTEXTS`` contexts, ``min(|previous code|, N_CONTEXTS - 1)`` (the previous code in stream
 order: residuals come in patches of activity). Each (segment, context) carries its histogram
-(integer counts over the segment's ``[lo, hi]``, varint-coded, zero runs collapsed); both sides
+(integer counts over the segment's ``[lo, hi]``; formats 1-3: varint-coded, zero runs collapsed;
+format 4: an Exp-Golomb bit stream, :mod:`.histogram_coding`); both sides
 derive the same 16-bit frequency table from those integers with integer arithmetic only
 (:func:`quantize_frequencies`), and the codes are coded with interleaved range-variant ANS coders
 (:mod:`.rans`, tables in :mod:`.rans_tables`: up to ``N_LANES`` 32-bit states taking the codes in

@@ -10,7 +10,7 @@ frame, float64, level factors other than the defaults, another code radius, outl
 shape, the finest step (float32) and, when not the defaults 1.5 and 4.0, the level factors
 ``alpha``, ``beta`` (float32; :func:`level_steps`), the blend weights of the levels with many
 points (units of 2^-16, predicted within the frame; only with temporal prediction;
-:func:`_fitted_levels`; coarser levels reuse them), the number of rANS words (versions 5 and 2: of
+:func:`.frame_header.fitted_levels`; coarser levels reuse them), the number of rANS words (versions 5 and 2: of
 code-stream bytes), the outliers (count, then raw values), the CRC-32 of the reconstruction
 (uint32) and (versions 4, 3, 1) the segment histograms (version 4: :mod:`.entropy_coding` with
 ``compact=True``). The encoder writes whichever of the two entropy codings (:mod:`.entropy_coding`'s

@@ -79,11 +79,11 @@ def min_mse_factor(key_bytes, predicted_bytes, predicted):
     ``MIN_MSE_FACTOR_PREDICTABLE``; elsewhere ``MIN_MSE_FACTOR``. The run's rate control
     (:mod:`stagelearn.analytics.stream_rate`) also stops the step from creeping above the
     ``MIN_MSE_FACTOR`` cap after a frame whose error did not grow with the step. Measured
-    (32 frames, settings 28-75 dB on five grids of settings, docs/codec.md): on the gyrokinetic mock
+    (32 frames, settings 30-70 dB and four shifted grids, docs/codec.md): on the gyrokinetic mock
     (predicted frames 1/3-1/78 of a keyframe) ``stream_step`` 1.09-1.11x / 1.06-1.13x / 1.00-1.02x
     the ratio at 40 / 50 / 60 dB and ``stream`` 1.05-1.21x / 1.34-1.38x / 1.03-1.08x; heat2d's plume
     (predicted frames ~1x a keyframe: header-bound), Gray-Scott and turbulence2d unchanged byte for
-    byte, Allen-Cahn within 0.3 %. A looser cap everywhere cost heat2d 3-13 % at 40 dB: a frame spent
+    byte, Allen-Cahn within 0.6 %. A looser cap everywhere cost heat2d 3-13 % at 40 dB: a frame spent
     its whole error on the lag and the next one paid a burst of 5-10x the bytes.
 
     Parameters
@@ -153,7 +153,7 @@ class StreamEncoder:
     keyframe_every : int, default=0
         Encode every n-th frame without temporal prediction (0: only the first).
     alpha, beta : float
-        Level-wise steps (:func:`stagelearn.analytics.stream_codec.frame.level_steps`).
+        Level-wise steps (:func:`stagelearn.analytics.stream_codec.frame_header.level_steps`).
     fit : bool, default=True
         Refit the blend weights from each frame's statistics (False: keep the default or set weights).
     adaptive : bool, default=False

@@ -1,7 +1,7 @@
 """Choose the level-wise step factors ``alpha``, ``beta`` of a field from trial encodes at equal MSE.
 
 The stream codec quantizes level ``l`` (0 finest) with ``step / min(alpha^l, beta)``
-(:func:`~.frame.level_steps`). How much finer the coarse levels should be depends on the field:
+(:func:`~.frame_header.level_steps`). How much finer the coarse levels should be depends on the field:
 on the heat2d plume ``(2, 16)`` took 14 % fewer bytes than the default ``(1.5, 4)`` at 50 dB,
 on Allen-Cahn they were within 1 % (QoZ tunes the same two numbers per field). Staging sees
 consecutive blocks of a variable: :func:`trial_bytes` codes, for each candidate, the later block

@@ -30,6 +30,8 @@ else
 	$(error STAGELEARN_ADIOS2 must be mpi or wheel, not $(STAGELEARN_ADIOS2))
 endif
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[mpi,torch,baselines,bench,test,examples]"
+	# compile the stream codec's numba kernels once (cached next to the modules), not in every rank of the first run
+	$(PY) -m stagelearn.analytics.stream_codec.warmup
 	rm -f $(VENV)/.stagelearn-setup-*
 	touch $@
 

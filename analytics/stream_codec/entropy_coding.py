@@ -23,15 +23,16 @@ A decoder that predates interleaving refuses such tables (unknown segment kind).
 With ``compact=True`` (payload format 4, :mod:`.frame_header`) every segment's kind, lowest code
 and number of bins come first, then the histograms of all segments as one bit stream
 (:mod:`.histogram_coding`: Exp-Golomb codes, each row dense or sparse, the first row's largest
-count implied by the segment's size; byte-aligned at its end), then the raw segments.
+count implied by the segment's size; byte-aligned at its end), then the raw segments. The decoder
+reads these tables and the codes in one compiled call (:func:`.rans_decoding.decode_compact`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import rans, rans_tables as tabs
-from .histogram_coding import read_histograms, read_segment_heads, write_histograms, write_segment_heads
+from . import rans, rans_decoding as dec, rans_tables as tabs
+from .histogram_coding import write_histograms, write_segment_heads
 from .rans_tables import N_CONTEXTS, N_LANES, PROB_SCALE
 from .varint import histograms_varints, parse_histograms, read_varint, unzigzag, write_varint, zigzag
 
@@ -202,8 +203,7 @@ def decode_codes(tables, words, sizes, compact=False, max_bins=1 << 20):
     tables = bytes(tables)
     buf = np.frombuffer(tables, np.uint8)
     if compact:
-        lanes, kinds, seg_lo, seg_ctx, seg_n, tab_counts, pos = _read_compact_tables(buf, sizes, max_bins)
-        return _decode_body(tables, words, sizes, lanes, kinds, seg_lo, seg_ctx, seg_n, tab_counts, pos)
+        return _decode_compact(buf, words, sizes, max_bins)
     tag = tables[0] if tables and sizes else 0
     if tag >= 2 * ENTROPY_TAG:
         raise ValueError(f"stream codec: entropy format tag {tag} (this decoder reads the first segment kinds "
@@ -246,30 +246,27 @@ def _check_lo(lo):
     return lo
 
 
-def _read_compact_tables(buf, sizes, max_bins):
-    """Format 4's tables up to the raw segments: ``lanes, kinds, seg_lo, seg_ctx, seg_n, tab_counts, pos``."""
-    n_seg = len(sizes)
-    kinds, zlos, nbs = (np.zeros(n_seg, np.int64) for _ in range(3))
-    lanes4, bp = read_segment_heads(buf, kinds, zlos, nbs, int(max_bins))
-    if bp < 0:
-        raise ValueError("stream codec: truncated segment headers")
-    zero = np.zeros(1, np.int64)
-    tab_counts = []
-    for g, size in enumerate(sizes):
-        if kinds[g] in (_KIND_CTX, _KIND_ONE):
-            hist = np.zeros((N_CONTEXTS if kinds[g] == _KIND_CTX else 1, int(nbs[g])), np.int64)
-            bp = read_histograms(buf, bp, hist.shape[1], hist.shape[0], size, hist)
-            if bp < 0:
-                raise ValueError("stream codec: corrupt histogram")
-            _check_histograms(hist, size)
-            tab_counts += list(hist) + [zero] * (N_CONTEXTS - len(hist))
-        else:
-            tab_counts += [zero] * N_CONTEXTS
-    kinds = [int(k) for k in kinds]
-    seg_lo = [_check_lo(unzigzag(int(z))) for z in zlos]
-    seg_n = [size if k in (_KIND_CTX, _KIND_ONE) else 0 for k, size in zip(kinds, sizes)]
-    return (N_LANES if lanes4 else 1), kinds, seg_lo, [k == _KIND_CTX for k in kinds], seg_n, tab_counts, \
-        (bp + 7) // 8
+_COMPACT_ERRORS = {dec.BAD_HEADS: "truncated segment headers", dec.BAD_HIST: "corrupt histogram",
+                   dec.TOO_WIDE: "more distinct codes than a frequency table holds (corrupt payload)",
+                   dec.SHORT_RANS: "truncated rANS stream", dec.SHORT_RAW: "truncated raw segment"}
+
+
+def _decode_compact(buf, words, sizes, max_bins):
+    """Format 4: tables and codes in one compiled call (:func:`.rans_decoding.decode_compact`); the
+    checks and errors of the format-3 reader (:func:`_check_histograms`, :func:`_check_lo`,
+    :func:`_decode_body`), in their order."""
+    sizes_a = np.asarray(sizes, np.int64)
+    if sizes_a.ndim != 1 or (sizes_a.size and sizes_a.min() < 0):
+        raise ValueError(f"stream codec: segment sizes {list(sizes)} (corrupt payload)")
+    codes, pos, status, value = dec.decode_compact(buf, sizes_a, int(max_bins),
+                                                   np.ascontiguousarray(words, np.uint16), tabs.LUT_BITS)
+    if status == dec.OK:
+        return codes, int(pos)
+    if status == dec.BAD_COUNT:
+        raise ValueError(f"stream codec: histograms count {int(value)} codes, the segment has a different number")
+    if status == dec.BAD_LO:
+        _check_lo(int(value))
+    raise ValueError(f"stream codec: {_COMPACT_ERRORS[status]}")
 
 
 def _decode_body(tables, words, sizes, lanes, kinds, seg_lo, seg_ctx, seg_n, tab_counts, pos):
@@ -277,15 +274,18 @@ def _decode_body(tables, words, sizes, lanes, kinds, seg_lo, seg_ctx, seg_n, tab
     start = sum(sizes)
     flat, lengths = _layout(tab_counts)
     seg_lo_a, seg_ctx_a = np.asarray(seg_lo, np.int64), np.asarray(seg_ctx, np.bool_)
-    freq, cum, tab_off, bucket, skip, nctx = tabs.decoder_tables(flat, lengths, seg_lo_a, seg_ctx_a, lanes)
+    seg_n_a = np.asarray(seg_n, np.int64)
+    freq, cum, tab_off = tabs.build_tables(flat, lengths)
+    bucket, skip, nctx, tab_base = dec.lookups(freq, cum, tab_off, lengths, seg_lo_a, seg_ctx_a, seg_n_a, lanes,
+                                               tabs.LUT_BITS)
     codes = np.empty(start, dtype=np.int32)
     padded = np.zeros(len(words) + 1, np.uint16)  # a spare word: the decoder reads without a branch
     padded[:len(words)] = words
     seg_start = np.zeros(len(sizes), np.int64)
     if sizes:
         seg_start[1:] = np.cumsum(sizes)[:-1]
-    used = rans.rans_decode(padded, seg_start, np.asarray(seg_n, np.int64), seg_lo_a, seg_ctx_a, tab_off, lengths,
-                            freq, cum, bucket, nctx, skip, lanes, tabs.LUT_BITS, codes)
+    used = rans.rans_decode(padded, seg_start, seg_n_a, seg_lo_a, seg_ctx_a, tab_off, lengths,
+                            freq, cum, bucket, nctx, skip, lanes, tabs.LUT_BITS, tab_base, codes)
     if used < 0:
         raise ValueError("stream codec: truncated rANS stream")
     for g, size in enumerate(sizes):

@@ -8,15 +8,25 @@ others', so the processor overlaps them. Each state emits or reads at most one w
 stays in ``[2^16, 2^32)`` with 16-bit frequencies), so renormalisation is a select, not a loop
 (with one state a branch: on near-constant streams it is predicted). The decoder finds a symbol,
 its frequency and its cumulative frequency in one packed lookup per code
-(:func:`.rans_tables.buckets`). The
+(:func:`.rans_decoding.lookups`; after editing this file clear ``stream_codec/__pycache__``: the
+compiled format-4 decoder of :mod:`.rans_decoding` calls it and numba's cache does not notice). The
 context of code ``t`` is ``min(|code[t - 1]|, N_CONTEXTS - 1)`` (the previous code of the segment,
 whichever state coded it). That context chains every code to the one before, whatever the state,
-so with 4 states the decoder reads the next context from a one-byte table per bucket
-(:func:`.rans_tables.next_contexts`, in the first-level cache with the 2^10-bucket tables) and
-computes it from the symbol only where the slot is past the bucket's first symbol. The encoder
+so with 4 states the decoder reads the next context, as an offset into the buckets (the context
+times ``2^lut_bits``), from a two-byte table per bucket (:func:`.rans_decoding.lookups`, in the
+first-level cache with the 2^10-bucket tables) and computes it from the symbol only where the slot
+is past the bucket's first symbol. Its loop over 4 codes reads the next word without clamping the
+position while 4 words are left (a state reads at most one word per code; the last codes of the
+stream go through the clamped loop) and renormalises with a select. The encoder
 adds ``q (2^16 - f)`` to the state (one multiplication on its chain; the same integer as
 ``(q << 16) + x - q f``). All arithmetic is on integers, array indices unsigned (no wrap-around
 code in the loops): the same codes on every machine.
+
+With one state the decoder keeps the previous code's symbol, frequency and cumulative frequency
+when that code leaves the context unchanged (the next code is decoded with the same table): a slot
+in that symbol's range is that symbol again, with no table lookup (runs of zeros, the common case
+on smooth fields, then cost a subtraction, a comparison and the state's multiplication). The same
+symbol the lookup finds, so the same codes.
 
 The decoder's loops are written out per state: helpers that take arrays and branch, inlined by
 numba, kept reference counting in the loop (7x slower); only ``_search`` (rarely taken) and
@@ -139,12 +149,14 @@ def _renorm(x, slot, f, c, words, p, n_words):
 
 @njit(cache=True)
 def rans_decode(words, seg_start, seg_n, seg_lo, seg_ctx, tab_off, tab_len, freq, cum, bucket, nctx, skip, lanes,
-                lut_bits, codes):
+                lut_bits, tab_base, codes):
     """Inverse of :func:`rans_encode` (``words`` in reading order, one spare zero word at the end).
 
-    ``bucket``, ``skip`` from :func:`.rans_tables.buckets` (``2^lut_bits`` buckets per table: an argument,
+    ``bucket``, ``skip`` from :func:`.rans_decoding.lookups` (``2^lut_bits`` buckets per table: an argument,
     not a global, so that code compiled and cached here never disagrees with the tables built in
-    :mod:`.rans_tables`), ``nctx`` from :func:`.rans_tables.next_contexts`. Returns the words consumed,
+    :mod:`.rans_tables`), ``nctx`` (the next context times ``2^lut_bits`` per bucket, uint16; read with
+    ``lanes`` 4 only) and the buckets of table ``t`` from ``tab_base[t]`` (a multiple of ``2^lut_bits``;
+    a segment's context tables follow each other) from :func:`.rans_decoding.lookups`. Returns the words consumed,
     or -1 when the stream is shorter than the codes need.
     """
     n_words = words.size - 1
@@ -173,99 +185,124 @@ def rans_decode(words, seg_start, seg_n, seg_lo, seg_ctx, tab_off, tab_len, freq
         lo = seg_lo[g]
         cm = N_CONTEXTS - 1 if seg_ctx[g] else 0  # context = min(|previous code|, cm)
         tab0 = g * N_CONTEXTS
-        base = tab0 << lut_bits
+        base = tab_base[tab0]
         off0 = tab_off[tab0]
         nb = tab_len[tab0]
         ctx = 0
+        ctxo = 0  # lanes == 4: the context times 2^lut_bits (an offset in the buckets)
         t = a
         if lanes == 4:
-            while t + 4 <= end:
+            while t + 4 <= end and p + 3 <= n_words:  # 4 codes read at most 4 words: no clamp
                 slot = x0 & (PROB_SCALE - 1)
-                i = _U((base + (ctx << lut_bits)) | (slot >> sh))
-                nc = np.int64(nctx[i])
+                i = _U((base + ctxo) | (slot >> sh))
+                nco = np.int64(nctx[i])
                 e = bucket[i]
                 sym = e & 0x1FFFFF
                 f = (e >> 21) & 0x1FFFF
                 c = e >> 40
                 if slot - c >= f:
-                    sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
-                    nc = min(abs(sym + lo), cm)
-                x0, p = _renorm(x0, slot, f, c, words, p, n_words)
+                    sym, f, c = _search(slot, sym, f, c, off0 + (ctxo >> lut_bits) * nb, nb, freq, cum, skip)
+                    nco = min(abs(sym + lo), cm) << lut_bits
+                x0 = f * (x0 >> PROB_BITS) + slot - c
+                y = (x0 << 16) | np.int64(words[_U(p)])
+                small = x0 < RANS_L
+                x0 = y if small else x0
+                p += np.int64(small)
                 codes[_U(t)] = sym + lo
-                ctx = nc
+                ctxo = nco
                 slot = x1 & (PROB_SCALE - 1)
-                i = _U((base + (ctx << lut_bits)) | (slot >> sh))
-                nc = np.int64(nctx[i])
+                i = _U((base + ctxo) | (slot >> sh))
+                nco = np.int64(nctx[i])
                 e = bucket[i]
                 sym = e & 0x1FFFFF
                 f = (e >> 21) & 0x1FFFF
                 c = e >> 40
                 if slot - c >= f:
-                    sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
-                    nc = min(abs(sym + lo), cm)
-                x1, p = _renorm(x1, slot, f, c, words, p, n_words)
+                    sym, f, c = _search(slot, sym, f, c, off0 + (ctxo >> lut_bits) * nb, nb, freq, cum, skip)
+                    nco = min(abs(sym + lo), cm) << lut_bits
+                x1 = f * (x1 >> PROB_BITS) + slot - c
+                y = (x1 << 16) | np.int64(words[_U(p)])
+                small = x1 < RANS_L
+                x1 = y if small else x1
+                p += np.int64(small)
                 codes[_U(t + 1)] = sym + lo
-                ctx = nc
+                ctxo = nco
                 slot = x2 & (PROB_SCALE - 1)
-                i = _U((base + (ctx << lut_bits)) | (slot >> sh))
-                nc = np.int64(nctx[i])
+                i = _U((base + ctxo) | (slot >> sh))
+                nco = np.int64(nctx[i])
                 e = bucket[i]
                 sym = e & 0x1FFFFF
                 f = (e >> 21) & 0x1FFFF
                 c = e >> 40
                 if slot - c >= f:
-                    sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
-                    nc = min(abs(sym + lo), cm)
-                x2, p = _renorm(x2, slot, f, c, words, p, n_words)
+                    sym, f, c = _search(slot, sym, f, c, off0 + (ctxo >> lut_bits) * nb, nb, freq, cum, skip)
+                    nco = min(abs(sym + lo), cm) << lut_bits
+                x2 = f * (x2 >> PROB_BITS) + slot - c
+                y = (x2 << 16) | np.int64(words[_U(p)])
+                small = x2 < RANS_L
+                x2 = y if small else x2
+                p += np.int64(small)
                 codes[_U(t + 2)] = sym + lo
-                ctx = nc
+                ctxo = nco
                 slot = x3 & (PROB_SCALE - 1)
-                i = _U((base + (ctx << lut_bits)) | (slot >> sh))
-                nc = np.int64(nctx[i])
+                i = _U((base + ctxo) | (slot >> sh))
+                nco = np.int64(nctx[i])
                 e = bucket[i]
                 sym = e & 0x1FFFFF
                 f = (e >> 21) & 0x1FFFF
                 c = e >> 40
                 if slot - c >= f:
-                    sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
-                    nc = min(abs(sym + lo), cm)
-                x3, p = _renorm(x3, slot, f, c, words, p, n_words)
+                    sym, f, c = _search(slot, sym, f, c, off0 + (ctxo >> lut_bits) * nb, nb, freq, cum, skip)
+                    nco = min(abs(sym + lo), cm) << lut_bits
+                x3 = f * (x3 >> PROB_BITS) + slot - c
+                y = (x3 << 16) | np.int64(words[_U(p)])
+                small = x3 < RANS_L
+                x3 = y if small else x3
+                p += np.int64(small)
                 codes[_U(t + 3)] = sym + lo
-                ctx = nc
+                ctxo = nco
                 t += 4
         if lanes == 1:  # one state: a predictable branch beats a select on low-entropy streams
+            rf, rc, rcode = np.int64(0), np.int64(0), np.int64(0)  # repeat candidate (module docstring)
             for t in range(a, end):
                 slot = x0 & (PROB_SCALE - 1)
-                e = bucket[_U(((tab0 + ctx) << lut_bits) | (slot >> sh))]
-                sym = e & 0x1FFFFF
-                f = (e >> 21) & 0x1FFFF
-                c = e >> 40
-                if slot - c >= f:
-                    sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
-                x0 = f * (x0 >> PROB_BITS) + slot - c
+                d = slot - rc
+                if _U(d) < _U(rf):  # the previous code's symbol again, in the same table: no lookup
+                    x0 = rf * (x0 >> PROB_BITS) + d
+                    code = rcode
+                else:
+                    e = bucket[_U((base + (ctx << lut_bits)) | (slot >> sh))]
+                    sym = e & 0x1FFFFF
+                    f = (e >> 21) & 0x1FFFF
+                    c = e >> 40
+                    if slot - c >= f:
+                        sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
+                    x0 = f * (x0 >> PROB_BITS) + slot - c
+                    code = sym + lo
+                    nc = min(abs(code), cm)
+                    rf = f if nc == ctx else 0
+                    rc, rcode, ctx = c, code, nc
                 if x0 < RANS_L:
                     x0 = (x0 << 16) | np.int64(words[_U(min(p, n_words))])
                     p += 1
-                code = sym + lo
                 codes[_U(t)] = code
-                ctx = min(abs(code), cm)
             continue
-        while t < end:  # the last codes of a segment, fewer than 4
+        while t < end:  # the last codes of a segment (fewer than 4), or of the stream (words near their end)
             lane = (t - a) & mask
             x = x0 if lane == 0 else (x1 if lane == 1 else (x2 if lane == 2 else x3))
             slot = x & (PROB_SCALE - 1)
-            i = _U((base + (ctx << lut_bits)) | (slot >> sh))
-            nc = np.int64(nctx[i])
+            i = _U((base + ctxo) | (slot >> sh))
+            nco = np.int64(nctx[i])
             e = bucket[i]
             sym = e & 0x1FFFFF
             f = (e >> 21) & 0x1FFFF
             c = e >> 40
             if slot - c >= f:
-                sym, f, c = _search(slot, sym, f, c, off0 + ctx * nb, nb, freq, cum, skip)
-                nc = min(abs(sym + lo), cm)
+                sym, f, c = _search(slot, sym, f, c, off0 + (ctxo >> lut_bits) * nb, nb, freq, cum, skip)
+                nco = min(abs(sym + lo), cm) << lut_bits
             x, p = _renorm(x, slot, f, c, words, p, n_words)
             codes[_U(t)] = sym + lo
-            ctx = nc
+            ctxo = nco
             if lane == 0:
                 x0 = x
             elif lane == 1:

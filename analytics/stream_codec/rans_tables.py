@@ -1,6 +1,8 @@
 """Tables of the stream codec's rANS coder (numba, integers only): code ranges and context
 histograms of segments (encoder), 16-bit frequency tables from counts (both sides, the same
-integers), reciprocals for a divide-free encoder, packed decoder lookups (:mod:`.rans`).
+integers), reciprocals for a divide-free encoder, packed decoder lookups (:mod:`.rans`; the
+decoder builds them for the tables that code only, :func:`.rans_decoding.lookups`). After editing
+this file clear ``stream_codec/__pycache__``: compiled callers in other modules are cached.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ RANS_L = 1 << 16  # state in [RANS_L, 2^32)
 N_CONTEXTS = 3
 N_LANES = 4  # interleaved rANS states
 CTX_PENALTY = 16.0  # bytes: format 4's contexts must save this much (the decoder builds 2 more tables, ~20 us)
-LUT_BITS = 10  # decoder lookup buckets per table: 8 KB of packed entries + 1 KB of next contexts (first-level cache)
+LUT_BITS = 10  # decoder lookup buckets per table: 8 KB of packed entries + 2 KB of next contexts (first-level cache)
 _U = np.uint64  # unsigned indices: no negative-index wrap-around in compiled loops
 
 
@@ -206,45 +208,6 @@ def buckets(freq, cum, tab_off, tab_len):
                 end += freq[off + sym]
             bucket[(t << LUT_BITS) | k] = (cum[off + sym] << 40) | (freq[off + sym] << 21) | sym
     return bucket, skip
-
-
-@njit(cache=True)
-def next_contexts(bucket, tab_lo, tab_cm):
-    """The context that the symbol of each bucket's first slot gives the next code:
-    ``min(|sym + lo|, cm)`` of table ``t``'s segment (``tab_lo[t]``, ``tab_cm[t]``), one uint8 per bucket.
-
-    The decoder's chain from one code to the next then goes through this small table (in the first
-    level cache) instead of the packed bucket and the code's arithmetic; where the slot is past the
-    bucket's first symbol the decoder searches and computes the context from the symbol it finds.
-    """
-    out = np.zeros(bucket.size, np.uint8)
-    for i in range(bucket.size):
-        t = i >> LUT_BITS
-        if t < tab_lo.size:
-            out[i] = min(abs((bucket[i] & 0x1FFFFF) + tab_lo[t]), tab_cm[t])
-    return out
-
-
-@njit(cache=True)
-def decoder_tables(counts, lengths, seg_lo, seg_ctx, lanes):
-    """:func:`build_tables`, :func:`buckets` and (with ``lanes > 1``) :func:`next_contexts` in one
-    call (a frame's tables cost one dispatch, not three): ``freq, cum, tab_off, bucket, skip, nctx``.
-
-    ``seg_lo``, ``seg_ctx``: each segment's lowest code and whether it codes with contexts (its
-    ``N_CONTEXTS`` tables follow each other in ``lengths``). With one state ``nctx`` is a single zero
-    (that decoder computes each context from the code)."""
-    freq, cum, tab_off = build_tables(counts, lengths)
-    bucket, skip = buckets(freq, cum, tab_off, lengths)
-    if lanes == 1:
-        return freq, cum, tab_off, bucket, skip, np.zeros(1, np.uint8)
-    n_seg = seg_lo.size
-    tab_lo = np.zeros(n_seg * N_CONTEXTS, np.int64)
-    tab_cm = np.zeros(n_seg * N_CONTEXTS, np.int64)
-    for g in range(n_seg):
-        for c in range(N_CONTEXTS):
-            tab_lo[g * N_CONTEXTS + c] = seg_lo[g]
-            tab_cm[g * N_CONTEXTS + c] = N_CONTEXTS - 1 if seg_ctx[g] else 0
-    return freq, cum, tab_off, bucket, skip, next_contexts(bucket, tab_lo, tab_cm)
 
 
 @njit(cache=True)

@@ -21,6 +21,9 @@ def write_varint(out, v):
 
 def read_varint(buf, pos):
     """The varint at ``buf[pos:]`` and the position after it (IndexError when truncated)."""
+    b = buf[pos]
+    if b < 0x80:  # one byte: most header fields (a frame's header reads about 16)
+        return b, pos + 1
     shift = v = 0
     while True:
         b = buf[pos]

@@ -29,6 +29,7 @@ import numpy as np
 from .stream_codec import fit_weights
 from .stream_codec.frame import WEIGHT_SCALE
 from .stream_codec.interpolation import N_STATS, as_3d_shape, encode_field, n_levels
+from .stream_codec.layout import kernel_shape, normalize_layout, to_kernel
 
 MAX_LEVELS = 32  # interpolation levels a block may have (strides up to 2^31): the merged array's rows
 KIND = "stream"
@@ -59,7 +60,7 @@ def pad_statistics(stats):
     return out
 
 
-def statistics(block, previous):
+def statistics(block, previous, layout=None):
     """Least-squares statistics of the temporal blend for one block (staging or producer side).
 
     Computed as the codec computes them while encoding, on a reconstruction that is the block
@@ -71,6 +72,9 @@ def statistics(block, previous):
         The block at this step.
     previous : ndarray like ``block``, or None
         The block at the previous step (its reconstruction on a producer). None: zeros (no pair).
+    layout : tuple of int, optional
+        The axis order the block was coded in (:mod:`.stream_codec.layout`; the payload's
+        ``frame_info(...)["layout"]``): the statistics of the levels the producer's kernels saw.
 
     Returns
     -------
@@ -93,12 +97,13 @@ def statistics(block, previous):
     finite = np.isfinite(x) & np.isfinite(p)
     if not finite.all():  # the sums need finite values: non-finite cells contribute nothing
         x, p = np.where(finite, x, 0).astype(x.dtype), np.where(finite, p, 0).astype(x.dtype)
-    shape3 = as_3d_shape(x.shape)
+    layout = normalize_layout(layout, x.ndim)
+    shape3 = as_3d_shape(kernel_shape(x.shape, layout))
     levels = n_levels(shape3)
     span = float(np.max(np.abs(x))) or 1.0
     q = np.full(levels + 1, span * 2.0 ** -16)
     w = np.tile(np.asarray(DEFAULT_WEIGHTS), (max(levels, 1), 1))
-    _, _, _, stats, _ = encode_field(x.reshape(shape3), p.reshape(shape3), q, w)
+    _, _, _, stats, _ = encode_field(to_kernel(x, layout).reshape(shape3), to_kernel(p, layout).reshape(shape3), q, w)
     return pad_statistics(stats)
 
 

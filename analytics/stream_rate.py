@@ -17,6 +17,11 @@ failed, e.g. the reconstruction lagged behind the field, or the field changed at
 coded on its own at the target and the smaller payload is sent: an unscheduled keyframe
 (``BlockState.intra``; ``ref_step`` None in its envelope, so a reader starting there needs nothing
 before), which starts the block's next group of frames as a scheduled one does.
+
+Each block's axis order for the kernels (``BlockState.layouts``, :mod:`.stream_codec.layout`) is
+chosen at its keyframes (:func:`_key_layout`) and at the first predicted frame after each
+(:func:`~.stream_step.encode_stream_block`), as :class:`~.stream_codec.stream.StreamEncoder` does
+(:class:`~.stream_codec.layout.LayoutChooser`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .stream_codec import encode_frame, finish_frame
+from .stream_codec.layout import KernelView, LayoutChooser
 from .stream_codec.stream import MIN_MSE_FACTOR, min_mse_factor, update_group  # shared with StreamEncoder
 
 MAX_TRIALS = 4  # encoder passes of the search; one more, guarded, when none held the target
@@ -62,6 +68,7 @@ class BlockState:
     intra_kept: int = 0
     intra_ref: int = 0  # bytes of the last intra trial that lost since the last keyframe (intra_bound)
     group: list = field(default_factory=lambda: [0, 0, 0])  # keyframe bytes, predicted bytes, frames (update_group)
+    layouts: LayoutChooser = field(default_factory=LayoutChooser)  # the kernels' axis order (.layout: the last frame's)
 
 
 class StreamStates:
@@ -143,7 +150,10 @@ def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
 
     A keyframe (``prev is None``) aims ``st.key_db`` dB above the target, set by :func:`key_offset`
     from the bytes of the block's last group of frames (``st.group``: keyframe bytes, predicted
-    bytes, predicted frames), which each kept frame updates. No extra encoder pass, except where a
+    bytes, predicted frames), which each kept frame updates; its layout is chosen by
+    :func:`_key_layout` (up to two trial passes where the heuristic proposes another axis order),
+    and the first predicted frame's by the caller, before it picks blend weights
+    (:func:`~.stream_step.encode_stream_block`). No other extra encoder pass, except where a
     predicted frame costs more than :func:`intra_bound`: the frame is then also coded on its own
     (at the target, a search from the block's keyframe memory on a copy of ``st``) and the smaller
     of the two kept; ``st.intra`` says which (the caller then sends it as a keyframe: no
@@ -172,18 +182,23 @@ def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
     passes : int
         Encoder passes spent.
     """
-    temporal = prev is not None
+    temporal, tried = prev is not None, 0
     if not temporal:
         st.key_db = key_offset(*st.group) if st.key_offset else 0.0
+        tried = _key_layout(x, target_mse, abs_bound, model, st)
+        st.encodes += tried
     frame, passes = _search(x, prev, weights, target_mse, abs_bound, model, st)
+    passes += tried
     if temporal and len(frame.payload) > intra_bound(max(st.group[0], st.intra_ref)):  # a burst: also code it alone
         trial = copy.deepcopy(st)  # the intra search's memory, kept only with its frame
         trial.key_db = 0.0
+        trial.layouts.keyframe(x, force=True)  # the field changed: the heuristic's order now, no trial
         intra, more = _search(x, None, None, target_mse, abs_bound, model, trial)
         passes += more
         st.encodes, st.intra_extra = trial.encodes, st.intra_extra + 1
         if len(intra.payload) < len(frame.payload):
             st.last[False], st.slope[False], st.intra_kept = trial.last[False], trial.slope[False], st.intra_kept + 1
+            st.layouts = trial.layouts
             frame, temporal = intra, False
         else:  # the bound from now on: not below what coding it alone cost (no search per frame after a tiny keyframe)
             st.intra_ref = len(intra.payload)
@@ -194,20 +209,27 @@ def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
     return frame, passes
 
 
+def _key_layout(x, target_mse, abs_bound, model, st):
+    """Choose a keyframe's layout (``st.layouts``, :class:`~.stream_codec.layout.LayoutChooser`; trials at
+    the step of the block's last keyframe, else of the uniform-noise model); returns the passes spent (0-2)."""
+    ok, passes = target_ok(target_mse), []
+    if ok or abs_bound is not None:
+        last = st.last[False]
+        q = min(last[0] if last is not None else math.sqrt(12.0 * target_mse) if ok else math.inf,
+                2.0 * float(abs_bound) if abs_bound is not None else math.inf)
+        kw = {"alpha": model.alpha, "beta": model.beta, "eb_abs": 0.0 if abs_bound is None else float(abs_bound)}
+        st.layouts.keyframe(x, lambda lay: passes.append(1) or len(encode_frame(x, q, layout=lay, **kw).payload))
+    return len(passes)
+
+
 def intra_bound(key_bytes):
     """Bytes above which a block's predicted frame is also coded on its own (:func:`rate_controlled`).
 
     ``INTRA_KEY`` times the block's last keyframe's bytes (or, once an intra trial lost, that
     trial's bytes if larger); no bound (infinity) before the block's first keyframe.
 
-    Measured (``stream_step``, 32 frames, settings 30-70 and 32-72 dB, five benchmark fields): with
-    1.5 no frame of the current controller triggers it but one on heat2d (kept: +2.7 % ratio at 40
-    dB on that grid); it removes the bursts of a step search gone wrong (gyrokinetic mock under the
-    one tight cap of before: a predicted frame of 16x its keyframe, ratio at 40 dB 1037 -> 1582; the
-    looser cap everywhere: heat2d 923 -> 1228, gyrokinetic 1088 -> 1974). With 1.0 heat2d (predicted
-    frames about a keyframe: header-bound) triggers on 51-61 of 155 predicted frames, keeps 20-28,
-    for +1-7 % ratio at 40 dB and 29 % more encoder passes; the other four fields never trigger. A
-    bound from the mean predicted frame (4x) never triggered.
+    Measured (docs/codec.md): it removes the bursts of a step search gone wrong (gyrokinetic mock, a
+    predicted frame of 16x its keyframe: ratio at 40 dB 1037 -> 1582) and rarely triggers otherwise.
 
     Parameters
     ----------
@@ -260,7 +282,8 @@ def _search(x, prev, weights, target_mse, abs_bound, model, st):
     ok_target = target_ok(target_mse)
     if not ok_target and abs_bound is None:
         raise ValueError(f"stream codec: target_mse {target_mse!r} is not a positive finite number and no abs_bound")
-    kw = {"prev": prev, "weights": weights, "alpha": model.alpha, "beta": model.beta, "adaptive": model.adaptive}
+    kw = {"prev": prev, "weights": weights, "alpha": model.alpha, "beta": model.beta, "adaptive": model.adaptive,
+          "layout": st.layouts.layout, "view": KernelView(x, prev, st.layouts.layout)}  # transposed once
     if not ok_target:
         st.encodes += 1
         return encode_frame(x, 2.0 * eb, eb_abs=eb, **kw), 1

@@ -14,6 +14,8 @@ information, models) and the single-thread encode and decode MB/s (of raw data).
 - ``sz3``: pysz per frame (PSNR mode); ``sz3_closed_loop``: SZ3 on the difference to the previous
   *decompressed* frame (the first frame alone), PSNR target converted to the difference's range;
 - ``sperr`` / ``sperr_closed_loop``: the same with SPERR (numcodecs-wasm-sperr, PSNR mode);
+- ``sz3_layout`` / ``sz3_closed_loop_layout``: SZ3 on the field transposed as the stream codec
+  would code its first frame (``rd_layout_view.py``: what the axis order alone gives SZ3);
 - ``zfp``: zfpy fixed accuracy;
 - ``ours`` / ``ours_frozen``: the product's PCA transform codec streamed as a run does: the first
   ``WARMUP`` frames raw (zstd), an IncrementalPCA learned online from the frames, published every
@@ -40,8 +42,10 @@ information, models) and the single-thread encode and decode MB/s (of raw data).
   ``stream_step_retuned``: also re-tuned every 10 frames on the last two decoded frames (in situ
   staging sees the producers' reconstructions); the tuning time is staging's, not counted.
 
-Fields of more than three axes are given to every method as the same 3-D view (leading axes
-merged), so that SZ3 and SPERR code one volume. Writes ``results/rate_distortion/summary.csv``
+Fields of more than three axes are given to the baselines and the PCA codec as a 3-D view (leading
+axes merged), so that SZ3 and SPERR code one volume; the stream codec's methods get the field as a
+run's producer gives it (it chooses its own axis order, ``analytics/stream_codec/layout.py``); every
+method's reconstruction is compared with the same values. Writes ``results/rate_distortion/summary.csv``
 (``dataset, method, psnr_db, ratio, encode_mb_s, decode_mb_s, setting``) and ``summary.md`` (ratios
 interpolated log-linearly at 40, 50 and 60 dB; ``*`` marks an extrapolation).
 """
@@ -60,6 +64,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rd_datasets import DATASETS  # noqa: E402
 from rd_report import TARGETS, read_csv, write_speed, write_summary  # noqa: E402
+from rd_layout_view import run_in_layout  # noqa: E402
 from rd_speed import speed_pass  # noqa: E402
 
 from stagelearn.analytics import IncrementalPCA, TransformCodec  # noqa: E402
@@ -78,7 +83,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(REPO, "results", "rate_distortion")
 WARMUP, PUBLISH_EVERY = 2, 10
 TILES = {2: (8, 8), 3: (4, 4, 4)}
-METHODS = ("sz3", "sz3_closed_loop", "sperr", "sperr_closed_loop", "zfp", "ours", "ours_frozen", "stream",
+METHODS = ("sz3", "sz3_closed_loop", "sz3_layout", "sz3_closed_loop_layout", "sperr", "sperr_closed_loop", "zfp",
+           "ours", "ours_frozen", "stream",
            "stream_adaptive", "stream_frozen", "stream_intra", "stream_tuned", "stream_step", "stream_step_plain",
            "stream_step_tuned", "stream_step_retuned")
 
@@ -254,12 +260,19 @@ def run_stream_step(frames, setting, timer, keyframe_every=16, key_offset=True, 
     return total, recs
 
 
-def run_method(method, frames, setting):
+def run_method(method, frames, setting, given=None):
+    """``frames``: the 3-D views; ``given``: the frames as the simulation gives them (the stream codec's input)."""
     timer = Timer()
+    view = frames
+    if (method.startswith("stream") or method.endswith("_layout")) and given is not None:
+        frames = given
     if method == "sz3":
         total, recs = run_per_frame(frames, _sz3, setting, False, timer)
     elif method == "sz3_closed_loop":
         total, recs = run_per_frame(frames, _sz3, setting, True, timer)
+    elif method in ("sz3_layout", "sz3_closed_loop_layout"):
+        closed = method == "sz3_closed_loop_layout"
+        total, recs = run_in_layout(frames, lambda f: run_per_frame(f, _sz3, setting, closed, timer))
     elif method == "sperr":
         total, recs = run_per_frame(frames, _sperr, setting, False, timer)
     elif method == "sperr_closed_loop":
@@ -288,16 +301,17 @@ def run_method(method, frames, setting):
         raise ValueError(f"unknown method {method!r} (one of {', '.join(METHODS)})")
     raw = sum(x.nbytes for x in frames)
     enc, dec = timer.mb_s(frames)
+    frames, recs = view, [np.reshape(r, x.shape) for r, x in zip(recs, view)]
     return {"psnr_db": stream_psnr(frames, recs), "ratio": raw / total, "encode_mb_s": enc, "decode_mb_s": dec}
 
 
-def sweep(ds, method, frames, settings, extra=2):
+def sweep(ds, method, frames, settings, extra=2, given=None):
     """Run ``method`` at each setting, then up to ``extra`` settings 10 dB beyond either end while the
     measured PSNRs do not bracket 40 and 60 dB (a baseline's PSNR mode can overshoot by 15 dB)."""
     out = []
 
     def one(s):
-        r = run_method(method, frames, s)
+        r = run_method(method, frames, s, given)
         out.append({"dataset": ds, "method": method, "setting": s, **r})
         print(f"  {method:18s} setting {s:4.0f}: PSNR {r['psnr_db']:6.2f} ratio {r['ratio']:8.2f} "
               f"enc {r['encode_mb_s']:7.1f} MB/s dec {r['decode_mb_s']:7.1f} MB/s", flush=True)
@@ -366,14 +380,14 @@ def main(argv=None):
     rows, meta, speed = [], {}, []
     for ds in args.datasets:
         frames, desc = DATASETS[ds](n_frames, quick=args.quick)
-        shape = frames[0].shape
+        shape, given = frames[0].shape, frames
         frames = [np.ascontiguousarray(f.reshape(as_3d_shape(shape)) if f.ndim > 3 else f) for f in frames]
         meta[ds] = {"description": desc, "frames": len(frames), "shape": list(shape),
                     "raw_mb": sum(f.nbytes for f in frames) / 1e6}
         print(f"{ds}: {desc}, {len(frames)} frames {shape}", flush=True)
         for m in args.methods:
             try:
-                rows += sweep(ds, m, frames, settings)
+                rows += sweep(ds, m, frames, settings, given=given)
             except ImportError as err:
                 print(f"  {m}: skipped ({err})", flush=True)
         if args.speed:

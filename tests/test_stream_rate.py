@@ -4,13 +4,19 @@ predicted frames), no creep of the step where the error is the prediction's and 
 probing above it, and the intra fallback (a predicted frame costing more than its block's last
 keyframe, times ``INTRA_KEY``, is also coded on its own and sent as an unscheduled keyframe when
 that is cheaper).
+
+The rules are measured here in each field's given axis order: the layout (the kernels' axis order a
+block's keyframe and first predicted frame choose, analytics/stream_codec/layout.py) is held at the
+given order by the autouse fixture below; tests/test_stream_layout.py tests it, and with it.
 """
 
 import math
 
 import numpy as np
+import pytest
 
 from stagelearn.analytics import stream_rate
+from stagelearn.analytics.stream_codec import layout
 from stagelearn.analytics.stream_codec.stream import (MIN_MSE_FACTOR, MIN_MSE_FACTOR_PREDICTABLE, PREDICTED_WINDOW,
                                                       min_mse_factor, update_group)
 from stagelearn.analytics.stream_model import StreamVariableModel
@@ -20,6 +26,16 @@ from stagelearn.analytics.temporal import PredictionChain
 
 from test_stream_codec import gyrokinetic_frames, moving_field
 from test_stream_step import _decode_at, _stream, _target
+
+
+@pytest.fixture(autouse=True)
+def given_axis_order():
+    """Every block coded in its given axis order (no layout chosen at keyframes or predicted frames); its own
+    patch, which a test's ``monkeypatch.undo()`` leaves in place."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(layout, "trial_layout", lambda x, size_of: None)
+        mp.setattr(layout, "choose_layout", lambda x, prev=None: None)
+        yield
 
 
 def test_step_cap_rule():

@@ -12,16 +12,24 @@ producer, against the caller's own values:
   with a smaller step;
 - ``abs``: every value within ``target`` (step ``2 target``, checked pointwise; misses stored exactly);
 - ``step``: a fixed finest-level quantization step.
+
+The axis order the kernels see (the *layout*, :class:`~.layout.LayoutChooser`) is chosen at
+keyframes from the frame and at the first predicted frame after each from its difference to the
+keyframe's values (smooth where the field is not: the gyrokinetic mock's changes are smooth in
+velocity and steep in ``phi``, the field itself the other way round); the next predicted frames
+keep it.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
 from .frame import decode_frame, encode_frame
 from .interpolation import as_3d_shape, encode_field, fit_weights, n_levels
+from .layout import KernelView, LayoutChooser, kernel_shape, normalize_layout, to_kernel
 
 MODES = ("psnr", "abs", "step")
 MIN_MSE_FACTOR = 0.1  # the step is at most 3.2 sqrt(12 target MSE)
@@ -105,23 +113,24 @@ def min_mse_factor(key_bytes, predicted_bytes, predicted):
     return MIN_MSE_FACTOR
 
 
-def first_weights(x, prev):
+def first_weights(x, prev, layout=None):
     """Blend weights for a first predicted frame, fitted on the frame itself (one extra pass).
 
     Without statistics of an earlier pair the default ``(1, 1, -1)`` can be far off (on the
     gyrokinetic mock the first predicted frame cost 25x the later ones); the statistics are
     gathered as :func:`stagelearn.analytics.stream_model.statistics` does (a step of ``2^-16`` of
     the range: the interpolation reads the frame's own values) and the weights, fitted on the
-    encoder, travel in the payload as usual.
+    encoder, travel in the payload as usual. ``layout``: the axis order the frame is coded in
+    (:mod:`.layout`); the weights have the levels of that shape.
     """
-    shape3 = as_3d_shape(x.shape)
+    shape3 = as_3d_shape(kernel_shape(x.shape, layout))
     levels = n_levels(shape3)
     span = float(np.max(np.abs(x))) or 1.0
     if not math.isfinite(span):
         return None
     q = np.full(levels + 1, span * 2.0 ** -16)
     w = np.tile(np.array([1.0, 1.0, -1.0]), (max(levels, 1), 1))
-    stats = encode_field(x.reshape(shape3), prev.reshape(shape3), q, w)[3]
+    stats = encode_field(to_kernel(x, layout).reshape(shape3), to_kernel(prev, layout).reshape(shape3), q, w)[3]
     return fit_weights(stats) if np.any(stats[:, 0] > 0) else None
 
 
@@ -160,6 +169,13 @@ class StreamEncoder:
         Also try the context-adaptive binary coder on each frame and send the shorter payload
         (:func:`~stagelearn.analytics.stream_codec.frame.encode_frame`); False: static rANS only
         (3-8x faster to encode; ``codec.entropy`` in a run).
+    layout : "auto", None or sequence of int, default="auto"
+        The axis order the kernels see (:mod:`.layout`): ``"auto"`` chooses it at keyframes (a
+        trial; again only 16 frames after the last choice) and at the first predicted frame after
+        each (from its difference to the keyframe's values), which the next predicted frames keep
+        (:class:`~.layout.LayoutChooser`); None: the given order; a permutation: that order for
+        every frame. Where a new layout changes the number of levels, fitted weights are refitted
+        and weights set with :meth:`set_weights` (``fit=False``) padded with the default.
 
     Attributes
     ----------
@@ -171,6 +187,8 @@ class StreamEncoder:
         The last temporal frame's least-squares statistics (they add over ranks and blocks).
     frames, encodes : int
         Frames encoded, and encoder passes spent on them (re-encodes included).
+    layout : tuple of int or None
+        The axis order of the last frame (None: the given order).
 
     Raises
     ------
@@ -179,8 +197,14 @@ class StreamEncoder:
     """
 
     def __init__(self, mode="psnr", target=50.0, *, temporal=True, keyframe_every=0, alpha=1.5, beta=4.0,
-                 fit=True, max_retries=4, adaptive=False):
+                 fit=True, max_retries=4, adaptive=False, layout="auto"):
         validate_target(mode, target)
+        if not (layout is None or isinstance(layout, str) and layout == "auto" or
+                isinstance(layout, (tuple, list)) and all(isinstance(a, numbers.Integral) for a in layout)):
+            raise ValueError(f"stream codec: layout {layout!r} (expected 'auto', None or a permutation of the axes)")
+        self._layout_rule = layout
+        self.layout = None
+        self._layouts = LayoutChooser()
         self.mode, self.target = mode, float(target)
         self.temporal, self.keyframe_every = bool(temporal), int(keyframe_every)
         self.alpha, self.beta, self.fit, self.max_retries = float(alpha), float(beta), bool(fit), int(max_retries)
@@ -215,10 +239,11 @@ class StreamEncoder:
         key = not self.temporal or self.prev is None or (self.keyframe_every > 0 and
                                                          self.frames % self.keyframe_every == 0)
         prev = None if key else self.prev
+        self._set_layout(x, prev)
         if prev is not None and self.weights is None and self.fit:
-            self.weights = first_weights(x, prev)
+            self.weights = first_weights(x, prev, self.layout)
         kwargs = {"prev": prev, "weights": None if key else self.weights, "alpha": self.alpha, "beta": self.beta,
-                  "adaptive": self.adaptive}
+                  "adaptive": self.adaptive, "layout": self.layout}
         if self.mode == "step":
             frame = encode_frame(x, self.target, **kwargs)
         elif self.mode == "abs":
@@ -230,10 +255,52 @@ class StreamEncoder:
         update_group(self._group, len(frame.payload), prev is None)
         if prev is not None and self.fit:
             self.statistics = frame.stats
-            levels = n_levels(as_3d_shape(x.shape))
+            levels = n_levels(as_3d_shape(kernel_shape(x.shape, self.layout)))
             if frame.stats.shape[0] == max(levels, 1) and np.any(frame.stats[:, 0] > 0):
                 self.weights = fit_weights(frame.stats)
         return frame
+
+    def _set_layout(self, x, prev):
+        """The layout of this frame (:class:`~.layout.LayoutChooser`; at a keyframe a trial at the
+        first pass's step), and the blend weights dropped where it changes the level count."""
+        rule = self._layout_rule
+        if not isinstance(rule, str):
+            self.layout = normalize_layout(rule, x.ndim)
+        elif prev is None:
+            self.layout = self._layouts.keyframe(x, lambda lay: self._trial_bytes(x, lay), keep=self.temporal)
+        else:
+            self.layout = self._layouts.predicted(x)
+        levels = max(n_levels(as_3d_shape(kernel_shape(x.shape, self.layout))), 1)
+        if self.weights is not None and self.weights.shape[0] != levels:  # another level count
+            if self.fit:  # refit (first_weights)
+                self.weights = None
+            else:  # weights set from outside: the default on levels they lack (as StreamVariableModel.level_weights)
+                w = np.tile([1.0, 1.0, -1.0], (levels, 1))
+                k = min(levels, self.weights.shape[0])
+                w[:k] = self.weights[:k]
+                self.weights = w
+
+    def _trial_bytes(self, x, layout):
+        """Payload bytes of keyframe ``x`` in ``layout`` at the first pass's step (0: no trial possible)."""
+        step = self._first_step(x, False)
+        if step is None:
+            return 0
+        self.encodes += 1
+        kw = {"alpha": self.alpha, "beta": self.beta, "eb_abs": self.target if self.mode == "abs" else 0.0}
+        return len(encode_frame(x, step, layout=layout, **kw).payload)
+
+    def _first_step(self, x, temporal):
+        """The first pass's step (None: a constant frame, or non-finite values with a PSNR target)."""
+        if self.mode == "step":
+            return self.target
+        if self.mode == "abs":
+            return 2.0 * self.target
+        span = float(np.float64(x.max()) - np.float64(x.min())) if x.size else 0.0
+        if not math.isfinite(span) or span == 0.0:
+            return None
+        target_mse = span ** 2 * 10.0 ** (-self.target / 10.0)
+        floor = min_mse_factor(*self._group) if temporal else MIN_MSE_FACTOR
+        return self.margin * math.sqrt(12.0 * target_mse / max(self._mse_factor[temporal], floor))
 
     def _encode_psnr(self, x, temporal, kwargs):
         span = float(np.float64(x.max()) - np.float64(x.min())) if x.size else 0.0
@@ -243,7 +310,8 @@ class StreamEncoder:
             return encode_frame(x, 1.0, eb_abs=np.finfo(np.float64).tiny, **kwargs)
         target_mse = span ** 2 * 10.0 ** (-self.target / 10.0)
         floor = min_mse_factor(*self._group) if temporal else MIN_MSE_FACTOR
-        step = self.margin * math.sqrt(12.0 * target_mse / max(self._mse_factor[temporal], floor))
+        step = self._first_step(x, temporal)
+        kwargs = dict(kwargs, view=KernelView(x, kwargs["prev"], self.layout))  # transposed once for every pass
         for _ in range(self.max_retries + 1):
             frame = encode_frame(x, step, **kwargs)
             self.encodes += 1

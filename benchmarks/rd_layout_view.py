@@ -1,0 +1,42 @@
+"""A baseline run on the stream codec's axis order, for ``rate_distortion.py`` (``sz3_layout``, ``sz3_closed_loop_layout``).
+
+The stream codec chooses the axis order its kernels see (``analytics/stream_codec/layout.py``); on a
+field whose smooth axes are not its last ones (the gyrokinetic mock) the order alone changes the
+ratio several-fold, for SZ3 too. These methods give SZ3 the first frame's order
+(``choose_layout(frames[0])``, fixed for the stream: what a user could configure once), as the 3-D
+view of the transposed field, so that the gain of the order and the gain of the codec can be told
+apart. Fields whose order ``choose_layout`` keeps run as the plain methods.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stagelearn.analytics.stream_codec.interpolation import as_3d_shape
+from stagelearn.analytics.stream_codec.layout import choose_layout, kernel_shape
+
+
+def run_in_layout(given, run):
+    """``run(frames)`` on ``given`` transposed into ``choose_layout(given[0])``'s order (3-D views).
+
+    Parameters
+    ----------
+    given : list of ndarray
+        The frames as the simulation gives them.
+    run : callable
+        ``run(frames) -> (total_bytes, recs)`` (e.g. ``run_per_frame`` with its other arguments bound).
+
+    Returns
+    -------
+    total : int
+    recs : list of ndarray
+        The reconstructions in ``given``'s axis order and shape.
+    """
+    order = choose_layout(given[0])
+    if order is None:
+        order = tuple(range(given[0].ndim))
+    kshape = kernel_shape(given[0].shape, order)
+    frames = [np.ascontiguousarray(np.transpose(g, order)).reshape(as_3d_shape(kshape)) for g in given]
+    total, recs = run(frames)
+    back = np.argsort(order)
+    return total, [np.ascontiguousarray(np.transpose(np.reshape(r, kshape), back)) for r in recs]

@@ -8,7 +8,8 @@ order, unchanged on one whose order is already right.
 import numpy as np
 import pytest
 
-from stagelearn.analytics.stream_codec import StreamDecoder, StreamEncoder, StreamFormatError, decode_frame, encode_frame
+from stagelearn.analytics.stream_codec import (StreamDecoder, StreamEncoder, StreamFormatError, decode_frame,
+                                               encode_frame)
 from stagelearn.analytics.stream_codec.frame import frame_info
 from stagelearn.analytics.stream_codec.frame_header import write_payload
 from stagelearn.analytics.stream_codec.layout import (axis_roughness, choose_layout, from_kernel, kernel_shape,
@@ -173,7 +174,7 @@ def test_the_intra_fallback_chooses_the_order_of_the_changed_field():
             assert frame_info(body)["layout"] == choose_layout(b[t - 3])
             break
     else:
-        pytest.skip("no unscheduled keyframe after the cut (the predicted frame was cheaper)")
+        raise AssertionError("no unscheduled keyframe after the cut (the predicted frame was cheaper)")
 
 
 def test_weights_set_from_outside_survive_a_layout_with_another_level_count():
@@ -202,7 +203,44 @@ def test_staging_statistics_follow_the_coded_layout():
 
     x, p = _rough_then_smooth(seed=1), _rough_then_smooth(seed=0)
     order = (2, 0, 1)
-    assert np.array_equal(statistics(x, p, order),
-                          statistics(np.ascontiguousarray(x.transpose(order)), np.ascontiguousarray(p.transpose(order))))
+    xt, pt = np.ascontiguousarray(x.transpose(order)), np.ascontiguousarray(p.transpose(order))
+    assert np.array_equal(statistics(x, p, order), statistics(xt, pt))
     codes = _stream([p, x], keyframe_every=16, db=45.0)
-    assert payload_layout(codes[0].payload) == frame_info(parse_stream_payload(codes[0].payload)[2])["layout"]
+    assert payload_layout(codes[0].payload) == choose_layout(p)  # the keyframe's order (its trial kept it)
+    from stagelearn.analytics.stream_model import StreamVariableModel
+    from stagelearn.analytics.stream_step import encode_stream_block
+    from stagelearn.analytics.temporal import PredictionChain
+
+    empty = encode_stream_block(np.zeros((0, 4), np.float32), StreamVariableModel(), step=0, chain=PredictionChain(16),
+                                chain_key="e", target_mse=1.0)  # stored exactly: no frame, no order
+    assert payload_layout(empty.payload) is None
+
+
+def test_axes_of_length_one_do_not_hide_a_better_order():
+    """A 2-D field given as (nx, ny, 1) (a degenerate ADIOS2 block) gets the order it gets as (nx, ny)."""
+    x = np.ascontiguousarray(_rough_then_smooth((5, 40, 48))[2])  # (40, 48): noise along axis 1
+    order2 = choose_layout(x)
+    assert order2 == (1, 0)
+    assert choose_layout(x[:, :, None]) == (2, 1, 0)  # the length-1 axis first, then as in 2-D
+
+
+def test_weights_set_from_outside_survive_a_keyframe_with_fewer_levels():
+    """set_weights with fit=False: a keyframe whose order has fewer levels does not cut the caller's weights."""
+    from stagelearn.analytics.stream_codec.interpolation import as_3d_shape, n_levels
+
+    g = np.meshgrid(*[np.linspace(0, 1, n) for n in (40, 4, 6, 8)], indexing="ij")
+    rng = np.random.default_rng(3)
+    frames = [(np.sin(2 * g[0] + 0.1 * t) + g[1] + np.cos(g[2]) + rng.standard_normal(8)[None, None, None, :])
+              .astype(np.float32) for t in range(4)]  # noise along axis 3 (8 points), the smooth 40 points last
+    given = n_levels(as_3d_shape(frames[0].shape))  # (160, 6, 8): 8 levels
+    w = np.tile([1.0, 0.3, -0.2], (given, 1))
+    enc = StreamEncoder("step", 0.05, fit=False, keyframe_every=2, layout=None)
+    enc.set_weights(w)
+    enc.encode(frames[0])
+    enc._layout_rule = "auto"  # from here on the encoder chooses: the keyframe at frame 2 gets fewer levels
+    enc.encode(frames[1])
+    enc.encode(frames[2])
+    assert n_levels(as_3d_shape(kernel_shape(frames[2].shape, enc.layout))) < given
+    enc.encode(frames[3])  # predicted, in the keyframe's group
+    k = enc.weights.shape[0]
+    assert np.array_equal(enc.weights, w[:k]) or np.array_equal(enc.weights[:given], w)

@@ -292,8 +292,10 @@ def test_ranks_code_a_stream_learn_merged_weights_and_a_reader_decodes_any_step(
         field = np.zeros(shape)
         for r in range(n_ranks):
             block, n = _decode_at({t: payloads[(t, r)] for t in range(n_steps)}, start)
-            # walked back to the scheduled keyframe, or to a later unscheduled one (stream_rate.intra_bound)
-            assert block.tobytes() == per_rank[r][start][1].tobytes() and 1 <= n <= start % 4 + 1
+            # walked back to the last block coded on its own: the scheduled keyframe or a later unscheduled one
+            last_key = max(t for t in range(start + 1) if parse_stream_payload(payloads[(t, r)])[0]["ref_step"] is None)
+            assert block.tobytes() == per_rank[r][start][1].tobytes() and n == start - last_key + 1
+            assert last_key >= start - start % 4
             header = parse_stream_payload(payloads[(start, r)])[0]
             field[tuple(slice(a, a + c) for a, c in zip(header["start"], header["count"]))] = block
         x = fields[start]

@@ -271,7 +271,7 @@ def read_header(payload):
         if len(hdr) < n:
             raise StreamFormatError("stream codec: truncated payload header")
         words_at = pos + n
-        if packed:  # versions 4-5 without zstd's magic (never a magicless frame's first bytes: a reserved bit)
+        if packed:  # versions 4-7 without zstd's magic (never a magicless frame's first bytes: a reserved bit)
             magicless = hdr[:4] != _ZSTD_MAGIC
             hdr = _inflate(hdr, magicless)
         version, p = read_varint(hdr, 0)

@@ -27,7 +27,7 @@ import numbers
 
 import numpy as np
 
-from .frame import decode_frame, encode_frame
+from .frame import decode_frame, encode_frame, finish_frame
 from .interpolation import as_3d_shape, encode_field, fit_weights, n_levels
 from .layout import KernelView, LayoutChooser, kernel_shape, normalize_layout, to_kernel
 
@@ -203,7 +203,7 @@ class StreamEncoder:
                 isinstance(layout, (tuple, list)) and all(isinstance(a, numbers.Integral) for a in layout)):
             raise ValueError(f"stream codec: layout {layout!r} (expected 'auto', None or a permutation of the axes)")
         self._layout_rule = layout
-        self.layout = None
+        self.layout, self._given_weights = None, None
         self._layouts = LayoutChooser()
         self.mode, self.target = mode, float(target)
         self.temporal, self.keyframe_every = bool(temporal), int(keyframe_every)
@@ -221,6 +221,7 @@ class StreamEncoder:
     def set_weights(self, weights):
         """Use these blend weights (shape ``(L, 3)``) from the next frame on, e.g. fitted in staging."""
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        self._given_weights = self.weights  # kept whole: a layout with fewer levels must not cut them for good
 
     def encode(self, x):
         """Encode the next frame.
@@ -271,14 +272,15 @@ class StreamEncoder:
         else:
             self.layout = self._layouts.predicted(x)
         levels = max(n_levels(as_3d_shape(kernel_shape(x.shape, self.layout))), 1)
-        if self.weights is not None and self.weights.shape[0] != levels:  # another level count
-            if self.fit:  # refit (first_weights)
-                self.weights = None
-            else:  # weights set from outside: the default on levels they lack (as StreamVariableModel.level_weights)
-                w = np.tile([1.0, 1.0, -1.0], (levels, 1))
-                k = min(levels, self.weights.shape[0])
-                w[:k] = self.weights[:k]
-                self.weights = w
+        if prev is None or self.weights is None or self.weights.shape[0] == levels:
+            return  # a keyframe uses no weights: they are fitted to the levels of its predicted frames
+        if self.fit:  # another level count: refit (first_weights)
+            self.weights = None
+        else:  # weights set from outside: the default on levels they lack (as StreamVariableModel.level_weights)
+            given = self._given_weights if self._given_weights is not None else self.weights
+            self.weights = np.tile([1.0, 1.0, -1.0], (levels, 1))
+            k = min(levels, given.shape[0])
+            self.weights[:k] = given[:k]
 
     def _trial_bytes(self, x, layout):
         """Payload bytes of keyframe ``x`` in ``layout`` at the first pass's step (0: no trial possible)."""
@@ -313,7 +315,7 @@ class StreamEncoder:
         step = self._first_step(x, temporal)
         kwargs = dict(kwargs, view=KernelView(x, kwargs["prev"], self.layout))  # transposed once for every pass
         for _ in range(self.max_retries + 1):
-            frame = encode_frame(x, step, **kwargs)
+            frame = encode_frame(x, step, payload=False, **kwargs)  # entropy-coded only if kept
             self.encodes += 1
             mse = frame.sse / x.size
             if mse > 0:
@@ -322,7 +324,7 @@ class StreamEncoder:
                 self._mse_factor[temporal] = max(mse / (step ** 2 / 12.0), floor)
             if mse <= target_mse:
                 self.margin = min(0.99, self.margin * 1.002)
-                return frame
+                return finish_frame(frame)
             self.margin = max(0.85, self.margin * 0.97)  # missed: aim lower from now on
             step *= 0.98 * math.sqrt(target_mse / mse)
         # the target is met by a pointwise bound (every value within sqrt(target_mse))

@@ -212,14 +212,19 @@ def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
 def _key_layout(x, target_mse, abs_bound, model, st):
     """Choose a keyframe's layout (``st.layouts``, :class:`~.stream_codec.layout.LayoutChooser`; trials at
     the step of the block's last keyframe, else of the uniform-noise model); returns the passes spent (0-2)."""
-    ok, passes = target_ok(target_mse), []
-    if ok or abs_bound is not None:
-        last = st.last[False]
-        q = min(last[0] if last is not None else math.sqrt(12.0 * target_mse) if ok else math.inf,
-                2.0 * float(abs_bound) if abs_bound is not None else math.inf)
-        kw = {"alpha": model.alpha, "beta": model.beta, "eb_abs": 0.0 if abs_bound is None else float(abs_bound)}
-        st.layouts.keyframe(x, lambda lay: passes.append(1) or len(encode_frame(x, q, layout=lay, **kw).payload))
-    return len(passes)
+    ok, passes = target_ok(target_mse), 0
+    if not ok and abs_bound is None:
+        return 0
+    last = st.last[False]
+    q = min(last[0] if last is not None else math.sqrt(12.0 * target_mse) if ok else math.inf,
+            2.0 * float(abs_bound) if abs_bound is not None else math.inf)
+    kw = {"alpha": model.alpha, "beta": model.beta, "eb_abs": 0.0 if abs_bound is None else float(abs_bound)}
+    def size_of(layout):  # noqa: E306  (one trial pass, counted)
+        nonlocal passes
+        passes += 1
+        return len(encode_frame(x, q, layout=layout, **kw).payload)
+    st.layouts.keyframe(x, size_of)
+    return passes
 
 
 def intra_bound(key_bytes):

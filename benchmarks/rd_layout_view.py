@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from stagelearn.analytics.stream_codec.interpolation import as_3d_shape
-from stagelearn.analytics.stream_codec.layout import choose_layout, kernel_shape
+from stagelearn.analytics.stream_codec.layout import choose_layout, from_kernel, kernel_shape, to_kernel
 
 
 def run_in_layout(given, run):
@@ -33,10 +33,6 @@ def run_in_layout(given, run):
         The reconstructions in ``given``'s axis order and shape.
     """
     order = choose_layout(given[0])
-    if order is None:
-        order = tuple(range(given[0].ndim))
     kshape = kernel_shape(given[0].shape, order)
-    frames = [np.ascontiguousarray(np.transpose(g, order)).reshape(as_3d_shape(kshape)) for g in given]
-    total, recs = run(frames)
-    back = np.argsort(order)
-    return total, [np.ascontiguousarray(np.transpose(np.reshape(r, kshape), back)) for r in recs]
+    total, recs = run([to_kernel(g, order).reshape(as_3d_shape(kshape)) for g in given])
+    return total, [from_kernel(np.reshape(r, kshape), order) for r in recs]

@@ -23,7 +23,7 @@ from numba import njit
 
 from .histogram_coding import read_histograms, read_segment_heads
 from .rans import rans_decode
-from .rans_tables import N_CONTEXTS, PROB_BITS, PROB_SCALE, build_tables
+from .rans_tables import N_CONTEXTS, PROB_BITS, PROB_SCALE, build_tables, table_skips
 
 KIND_CONST, KIND_RAW, KIND_CTX, KIND_ONE = 0, 1, 2, 3  # segment kinds (:mod:`.entropy_coding`)
 #: statuses of :func:`decode_compact` (0: decoded); ``value`` of the result says more where noted
@@ -60,18 +60,10 @@ def lookups(freq, cum, tab_off, lengths, seg_lo, seg_ctx, seg_n, lanes, lut_bits
         for ctx in range(N_CONTEXTS if seg_ctx[g] else 1):
             t = g * N_CONTEXTS + ctx
             off, n, base = tab_off[t], lengths[t], tab_base[t]
-            total = 0
-            for i in range(n):
-                total += freq[off + i]
-            if total != PROB_SCALE:  # a context that never occurs: symbol 0 of full width
+            if not table_skips(freq, off, n, skip):  # a context that never occurs: symbol 0 of full width
                 if lanes > 1:
                     nctx[base:base + width] = min(abs(lo), cm) << lut_bits
                 continue
-            nxt = n - 1
-            for i in range(n - 1, -1, -1):
-                skip[off + i] = nxt
-                if freq[off + i] > 0:
-                    nxt = i
             k = 0
             for s in range(n):  # symbol s holds the buckets whose first slot is in [cum, cum + freq)
                 f = freq[off + s]

@@ -189,16 +189,8 @@ def buckets(freq, cum, tab_off, tab_len):
     skip = np.zeros(freq.size, np.int64)
     for t in range(n_tab):
         off, n = tab_off[t], tab_len[t]
-        total = 0
-        for i in range(n):
-            total += freq[off + i]
-        if total != PROB_SCALE:  # never used by a valid stream: the symbol 0 of full width, no search
+        if not table_skips(freq, off, n, skip):  # never used by a valid stream: the symbol 0 of full width
             continue
-        nxt = n - 1
-        for i in range(n - 1, -1, -1):
-            skip[off + i] = nxt
-            if freq[off + i] > 0:
-                nxt = i
         sym = 0
         end = freq[off]  # cumulative frequency up to and including ``sym``
         for k in range(1 << LUT_BITS):
@@ -208,6 +200,24 @@ def buckets(freq, cum, tab_off, tab_len):
                 end += freq[off + sym]
             bucket[(t << LUT_BITS) | k] = (cum[off + sym] << 40) | (freq[off + sym] << 21) | sym
     return bucket, skip
+
+
+@njit(cache=True)
+def table_skips(freq, off, n, skip):
+    """For the table ``freq[off:off + n]``: whether its frequencies sum to ``PROB_SCALE`` (a table a
+    valid stream codes with) and, if so, ``skip[off + i]`` = the next bin after ``i`` with a
+    non-zero frequency (the decoder's search past empty bins; ``n - 1`` past the last one)."""
+    total = 0
+    for i in range(n):
+        total += freq[off + i]
+    if total != PROB_SCALE:
+        return False
+    nxt = n - 1
+    for i in range(n - 1, -1, -1):
+        skip[off + i] = nxt
+        if freq[off + i] > 0:
+            nxt = i
+    return True
 
 
 @njit(cache=True)

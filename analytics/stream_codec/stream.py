@@ -291,13 +291,15 @@ class StreamEncoder:
         kw = {"alpha": self.alpha, "beta": self.beta, "eb_abs": self.target if self.mode == "abs" else 0.0}
         return len(encode_frame(x, step, layout=layout, **kw).payload)
 
-    def _first_step(self, x, temporal):
-        """The first pass's step (None: a constant frame, or non-finite values with a PSNR target)."""
+    def _first_step(self, x, temporal, span=None):
+        """The first pass's step (None: a constant frame, or non-finite values with a PSNR target);
+        ``span``: the frame's range if the caller has it."""
         if self.mode == "step":
             return self.target
         if self.mode == "abs":
             return 2.0 * self.target
-        span = float(np.float64(x.max()) - np.float64(x.min())) if x.size else 0.0
+        if span is None:
+            span = float(np.float64(x.max()) - np.float64(x.min())) if x.size else 0.0
         if not math.isfinite(span) or span == 0.0:
             return None
         target_mse = span ** 2 * 10.0 ** (-self.target / 10.0)
@@ -312,7 +314,7 @@ class StreamEncoder:
             return encode_frame(x, 1.0, eb_abs=np.finfo(np.float64).tiny, **kwargs)
         target_mse = span ** 2 * 10.0 ** (-self.target / 10.0)
         floor = min_mse_factor(*self._group) if temporal else MIN_MSE_FACTOR
-        step = self._first_step(x, temporal)
+        step = self._first_step(x, temporal, span)
         kwargs = dict(kwargs, view=KernelView(x, kwargs["prev"], self.layout))  # transposed once for every pass
         for _ in range(self.max_retries + 1):
             frame = encode_frame(x, step, payload=False, **kwargs)  # entropy-coded only if kept

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .stream_codec import fit_weights
+from .stream_codec.axis_order import kernel_shape, normalize_axis_order, to_kernel
 from .stream_codec.frame import WEIGHT_SCALE
 from .stream_codec.interpolation import N_STATS, as_3d_shape, encode_field, n_levels
-from .stream_codec.layout import kernel_shape, normalize_layout, to_kernel
 
 MAX_LEVELS = 32  # interpolation levels a block may have (strides up to 2^31): the merged array's rows
 KIND = "stream"
@@ -60,7 +60,7 @@ def pad_statistics(stats):
     return out
 
 
-def statistics(block, previous, layout=None):
+def statistics(block, previous, axis_order=None):
     """Least-squares statistics of the temporal blend for one block (staging or producer side).
 
     Computed as the codec computes them while encoding, on a reconstruction that is the block
@@ -72,9 +72,9 @@ def statistics(block, previous, layout=None):
         The block at this step.
     previous : ndarray like ``block``, or None
         The block at the previous step (its reconstruction on a producer). None: zeros (no pair).
-    layout : tuple of int, optional
-        The axis order the block was coded in (:mod:`.stream_codec.layout`; the payload's
-        ``frame_info(...)["layout"]``): the statistics of the levels the producer's kernels saw.
+    axis_order : tuple of int, optional
+        The axis order the block was coded in (:mod:`.stream_codec.axis_order`; the payload's
+        ``frame_info(...)["axis_order"]``): the statistics of the levels the producer's kernels saw.
 
     Returns
     -------
@@ -97,13 +97,14 @@ def statistics(block, previous, layout=None):
     finite = np.isfinite(x) & np.isfinite(p)
     if not finite.all():  # the sums need finite values: non-finite cells contribute nothing
         x, p = np.where(finite, x, 0).astype(x.dtype), np.where(finite, p, 0).astype(x.dtype)
-    layout = normalize_layout(layout, x.ndim)
-    shape3 = as_3d_shape(kernel_shape(x.shape, layout))
+    axis_order = normalize_axis_order(axis_order, x.ndim)
+    shape3 = as_3d_shape(kernel_shape(x.shape, axis_order))
     levels = n_levels(shape3)
     span = float(np.max(np.abs(x))) or 1.0
     q = np.full(levels + 1, span * 2.0 ** -16)
     w = np.tile(np.asarray(DEFAULT_WEIGHTS), (max(levels, 1), 1))
-    _, _, _, stats, _ = encode_field(to_kernel(x, layout).reshape(shape3), to_kernel(p, layout).reshape(shape3), q, w)
+    _, _, _, stats, _ = encode_field(to_kernel(x, axis_order).reshape(shape3), to_kernel(p, axis_order).reshape(shape3),
+                                     q, w)
     return pad_statistics(stats)
 
 

@@ -18,10 +18,10 @@ coded on its own at the target and the smaller payload is sent: an unscheduled k
 (``BlockState.intra``; ``ref_step`` None in its envelope, so a reader starting there needs nothing
 before), which starts the block's next group of frames as a scheduled one does.
 
-Each block's axis order for the kernels (``BlockState.layouts``, :mod:`.stream_codec.layout`) is
-chosen at its keyframes (:func:`_key_layout`) and at the first predicted frame after each
+Each block's axis order for the kernels (``BlockState.axis_orders``, :mod:`.stream_codec.axis_order`) is
+chosen at its keyframes (:func:`_key_axis_order`) and at the first predicted frame after each
 (:func:`~.stream_step.encode_stream_block`), as :class:`~.stream_codec.stream.StreamEncoder` does
-(:class:`~.stream_codec.layout.LayoutChooser`).
+(:class:`~.stream_codec.axis_order.AxisOrderChooser`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .stream_codec import encode_frame, finish_frame
-from .stream_codec.layout import KernelView, LayoutChooser
+from .stream_codec.axis_order import AxisOrderChooser, KernelView
 from .stream_codec.stream import MIN_MSE_FACTOR, min_mse_factor, update_group  # shared with StreamEncoder
 
 MAX_TRIALS = 4  # encoder passes of the search; one more, guarded, when none held the target
@@ -68,7 +68,7 @@ class BlockState:
     intra_kept: int = 0
     intra_ref: int = 0  # bytes of the last intra trial that lost since the last keyframe (intra_bound)
     group: list = field(default_factory=lambda: [0, 0, 0])  # keyframe bytes, predicted bytes, frames (update_group)
-    layouts: LayoutChooser = field(default_factory=LayoutChooser)  # the kernels' axis order (.layout: the last frame's)
+    axis_orders: AxisOrderChooser = field(default_factory=AxisOrderChooser)  # .axis_order: the last frame's
 
 
 class StreamStates:
@@ -150,8 +150,8 @@ def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
 
     A keyframe (``prev is None``) aims ``st.key_db`` dB above the target, set by :func:`key_offset`
     from the bytes of the block's last group of frames (``st.group``: keyframe bytes, predicted
-    bytes, predicted frames), which each kept frame updates; its layout is chosen by
-    :func:`_key_layout` (up to two trial passes where the heuristic proposes another axis order),
+    bytes, predicted frames), which each kept frame updates; its axis order is chosen by
+    :func:`_key_axis_order` (up to two trial passes where the heuristic proposes another axis order),
     and the first predicted frame's by the caller, before it picks blend weights
     (:func:`~.stream_step.encode_stream_block`). No other extra encoder pass, except where a
     predicted frame costs more than :func:`intra_bound`: the frame is then also coded on its own
@@ -185,20 +185,20 @@ def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
     temporal, tried = prev is not None, 0
     if not temporal:
         st.key_db = key_offset(*st.group) if st.key_offset else 0.0
-        tried = _key_layout(x, target_mse, abs_bound, model, st)
+        tried = _key_axis_order(x, target_mse, abs_bound, model, st)
         st.encodes += tried
     frame, passes = _search(x, prev, weights, target_mse, abs_bound, model, st)
     passes += tried
     if temporal and len(frame.payload) > intra_bound(max(st.group[0], st.intra_ref)):  # a burst: also code it alone
         trial = copy.deepcopy(st)  # the intra search's memory, kept only with its frame
         trial.key_db = 0.0
-        trial.layouts.keyframe(x, force=True)  # the field changed: the heuristic's order now, no trial
+        trial.axis_orders.keyframe(x, force=True)  # the field changed: the heuristic's order now, no trial
         intra, more = _search(x, None, None, target_mse, abs_bound, model, trial)
         passes += more
         st.encodes, st.intra_extra = trial.encodes, st.intra_extra + 1
         if len(intra.payload) < len(frame.payload):
             st.last[False], st.slope[False], st.intra_kept = trial.last[False], trial.slope[False], st.intra_kept + 1
-            st.layouts = trial.layouts
+            st.axis_orders = trial.axis_orders
             frame, temporal = intra, False
         else:  # the bound from now on: not below what coding it alone cost (no search per frame after a tiny keyframe)
             st.intra_ref = len(intra.payload)
@@ -209,9 +209,9 @@ def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
     return frame, passes
 
 
-def _key_layout(x, target_mse, abs_bound, model, st):
-    """Choose a keyframe's layout (``st.layouts``, :class:`~.stream_codec.layout.LayoutChooser`; trials at
-    the step of the block's last keyframe, else of the uniform-noise model); returns the passes spent (0-2)."""
+def _key_axis_order(x, target_mse, abs_bound, model, st):
+    """Choose a keyframe's axis order (``st.axis_orders``, :class:`~.stream_codec.axis_order.AxisOrderChooser`;
+    trials at the step of the block's last keyframe, else of the uniform-noise model); returns the passes (0-2)."""
     ok, passes = target_ok(target_mse), 0
     if not ok and abs_bound is None:
         return 0
@@ -219,11 +219,11 @@ def _key_layout(x, target_mse, abs_bound, model, st):
     q = min(last[0] if last is not None else math.sqrt(12.0 * target_mse) if ok else math.inf,
             2.0 * float(abs_bound) if abs_bound is not None else math.inf)
     kw = {"alpha": model.alpha, "beta": model.beta, "eb_abs": 0.0 if abs_bound is None else float(abs_bound)}
-    def size_of(layout):  # noqa: E306  (one trial pass, counted)
+    def size_of(axis_order):  # noqa: E306  (one trial pass, counted)
         nonlocal passes
         passes += 1
-        return len(encode_frame(x, q, layout=layout, **kw).payload)
-    st.layouts.keyframe(x, size_of)
+        return len(encode_frame(x, q, axis_order=axis_order, **kw).payload)
+    st.axis_orders.keyframe(x, size_of)
     return passes
 
 
@@ -288,7 +288,7 @@ def _search(x, prev, weights, target_mse, abs_bound, model, st):
     if not ok_target and abs_bound is None:
         raise ValueError(f"stream codec: target_mse {target_mse!r} is not a positive finite number and no abs_bound")
     kw = {"prev": prev, "weights": weights, "alpha": model.alpha, "beta": model.beta, "adaptive": model.adaptive,
-          "layout": st.layouts.layout, "view": KernelView(x, prev, st.layouts.layout)}  # transposed once
+          "axis_order": st.axis_orders.axis_order, "view": KernelView(x, prev, st.axis_orders.axis_order)}  # transposed
     if not ok_target:
         st.encodes += 1
         return encode_frame(x, 2.0 * eb, eb_abs=eb, **kw), 1

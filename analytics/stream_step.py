@@ -47,7 +47,7 @@ from .stream_codec.interpolation import as_3d_shape, n_levels
 from .stream_codec.varint import read_varint, write_varint
 from .stream_model import pad_statistics
 from .stream_payload import KIND_CODED, KIND_EXACT, StreamPayloadError, pack_stream_payload, parse_stream_payload
-from .stream_codec.layout import kernel_shape
+from .stream_codec.axis_order import kernel_shape
 from .stream_rate import StreamStates  # noqa: F401  (staging imports it from here)
 from .stream_rate import rate_controlled as _rate_controlled
 from .stream_rate import target_ok as _target_ok
@@ -130,19 +130,19 @@ def encode_stream_block(block, model, *, step, chain, chain_key, target_mse, abs
         raise ValueError(f"stream codec: reference of shape {given.shape} for a block of shape {block.shape}")
     source = coding_values(given)
     st = (state if state is not None else StreamStates()).get(chain_key)
-    st.layouts.keep = chain.keyframe_every > 1  # 0 and 1: every step coded on its own, no predicted frame
+    st.axis_orders.keep = chain.keyframe_every > 1  # 0 and 1: every step coded on its own, no predicted frame
     prev_step, prev = chain.reference(chain_key, block.shape)
     if prev is not None and prev.dtype != source.dtype:
         prev_step, prev = None, None
     weights = None
     if prev is not None:
-        layout = st.layouts.predicted(source)
-        levels = max(n_levels(as_3d_shape(kernel_shape(block.shape, layout))), 1)
+        axis_order = st.axis_orders.predicted(source)
+        levels = max(n_levels(as_3d_shape(kernel_shape(block.shape, axis_order))), 1)
         own = st.stats is not None and st.stats.shape[0] == levels and np.any(st.stats[:, 0] > 0)
         if model.refit == "local" and own:
             weights = fit_weights(st.stats)
         elif model.weights is None:  # nothing fitted yet (start, after a keyframe): fit on this frame, one extra pass
-            fitted = first_weights(source, prev, layout)
+            fitted = first_weights(source, prev, axis_order)
             weights = model.level_weights(levels) if fitted is None else fitted
         else:
             weights = model.level_weights(levels)
@@ -156,7 +156,8 @@ def encode_stream_block(block, model, *, step, chain, chain_key, target_mse, abs
             e = math.sqrt(target_mse) * (1.0 - 1e-6)
             e = e if abs_bound is None else min(e, float(abs_bound))
             frame, encodes = encode_frame(source, 2.0 * e, eb_abs=e, prev=prev, weights=weights, alpha=model.alpha,
-                                          beta=model.beta, adaptive=model.adaptive, layout=st.layouts.layout), encodes + 1
+                                          beta=model.beta, adaptive=model.adaptive,
+                                          axis_order=st.axis_orders.axis_order), encodes + 1
             stats = error_stats(given, frame.reconstruction)
         kind, body, rec, fstats = KIND_CODED, frame.payload, frame.reconstruction, frame.stats
     else:  # an empty block (a rank without data this step)
@@ -183,8 +184,8 @@ def encode_stream_block(block, model, *, step, chain, chain_key, target_mse, abs
     return code
 
 
-def payload_layout(payload):
-    """The axis order a stream block's frame was coded in (:mod:`.stream_codec.layout`).
+def payload_axis_order(payload):
+    """The axis order a stream block's frame was coded in (:mod:`.stream_codec.axis_order`).
 
     Parameters
     ----------
@@ -202,7 +203,7 @@ def payload_layout(payload):
         On a payload that is not a stream block or a corrupt frame header.
     """
     _, kind, body = parse_stream_payload(payload)
-    return frame_info(body)["layout"] if kind == KIND_CODED else None
+    return frame_info(body)["axis_order"] if kind == KIND_CODED else None
 
 
 @njit(cache=True)

@@ -14,8 +14,8 @@ information, models) and the single-thread encode and decode MB/s (of raw data).
 - ``sz3``: pysz per frame (PSNR mode); ``sz3_closed_loop``: SZ3 on the difference to the previous
   *decompressed* frame (the first frame alone), PSNR target converted to the difference's range;
 - ``sperr`` / ``sperr_closed_loop``: the same with SPERR (numcodecs-wasm-sperr, PSNR mode);
-- ``sz3_layout`` / ``sz3_closed_loop_layout``: SZ3 on the field transposed as the stream codec
-  would code its first frame (``rd_layout_view.py``: what the axis order alone gives SZ3);
+- ``sz3_axis_order`` / ``sz3_closed_loop_axis_order``: SZ3 on the field transposed as the stream codec
+  would code its first frame (``rd_axis_order_view.py``: what the axis order alone gives SZ3);
 - ``zfp``: zfpy fixed accuracy;
 - ``ours`` / ``ours_frozen``: the product's PCA transform codec streamed as a run does: the first
   ``WARMUP`` frames raw (zstd), an IncrementalPCA learned online from the frames, published every
@@ -44,7 +44,7 @@ information, models) and the single-thread encode and decode MB/s (of raw data).
 
 Fields of more than three axes are given to the baselines and the PCA codec as a 3-D view (leading
 axes merged), so that SZ3 and SPERR code one volume; the stream codec's methods get the field as a
-run's producer gives it (it chooses its own axis order, ``analytics/stream_codec/layout.py``); every
+run's producer gives it (it chooses its own axis order, ``analytics/stream_codec/axis_order.py``); every
 method's reconstruction is compared with the same values. Writes ``results/rate_distortion/summary.csv``
 (``dataset, method, psnr_db, ratio, encode_mb_s, decode_mb_s, setting``) and ``summary.md`` (ratios
 interpolated log-linearly at 40, 50 and 60 dB; ``*`` marks an extrapolation).
@@ -62,9 +62,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rd_axis_order_view import run_in_axis_order  # noqa: E402
 from rd_datasets import DATASETS  # noqa: E402
 from rd_report import TARGETS, read_csv, write_speed, write_summary  # noqa: E402
-from rd_layout_view import run_in_layout  # noqa: E402
 from rd_speed import speed_pass  # noqa: E402
 
 from stagelearn.analytics import IncrementalPCA, TransformCodec  # noqa: E402
@@ -83,8 +83,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(REPO, "results", "rate_distortion")
 WARMUP, PUBLISH_EVERY = 2, 10
 TILES = {2: (8, 8), 3: (4, 4, 4)}
-METHODS = ("sz3", "sz3_closed_loop", "sz3_layout", "sz3_closed_loop_layout", "sperr", "sperr_closed_loop", "zfp",
-           "ours", "ours_frozen", "stream",
+METHODS = ("sz3", "sz3_closed_loop", "sz3_axis_order", "sz3_closed_loop_axis_order", "sperr", "sperr_closed_loop",
+           "zfp", "ours", "ours_frozen", "stream",
            "stream_adaptive", "stream_frozen", "stream_intra", "stream_tuned", "stream_step", "stream_step_plain",
            "stream_step_tuned", "stream_step_retuned")
 
@@ -264,15 +264,15 @@ def run_method(method, frames, setting, given=None):
     """``frames``: the 3-D views; ``given``: the frames as the simulation gives them (the stream codec's input)."""
     timer = Timer()
     view = frames
-    if (method.startswith("stream") or method.endswith("_layout")) and given is not None:
+    if (method.startswith("stream") or method.endswith("_axis_order")) and given is not None:
         frames = given
     if method == "sz3":
         total, recs = run_per_frame(frames, _sz3, setting, False, timer)
     elif method == "sz3_closed_loop":
         total, recs = run_per_frame(frames, _sz3, setting, True, timer)
-    elif method in ("sz3_layout", "sz3_closed_loop_layout"):
-        closed = method == "sz3_closed_loop_layout"
-        total, recs = run_in_layout(frames, lambda f: run_per_frame(f, _sz3, setting, closed, timer))
+    elif method in ("sz3_axis_order", "sz3_closed_loop_axis_order"):
+        closed = method == "sz3_closed_loop_axis_order"
+        total, recs = run_in_axis_order(frames, lambda f: run_per_frame(f, _sz3, setting, closed, timer))
     elif method == "sperr":
         total, recs = run_per_frame(frames, _sperr, setting, False, timer)
     elif method == "sperr_closed_loop":

@@ -34,7 +34,7 @@ from ..analytics.learners import checkpointable, make_learner, training_budget
 from ..analytics.stream_learner import StreamWeightsLearner
 from ..analytics.stream_model import MAX_LEVELS, statistics
 from ..analytics.stream_payload import StreamPayloadError, is_stream_payload
-from ..analytics.stream_step import decode_stream_block, payload_layout
+from ..analytics.stream_step import decode_stream_block, payload_axis_order
 from . import checkpoint
 from .pacing import TrainingPace
 
@@ -166,16 +166,16 @@ class LearnerSet:
         for b in blocks:
             if b.var != var:
                 continue
-            key, cur, layout = (var, b.rank), b.raw, None
+            key, cur, axis_order = (var, b.rank), b.raw, None
             if cur is None and b.payload is not None and is_stream_payload(b.payload):
                 try:
                     cur = decode_stream_block(b.payload, self._last.get(key))[0]
-                    layout = payload_layout(b.payload)  # the axis order the producer's kernels saw
+                    axis_order = payload_axis_order(b.payload)  # the axis order the producer's kernels saw
                 except StreamPayloadError:  # a step staging did not see: learn again from the next keyframe
                     cur = None
             prev = self._last.get(key)
             if cur is not None and prev is not None and prev.shape == cur.shape:
-                stats += statistics(cur, prev, layout)
+                stats += statistics(cur, prev, axis_order)
             self._last[key] = cur
         self.learners[var].partial_fit_statistics(stats)
 

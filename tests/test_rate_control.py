@@ -248,13 +248,13 @@ def test_keyframe_offset_is_learned_from_the_bytes_of_the_frames_after_it(monkey
     (analytics/stream_rate.py key_offset, learned from the first group's bytes) and the 32 steps cost fewer bytes
     than with the offset off; every frame still reaches the target (recomputed here from the decoded payloads);
     the first keyframe (nothing learned yet) aims at the target as before. In the axis order the codec now
-    chooses (analytics/stream_codec/layout.py) this mock's first keyframe costs 1.8 predicted frames (1,641
+    chooses (analytics/stream_codec/axis_order.py) this mock's first keyframe costs 1.8 predicted frames (1,641
     against 928 bytes a frame at 50 dB), under the rule's KEY_RHO0 = 4, and no offset is learned (0 dB): the
     rule is tested where its premise holds, in the given order."""
-    from stagelearn.analytics.stream_codec import layout
+    from stagelearn.analytics.stream_codec import axis_order
 
-    monkeypatch.setattr(layout, "trial_layout", lambda x, size_of: None)
-    monkeypatch.setattr(layout, "choose_layout", lambda x, prev=None: None)
+    monkeypatch.setattr(axis_order, "trial_axis_order", lambda x, size_of: None)
+    monkeypatch.setattr(axis_order, "choose_axis_order", lambda x, prev=None: None)
     sim = GyrokineticMock5D(8, 16, 4, 32, 16, comm=MPI.COMM_SELF, noise=1e-4, seed=0)
     sim.advance(20)
     frames = []

@@ -5,9 +5,9 @@ probing above it, and the intra fallback (a predicted frame costing more than it
 keyframe, times ``INTRA_KEY``, is also coded on its own and sent as an unscheduled keyframe when
 that is cheaper).
 
-The rules are measured here in each field's given axis order: the layout (the kernels' axis order a
-block's keyframe and first predicted frame choose, analytics/stream_codec/layout.py) is held at the
-given order by the autouse fixture below; tests/test_stream_layout.py tests it, and with it.
+The rules are measured here in each field's given axis order: the kernels' axis order (the one a
+block's keyframe and first predicted frame choose, analytics/stream_codec/axis_order.py) is held at the
+given order by the autouse fixture below; tests/test_stream_axis_order.py tests it, and with it.
 """
 
 import math
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from stagelearn.analytics import stream_rate
-from stagelearn.analytics.stream_codec import layout
+from stagelearn.analytics.stream_codec import axis_order
 from stagelearn.analytics.stream_codec.stream import (MIN_MSE_FACTOR, MIN_MSE_FACTOR_PREDICTABLE, PREDICTED_WINDOW,
                                                       min_mse_factor, update_group)
 from stagelearn.analytics.stream_model import StreamVariableModel
@@ -30,11 +30,11 @@ from test_stream_step import _decode_at, _stream, _target
 
 @pytest.fixture(autouse=True)
 def given_axis_order():
-    """Every block coded in its given axis order (no layout chosen at keyframes or predicted frames); its own
+    """Every block coded in its given axis order (no axis order chosen at keyframes or predicted frames); its own
     patch, which a test's ``monkeypatch.undo()`` leaves in place."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(layout, "trial_layout", lambda x, size_of: None)
-        mp.setattr(layout, "choose_layout", lambda x, prev=None: None)
+        mp.setattr(axis_order, "trial_axis_order", lambda x, size_of: None)
+        mp.setattr(axis_order, "choose_axis_order", lambda x, prev=None: None)
         yield
 
 

@@ -19,7 +19,7 @@ coder, version 5) gives the shorter payload; the decoder reads every version (1-
 varint tables before 2026-12-07). Versions 4 and 5 change no code and no reconstruction; on 32
 frames of ``StreamEncoder("psnr", target)`` the mean payload went from 298 to 236 bytes (heat2d
 256^2, 40 dB), 758 to 665 (heat2d, 60 dB) and 523 to 461 (Allen-Cahn 128^2, 40 dB). Versions 6
-and 7 are 4 and 5 for a frame coded in another axis order (``layout``, :mod:`.layout`): the header
+and 7 are 4 and 5 for a frame coded in another axis order (``axis_order``, :mod:`.axis_order`): the header
 also holds that order; the codes are those of the transposed field. Every byte a decoder needs is
 in the payload except the previous reconstructed frame.
 """
@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .adaptive_coding import decode_codes_adaptive, encode_codes_adaptive
+from .axis_order import KernelView, from_kernel, kernel_shape, normalize_axis_order, to_kernel
 from .entropy_coding import decode_codes, encode_codes, merge_segments
 from .frame_header import (ADAPTIVE_VERSIONS, MAGIC, RADIUS, VERSION, VERSION_ADAPTIVE, WEIGHT_MAX,  # noqa: F401
                            WEIGHT_SCALE, StreamFormatError, default_weights, level_steps, read_header, spread,
                            write_payload)
 from .frame_header import fitted_levels as _fitted_levels
 from .interpolation import as_3d_shape, decode_field, encode_field, level_counts, n_levels
-from .layout import KernelView, from_kernel, kernel_shape, normalize_layout, to_kernel
 
 
 @dataclass
@@ -60,24 +60,24 @@ class EncodedFrame:
     """
 
     payload: bytes  # None until finish_frame for encode_frame(..., payload=False)
-    _rec: np.ndarray = field(repr=False)  # in the kernels' axis order while _rec_layout is set
+    _rec: np.ndarray = field(repr=False)  # in the kernels' axis order while _rec_axis_order is set
     stats: np.ndarray
     n_outliers: int
     sse: float
     _pending: tuple = field(default=None, repr=False)  # what finish_frame codes (payload=False)
-    _rec_layout: tuple = field(default=None, repr=False)
+    _rec_axis_order: tuple = field(default=None, repr=False)
 
     @property
     def reconstruction(self):
         """The reconstruction in the input's axis order (transposed back on first use: a rate
         control's passes that are not kept never pay it)."""
-        if self._rec_layout is not None:
-            self._rec, self._rec_layout = from_kernel(self._rec, self._rec_layout), None
+        if self._rec_axis_order is not None:
+            self._rec, self._rec_axis_order = from_kernel(self._rec, self._rec_axis_order), None
         return self._rec
 
 
 def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, beta=4.0, zstd_level=3,
-                 adaptive=False, payload=True, layout=None, view=None):
+                 adaptive=False, payload=True, axis_order=None, view=None):
     """Encode one frame at quantization step ``step`` (closed loop).
 
     Parameters
@@ -90,7 +90,7 @@ def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, bet
         The previous frame's reconstruction (same shape and dtype): temporal prediction.
     weights : ndarray, shape (L, 3), optional
         Blend weights per level (default ``(1, 1, -1)``: interpolate the temporal difference); ``L``
-        the levels of the shape in ``layout``'s axis order.
+        the levels of the shape in ``axis_order``.
     eb_abs : float
         Pointwise absolute bound enforced on every value (0: none); values that miss it are stored exactly.
     alpha, beta : float
@@ -101,11 +101,11 @@ def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, bet
     adaptive : bool
         Also try the context-adaptive binary coder (:mod:`.adaptive_coding`) and keep the shorter
         payload (False: static rANS only, format version 4).
-    layout : sequence of int, optional
-        The axis order the kernels see (:mod:`.layout`, e.g. :func:`~.layout.choose_layout` of a
+    axis_order : sequence of int, optional
+        The axis order the kernels see (:mod:`.axis_order`, e.g. :func:`~.axis_order.choose_axis_order` of a
         keyframe; None: the given order); carried in the payload (format versions 6 and 7).
     view : KernelView, optional
-        ``KernelView(x, prev, layout)`` made once for several calls on the same frame (a rate
+        ``KernelView(x, prev, axis_order)`` made once for several calls on the same frame (a rate
         control's passes): the transposition is done once.
 
     Returns
@@ -115,23 +115,23 @@ def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, bet
     Raises
     ------
     ValueError
-        On a bad dtype, step, layout or a ``prev`` of another shape or dtype.
+        On a bad dtype, step, axis order or a ``prev`` of another shape or dtype.
     """
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):
         raise ValueError(f"stream codec: dtype {x.dtype} (float32 or float64 expected)")
     if not (step > 0 and np.isfinite(step) and np.float32(step) > 0):
         raise ValueError(f"stream codec: quantization step must be positive and finite, got {step}")
-    layout = normalize_layout(layout, x.ndim)
-    shape3 = as_3d_shape(kernel_shape(x.shape, layout))
+    axis_order = normalize_axis_order(axis_order, x.ndim)
+    shape3 = as_3d_shape(kernel_shape(x.shape, axis_order))
     levels = n_levels(shape3)
     if prev is not None:
         prev = np.asarray(prev)
         if prev.shape != x.shape or prev.dtype != x.dtype:
             raise ValueError(f"stream codec: previous frame {prev.shape} {prev.dtype} does not match "
                              f"{x.shape} {x.dtype}")
-    if view is None or not view.matches(x, prev, layout):
-        view = KernelView(x, prev, layout)
+    if view is None or not view.matches(x, prev, axis_order):
+        view = KernelView(x, prev, axis_order)
     x3 = view.x.reshape(shape3)
     prev3 = None if prev is None else view.prev.reshape(shape3)
     qlev = level_steps(float(step), levels, alpha, beta)
@@ -143,10 +143,10 @@ def encode_frame(x, step, *, prev=None, weights=None, eb_abs=0.0, alpha=1.5, bet
         wq = spread(wq, fitted)
     codes, outliers, rec3, stats, sse = encode_field(x3, prev3, qlev.astype(np.float64), wq / WEIGHT_SCALE,
                                                      eb_abs=eb_abs, radius=RADIUS)
-    frame = EncodedFrame(None, rec3.reshape(kernel_shape(x.shape, layout)), stats, len(outliers), float(sse),
-                         _rec_layout=layout)
+    frame = EncodedFrame(None, rec3.reshape(kernel_shape(x.shape, axis_order)), stats, len(outliers), float(sse),
+                         _rec_axis_order=axis_order)
     frame._pending = (x, prev3, shape3, levels, qlev, wq[fitted], codes, outliers, (step, alpha, beta), zstd_level,
-                      adaptive, layout)
+                      adaptive, axis_order)
     return finish_frame(frame) if payload else frame
 
 
@@ -156,19 +156,19 @@ def finish_frame(frame):
     The payload is the one ``encode_frame`` with ``payload=True`` writes for the same arguments."""
     if frame.payload is not None:
         return frame
-    x, prev3, shape3, levels, qlev, wfit, codes, outliers, factors, zstd_level, adaptive, layout = frame._pending
+    x, prev3, shape3, levels, qlev, wfit, codes, outliers, factors, zstd_level, adaptive, axis_order = frame._pending
     rec = frame.reconstruction
     sizes = merge_segments(level_counts(shape3))
     tables, words = encode_codes(codes, sizes, compact=True)
     crc = zlib.crc32(memoryview(np.ascontiguousarray(rec)).cast("B"))
     head = (x.dtype, x.shape, prev3 is not None, factors, wfit, outliers, crc)
     static = write_payload(VERSION, *head, len(words), tables, np.asarray(words, dtype="<u2").tobytes(), zstd_level,
-                           layout=layout)
+                           axis_order=axis_order)
     out = static
     if adaptive:
         stream = encode_codes_adaptive(codes, shape3, prev3, qlev.astype(np.float64))
         if len(stream) < len(static):
-            alt = write_payload(VERSION_ADAPTIVE, *head, len(stream), b"", stream, zstd_level, layout=layout)
+            alt = write_payload(VERSION_ADAPTIVE, *head, len(stream), b"", stream, zstd_level, axis_order=axis_order)
             if len(alt) < len(static):
                 out = alt
     frame.payload, frame._pending = out, None
@@ -182,7 +182,7 @@ def frame_info(payload):
     -------
     info : dict
         ``shape``, ``dtype``, ``temporal`` (bool), ``levels``, ``steps``, ``weights``, ``crc32``, ``version``,
-        ``n_outliers``, ``radius``, ``layout`` (the kernels' axis order, :mod:`.layout`; None: the
+        ``n_outliers``, ``radius``, ``axis_order`` (the kernels' axis order, :mod:`.axis_order`; None: the
         given order) and the private fields :func:`decode_frame` needs.
 
     Raises
@@ -215,8 +215,8 @@ def decode_frame(payload, prev=None, *, verify=True):
         On a corrupt payload, a missing or mismatched ``prev``, or a CRC mismatch.
     """
     info = frame_info(payload)
-    layout = info["layout"]
-    kshape = kernel_shape(info["shape"], layout)
+    axis_order = info["axis_order"]
+    kshape = kernel_shape(info["shape"], axis_order)
     shape3 = as_3d_shape(kshape)
     prev3 = None
     if info["temporal"]:
@@ -227,7 +227,7 @@ def decode_frame(payload, prev=None, *, verify=True):
         if prev.shape != info["shape"] or prev.dtype != info["dtype"]:
             raise StreamFormatError(f"stream codec: previous frame {prev.shape} {prev.dtype} does not match "
                                     f"{info['shape']} {info['dtype']}")
-        prev3 = to_kernel(prev, layout).reshape(shape3)
+        prev3 = to_kernel(prev, axis_order).reshape(shape3)
     sizes = merge_segments(level_counts(shape3))
     try:
         if info["version"] in ADAPTIVE_VERSIONS:
@@ -239,7 +239,7 @@ def decode_frame(payload, prev=None, *, verify=True):
                            radius=info["radius"])
     except (IndexError, ValueError, OverflowError, ZeroDivisionError, MemoryError) as err:
         raise StreamFormatError(f"stream codec: corrupt payload ({err!r})") from err
-    rec = from_kernel(rec.reshape(kshape), layout)
+    rec = from_kernel(rec.reshape(kshape), axis_order)
     if verify and zlib.crc32(memoryview(np.ascontiguousarray(rec)).cast("B")) != info["crc32"]:
         raise StreamFormatError("stream codec: decoded frame differs from the producer's reconstruction (CRC-32); "
                                 "wrong previous frame?")

@@ -9,7 +9,7 @@ zstd's 4-byte frame magic); ``body`` is the entropy-coded codes (rANS words, uin
 versions 1, 3, 4 and 6; the adaptive coder's bytes, versions 2, 5 and 7). Versions 1-3 keep their
 layout and their reader (:func:`_read_v3`); :data:`VERSION` (4, static rANS) and
 :data:`VERSION_ADAPTIVE` (5) are written for a frame coded in its own axis order, 6 and 7 (the same
-plus the axis order, :data:`LAYOUT_VERSIONS`) for a frame coded transposed (:mod:`.layout`).
+plus the axis order, :data:`AXIS_ORDER_VERSIONS`) for a frame coded transposed (:mod:`.axis_order`).
 
 Header of versions 4-7 (varints unless noted)::
 
@@ -43,18 +43,18 @@ import threading
 import numpy as np
 import zstandard
 
+from .axis_order import kernel_shape
 from .entropy_coding import MIN_SEGMENT
 from .interpolation import as_3d_shape, level_counts, n_levels
-from .layout import kernel_shape
 from .varint import read_varint, unzigzag, write_varint, zigzag
 
 MAGIC = b"SLC1"
 VERSION = 4  # static rANS, compact header and histograms
 VERSION_ADAPTIVE = 5  # context-adaptive binary coder (no tables), compact header
-#: versions 4 and 5 with the kernels' axis order in the header (a frame coded transposed, :mod:`.layout`)
-LAYOUT_VERSIONS = {VERSION: 6, VERSION_ADAPTIVE: 7}
-ADAPTIVE_VERSIONS = (2, VERSION_ADAPTIVE, LAYOUT_VERSIONS[VERSION_ADAPTIVE])  # 1, 3, 4, 6: static rANS
-READ_VERSIONS = (1, 2, 3, VERSION, VERSION_ADAPTIVE, *LAYOUT_VERSIONS.values())
+#: versions 4 and 5 with the kernels' axis order in the header (a frame coded transposed, :mod:`.axis_order`)
+AXIS_ORDER_VERSIONS = {VERSION: 6, VERSION_ADAPTIVE: 7}
+ADAPTIVE_VERSIONS = (2, VERSION_ADAPTIVE, AXIS_ORDER_VERSIONS[VERSION_ADAPTIVE])  # 1, 3, 4, 6: static rANS
+READ_VERSIONS = (1, 2, 3, VERSION, VERSION_ADAPTIVE, *AXIS_ORDER_VERSIONS.values())
 RADIUS = 32767
 MAX_RADIUS = (1 << 31) - 2  # the outlier code radius + 1 must fit in int32
 ALPHA, BETA = 1.5, 4.0  # default level factors (:func:`level_steps`)
@@ -186,28 +186,28 @@ def _level_steps(step, levels, alpha, beta):
 
 
 def write_payload(version, dtype, shape, temporal, factors, wfit, outliers, crc, n_body, tables, body, zstd_level,
-                  radius=RADIUS, layout=None):
+                  radius=RADIUS, axis_order=None):
     """Assemble a payload: magic, header (zstd when smaller), then the entropy-coded ``body``.
 
     ``factors``: ``(step, alpha, beta)``; ``wfit``: integer weights of the fitted levels (finest
-    first, shape ``(k, 3)``); ``crc``: CRC-32 of the reconstruction; ``layout``: the kernels' axis
-    order (:mod:`.layout`; None: the given order). ``version`` 4 or 5 writes the compact header
-    (6 or 7 with a ``layout``), 1-3 the old one (kept for tests of the old readers).
+    first, shape ``(k, 3)``); ``crc``: CRC-32 of the reconstruction; ``axis_order``: the kernels' axis
+    order (:mod:`.axis_order`; None: the given order). ``version`` 4 or 5 writes the compact header
+    (6 or 7 with an ``axis_order``), 1-3 the old one (kept for tests of the old readers).
     """
     dtype = np.dtype(dtype)
     hdr = bytearray()
     compact = version >= VERSION
-    if layout is not None:
-        if version not in LAYOUT_VERSIONS:
-            raise ValueError(f"stream codec: a layout needs format version 4 or 5, not {version}")
-        version = LAYOUT_VERSIONS[version]
+    if axis_order is not None:
+        if version not in AXIS_ORDER_VERSIONS:
+            raise ValueError(f"stream codec: an axis order needs format version 4 or 5, not {version}")
+        version = AXIS_ORDER_VERSIONS[version]
     step, alpha, beta = (np.float32(v) for v in factors)
     flags = (FLAG_TEMPORAL if temporal else 0) | (FLAG_F64 if dtype == np.float64 else 0)
     if compact:
         wide = (alpha, beta) != (np.float32(ALPHA), np.float32(BETA))
         flags |= (FLAG_FACTORS if wide else 0) | (FLAG_RADIUS if radius != RADIUS else 0) | \
             (FLAG_OUTLIERS if len(outliers) else 0)
-        for v in (version, flags, len(shape), *shape, *(layout or ())):
+        for v in (version, flags, len(shape), *shape, *(axis_order or ())):
             write_varint(hdr, v)
         hdr += np.array([step, alpha, beta][:3 if wide else 1], "<f4").tobytes()
         if temporal:
@@ -282,7 +282,7 @@ def read_header(payload):
         if packed and magicless != compact:
             raise StreamFormatError(f"stream codec: format version {version} in a header compressed another way "
                                     "(corrupt payload)")
-        info = _read_compact(hdr, p, version in LAYOUT_VERSIONS.values()) if compact else _read_v3(hdr, p)
+        info = _read_compact(hdr, p, version in AXIS_ORDER_VERSIONS.values()) if compact else _read_v3(hdr, p)
         info["version"] = version
         n_body = info.pop("_n_body")
         if version in ADAPTIVE_VERSIONS:
@@ -316,7 +316,7 @@ def _check_factors(step, alpha, beta):
         raise StreamFormatError(f"stream codec: step {step!r}, level factors {alpha!r}, {beta!r} (corrupt payload)")
 
 
-def _tail(hdr, p, flags, shape, levels, factors, wq, radius, n_body, n_out, layout=None):
+def _tail(hdr, p, flags, shape, levels, factors, wq, radius, n_body, n_out, axis_order=None):
     """The fields after the counts, common to every version: outliers, CRC-32, tables."""
     if radius > MAX_RADIUS:
         raise StreamFormatError(f"stream codec: code radius {radius} (at most {MAX_RADIUS}: corrupt payload)")
@@ -329,27 +329,27 @@ def _tail(hdr, p, flags, shape, levels, factors, wq, radius, n_body, n_out, layo
     (crc,) = struct.unpack_from("<I", hdr, p)
     p += 4
     return {"shape": tuple(shape), "dtype": dtype, "temporal": bool(flags & FLAG_TEMPORAL), "levels": levels,
-            "steps": steps, "layout": layout,
+            "steps": steps, "axis_order": axis_order,
             "weights": wq / WEIGHT_SCALE, "radius": radius, "n_outliers": n_out, "crc32": crc,
             "_outliers": outliers, "_tables": hdr[p:], "_n_body": n_body}
 
 
-def _read_compact(hdr, p, has_layout):
-    """Versions 4-7 (after the version varint; ``has_layout``: 6 and 7)."""
+def _read_compact(hdr, p, has_axis_order):
+    """Versions 4-7 (after the version varint; ``has_axis_order``: 6 and 7)."""
     flags, p = read_varint(hdr, p)
     if flags >= 2 * FLAG_OUTLIERS:
         raise StreamFormatError(f"stream codec: header flags {flags} (corrupt payload)")
     shape, p = _read_shape(hdr, p)
-    layout = None
-    if has_layout:
+    axis_order = None
+    if has_axis_order:
         order = []
         for _ in shape:
             v, p = read_varint(hdr, p)
             order.append(v)
         if sorted(order) != list(range(len(shape))):
             raise StreamFormatError(f"stream codec: axis order {tuple(order)} for {len(shape)} axes (corrupt payload)")
-        layout = tuple(order)
-    kshape = kernel_shape(shape, layout)
+        axis_order = tuple(order)
+    kshape = kernel_shape(shape, axis_order)
     levels = n_levels(as_3d_shape(kshape))
     nf = 3 if flags & FLAG_FACTORS else 1
     step, alpha, beta = [float(v) for v in np.frombuffer(hdr, "<f4", nf, p)] + [ALPHA, BETA][nf - 1:]
@@ -363,7 +363,7 @@ def _read_compact(hdr, p, has_layout):
     n_out = 0
     if flags & FLAG_OUTLIERS:
         n_out, p = read_varint(hdr, p)
-    return _tail(hdr, p, flags, shape, levels, (step, alpha, beta), wq, radius, n_body, n_out, layout)
+    return _tail(hdr, p, flags, shape, levels, (step, alpha, beta), wq, radius, n_body, n_out, axis_order)
 
 
 def _read_weights(hdr, p, flags, shape, levels, to_weights):

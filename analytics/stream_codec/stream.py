@@ -13,7 +13,7 @@ producer, against the caller's own values:
 - ``abs``: every value within ``target`` (step ``2 target``, checked pointwise; misses stored exactly);
 - ``step``: a fixed finest-level quantization step.
 
-The axis order the kernels see (the *layout*, :class:`~.layout.LayoutChooser`) is chosen at
+The axis order the kernels see (:class:`~.axis_order.AxisOrderChooser`) is chosen at
 keyframes from the frame and at the first predicted frame after each from its difference to the
 keyframe's values (smooth where the field is not: the gyrokinetic mock's changes are smooth in
 velocity and steep in ``phi``, the field itself the other way round); the next predicted frames
@@ -27,9 +27,9 @@ import numbers
 
 import numpy as np
 
+from .axis_order import AxisOrderChooser, KernelView, kernel_shape, normalize_axis_order, to_kernel
 from .frame import decode_frame, encode_frame, finish_frame
 from .interpolation import as_3d_shape, encode_field, fit_weights, n_levels
-from .layout import KernelView, LayoutChooser, kernel_shape, normalize_layout, to_kernel
 
 MODES = ("psnr", "abs", "step")
 MIN_MSE_FACTOR = 0.1  # the step is at most 3.2 sqrt(12 target MSE)
@@ -113,24 +113,24 @@ def min_mse_factor(key_bytes, predicted_bytes, predicted):
     return MIN_MSE_FACTOR
 
 
-def first_weights(x, prev, layout=None):
+def first_weights(x, prev, axis_order=None):
     """Blend weights for a first predicted frame, fitted on the frame itself (one extra pass).
 
     Without statistics of an earlier pair the default ``(1, 1, -1)`` can be far off (on the
     gyrokinetic mock the first predicted frame cost 25x the later ones); the statistics are
     gathered as :func:`stagelearn.analytics.stream_model.statistics` does (a step of ``2^-16`` of
     the range: the interpolation reads the frame's own values) and the weights, fitted on the
-    encoder, travel in the payload as usual. ``layout``: the axis order the frame is coded in
-    (:mod:`.layout`); the weights have the levels of that shape.
+    encoder, travel in the payload as usual. ``axis_order``: the axis order the frame is coded in
+    (:mod:`.axis_order`); the weights have the levels of that shape.
     """
-    shape3 = as_3d_shape(kernel_shape(x.shape, layout))
+    shape3 = as_3d_shape(kernel_shape(x.shape, axis_order))
     levels = n_levels(shape3)
     span = float(np.max(np.abs(x))) or 1.0
     if not math.isfinite(span):
         return None
     q = np.full(levels + 1, span * 2.0 ** -16)
     w = np.tile(np.array([1.0, 1.0, -1.0]), (max(levels, 1), 1))
-    stats = encode_field(to_kernel(x, layout).reshape(shape3), to_kernel(prev, layout).reshape(shape3), q, w)[3]
+    stats = encode_field(to_kernel(x, axis_order).reshape(shape3), to_kernel(prev, axis_order).reshape(shape3), q, w)[3]
     return fit_weights(stats) if np.any(stats[:, 0] > 0) else None
 
 
@@ -169,12 +169,12 @@ class StreamEncoder:
         Also try the context-adaptive binary coder on each frame and send the shorter payload
         (:func:`~stagelearn.analytics.stream_codec.frame.encode_frame`); False: static rANS only
         (3-8x faster to encode; ``codec.entropy`` in a run).
-    layout : "auto", None or sequence of int, default="auto"
-        The axis order the kernels see (:mod:`.layout`): ``"auto"`` chooses it at keyframes (a
+    axis_order : "auto", None or sequence of int, default="auto"
+        The axis order the kernels see (:mod:`.axis_order`): ``"auto"`` chooses it at keyframes (a
         trial; again only 16 frames after the last choice) and at the first predicted frame after
         each (from its difference to the keyframe's values), which the next predicted frames keep
-        (:class:`~.layout.LayoutChooser`); None: the given order; a permutation: that order for
-        every frame. Where a new layout changes the number of levels, fitted weights are refitted
+        (:class:`~.axis_order.AxisOrderChooser`); None: the given order; a permutation: that order for
+        every frame. Where a new axis order changes the number of levels, fitted weights are refitted
         and weights set with :meth:`set_weights` (``fit=False``) padded with the default.
 
     Attributes
@@ -187,7 +187,7 @@ class StreamEncoder:
         The last temporal frame's least-squares statistics (they add over ranks and blocks).
     frames, encodes : int
         Frames encoded, and encoder passes spent on them (re-encodes included).
-    layout : tuple of int or None
+    axis_order : tuple of int or None
         The axis order of the last frame (None: the given order).
 
     Raises
@@ -197,14 +197,15 @@ class StreamEncoder:
     """
 
     def __init__(self, mode="psnr", target=50.0, *, temporal=True, keyframe_every=0, alpha=1.5, beta=4.0,
-                 fit=True, max_retries=4, adaptive=False, layout="auto"):
+                 fit=True, max_retries=4, adaptive=False, axis_order="auto"):
         validate_target(mode, target)
-        if not (layout is None or isinstance(layout, str) and layout == "auto" or
-                isinstance(layout, (tuple, list)) and all(isinstance(a, numbers.Integral) for a in layout)):
-            raise ValueError(f"stream codec: layout {layout!r} (expected 'auto', None or a permutation of the axes)")
-        self._layout_rule = layout
-        self.layout, self._given_weights = None, None
-        self._layouts = LayoutChooser()
+        if not (axis_order is None or isinstance(axis_order, str) and axis_order == "auto" or
+                isinstance(axis_order, (tuple, list)) and all(isinstance(a, numbers.Integral) for a in axis_order)):
+            raise ValueError(f"stream codec: axis_order {axis_order!r} (expected 'auto', None or a permutation of "
+                             "the axes)")
+        self._axis_order_rule = axis_order
+        self.axis_order, self._given_weights = None, None
+        self._axis_orders = AxisOrderChooser()
         self.mode, self.target = mode, float(target)
         self.temporal, self.keyframe_every = bool(temporal), int(keyframe_every)
         self.alpha, self.beta, self.fit, self.max_retries = float(alpha), float(beta), bool(fit), int(max_retries)
@@ -221,7 +222,7 @@ class StreamEncoder:
     def set_weights(self, weights):
         """Use these blend weights (shape ``(L, 3)``) from the next frame on, e.g. fitted in staging."""
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
-        self._given_weights = self.weights  # kept whole: a layout with fewer levels must not cut them for good
+        self._given_weights = self.weights  # kept whole: an axis order with fewer levels must not cut them for good
 
     def encode(self, x):
         """Encode the next frame.
@@ -240,11 +241,11 @@ class StreamEncoder:
         key = not self.temporal or self.prev is None or (self.keyframe_every > 0 and
                                                          self.frames % self.keyframe_every == 0)
         prev = None if key else self.prev
-        self._set_layout(x, prev)
+        self._set_axis_order(x, prev)
         if prev is not None and self.weights is None and self.fit:
-            self.weights = first_weights(x, prev, self.layout)
+            self.weights = first_weights(x, prev, self.axis_order)
         kwargs = {"prev": prev, "weights": None if key else self.weights, "alpha": self.alpha, "beta": self.beta,
-                  "adaptive": self.adaptive, "layout": self.layout}
+                  "adaptive": self.adaptive, "axis_order": self.axis_order}
         if self.mode == "step":
             frame = encode_frame(x, self.target, **kwargs)
         elif self.mode == "abs":
@@ -256,22 +257,22 @@ class StreamEncoder:
         update_group(self._group, len(frame.payload), prev is None)
         if prev is not None and self.fit:
             self.statistics = frame.stats
-            levels = n_levels(as_3d_shape(kernel_shape(x.shape, self.layout)))
+            levels = n_levels(as_3d_shape(kernel_shape(x.shape, self.axis_order)))
             if frame.stats.shape[0] == max(levels, 1) and np.any(frame.stats[:, 0] > 0):
                 self.weights = fit_weights(frame.stats)
         return frame
 
-    def _set_layout(self, x, prev):
-        """The layout of this frame (:class:`~.layout.LayoutChooser`; at a keyframe a trial at the
+    def _set_axis_order(self, x, prev):
+        """The axis order of this frame (:class:`~.axis_order.AxisOrderChooser`; at a keyframe a trial at the
         first pass's step), and the blend weights dropped where it changes the level count."""
-        rule = self._layout_rule
+        rule = self._axis_order_rule
         if not isinstance(rule, str):
-            self.layout = normalize_layout(rule, x.ndim)
+            self.axis_order = normalize_axis_order(rule, x.ndim)
         elif prev is None:
-            self.layout = self._layouts.keyframe(x, lambda lay: self._trial_bytes(x, lay), keep=self.temporal)
+            self.axis_order = self._axis_orders.keyframe(x, lambda lay: self._trial_bytes(x, lay), keep=self.temporal)
         else:
-            self.layout = self._layouts.predicted(x)
-        levels = max(n_levels(as_3d_shape(kernel_shape(x.shape, self.layout))), 1)
+            self.axis_order = self._axis_orders.predicted(x)
+        levels = max(n_levels(as_3d_shape(kernel_shape(x.shape, self.axis_order))), 1)
         if prev is None or self.weights is None or self.weights.shape[0] == levels:
             return  # a keyframe uses no weights: they are fitted to the levels of its predicted frames
         if self.fit:  # another level count: refit (first_weights)
@@ -282,14 +283,14 @@ class StreamEncoder:
             k = min(levels, given.shape[0])
             self.weights[:k] = given[:k]
 
-    def _trial_bytes(self, x, layout):
-        """Payload bytes of keyframe ``x`` in ``layout`` at the first pass's step (0: no trial possible)."""
+    def _trial_bytes(self, x, axis_order):
+        """Payload bytes of keyframe ``x`` in ``axis_order`` at the first pass's step (0: no trial possible)."""
         step = self._first_step(x, False)
         if step is None:
             return 0
         self.encodes += 1
         kw = {"alpha": self.alpha, "beta": self.beta, "eb_abs": self.target if self.mode == "abs" else 0.0}
-        return len(encode_frame(x, step, layout=layout, **kw).payload)
+        return len(encode_frame(x, step, axis_order=axis_order, **kw).payload)
 
     def _first_step(self, x, temporal, span=None):
         """The first pass's step (None: a constant frame, or non-finite values with a PSNR target);
@@ -315,7 +316,7 @@ class StreamEncoder:
         target_mse = span ** 2 * 10.0 ** (-self.target / 10.0)
         floor = min_mse_factor(*self._group) if temporal else MIN_MSE_FACTOR
         step = self._first_step(x, temporal, span)
-        kwargs = dict(kwargs, view=KernelView(x, kwargs["prev"], self.layout))  # transposed once for every pass
+        kwargs = dict(kwargs, view=KernelView(x, kwargs["prev"], self.axis_order))  # transposed once for every pass
         for _ in range(self.max_retries + 1):
             frame = encode_frame(x, step, payload=False, **kwargs)  # entropy-coded only if kept
             self.encodes += 1

@@ -1,23 +1,24 @@
-"""A baseline run on the stream codec's axis order, for ``rate_distortion.py`` (``sz3_layout``, ``sz3_closed_loop_layout``).
+"""A baseline run on the stream codec's axis order, for ``rate_distortion.py`` (``sz3_axis_order``,
+``sz3_closed_loop_axis_order``).
 
-The stream codec chooses the axis order its kernels see (``analytics/stream_codec/layout.py``); on a
+The stream codec chooses the axis order its kernels see (``analytics/stream_codec/axis_order.py``); on a
 field whose smooth axes are not its last ones (the gyrokinetic mock) the order alone changes the
 ratio several-fold, for SZ3 too. These methods give SZ3 the first frame's order
-(``choose_layout(frames[0])``, fixed for the stream: what a user could configure once), as the 3-D
+(``choose_axis_order(frames[0])``, fixed for the stream: what a user could configure once), as the 3-D
 view of the transposed field, so that the gain of the order and the gain of the codec can be told
-apart. Fields whose order ``choose_layout`` keeps run as the plain methods.
+apart. Fields whose order ``choose_axis_order`` keeps run as the plain methods.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from stagelearn.analytics.stream_codec.axis_order import choose_axis_order, from_kernel, kernel_shape, to_kernel
 from stagelearn.analytics.stream_codec.interpolation import as_3d_shape
-from stagelearn.analytics.stream_codec.layout import choose_layout, from_kernel, kernel_shape, to_kernel
 
 
-def run_in_layout(given, run):
-    """``run(frames)`` on ``given`` transposed into ``choose_layout(given[0])``'s order (3-D views).
+def run_in_axis_order(given, run):
+    """``run(frames)`` on ``given`` transposed into ``choose_axis_order(given[0])``'s order (3-D views).
 
     Parameters
     ----------
@@ -32,7 +33,7 @@ def run_in_layout(given, run):
     recs : list of ndarray
         The reconstructions in ``given``'s axis order and shape.
     """
-    order = choose_layout(given[0])
+    order = choose_axis_order(given[0])
     kshape = kernel_shape(given[0].shape, order)
     total, recs = run([to_kernel(g, order).reshape(as_3d_shape(kshape)) for g in given])
     return total, [from_kernel(np.reshape(r, kshape), order) for r in recs]

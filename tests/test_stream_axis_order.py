@@ -1,4 +1,4 @@
-"""The kernels' axis order (analytics/stream_codec/layout.py): a frame coded in another axis order is the
+"""The kernels' axis order (analytics/stream_codec/axis_order.py): a frame coded in another axis order is the
 transposed frame coded in the given one (format versions 6 and 7 carry the order), decoded bit for bit; the
 choice (roughest axes first) on fields whose smooth axes are known; corrupt orders refused; the encoders'
 choices (StreamEncoder and the run's rate control) decoded bit for bit and smaller on a field given in a bad
@@ -12,8 +12,8 @@ from stagelearn.analytics.stream_codec import (StreamDecoder, StreamEncoder, Str
                                                encode_frame)
 from stagelearn.analytics.stream_codec.frame import frame_info
 from stagelearn.analytics.stream_codec.frame_header import write_payload
-from stagelearn.analytics.stream_codec.layout import (axis_roughness, choose_layout, from_kernel, kernel_shape,
-                                                      normalize_layout, to_kernel)
+from stagelearn.analytics.stream_codec.axis_order import (axis_roughness, choose_axis_order, from_kernel,
+                                                          kernel_shape, normalize_axis_order, to_kernel)
 from stagelearn.analytics.stream_payload import parse_stream_payload
 
 from test_stream_codec import moving_field
@@ -30,21 +30,21 @@ def _rough_then_smooth(shape=(6, 40, 48), seed=0):
 
 @pytest.mark.parametrize("order", [(1, 0, 2), (2, 0, 1), (2, 1, 0)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_a_layout_codes_the_transposed_frame_and_decodes_bit_for_bit(order, dtype):
+def test_an_axis_order_codes_the_transposed_frame_and_decodes_bit_for_bit(order, dtype):
     x = moving_field(1, (9, 14, 20), dtype=dtype)
     prev = moving_field(0, (9, 14, 20), dtype=dtype)
     inverse = np.argsort(order)
     for p in (None, prev):
-        frame = encode_frame(x, 0.01, prev=p, layout=order)
+        frame = encode_frame(x, 0.01, prev=p, axis_order=order)
         alone = encode_frame(np.ascontiguousarray(x.transpose(order)), 0.01,
                              prev=None if p is None else np.ascontiguousarray(p.transpose(order)))
         assert frame.reconstruction.tobytes() == np.ascontiguousarray(alone.reconstruction.transpose(inverse)).tobytes()
         assert frame.reconstruction.shape == x.shape and frame.reconstruction.flags.c_contiguous
         np.testing.assert_array_equal(frame.stats, alone.stats)
         info = frame_info(frame.payload)
-        assert info["version"] == 6 and info["layout"] == order and info["shape"] == x.shape
+        assert info["version"] == 6 and info["axis_order"] == order and info["shape"] == x.shape
         assert decode_frame(frame.payload, p).tobytes() == frame.reconstruction.tobytes()
-        adaptive = encode_frame(x, 0.01, prev=p, layout=order, adaptive=True)
+        adaptive = encode_frame(x, 0.01, prev=p, axis_order=order, adaptive=True)
         assert frame_info(adaptive.payload)["version"] in (6, 7)
         assert decode_frame(adaptive.payload, p).tobytes() == frame.reconstruction.tobytes()
 
@@ -53,8 +53,8 @@ def test_the_given_order_writes_format_4_byte_for_byte():
     x = moving_field(2, (9, 14, 20))
     plain = encode_frame(x, 0.01)
     for order in (None, (0, 1, 2), [0, 1, 2]):
-        frame = encode_frame(x, 0.01, layout=order)
-        assert frame.payload == plain.payload and frame_info(frame.payload)["layout"] is None
+        frame = encode_frame(x, 0.01, axis_order=order)
+        assert frame.payload == plain.payload and frame_info(frame.payload)["axis_order"] is None
     assert frame_info(plain.payload)["version"] == 4
 
 
@@ -62,24 +62,25 @@ def test_bad_and_corrupt_orders_are_refused():
     x = moving_field(2, (9, 14, 20))
     for bad in ((0, 1), (0, 0, 1), (0, 1, 3)):
         with pytest.raises(ValueError, match="not a permutation"):
-            encode_frame(x, 0.01, layout=bad)
+            encode_frame(x, 0.01, axis_order=bad)
     frame = encode_frame(x, 0.01, payload=False)
     x_, prev3, shape3, levels, qlev, wfit, codes, outliers, factors, zstd_level, *_ = frame._pending
     for order in ((0, 0, 1), (0, 1, 5)):
-        payload = write_payload(4, x.dtype, x.shape, False, factors, wfit, outliers, 0, 0, b"", b"", 3, layout=order)
+        payload = write_payload(4, x.dtype, x.shape, False, factors, wfit, outliers, 0, 0, b"", b"", 3,
+                                axis_order=order)
         with pytest.raises(StreamFormatError, match="axis order"):
             decode_frame(payload)
-    with pytest.raises(ValueError, match="layout"):
-        StreamEncoder("psnr", 40.0, layout="rough")
+    with pytest.raises(ValueError, match="axis_order"):
+        StreamEncoder("psnr", 40.0, axis_order="rough")
 
 
 def test_helpers_invert_each_other():
     x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
-    order = normalize_layout([3, 1, 0, 2], 4)
+    order = normalize_axis_order([3, 1, 0, 2], 4)
     k = to_kernel(x, order)
     assert k.shape == kernel_shape(x.shape, order) == (5, 3, 2, 4) and k.flags.c_contiguous
     assert np.array_equal(from_kernel(k, order), x)
-    assert normalize_layout((0, 1, 2, 3), 4) is None and to_kernel(None, order) is None
+    assert normalize_axis_order((0, 1, 2, 3), 4) is None and to_kernel(None, order) is None
 
 
 def test_roughness_and_choice_follow_the_smooth_axes():
@@ -91,24 +92,24 @@ def test_roughness_and_choice_follow_the_smooth_axes():
     x = _rough_then_smooth()
     rough = axis_roughness(x)
     assert rough[2] > 20 * max(rough[0], rough[1])  # axis 0: 6 points, the linear stencil
-    assert choose_layout(x)[0] == 2  # the noisy axis goes first (merged), the smooth ones last
-    assert choose_layout(np.ascontiguousarray(x.transpose(2, 0, 1))) is None  # already in a right order
-    assert choose_layout(np.ones(50, np.float32)) is None  # one axis: nothing to choose
+    assert choose_axis_order(x)[0] == 2  # the noisy axis goes first (merged), the smooth ones last
+    assert choose_axis_order(np.ascontiguousarray(x.transpose(2, 0, 1))) is None  # already in a right order
+    assert choose_axis_order(np.ones(50, np.float32)) is None  # one axis: nothing to choose
     y = x.copy()
     y[0, 0, 0] = np.nan
-    assert choose_layout(y) is None  # a non-finite sampled value: the given order
+    assert choose_axis_order(y) is None  # a non-finite sampled value: the given order
     # of a difference: a field in a right order plus a change that is noise along its last axis
     base = np.ascontiguousarray(x.transpose(2, 0, 1))
     rng = np.random.default_rng(1)
     z = base + rng.standard_normal(base.shape[2]).astype(np.float32)[None, None, :]
-    assert choose_layout(z, base)[0] == 2
+    assert choose_axis_order(z, base)[0] == 2
 
 
 def test_stream_encoder_codes_a_badly_ordered_field_smaller_and_decodes_bit_for_bit():
     frames = [_rough_then_smooth(seed=t) for t in range(5)]  # the change from frame to frame: noise along axis 2
     sizes = {}
     for rule in ("auto", None):
-        enc, dec = StreamEncoder("psnr", 50.0, layout=rule), StreamDecoder()
+        enc, dec = StreamEncoder("psnr", 50.0, axis_order=rule), StreamDecoder()
         total = 0
         for x in frames:
             frame = enc.encode(x)
@@ -118,16 +119,16 @@ def test_stream_encoder_codes_a_badly_ordered_field_smaller_and_decodes_bit_for_
             assert np.mean((x.astype(np.float64) - frame.reconstruction) ** 2) <= span ** 2 * 1e-5
         sizes[rule] = total
         if rule == "auto":
-            assert frame_info(enc.encode(frames[0]).payload)["layout"] is not None
+            assert frame_info(enc.encode(frames[0]).payload)["axis_order"] is not None
     assert sizes["auto"] < 0.8 * sizes[None]
     right = [np.ascontiguousarray(f.transpose(2, 0, 1)) for f in frames]  # already in a right order: the same bytes
     for rule in ("auto", None):
-        enc = StreamEncoder("psnr", 50.0, layout=rule)
+        enc = StreamEncoder("psnr", 50.0, axis_order=rule)
         sizes[rule] = [enc.encode(x).payload for x in right]
     assert sizes["auto"] == sizes[None]
 
 
-def test_the_run_chooses_a_layout_at_keyframes_and_decodes_any_step():
+def test_the_run_chooses_an_axis_order_at_keyframes_and_decodes_any_step():
     frames = [_rough_then_smooth(seed=t) for t in range(6)]
     codes = _stream(frames, keyframe_every=4, db=45.0)
     payloads = {10 * t: c.payload for t, c in enumerate(codes)}
@@ -140,20 +141,20 @@ def test_the_run_chooses_a_layout_at_keyframes_and_decodes_any_step():
     assert versions & {6, 7}
 
 
-def test_chooser_keeps_a_keyframe_choice_for_layout_every_frames_unless_forced_or_reshaped():
-    from stagelearn.analytics.stream_codec.layout import LAYOUT_EVERY, LayoutChooser
+def test_chooser_keeps_a_keyframe_choice_for_axis_order_every_frames_unless_forced_or_reshaped():
+    from stagelearn.analytics.stream_codec.axis_order import AXIS_ORDER_EVERY, AxisOrderChooser
 
     x = _rough_then_smooth()
     trials = []
 
     def size_of(lay):
         trials.append(lay)
-        return len(encode_frame(x, 0.05, layout=lay).payload)
+        return len(encode_frame(x, 0.05, axis_order=lay).payload)
 
-    chooser = LayoutChooser()
+    chooser = AxisOrderChooser()
     first = chooser.keyframe(x, size_of)
-    assert first == choose_layout(x) and len(trials) == 2  # the heuristic's order and the given one
-    for _ in range(LAYOUT_EVERY - 1):  # frames coded on their own every step: no trial
+    assert first == choose_axis_order(x) and len(trials) == 2  # the heuristic's order and the given one
+    for _ in range(AXIS_ORDER_EVERY - 1):  # frames coded on their own every step: no trial
         assert chooser.keyframe(np.ascontiguousarray(x.transpose(2, 0, 1)).reshape(x.shape), size_of) == first
     assert len(trials) == 2
     assert chooser.keyframe(np.ascontiguousarray(x.transpose(2, 0, 1)), None, force=False) is None  # new shape
@@ -163,7 +164,7 @@ def test_chooser_keeps_a_keyframe_choice_for_layout_every_frames_unless_forced_o
 
 def test_the_intra_fallback_chooses_the_order_of_the_changed_field():
     """A block whose rough axis moves from 2 to 0 at the cut: the unscheduled keyframe is coded in the order
-    choose_layout gives the new field, not in the block's cached keyframe order."""
+    choose_axis_order gives the new field, not in the block's cached keyframe order."""
     a = [_rough_then_smooth(seed=t) for t in range(3)]
     b = [np.ascontiguousarray(_rough_then_smooth(seed=10 + t).transpose(2, 1, 0)).reshape(a[0].shape) * 3
          for t in range(3)]
@@ -171,20 +172,20 @@ def test_the_intra_fallback_chooses_the_order_of_the_changed_field():
     for t, c in enumerate(codes[3:], 3):
         header, _, body = parse_stream_payload(c.payload)
         if header["ref_step"] is None:  # the rate control coded it on its own
-            assert frame_info(body)["layout"] == choose_layout(b[t - 3])
+            assert frame_info(body)["axis_order"] == choose_axis_order(b[t - 3])
             break
     else:
         raise AssertionError("no unscheduled keyframe after the cut (the predicted frame was cheaper)")
 
 
-def test_weights_set_from_outside_survive_a_layout_with_another_level_count():
+def test_weights_set_from_outside_survive_an_axis_order_with_another_level_count():
     from stagelearn.analytics.stream_codec.interpolation import as_3d_shape, n_levels
 
     rng = np.random.default_rng(0)
     g = np.meshgrid(*[np.linspace(0, 1, n) for n in (4, 8, 6, 40)], indexing="ij")
     frames = [(np.sin(3 * g[0] + 0.1 * t) + np.cos(2 * g[1]) + g[2] + rng.standard_normal(40)[None, None, None, :])
               .astype(np.float32) for t in range(3)]  # noise along the last axis (40 points)
-    order = choose_layout(frames[0])
+    order = choose_axis_order(frames[0])
     levels = n_levels(as_3d_shape(kernel_shape(frames[0].shape, order)))
     assert levels != n_levels(as_3d_shape(frames[0].shape)) == 6  # (32, 6, 40) given, the 40 axis merged first
     w = np.tile([0.9, 0.8, -0.7], (6, 1))
@@ -192,36 +193,36 @@ def test_weights_set_from_outside_survive_a_layout_with_another_level_count():
     enc.set_weights(w)
     for f in frames:
         enc.encode(f)
-    assert enc.layout is not None and enc.weights.shape == (levels, 3)
+    assert enc.axis_order is not None and enc.weights.shape == (levels, 3)
     k = min(levels, 6)
     assert np.array_equal(enc.weights[:k], w[:k]) and np.all(enc.weights[k:] == [1.0, 1.0, -1.0])
 
 
-def test_staging_statistics_follow_the_coded_layout():
+def test_staging_statistics_follow_the_coded_axis_order():
     from stagelearn.analytics.stream_model import statistics
-    from stagelearn.analytics.stream_step import payload_layout
+    from stagelearn.analytics.stream_step import payload_axis_order
 
     x, p = _rough_then_smooth(seed=1), _rough_then_smooth(seed=0)
     order = (2, 0, 1)
     xt, pt = np.ascontiguousarray(x.transpose(order)), np.ascontiguousarray(p.transpose(order))
     assert np.array_equal(statistics(x, p, order), statistics(xt, pt))
     codes = _stream([p, x], keyframe_every=16, db=45.0)
-    assert payload_layout(codes[0].payload) == choose_layout(p)  # the keyframe's order (its trial kept it)
+    assert payload_axis_order(codes[0].payload) == choose_axis_order(p)  # the keyframe's order (its trial kept it)
     from stagelearn.analytics.stream_model import StreamVariableModel
     from stagelearn.analytics.stream_step import encode_stream_block
     from stagelearn.analytics.temporal import PredictionChain
 
     empty = encode_stream_block(np.zeros((0, 4), np.float32), StreamVariableModel(), step=0, chain=PredictionChain(16),
                                 chain_key="e", target_mse=1.0)  # stored exactly: no frame, no order
-    assert payload_layout(empty.payload) is None
+    assert payload_axis_order(empty.payload) is None
 
 
 def test_axes_of_length_one_do_not_hide_a_better_order():
     """A 2-D field given as (nx, ny, 1) (a degenerate ADIOS2 block) gets the order it gets as (nx, ny)."""
     x = np.ascontiguousarray(_rough_then_smooth((5, 40, 48))[2])  # (40, 48): noise along axis 1
-    order2 = choose_layout(x)
+    order2 = choose_axis_order(x)
     assert order2 == (1, 0)
-    assert choose_layout(x[:, :, None]) == (2, 1, 0)  # the length-1 axis first, then as in 2-D
+    assert choose_axis_order(x[:, :, None]) == (2, 1, 0)  # the length-1 axis first, then as in 2-D
 
 
 def test_weights_set_from_outside_survive_a_keyframe_with_fewer_levels():
@@ -234,13 +235,13 @@ def test_weights_set_from_outside_survive_a_keyframe_with_fewer_levels():
               .astype(np.float32) for t in range(4)]  # noise along axis 3 (8 points), the smooth 40 points last
     given = n_levels(as_3d_shape(frames[0].shape))  # (160, 6, 8): 8 levels
     w = np.tile([1.0, 0.3, -0.2], (given, 1))
-    enc = StreamEncoder("step", 0.05, fit=False, keyframe_every=2, layout=None)
+    enc = StreamEncoder("step", 0.05, fit=False, keyframe_every=2, axis_order=None)
     enc.set_weights(w)
     enc.encode(frames[0])
-    enc._layout_rule = "auto"  # from here on the encoder chooses: the keyframe at frame 2 gets fewer levels
+    enc._axis_order_rule = "auto"  # from here on the encoder chooses: the keyframe at frame 2 gets fewer levels
     enc.encode(frames[1])
     enc.encode(frames[2])
-    assert n_levels(as_3d_shape(kernel_shape(frames[2].shape, enc.layout))) < given
+    assert n_levels(as_3d_shape(kernel_shape(frames[2].shape, enc.axis_order))) < given
     enc.encode(frames[3])  # predicted, in the keyframe's group
     k = enc.weights.shape[0]
     assert np.array_equal(enc.weights, w[:k]) or np.array_equal(enc.weights[:given], w)

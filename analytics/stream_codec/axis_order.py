@@ -1,4 +1,4 @@
-"""The axis order the interpolation kernels see: a frame's *layout*, chosen from its roughness per axis.
+"""The axis order the interpolation kernels see, chosen from a frame's roughness per axis.
 
 The kernels (:mod:`.interpolation`) see a 3-D view ``(n0, n1, n2)`` of the field, leading axes
 merged, and refine it SZ3's way: at the finest stride half of the values are predicted along the
@@ -7,19 +7,19 @@ neighbours are those of the last merged axis (and, at each merged row's end, a w
 from the next row). Which axes come last therefore decides most of the prediction error. A field
 whose smoothest axes are not its last ones (the gyrokinetic mock ``f(r, theta, phi, v_par, mu)``
 is smooth in space and steep in ``mu``) codes far better transposed: on its first frame, the
-axes ordered ``(mu, v_par, phi, r, theta)`` (:func:`choose_layout`'s order) code at 212.8x at
+axes ordered ``(mu, v_par, phi, r, theta)`` (:func:`choose_axis_order`'s order) code at 212.8x at
 69.2 dB against 36.8x at 66.5 dB in the given order (fixed finest step ``0.003 x`` the range,
 ``encode_frame``), 1406x at 52.4 dB against 107x at 48.9 dB (``0.03 x``).
 
-A layout is the permutation ``order`` of the field's axes given to the kernels:
-``x.transpose(order)``; ``None`` is the given order. :func:`choose_layout` measures, per axis, the
+An axis order is the permutation ``order`` of the field's axes given to the kernels:
+``x.transpose(order)``; ``None`` is the given order. :func:`choose_axis_order` measures, per axis, the
 mean squared residual of the kernels' own stride-1 stencil (cubic ``(-1, 9, 9, -1) / 16``; linear
 on axes of 3-6 points; the previous point on axes of 2) on a sample of lines (about
 :data:`SAMPLE_VALUES` values per axis), orders the
 axes from the roughest to the smoothest, and keeps that order only when its estimated residual
 (weights 1/2, 1/4, 1/4 for the last, middle and merged axes of length > 1) is below :data:`GAIN`
 times the given order's. The rule is a heuristic (an estimate from one
-stride): the rate control still measures every frame's error, and the payload carries the layout,
+stride): the rate control still measures every frame's error, and the payload carries the axis order,
 so a decoder needs nothing else.
 """
 
@@ -31,18 +31,18 @@ import numpy as np
 GAIN = 0.8
 #: values per axis :func:`axis_roughness` reads (whole lines along the axis, spread evenly over the other axes)
 SAMPLE_VALUES = 1 << 14
-#: a keyframe's layout is chosen again (a trial) only when this many frames passed since the last choice
-LAYOUT_EVERY = 16
-#: :func:`trial_layout` keeps the reordering only when its payload is below this share of the given order's
+#: a keyframe's axis order is chosen again (a trial) only when this many frames passed since the last choice
+AXIS_ORDER_EVERY = 16
+#: :func:`trial_axis_order` keeps the reordering only when its payload is below this share of the given order's
 TRIAL_GAIN = 0.97
 
 
-def normalize_layout(layout, ndim):
-    """``layout`` as a tuple permutation of ``range(ndim)``, or None for the given order.
+def normalize_axis_order(axis_order, ndim):
+    """``axis_order`` as a tuple permutation of ``range(ndim)``, or None for the given order.
 
     Parameters
     ----------
-    layout : sequence of int or None
+    axis_order : sequence of int or None
     ndim : int
 
     Returns
@@ -52,45 +52,45 @@ def normalize_layout(layout, ndim):
     Raises
     ------
     ValueError
-        When ``layout`` is not a permutation of the ``ndim`` axes.
+        When ``axis_order`` is not a permutation of the ``ndim`` axes.
     """
-    if layout is None:
+    if axis_order is None:
         return None
-    order = tuple(int(a) for a in layout)
+    order = tuple(int(a) for a in axis_order)
     if sorted(order) != list(range(ndim)):
-        raise ValueError(f"stream codec: layout {order} is not a permutation of the {ndim} axes")
+        raise ValueError(f"stream codec: axis order {order} is not a permutation of the {ndim} axes")
     return None if order == tuple(range(ndim)) else order
 
 
-def kernel_shape(shape, layout):
-    """The field's shape in the kernels' axis order (``shape`` itself for ``layout`` None)."""
-    return tuple(shape) if layout is None else tuple(shape[a] for a in layout)
+def kernel_shape(shape, axis_order):
+    """The field's shape in the kernels' axis order (``shape`` itself for ``axis_order`` None)."""
+    return tuple(shape) if axis_order is None else tuple(shape[a] for a in axis_order)
 
 
-def to_kernel(a, layout):
-    """``a`` in the kernels' axis order, C-contiguous (``a`` itself, contiguous, for ``layout`` None)."""
+def to_kernel(a, axis_order):
+    """``a`` in the kernels' axis order, C-contiguous (``a`` itself, contiguous, for ``axis_order`` None)."""
     if a is None:
         return None
-    return np.ascontiguousarray(a if layout is None else np.transpose(a, layout))
+    return np.ascontiguousarray(a if axis_order is None else np.transpose(a, axis_order))
 
 
-def from_kernel(a, layout):
+def from_kernel(a, axis_order):
     """Inverse of :func:`to_kernel`: ``a`` (kernel order) back in the field's axis order, C-contiguous."""
-    if layout is None:
+    if axis_order is None:
         return np.ascontiguousarray(a)
-    return np.ascontiguousarray(np.transpose(a, np.argsort(layout)))
+    return np.ascontiguousarray(np.transpose(a, np.argsort(axis_order)))
 
 
 class KernelView:
-    """A frame and its previous reconstruction in a layout's axis order, transposed once for the
+    """A frame and its previous reconstruction in an axis order, transposed once for the
     several encodes of one frame (:func:`~.frame.encode_frame`'s ``view``).
 
     Parameters
     ----------
     x : ndarray
     prev : ndarray or None
-    layout : tuple of int or None
-        As :func:`normalize_layout` returns it.
+    axis_order : tuple of int or None
+        As :func:`normalize_axis_order` returns it.
 
     Attributes
     ----------
@@ -98,13 +98,13 @@ class KernelView:
         ``to_kernel`` of the inputs.
     """
 
-    def __init__(self, x, prev, layout):
-        self._given, self.layout = (x, prev), layout
-        self.x, self.prev = to_kernel(x, layout), to_kernel(prev, layout)
+    def __init__(self, x, prev, axis_order):
+        self._given, self.axis_order = (x, prev), axis_order
+        self.x, self.prev = to_kernel(x, axis_order), to_kernel(prev, axis_order)
 
-    def matches(self, x, prev, layout):
-        """Whether this view was made of these very arrays in this layout."""
-        return self._given[0] is x and self._given[1] is prev and self.layout == layout
+    def matches(self, x, prev, axis_order):
+        """Whether this view was made of these very arrays in this axis order."""
+        return self._given[0] is x and self._given[1] is prev and self.axis_order == axis_order
 
 
 def axis_roughness(x, prev=None):
@@ -160,15 +160,15 @@ def _score(rough, order, shape):
     return sum(w * v for w, v in zip((0.5, 0.25, 0.25), r))
 
 
-def choose_layout(x, prev=None):
-    """The layout to code ``x`` in (:func:`to_kernel`), or None for its own axis order.
+def choose_axis_order(x, prev=None):
+    """The axis order to code ``x`` in (:func:`to_kernel`), or None for its own axis order.
 
     Parameters
     ----------
     x : ndarray, shape (n_0, ..., n_{d-1})
         The frame.
     prev : ndarray, same shape, optional
-        For a predicted frame, the previous reconstructed frame: the layout of ``x - prev``.
+        For a predicted frame, the previous reconstructed frame: the axis order of ``x - prev``.
 
     Returns
     -------
@@ -188,39 +188,39 @@ def choose_layout(x, prev=None):
     mine, given = _score(rough, order, x.shape), _score(rough, tuple(range(x.ndim)), x.shape)
     if not (np.isfinite(given) and mine < GAIN * given):
         return None
-    return normalize_layout(order, x.ndim)
+    return normalize_axis_order(order, x.ndim)
 
 
-def trial_layout(x, size_of):
-    """The layout of :func:`choose_layout` for a keyframe, kept only if a trial encode codes it smaller.
+def trial_axis_order(x, size_of):
+    """The axis order of :func:`choose_axis_order` for a keyframe, kept only if a trial encode codes it smaller.
 
     Parameters
     ----------
     x : ndarray
         The frame (coded on its own).
     size_of : callable
-        ``size_of(layout)``: payload bytes of ``x`` coded in ``layout`` (the caller's encoder at
-        one step, both layouts at the same step).
+        ``size_of(axis_order)``: payload bytes of ``x`` coded in ``axis_order`` (the caller's encoder at
+        one step, both axis orders at the same step).
 
     Returns
     -------
     tuple of int or None
-        :func:`choose_layout`'s order when its payload is below :data:`TRIAL_GAIN` times the given
-        order's, else None (no trial when :func:`choose_layout` keeps the given order).
+        :func:`choose_axis_order`'s order when its payload is below :data:`TRIAL_GAIN` times the given
+        order's, else None (no trial when :func:`choose_axis_order` keeps the given order).
     """
-    order = choose_layout(x)
+    order = choose_axis_order(x)
     if order is None:
         return None
     return order if size_of(order) < TRIAL_GAIN * size_of(None) else None
 
 
-class LayoutChooser:
-    """When a block's (or a :class:`~.stream.StreamEncoder`'s) layout is chosen, and which.
+class AxisOrderChooser:
+    """When a block's (or a :class:`~.stream.StreamEncoder`'s) axis order is chosen, and which.
 
-    At a keyframe (:meth:`keyframe`): :func:`trial_layout` (or, without a trial, :func:`choose_layout`)
-    of the frame, again only after :data:`LAYOUT_EVERY` frames or a new shape (frames coded on their
+    At a keyframe (:meth:`keyframe`): :func:`trial_axis_order` (or, without a trial, :func:`choose_axis_order`)
+    of the frame, again only after :data:`AXIS_ORDER_EVERY` frames or a new shape (frames coded on their
     own every step would pay the trial every step), the frame's values kept for the next frame; at
-    the first predicted frame after it (:meth:`predicted`): :func:`choose_layout` of its difference to
+    the first predicted frame after it (:meth:`predicted`): :func:`choose_axis_order` of its difference to
     those values (not to the reconstruction: its quantization noise hides the change's direction at
     high PSNR), kept by the next predicted frames. No trial there: the first predicted frame re-codes
     what the keyframe left and is no guide (gyrokinetic mock at 50 and 60 dB: it cost 1.5x more in the
@@ -228,54 +228,54 @@ class LayoutChooser:
 
     Attributes
     ----------
-    layout : tuple of int or None
-        The layout of the last frame.
+    axis_order : tuple of int or None
+        The axis order of the last frame.
     keep : bool
         Whether predicted frames may follow keyframes (False: no copy of a keyframe is kept).
     """
 
     def __init__(self, keep=True):
-        self.layout, self.keep = None, bool(keep)
+        self.axis_order, self.keep = None, bool(keep)
         self._key = None  # the last keyframe choice
         self._age = None  # frames since it (None: never chosen)
         self._shape = None
         self._source = None  # the last keyframe's values, until the next frame
 
     def keyframe(self, x, size_of=None, keep=None, force=False):
-        """The layout of a keyframe.
+        """The axis order of a keyframe.
 
         Parameters
         ----------
         x : ndarray
             The frame (coded on its own).
         size_of : callable or None
-            As for :func:`trial_layout`; None: :func:`choose_layout` without a trial.
+            As for :func:`trial_axis_order`; None: :func:`choose_axis_order` without a trial.
         keep : bool, optional
             A predicted frame may follow: keep a copy of ``x`` for :meth:`predicted` (default
             :attr:`keep`).
         force : bool
-            Choose again even within :data:`LAYOUT_EVERY` frames of the last choice (a keyframe
+            Choose again even within :data:`AXIS_ORDER_EVERY` frames of the last choice (a keyframe
             the rate control codes because the field changed: the cached order is likely wrong).
 
         Returns
         -------
         tuple of int or None
         """
-        if force or self._age is None or self._age >= LAYOUT_EVERY or x.shape != self._shape:
-            self._key = choose_layout(x) if size_of is None else trial_layout(x, size_of)
+        if force or self._age is None or self._age >= AXIS_ORDER_EVERY or x.shape != self._shape:
+            self._key = choose_axis_order(x) if size_of is None else trial_axis_order(x, size_of)
             self._age, self._shape = 0, x.shape
-        self.layout, self._age = self._key, self._age + 1
+        self.axis_order, self._age = self._key, self._age + 1
         keep = self.keep if keep is None else keep
         self._source = np.array(x, copy=True) if keep and x.ndim > 1 else None
-        return self.layout
+        return self.axis_order
 
     def predicted(self, x):
-        """The layout of a predicted frame (chosen at the first one after a keyframe).
+        """The axis order of a predicted frame (chosen at the first one after a keyframe).
 
         Parameters
         ----------
         x : ndarray
-            The frame (same shape as the keyframe's for a new choice; else the layout is kept).
+            The frame (same shape as the keyframe's for a new choice; else the axis order is kept).
 
         Returns
         -------
@@ -283,8 +283,8 @@ class LayoutChooser:
         """
         if self._source is not None:
             if self._source.shape == x.shape:
-                self.layout = choose_layout(x, self._source)
+                self.axis_order = choose_axis_order(x, self._source)
             self._source = None
         if self._age is not None:
             self._age += 1
-        return self.layout
+        return self.axis_order

@@ -345,6 +345,39 @@ def test_histogram_wider_than_the_code_range_is_refused():
         decode_frame(pay)
 
 
+def test_histogram_width_is_bounded_whatever_radius_the_header_declares():
+    """A corrupt radius (2^30) does not widen the tables the decoder allocates: ``MAX_BINS`` (the
+    default radius's code range, the radius every payload was written with) bounds them; before, a
+    few dozen bytes declaring 2^20-bin histograms in each of the 9 segments of this shape made the decoder
+    fill ~230 MB before it found the histograms corrupt."""
+    from stagelearn.analytics.stream_codec.entropy_coding import MAX_BINS
+    assert MAX_BINS == 2 * RADIUS + 2
+    shape = (1 << 20,)
+    tables, sizes = _one_segment_tables(shape, 1 << 20)
+    assert len(sizes) >= 8 and len(tables) < 200
+    pay = write_payload(4, np.float32, shape, False, (1e-3, 1.5, 4.0), np.zeros((1, 3), np.int64),
+                        np.zeros(0, np.float32), 0, 0, tables, b"", 3, radius=1 << 30)
+    assert frame_info(pay)["radius"] == 1 << 30
+    with pytest.raises(StreamFormatError, match="truncated segment headers"):
+        decode_frame(pay)
+
+
+def test_segment_wider_than_max_bins_is_stored_raw_and_round_trips():
+    """Codes spanning more than ``MAX_BINS`` (only a radius above the default's can give them) are a
+    raw segment, not a wider table."""
+    from stagelearn.analytics.stream_codec.entropy_coding import MAX_BINS, decode_codes, encode_codes
+    codes = np.zeros(5000, np.int32)
+    codes[7], codes[4000] = -40000, 40000  # three distinct codes, 80,001 bins
+    tables, words = encode_codes(codes, [5000], compact=True)
+    assert len(tables) >= 4 * codes.size  # raw int32s
+    back, _ = decode_codes(tables, words, [5000], compact=True, max_bins=1 << 20)
+    assert np.array_equal(back, codes)
+    codes[4000] = 40000 - (80001 - MAX_BINS)  # exactly MAX_BINS bins: one histogram
+    tables, words = encode_codes(codes, [5000], compact=True)
+    assert len(tables) < 100
+    assert np.array_equal(decode_codes(tables, words, [5000], compact=True)[0], codes)
+
+
 def test_format_3_lowest_code_outside_int32_is_refused():
     shape = (100,)
     tab = bytearray()

@@ -39,6 +39,12 @@ from .varint import histograms_varints, parse_histograms, read_varint, unzigzag,
 MIN_SEGMENT = 4096  # codes: smaller consecutive segments are merged (their histograms cost more than they save)
 ENTROPY_TAG = 4  # added to the first segment's kind (first byte of ``tables``) when N_LANES states interleave
 MIN_LANE_BYTES = 1024  # estimated stream bytes below which one rANS state is used (the others' flush costs more)
+#: the widest histogram a segment may have (bins); wider segments are stored raw. Codes lie in
+#: ``[-radius, radius + 1]`` and every payload this project wrote has ``radius`` 32767 (``frame_header.RADIUS``),
+#: so its histograms have at most ``2 * 32767 + 2`` bins: the decoder refuses more, whatever radius a
+#: (corrupt) header declares. A decoder's tables take about 100 bytes a bin (3 contexts, 4 arrays):
+#: at most ~6 MB a segment.
+MAX_BINS = 1 << 16
 _KIND_CONST, _KIND_RAW, _KIND_CTX, _KIND_ONE = 0, 1, 2, 3
 
 
@@ -131,7 +137,7 @@ def encode_codes(codes, sizes, lanes=None, compact=False):
         kind, per_ctx, hist_bytes = _KIND_CONST, [zero] * N_CONTEXTS, b""
         if size and nb > 1:
             seg = codes[starts[g]:starts[g] + size]
-            too_wide, hist, cost = tabs.segment_layout(seg, lo, nb, compact) if nb <= 1 << 20 else (True, None, 0.0)
+            too_wide, hist, cost = tabs.segment_layout(seg, lo, nb, compact) if nb <= MAX_BINS else (True, None, 0.0)
             if too_wide:  # more distinct codes than a frequency table holds
                 kind = _KIND_RAW
                 raw += codes[starts[g]:starts[g] + size].astype("<i4").tobytes()
@@ -182,11 +188,12 @@ def _check_histograms(hist, size):
         raise ValueError(f"stream codec: histograms count {int(hist.sum())} codes, the segment has {size}")
 
 
-def decode_codes(tables, words, sizes, compact=False, max_bins=1 << 20):
+def decode_codes(tables, words, sizes, compact=False, max_bins=MAX_BINS):
     """Inverse of :func:`encode_codes` (``compact`` as it was encoded).
 
     ``max_bins`` bounds the bins a histogram may declare (the codes' range, ``2 radius + 2``, from
-    the frame header): a corrupt header cannot make the decoder allocate more.
+    the frame header), and never more than :data:`MAX_BINS`: a corrupt header cannot make the
+    decoder allocate more.
 
     Returns
     -------
@@ -202,6 +209,7 @@ def decode_codes(tables, words, sizes, compact=False, max_bins=1 << 20):
     """
     tables = bytes(tables)
     buf = np.frombuffer(tables, np.uint8)
+    max_bins = min(int(max_bins), MAX_BINS)
     if compact:
         return _decode_compact(buf, words, sizes, max_bins)
     tag = tables[0] if tables and sizes else 0

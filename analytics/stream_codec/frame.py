@@ -234,7 +234,7 @@ def decode_frame(payload, prev=None, *, verify=True):
             codes = decode_codes_adaptive(info["_words"], shape3, prev3, info["steps"])
         else:
             codes, _ = decode_codes(info["_tables"], info["_words"], sizes, compact=info["version"] >= VERSION,
-                                    max_bins=min(1 << 20, 2 * info["radius"] + 2))
+                                    max_bins=2 * info["radius"] + 2)
         rec = decode_field(codes, info["_outliers"], shape3, info["dtype"], prev3, info["steps"], info["weights"],
                            radius=info["radius"])
     except (IndexError, ValueError, OverflowError, ZeroDivisionError, MemoryError) as err:

@@ -7,10 +7,12 @@ the target, verified by the caller against its own values) and every error is at
 
 In closed loop a keyframe's step also sets the reference of the frames after it: on a smooth,
 slowly changing field a finer keyframe keeps paying while the predicted frames code little more
-than the change. So a keyframe aims ``st.key_db`` dB above the target (as video codecs give
-I-frames a lower QP), learned per block by :func:`key_offset` from the bytes of the block's last
-group of frames (docs/codec.md, "Rate control in a run"); predicted frames keep the per-frame
-search. No extra encoder pass, no decoder change (a keyframe is an ordinary payload).
+than the change (video codecs give I-frames a lower QP for the same reason). A keyframe's first
+pass is at the uniform-noise step ``sqrt(12 target)``; where its error is under ``KEY_FINE`` of
+that model's (most codes 0: the error is the interpolation's, the field is smooth at this target)
+it is kept as it is, finer than the target asks, instead of searching up to the band; a busy
+block's keyframe (the model nearly holds) searches into the band as a predicted frame does
+(docs/codec.md, "Rate control in a run"). No decoder change (a keyframe is an ordinary payload).
 
 A predicted frame that costs more than 1.5x its block's last keyframe (:func:`intra_bound`: the search
 failed, e.g. the reconstruction lagged behind the field, or the field changed at once) is also
@@ -37,16 +39,11 @@ from .stream_codec.axis_order import AxisOrderChooser, KernelView
 from .stream_codec.stream import MIN_MSE_FACTOR, min_mse_factor, update_group  # shared with StreamEncoder
 
 MAX_TRIALS = 4  # encoder passes of the search; one more, guarded, when none held the target
-FLAT_PROBE = 4  # held at a flat stop's step: a probe above it only every this many frames (or where it may reach the band)
 BAND = 10.0 ** (-0.03)  # a block's MSE is accepted in [BAND, 1] x target: PSNR in [target, target + 0.3 dB]
 AIM = 10.0 ** (-0.0175)  # where a trial aims: 0.175 dB above the target (the first lands within +-2 % in MSE)
 SLOPE_MIN, SLOPE_MAX = 0.3, 4.0  # d log MSE / d log step: 2 for busy blocks, flatter where most codes are 0
-SLOPE_FLAT = 0.5  # below it a larger step barely adds error: the search stops at the smaller step
 GROWTH, GROWTH_TRIAL = 1.25, 2.0  # the step grows by at most these factors per frame / per trial (shrinks at any rate)
-KEY_RHO0 = 4.0  # a keyframe aims above the target only where it costs more than this many predicted frames
-KEY_GROUP = 15  # ... in a group of this many predicted frames (keyframe_every 16; shorter groups scaled down)
-KEY_GAIN = 4.0  # dB of keyframe offset per doubling beyond that
-KEY_DB_MAX = 9.0  # at most this many dB above the target
+KEY_FINE = 0.5  # a keyframe whose first pass has under this fraction of the uniform-noise error is kept (smooth)
 INTRA_KEY = 1.5  # a predicted frame costing more than this many of the block's last keyframe: also coded intra
 
 
@@ -58,11 +55,6 @@ class BlockState:
     slope: dict = field(default_factory=lambda: {False: 2.0, True: 2.0})  # d log MSE / d log step, measured
     stats: np.ndarray = None  # the last predicted frame's blend statistics (L, 13)
     encodes: int = 0
-    key_db: float = 0.0  # how far above the target keyframes aim (key_offset)
-    key_offset: bool = True  # False: keyframes aim at the target (StreamStates(key_offset=False))
-    stopped_flat: bool = False  # the last predicted frame stopped where a larger step barely added error
-    flat_held: int = 0  # predicted frames since then that stopped at that step without probing above it
-    flat_slope: float = 0.0  # d log MSE / d log q measured at the last flat stop
     intra: bool = False  # the last kept frame was coded on its own (a keyframe, scheduled or not)
     intra_extra: int = 0  # predicted frames also coded on their own (intra_bound), and how many of those kept
     intra_kept: int = 0
@@ -72,22 +64,14 @@ class BlockState:
 
 
 class StreamStates:
-    """Per-(variable, block) state of the stream codec on one encoding rank (keys as the chain's).
+    """Per-(variable, block) state of the stream codec on one encoding rank (keys as the chain's)."""
 
-    Parameters
-    ----------
-    key_offset : bool, default=True
-        Keyframes aim :func:`key_offset` dB above the target (False: at the target, as every
-        predicted frame; the benchmarks' comparison without it).
-    """
-
-    def __init__(self, key_offset=True):
+    def __init__(self):
         self._states = {}
-        self.key_offset = bool(key_offset)
 
     def get(self, key):
         """The state of ``key`` (created on first use)."""
-        return self._states.setdefault(key, BlockState(key_offset=self.key_offset))
+        return self._states.setdefault(key, BlockState())
 
     def forget(self):
         """Drop every block's state (with ``PredictionChain`` restarts: a new file)."""
@@ -108,49 +92,13 @@ def target_ok(target_mse):
     return target_mse is not None and math.isfinite(target_mse) and target_mse > 0
 
 
-def key_offset(key_bytes, predicted_bytes, predicted):
-    """dB above the target for a block's next keyframe, from its last group of frames: the
-    keyframe's bytes, the bytes of the ``predicted`` frames coded after it, and their count.
-
-    ``KEY_GAIN * log2(rho * n / (KEY_RHO0 * KEY_GROUP))`` clipped to ``[0, KEY_DB_MAX]``, ``rho``
-    the keyframe's bytes over the mean bytes of a predicted frame and ``n`` the predicted frames,
-    at most ``KEY_GROUP`` (the rule was measured on 16-frame groups only; 0 dB without a predicted
-    frame: every step coded on its own). ``rho`` says how much of the keyframe the
-    next frames inherit, ``n`` over how many frames a finer keyframe pays. Measured (16-frame
-    groups, docs/codec.md): on busy fields a predicted frame costs 0.4-1 keyframe (Gray-Scott,
-    turbulence, heat2d's plume, ``rho`` 1-2.5) and the 15 frames after a keyframe 3 dB finer saved
-    0.05-0.8 of its extra bytes; on the smooth gyrokinetic mock (``rho`` 3-25) they got 33-45 %
-    cheaper (3-6 dB); Allen-Cahn (``rho`` 2.5-5) lost 1-8 % with 3-6 dB, hence ``KEY_RHO0``.
-
-    Parameters
-    ----------
-    key_bytes : int
-        Payload bytes of the block's last keyframe.
-    predicted_bytes : float
-        Payload bytes of the predicted frames coded after it (beyond ``PREDICTED_WINDOW`` of them
-        scaled to that many: :func:`~stagelearn.analytics.stream_codec.stream.update_group`).
-    predicted : int
-        How many predicted frames that was (at most ``PREDICTED_WINDOW``).
-
-    Returns
-    -------
-    float
-        dB, in ``[0, KEY_DB_MAX]``.
-    """
-    if predicted < 1 or key_bytes <= 0 or predicted_bytes <= 0:
-        return 0.0
-    rho = key_bytes / (predicted_bytes / predicted)
-    x = rho * min(predicted, KEY_GROUP) / (KEY_RHO0 * KEY_GROUP)  # longer groups: not measured, no more
-    return min(max(KEY_GAIN * math.log2(x), 0.0), KEY_DB_MAX)
-
-
 def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
     """Encode ``x`` so that its MSE is at most ``target_mse`` and every error at most ``abs_bound``;
     returns ``(frame, encoder passes)``.
 
-    A keyframe (``prev is None``) aims ``st.key_db`` dB above the target, set by :func:`key_offset`
-    from the bytes of the block's last group of frames (``st.group``: keyframe bytes, predicted
-    bytes, predicted frames), which each kept frame updates; its axis order is chosen by
+    A keyframe (``prev is None``) is kept finer than the target where it is smooth (:func:`_search`,
+    ``KEY_FINE``); each kept frame updates the block's group (``st.group``: keyframe bytes, predicted
+    bytes, predicted frames: the step cap and :func:`intra_bound` read it); its axis order is chosen by
     :func:`_key_axis_order` (up to two trial passes where the heuristic proposes another axis order),
     and the first predicted frame's by the caller, before it picks blend weights
     (:func:`~.stream_step.encode_stream_block`). No other extra encoder pass, except where a
@@ -184,14 +132,12 @@ def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
     """
     temporal, tried = prev is not None, 0
     if not temporal:
-        st.key_db = key_offset(*st.group) if st.key_offset else 0.0
         tried = _key_axis_order(x, target_mse, abs_bound, model, st)
         st.encodes += tried
     frame, passes = _search(x, prev, weights, target_mse, abs_bound, model, st)
     passes += tried
     if temporal and len(frame.payload) > intra_bound(max(st.group[0], st.intra_ref)):  # a burst: also code it alone
         trial = copy.deepcopy(st)  # the intra search's memory, kept only with its frame
-        trial.key_db = 0.0
         trial.axis_orders.keyframe(x, force=True)  # the field changed: the heuristic's order now, no trial
         intra, more = _search(x, None, None, target_mse, abs_bound, model, trial)
         passes += more
@@ -251,35 +197,37 @@ def intra_bound(key_bytes):
 
 
 def _search(x, prev, weights, target_mse, abs_bound, model, st):
-    """Encode ``x`` so that its MSE lands in ``[BAND, 1] * limit`` (PSNR in [target, target + 0.3 dB]
-    for a predicted frame; ``limit`` is ``target_mse``, ``10^(-st.key_db / 10) target_mse`` for a
-    keyframe) and every error is at most ``abs_bound``; returns ``(frame, encoder passes)``.
+    """Encode ``x`` so that its MSE lands in ``[BAND, 1] * target_mse`` (PSNR in [target, target + 0.3
+    dB]) and every error is at most ``abs_bound``; returns ``(frame, encoder passes)``.
 
     The closed loop's MSE is, on a log-log scale, nearly a line in the step ``q`` that moves little
     from frame to frame: slope 2 where most codes are non-zero (``q^2/12``), flatter where most are
-    0. The first pass aims at ``AIM * limit`` from the block's last kept ``(q, MSE)`` and the
-    slope measured on its earlier frames (:class:`BlockState`; keyframes and predicted frames apart),
-    the step growing by ``GROWTH`` at most from frame to frame. A pass outside the band is followed
+    0. A predicted frame's first pass aims at ``AIM * target_mse`` from the block's last kept
+    ``(q, MSE)`` and the slope measured on its earlier frames (:class:`BlockState`; keyframes and
+    predicted frames apart), the step growing by ``GROWTH`` at most from frame to frame. A
+    keyframe's first pass is at the uniform-noise step ``sqrt(12 AIM target_mse)``; where its MSE is
+    under ``KEY_FINE`` of ``q^2/12`` (most codes 0: the interpolation's error; the block is smooth
+    at this target) it is kept, finer than the band, as the reference of the frames after it: the
+    search up to the band would coarsen it up to 3.2x (the step cap) for few bytes, and every
+    predicted frame after it would re-code its error (gyrokinetic mock, ``stream_step``, 40 dB: its
+    first 16 frames cost 1.4-2.6 KB each as keyframes at 43 dB, against 0.1-0.5 KB predicted
+    from a 51 dB keyframe of 5 KB). Busy blocks (``MSE / (q^2/12)`` 0.6-0.85 on Gray-Scott and the
+    turbulence) search into the band. A pass outside the band is followed
     by a secant step on ``(log q, log MSE)`` through the passes that bracket the aim (else the last
     two; where the error does not grow with the step, the block's slope from the pass nearest the
     aim), at most ``MAX_TRIALS`` passes, each only quantized (``payload=False``) and the kept one
     entropy-coded. The pass kept is the one with the largest error at or under ``limit``; if none
     holds it, a last pass with the pointwise bound ``sqrt(limit)`` meets it on every value.
 
-    A block that cannot spend the budget stops early, under the band: at the step cap (``2
-    abs_bound``, or ``sqrt(12 target_mse / floor)``, the floor ``MIN_MSE_FACTOR`` for a keyframe and
+    A block that cannot spend the budget stops under the band: at the step cap (``2 abs_bound``,
+    or ``sqrt(12 target_mse / floor)``, the floor ``MIN_MSE_FACTOR`` for a keyframe and
     :func:`~stagelearn.analytics.stream_codec.stream.min_mse_factor` of ``st.group`` for a predicted
-    frame: looser on a block whose predicted frames cost little next to its keyframe), exact, or
-    where a larger step barely adds error (slope under ``SLOPE_FLAT`` between two passes under the
-    band: the error is the prediction's, and a larger step only lets the reconstruction lag behind a
-    slowly moving field and pay a burst later; the smaller step is kept, and the next frame's first
-    pass starts no higher than it or the ``MIN_MSE_FACTOR`` cap, ``st.stopped_flat``: without this the
-    step crept 1.25x a frame up to the looser cap and the gyrokinetic mock paid a burst of 9x its
-    keyframe). A first pass so held that lands under the band is kept as it is, and the block stays
-    flat, where the next pass, extrapolated with the flat stop's slope (``st.flat_slope``), would
-    land under the band too; except every ``FLAT_PROBE``-th such frame (``st.flat_held``), which
-    searches above it. Without this a second pass, almost always thrown away, followed every such
-    frame: gyrokinetic mock, ``stream_step``, 32 frames, 30-70 dB, 261 -> 221 passes, same bytes.
+    frame: looser on a block whose predicted frames cost little next to its keyframe), or exact. A
+    predicted frame whose error barely grows with the step (the prediction's error) climbs to the
+    cap: its reconstruction lags behind the field, and a frame that then costs a burst is coded on
+    its own instead (:func:`intra_bound`). (Until 2026-12-07 such a search stopped at the smaller
+    step and held it, and keyframes aimed a learned offset above the target: with the finer smooth
+    keyframes both cost bytes, docs/codec.md.)
     """
     eb = float(abs_bound) if abs_bound is not None else 0.0
     if abs_bound is not None and not (math.isfinite(eb) and eb > 0):
@@ -294,57 +242,35 @@ def _search(x, prev, weights, target_mse, abs_bound, model, st):
         return encode_frame(x, 2.0 * eb, eb_abs=eb, **kw), 1
     temporal = prev is not None
     n = max(x.size, 1)
-    tight = math.sqrt(12.0 * target_mse / MIN_MSE_FACTOR)
-    cap = math.sqrt(12.0 * target_mse / min_mse_factor(*st.group)) if temporal else tight
+    cap = math.sqrt(12.0 * target_mse / (min_mse_factor(*st.group) if temporal else MIN_MSE_FACTOR))
     if eb > 0:
         cap = min(cap, 2.0 * eb)
-    limit = target_mse if temporal else target_mse * 10.0 ** (-st.key_db / 10.0)
-    aim, low = AIM * limit, BAND * limit
+    aim, low = AIM * target_mse, BAND * target_mse
     slope, last = st.slope[temporal], st.last[temporal]
-    if last is None:  # the uniform-noise model
+    if last is None or not temporal:  # the uniform-noise model
         q = math.sqrt(12.0 * aim)
     else:  # log MSE = log MSE_last + slope (log q - log q_last), the step growing by GROWTH at most
         q = last[0] * min(math.exp((math.log(aim) - math.log(last[1])) / slope), GROWTH)
     q = min(q, cap)
-    held = False
-    if temporal and st.stopped_flat and last is not None:  # the error was the prediction's: no creep above the tight cap
-        held = q > max(tight, last[0])
-        q = min(q, max(tight, last[0]))
-    flat = False
-    trials, prev_frame = [], None  # (q, mse) of each pass; the frame of the pass before the last
+    trials = []  # (q, mse) of each pass
     best = None  # the trial kept: (q, mse, frame)
     for k in range(MAX_TRIALS):
         frame = encode_frame(x, q, eb_abs=eb, payload=False, **kw)  # entropy-coded only if kept
         st.encodes += 1
         mse = frame.sse / n
         trials.append((q, mse))
-        if mse <= limit and (best is None or mse > best[1]):
+        if mse <= target_mse and (best is None or mse > best[1]):
             best = (q, mse, frame)
-        if low <= mse <= limit or mse == 0.0 or (mse < low and q >= cap):
+        if low <= mse <= target_mse or mse == 0.0 or (mse < low and q >= cap):
             break
-        if k == 0 and held and mse < low and st.flat_held < FLAT_PROBE - 1 and \
-                mse * (min(_next_step(trials, aim, slope), cap, GROWTH_TRIAL * q) / q) ** st.flat_slope < low:
-            flat = True  # held under the band, and the probe would land under it too (the flat stop's slope)
-            st.flat_held += 1
-            break
-        if k == 0 and held:
-            st.flat_held = 0
-        if mse < low and len(trials) >= 2 and trials[-2][1] < low and _flat(trials[-2], trials[-1]):
-            best = (trials[-2][0], trials[-2][1], prev_frame)
-            flat, st.flat_held = True, 0
-            if temporal:
-                st.flat_slope = max(math.log(trials[-1][1] / trials[-2][1]) / math.log(trials[-1][0] / trials[-2][0]), 0.0)
+        if k == 0 and not temporal and mse <= KEY_FINE * q * q / 12.0:  # a smooth keyframe: kept finer
             break
         q_next = min(_next_step(trials, aim, slope), cap)
         if mse < low:
             q_next = min(q_next, GROWTH_TRIAL * q)
         if best is not None and q_next <= best[0]:  # aiming below a trial that already holds the target
             break
-        q, prev_frame = q_next, frame
-    if temporal:
-        st.stopped_flat = flat
-        if not flat:
-            st.flat_held = 0
+        q = q_next
     measured = _measured_slope(trials)
     if measured is not None:
         st.slope[temporal] = min(max(0.5 * slope + 0.5 * measured, SLOPE_MIN), SLOPE_MAX)
@@ -352,7 +278,7 @@ def _search(x, prev, weights, target_mse, abs_bound, model, st):
         st.last[temporal] = (best[0], best[1]) if best[1] > 0 else st.last[temporal]
         return finish_frame(best[2]), len(trials)
     st.last[temporal] = (trials[-1][0], trials[-1][1])
-    e = math.sqrt(limit) if eb <= 0 else min(math.sqrt(limit), eb)
+    e = math.sqrt(target_mse) if eb <= 0 else min(math.sqrt(target_mse), eb)
     st.encodes += 1
     return encode_frame(x, 2.0 * e, eb_abs=e, **kw), len(trials) + 1
 
@@ -384,13 +310,6 @@ def _next_step(trials, aim, slope):
         s = slope
         b = min(pts, key=lambda p: abs(p[1] - la))  # from the trial nearest the aim
     return math.exp(b[0] + (la - b[1]) / s)
-
-
-def _flat(a, b):
-    """True when two trials ``(q, MSE)`` with different steps have ``d log MSE / d log q < SLOPE_FLAT``."""
-    if a[0] == b[0] or a[1] <= 0 or b[1] <= 0:
-        return False
-    return (math.log(b[1]) - math.log(a[1])) / (math.log(b[0]) - math.log(a[0])) < SLOPE_FLAT
 
 
 def _measured_slope(trials):

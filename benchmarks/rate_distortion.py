@@ -35,8 +35,6 @@ information, models) and the single-thread encode and decode MB/s (of raw data).
 - ``stream_step``: the same codec through the product adapter (``analytics/stream_step.py``): one
   block per frame in a ``PredictionChain`` with a keyframe every 16 frames, target MSE from the
   frame's range, the block envelope counted, decoded from ``ref_step`` as the output reader does;
-  ``stream_step_plain``: the same with the keyframe offset off (``StreamStates(key_offset=False)``:
-  every keyframe aims at the target, the controller before the offset was learned);
   ``stream_step_tuned``: ``stream_step`` whose model's ``alpha``, ``beta`` are tuned as staging does
   (``StreamWeightsLearner.tune_factors``) on raw frames 0-1, used from frame 2 on;
   ``stream_step_retuned``: also re-tuned every 10 frames on the last two decoded frames (in situ
@@ -85,7 +83,7 @@ WARMUP, PUBLISH_EVERY = 2, 10
 TILES = {2: (8, 8), 3: (4, 4, 4)}
 METHODS = ("sz3", "sz3_closed_loop", "sz3_axis_order", "sz3_closed_loop_axis_order", "sperr", "sperr_closed_loop",
            "zfp", "ours", "ours_frozen", "stream",
-           "stream_adaptive", "stream_frozen", "stream_intra", "stream_tuned", "stream_step", "stream_step_plain",
+           "stream_adaptive", "stream_frozen", "stream_intra", "stream_tuned", "stream_step",
            "stream_step_tuned", "stream_step_retuned")
 
 
@@ -227,7 +225,7 @@ def run_stream(frames, setting, timer, temporal=True, refit=True, tune=False, ad
     return total, recs
 
 
-def run_stream_step(frames, setting, timer, keyframe_every=16, key_offset=True, tune_every=0):
+def run_stream_step(frames, setting, timer, keyframe_every=16, tune_every=0):
     """The product adapter (analytics/stream_step.py) on one block per frame, as a producer runs it:
     a PredictionChain with a keyframe every ``keyframe_every`` steps, the target MSE from the frame's
     range, the block envelope counted, and a reader that decodes each block from its ``ref_step``."""
@@ -237,7 +235,7 @@ def run_stream_step(frames, setting, timer, keyframe_every=16, key_offset=True, 
 
     from stagelearn.analytics.stream_learner import StreamWeightsLearner
 
-    chain, states, model = PredictionChain(keyframe_every), StreamStates(key_offset), StreamVariableModel()
+    chain, states, model = PredictionChain(keyframe_every), StreamStates(), StreamVariableModel()
     total, recs, prev, learner = 0, [], None, StreamWeightsLearner()
     for i, x in enumerate(frames):
         target = (float(np.float64(x.max()) - np.float64(x.min())) or 1.0) ** 2 * 10 ** (-setting / 10)
@@ -293,8 +291,6 @@ def run_method(method, frames, setting, given=None):
         total, recs = run_stream(frames, setting, timer, tune=True)
     elif method == "stream_step":
         total, recs = run_stream_step(frames, setting, timer)
-    elif method == "stream_step_plain":
-        total, recs = run_stream_step(frames, setting, timer, key_offset=False)
     elif method in ("stream_step_tuned", "stream_step_retuned"):
         total, recs = run_stream_step(frames, setting, timer, tune_every=-1 if method.endswith("_tuned") else 10)
     else:

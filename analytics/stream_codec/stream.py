@@ -46,7 +46,7 @@ def update_group(group, nbytes, keyframe):
     mean is then over about the last ``PREDICTED_WINDOW`` frames: with ``keyframe_every=0`` it
     would never forget); groups of at most ``PREDICTED_WINDOW`` predicted frames are plain sums.
     The one bookkeeping of :func:`min_mse_factor` (``StreamEncoder``) and of the run's rate control
-    (:mod:`stagelearn.analytics.stream_rate`: ``key_offset``, ``intra_bound``).
+    (:mod:`stagelearn.analytics.stream_rate`: the step cap, ``intra_bound``).
 
     Parameters
     ----------
@@ -84,10 +84,9 @@ def min_mse_factor(key_bytes, predicted_bytes, predicted):
     ``sqrt(12 target_mse)`` lets the reconstruction lag behind the field. On a block whose predicted
     frames cost little next to its keyframe (more than ``PREDICTABLE_RHO`` of them to one keyframe:
     the field changes slowly against the error target) the lag grows slowly and the cap is
-    ``MIN_MSE_FACTOR_PREDICTABLE``; elsewhere ``MIN_MSE_FACTOR``. The run's rate control
-    (:mod:`stagelearn.analytics.stream_rate`) also stops the step from creeping above the
-    ``MIN_MSE_FACTOR`` cap after a frame whose error did not grow with the step. Measured
-    (32 frames, settings 30-70 dB and four shifted grids, docs/codec.md): on the gyrokinetic mock
+    ``MIN_MSE_FACTOR_PREDICTABLE``; elsewhere ``MIN_MSE_FACTOR``. Measured before 2026-12-07 (the run's
+    rate control then also held the step at the ``MIN_MSE_FACTOR`` cap after a frame whose error did
+    not grow with the step; 32 frames, settings 30-70 dB and four shifted grids, docs/codec.md): on the gyrokinetic mock
     (predicted frames 1/3-1/78 of a keyframe) ``stream_step`` 1.09-1.11x / 1.06-1.13x / 1.00-1.02x
     the ratio at 40 / 50 / 60 dB and ``stream`` 1.05-1.21x / 1.34-1.38x / 1.03-1.08x; heat2d's plume
     (predicted frames ~1x a keyframe: header-bound), Gray-Scott and turbulence2d unchanged byte for

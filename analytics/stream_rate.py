@@ -8,7 +8,7 @@ the target, verified by the caller against its own values) and every error is at
 In closed loop a keyframe's step also sets the reference of the frames after it: on a smooth,
 slowly changing field a finer keyframe keeps paying while the predicted frames code little more
 than the change (video codecs give I-frames a lower QP for the same reason). A keyframe's first
-pass is at the uniform-noise step ``sqrt(12 target)``; where its error is under ``KEY_FINE`` of
+pass is at the uniform-noise step ``sqrt(12 AIM target)``; where its error is under ``KEY_FINE`` of
 that model's (most codes 0: the error is the interpolation's, the field is smooth at this target)
 it is kept as it is, finer than the target asks, instead of searching up to the band; a busy
 block's keyframe (the model nearly holds) searches into the band as a predicted frame does
@@ -16,7 +16,8 @@ block's keyframe (the model nearly holds) searches into the band as a predicted 
 
 A predicted frame that costs more than 1.5x its block's last keyframe (:func:`intra_bound`: the search
 failed, e.g. the reconstruction lagged behind the field, or the field changed at once) is also
-coded on its own at the target and the smaller payload is sent: an unscheduled keyframe
+coded on its own, as a keyframe is (kept finer than the target where smooth), and the smaller
+payload is sent: an unscheduled keyframe
 (``BlockState.intra``; ``ref_step`` None in its envelope, so a reader starting there needs nothing
 before), which starts the block's next group of frames as a scheduled one does.
 
@@ -103,7 +104,7 @@ def rate_controlled(x, prev, weights, target_mse, abs_bound, model, st):
     and the first predicted frame's by the caller, before it picks blend weights
     (:func:`~.stream_step.encode_stream_block`). No other extra encoder pass, except where a
     predicted frame costs more than :func:`intra_bound`: the frame is then also coded on its own
-    (at the target, a search from the block's keyframe memory on a copy of ``st``) and the smaller
+    (a keyframe's search, on a copy of ``st``: kept finer than the target where smooth) and the smaller
     of the two kept; ``st.intra`` says which (the caller then sends it as a keyframe: no
     ``ref_step``), and a frame coded on its own starts a new group (``st.group``) and updates the
     keyframe memory. ``st.intra_extra`` / ``st.intra_kept`` count these encodes and those kept.
@@ -216,8 +217,8 @@ def _search(x, prev, weights, target_mse, abs_bound, model, st):
     by a secant step on ``(log q, log MSE)`` through the passes that bracket the aim (else the last
     two; where the error does not grow with the step, the block's slope from the pass nearest the
     aim), at most ``MAX_TRIALS`` passes, each only quantized (``payload=False``) and the kept one
-    entropy-coded. The pass kept is the one with the largest error at or under ``limit``; if none
-    holds it, a last pass with the pointwise bound ``sqrt(limit)`` meets it on every value.
+    entropy-coded. The pass kept is the one with the largest error at or under ``target_mse``; if
+    none holds it, a last pass with the pointwise bound ``sqrt(target_mse)`` meets it on every value.
 
     A block that cannot spend the budget stops under the band: at the step cap (``2 abs_bound``,
     or ``sqrt(12 target_mse / floor)``, the floor ``MIN_MSE_FACTOR`` for a keyframe and
@@ -263,7 +264,7 @@ def _search(x, prev, weights, target_mse, abs_bound, model, st):
             best = (q, mse, frame)
         if low <= mse <= target_mse or mse == 0.0 or (mse < low and q >= cap):
             break
-        if k == 0 and not temporal and mse <= KEY_FINE * q * q / 12.0:  # a smooth keyframe: kept finer
+        if k == 0 and not temporal and best is not None and mse <= KEY_FINE * q * q / 12.0:  # smooth: kept finer
             break
         q_next = min(_next_step(trials, aim, slope), cap)
         if mse < low:

@@ -246,8 +246,8 @@ def _stream_blocks(frames, db, keyframe_every):
 def test_a_smooth_keyframe_is_kept_finer_than_the_band_and_the_frames_after_it_cost_less(monkeypatch, db):
     """On the smooth gyrokinetic mock a keyframe's first pass, at the uniform-noise step, has a fraction of that
     model's error (analytics/stream_rate.py KEY_FINE): it is kept, several dB above the target, and the predicted
-    frames after it code little more than the field's change; searching it up to the band (KEY_FINE 0: the rule
-    before) made the frames after it re-code its error and the 32 steps cost 1.6-2.2x the bytes. Every frame
+    frames after it code little more than the field's change; searching it up to the band (KEY_FINE 0, the rest of
+    this controller unchanged) makes the frames after it re-code its error and the 32 steps cost 1.6-2.2x the bytes. Every frame
     reaches its target (recomputed here from the decoded payloads, in float64)."""
     from stagelearn.analytics import stream_rate
 
@@ -262,7 +262,7 @@ def test_a_smooth_keyframe_is_kept_finer_than_the_band_and_the_frames_after_it_c
     assert over.min() >= 0.0, over
     assert [k for _, _, k in fine][:17:16] == [True, True]
     assert over[0] >= 3.0 and over[16] >= 3.0, over  # MSE <= KEY_FINE of the uniform-noise model's, 0.175 dB aim
-    monkeypatch.setattr(stream_rate, "KEY_FINE", 0.0)  # every keyframe searched up to the band
+    monkeypatch.setattr(stream_rate, "KEY_FINE", 0.0)  # every keyframe searched up to the band, the rest unchanged
     band = _stream_blocks(frames, db, 16)
     assert min(o for o, _, _ in band) >= 0.0
     assert band[0][0] < over[0] - 1.5  # coarser: in the band, or at the step cap above it

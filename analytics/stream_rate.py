@@ -211,8 +211,8 @@ def _search(x, prev, weights, target_mse, abs_bound, model, st):
     at this target) it is kept, finer than the band, as the reference of the frames after it: the
     search up to the band would coarsen it up to 3.2x (the step cap) for few bytes, and every
     predicted frame after it would re-code its error (gyrokinetic mock, ``stream_step``, 40 dB: its
-    first 16 frames cost 1.4-2.6 KB each as keyframes at 43 dB, against 0.1-0.5 KB predicted
-    from a 51 dB keyframe of 5 KB). Busy blocks (``MSE / (q^2/12)`` 0.6-0.85 on Gray-Scott and the
+    first 9 frames cost 1.4-2.6 KB each as keyframes at 43 dB and the predicted frames after them
+    2.0-4.2 KB, against 0.09-0.7 KB predicted from a 51 dB keyframe of 5 KB). Busy blocks (``MSE / (q^2/12)`` 0.6-0.85 on Gray-Scott and the
     turbulence) search into the band. A pass outside the band is followed
     by a secant step on ``(log q, log MSE)`` through the passes that bracket the aim (else the last
     two; where the error does not grow with the step, the block's slope from the pass nearest the
@@ -226,7 +226,7 @@ def _search(x, prev, weights, target_mse, abs_bound, model, st):
     frame: looser on a block whose predicted frames cost little next to its keyframe), or exact. A
     predicted frame whose error barely grows with the step (the prediction's error) climbs to the
     cap: its reconstruction lags behind the field, and a frame that then costs a burst is coded on
-    its own instead (:func:`intra_bound`). (Until 2026-12-07 such a search stopped at the smaller
+    its own instead (:func:`intra_bound`). (Until 2026-12-08 such a search stopped at the smaller
     step and held it, and keyframes aimed a learned offset above the target: with the finer smooth
     keyframes both cost bytes, docs/codec.md.)
     """

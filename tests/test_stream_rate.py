@@ -127,7 +127,7 @@ def test_intra_bound():
 def test_a_losing_intra_trial_raises_the_bound_until_the_next_keyframe():
     """After a tiny keyframe (a constant block) every predicted frame of the field that follows is over 1.5x it;
     the first intra trial, which loses, sets the bound to its own bytes, so the next frames do not search intra
-    again (before this rule: a losing trial on every frame). Every frame at its target. (Until 2026-12-07 the
+    again (before this rule: a losing trial on every frame). Every frame at its target. (Until 2026-12-08 the
     scenario was a field, a constant block, the field again; with smooth keyframes kept finer the first keyframe's
     bound is higher and the constant block, 939 bytes predicted, no longer triggers a trial; here the trial,
     a keyframe kept finer than the target, loses, 703 against 638 bytes, where the code before coded it at the

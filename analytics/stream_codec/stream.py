@@ -84,7 +84,7 @@ def min_mse_factor(key_bytes, predicted_bytes, predicted):
     ``sqrt(12 target_mse)`` lets the reconstruction lag behind the field. On a block whose predicted
     frames cost little next to its keyframe (more than ``PREDICTABLE_RHO`` of them to one keyframe:
     the field changes slowly against the error target) the lag grows slowly and the cap is
-    ``MIN_MSE_FACTOR_PREDICTABLE``; elsewhere ``MIN_MSE_FACTOR``. Measured before 2026-12-07 (the run's
+    ``MIN_MSE_FACTOR_PREDICTABLE``; elsewhere ``MIN_MSE_FACTOR``. Measured before 2026-12-08 (the run's
     rate control then also held the step at the ``MIN_MSE_FACTOR`` cap after a frame whose error did
     not grow with the step; 32 frames, settings 30-70 dB and four shifted grids, docs/codec.md): on the gyrokinetic mock
     (predicted frames 1/3-1/78 of a keyframe) ``stream_step`` 1.09-1.11x / 1.06-1.13x / 1.00-1.02x

@@ -212,13 +212,14 @@ def _search(x, prev, weights, target_mse, abs_bound, model, st):
     search up to the band would coarsen it up to 3.2x (the step cap) for few bytes, and every
     predicted frame after it would re-code its error (gyrokinetic mock, ``stream_step``, 40 dB: its
     first 9 frames cost 1.4-2.6 KB each as keyframes at 43 dB and the predicted frames after them
-    2.0-4.2 KB, against 0.09-0.7 KB predicted from a 51 dB keyframe of 5 KB). Busy blocks (``MSE / (q^2/12)`` 0.6-0.85 on Gray-Scott and the
-    turbulence) search into the band. A pass outside the band is followed
-    by a secant step on ``(log q, log MSE)`` through the passes that bracket the aim (else the last
-    two; where the error does not grow with the step, the block's slope from the pass nearest the
-    aim), at most ``MAX_TRIALS`` passes, each only quantized (``payload=False``) and the kept one
-    entropy-coded. The pass kept is the one with the largest error at or under ``target_mse``; if
-    none holds it, a last pass with the pointwise bound ``sqrt(target_mse)`` meets it on every value.
+    2.0-4.2 KB, against 0.09-0.7 KB predicted from a 51 dB keyframe of 5 KB). Busy blocks
+    (``MSE / (q^2/12)`` 0.6-0.85 on Gray-Scott and the turbulence) search into the band. A pass
+    outside the band is followed by a secant step on ``(log q, log MSE)`` through the passes that
+    bracket the aim (else the last two; where the error does not grow with the step, the block's
+    slope from the pass nearest the aim), at most ``MAX_TRIALS`` passes, each only quantized
+    (``payload=False``) and the kept one entropy-coded. The pass kept is the one with the largest
+    error at or under ``target_mse``; if none holds it, a last pass with the pointwise bound
+    ``sqrt(target_mse)`` meets it on every value.
 
     A block that cannot spend the budget stops under the band: at the step cap (``2 abs_bound``,
     or ``sqrt(12 target_mse / floor)``, the floor ``MIN_MSE_FACTOR`` for a keyframe and
@@ -248,10 +249,10 @@ def _search(x, prev, weights, target_mse, abs_bound, model, st):
         cap = min(cap, 2.0 * eb)
     aim, low = AIM * target_mse, BAND * target_mse
     slope, last = st.slope[temporal], st.last[temporal]
-    if last is None or not temporal:  # the uniform-noise model
-        q = math.sqrt(12.0 * aim)
-    else:  # log MSE = log MSE_last + slope (log q - log q_last), the step growing by GROWTH at most
+    if temporal and last is not None:  # log MSE = log MSE_last + slope (log q - log q_last), growing by GROWTH at most
         q = last[0] * min(math.exp((math.log(aim) - math.log(last[1])) / slope), GROWTH)
+    else:  # a keyframe, or a block's first predicted frame: the uniform-noise model
+        q = math.sqrt(12.0 * aim)
     q = min(q, cap)
     trials = []  # (q, mse) of each pass
     best = None  # the trial kept: (q, mse, frame)

@@ -120,18 +120,24 @@ def test_corrupt_and_truncated_code_streams_raise():
             decode_codes(bytes([(ENTROPY_TAG if lanes == N_LANES else 0) + 3, 0]) + _varint(70000)
                          + _dense_hist(70000),
                          words, [70000])
-        # flipped words or table bytes: wrong codes or an error, never a crash or a hang
-        for k in range(300):
-            bad_words, bad_tables = words.copy(), bytearray(tables)
-            if k % 2:
-                bad_words[rng.integers(0, len(words))] ^= rng.integers(1, 1 << 16)
-            else:
-                bad_tables[rng.integers(0, len(tables))] ^= rng.integers(1, 256)
-            try:
-                back, _ = decode_codes(bytes(bad_tables), bad_words, [4096, 15904])
-            except ValueError:
-                continue
-            assert back.shape == codes.shape
+        assert_flips_raise_or_decode_in_shape(lambda t, w: decode_codes(t, w, [4096, 15904]), tables, words,
+                                              codes.shape, rng, 300)
+
+
+def assert_flips_raise_or_decode_in_shape(decode, tables, words, shape, rng, n):
+    """``n`` decodes of ``tables``, ``words`` with one word (odd tries) or table byte (even tries) flipped:
+    each raises ``ValueError`` or gives codes of ``shape`` (wrong codes, never a crash or a hang)."""
+    for k in range(n):
+        bad_words, bad_tables = words.copy(), bytearray(tables)
+        if k % 2:
+            bad_words[rng.integers(0, len(words))] ^= rng.integers(1, 1 << 16)
+        else:
+            bad_tables[rng.integers(0, len(tables))] ^= rng.integers(1, 256)
+        try:
+            back, _ = decode(bytes(bad_tables), bad_words)
+        except ValueError:
+            continue
+        assert back.shape == shape
 
 
 def _varint(v):

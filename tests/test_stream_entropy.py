@@ -115,11 +115,16 @@ def test_corrupt_and_truncated_code_streams_raise():
                 decode_codes(tables, words[:cut], [4096, 15904])
         with pytest.raises(ValueError):
             decode_codes(tables[:len(tables) // 2], words, [4096, 15904])
-        # a histogram with more distinct codes than a table holds (a corrupt payload could say so)
+        # a histogram with more distinct codes than a table holds (a corrupt payload could say so); 70,000
+        # bins are also over MAX_BINS, refused first, so 20,000 (> PROB_SCALE / 4 distinct) tests the distinct count
         with pytest.raises(ValueError):
             decode_codes(bytes([(ENTROPY_TAG if lanes == N_LANES else 0) + 3, 0]) + _varint(70000)
                          + _dense_hist(70000),
                          words, [70000])
+        with pytest.raises(ValueError, match="more distinct codes"):
+            decode_codes(bytes([(ENTROPY_TAG if lanes == N_LANES else 0) + 3, 0]) + _varint(20000)
+                         + _dense_hist(20000),
+                         words, [20000])
         assert_flips_raise_or_decode_in_shape(lambda t, w: decode_codes(t, w, [4096, 15904]), tables, words,
                                               codes.shape, rng, 300)
 
